@@ -1,0 +1,39 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make demo   set up .venv and run the whole pipeline on the built-in concept world
+#   make test   set up .venv and run the test suite (slow end-to-end tests included)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+ACTIVATE := . $(VENV)/bin/activate
+
+.PHONY: demo test test-fast lint chromium ui clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true mlflow run . -e main --env-manager local
+
+test: $(VENV)/.installed chromium
+	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true python -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(ACTIVATE) && python -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(ACTIVATE) && ruff check src tests entrypoints benchmarks
+
+# The report's HTML is checked in headless Chromium; install Debian's where we may (root), else those tests skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium not installed: the HTML rendering test will be skipped"
+
+ui: $(VENV)/.installed
+	$(ACTIVATE) && mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+
+clean-runs:
+	rm -rf mlflow.db mlflow.db-* optuna.db optuna.journal worlds outputs .cache
+	find mlruns -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

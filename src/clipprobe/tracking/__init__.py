@@ -1,0 +1,1 @@
+"""The MLflow layer: the only sub-package that imports mlflow. Steps call it; the math never does."""
