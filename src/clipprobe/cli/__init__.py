@@ -28,9 +28,10 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     # One module per step; each defines a click command named after the step.
-    from clipprobe.cli import demo, world
+    from clipprobe.cli import concepts, demo, world
 
     main.add_command(world.world)
+    main.add_command(concepts.concepts)
     main.add_command(demo.demo)
 
 

@@ -15,9 +15,12 @@ from clipprobe.cli import options
 @click.pass_context
 def demo(ctx: click.Context, out_dir: str, seed: int, experiment_name: str | None) -> None:
     """Run world -> train -> concepts -> probe -> compare on the concept world, each step a child run."""
+    from clipprobe.cli.concepts import concepts
     from clipprobe.cli.world import world
     from clipprobe.tracking import runs
 
     with runs.step_run("main", experiment_name=experiment_name, params={"out": out_dir, "seed": seed}):
         click.echo("== world")
         ctx.invoke(world, out_dir=out_dir, seed=seed, overwrite=True)
+        click.echo("== concepts (ground-truth annotations of the world; CLIP weights need a download)")
+        ctx.invoke(concepts, source="annotations", seed=seed)

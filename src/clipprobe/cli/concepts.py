@@ -1,0 +1,192 @@
+"""`clipprobe concepts`: score an image pool with CLIP (or take known labels), pick per-concept splits, log them."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from clipprobe.cli import options
+from clipprobe.concepts.annotations import annotation_scores, concept_labels, positive_precision
+from clipprobe.concepts.parquet import write_table
+from clipprobe.concepts.pool import list_images, pool_fingerprint
+from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
+from clipprobe.concepts.sheets import write_contact_sheets
+from clipprobe.concepts.splits import select_splits, split_sizes, write_splits
+from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, check_prompt, load_vocabulary
+
+log = logging.getLogger(__name__)
+WORLD_ROOT_TAG = "clipprobe.world_root"
+SCALE_NOTE = "softmax over the group's concepts of logit_scale * cosine(image, prompt)"
+
+
+def _default(fn, name: str):
+    """The library's default for a parameter, so the CLI never keeps a second copy."""
+    return inspect.signature(fn).parameters[name].default
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CLIPPROBE_CACHE_DIR", Path.home() / ".cache" / "clipprobe"))
+
+
+def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | None, Path | None, bool]:
+    """(pool, labels table, labels root, on the concept world) from the options or the latest world run."""
+    from clipprobe.tracking import runs
+
+    if pool is None:
+        run = runs.find_latest_run("world")
+        if run is None or WORLD_ROOT_TAG not in run.data.tags:
+            raise click.UsageError("no --pool given and no finished world run found: pass --pool DIR or run `clipprobe world` first")
+        root = Path(run.data.tags[WORLD_ROOT_TAG])
+        truth_path = Path(truth) if truth else root / "truth.parquet"
+        log.info("pool from world run %s: %s", run.info.run_id, root / "pool")
+        return root / "pool", truth_path, truth_path.parent, True
+    if truth is None:
+        return Path(pool), None, None, False
+    import pyarrow.parquet as pq
+
+    kind = (pq.read_schema(truth).metadata or {}).get(b"clipprobe.kind", b"").decode()
+    return Path(pool), Path(truth), Path(truth).parent, kind == "world_truth"
+
+
+@click.command()
+@click.option("--pool", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of images, searched recursively. Default: the pool of the latest world run.")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Labels table (path + label columns, e.g. the world's truth.parquet); paths relative to "
+              "its folder. Default: the world's truth when the pool is the world's.")
+@click.option("--source", type=click.Choice(["clip", "annotations"]), default="clip", show_default=True,
+              help="Score images with CLIP, or take positives from the --truth labels.")
+@click.option("--clip-model", default="ViT-B-32", show_default=True,
+              help="open_clip architecture name, or hf-hub:org/repo.")
+@click.option("--clip-pretrained", default="openai", show_default=True,
+              help="open_clip pretrained tag (ignored for hf-hub: names).")
+@click.option("--clip-weights", type=click.Path(dir_okay=False), default=None,
+              help="Local CLIP weights file; replaces --clip-pretrained.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="bf16 on CPU or fp16 on GPU halve memory and time.")
+@click.option("--batch-size", type=int, default=_default(score_pool, "batch_size"), show_default=True)
+@click.option("--num-workers", type=int, default=_default(score_pool, "num_workers"), show_default=True,
+              help="DataLoader processes decoding images while the model runs.")
+@click.option("--chunk-size", type=int, default=_default(score_pool, "chunk_size"), show_default=True,
+              help="Images per written chunk of scores; an interrupted run resumes from the last chunk.")
+@click.option("--top-k", type=int, default=_default(select_splits, "top_k"), show_default=True,
+              help="Positives per concept: the top-k images by probability.")
+@click.option("--negatives", type=int, default=_default(select_splits, "negatives"), show_default=True,
+              help="Random negatives per concept, drawn outside its positives.")
+@click.option("--test-fraction", type=float, default=_default(select_splits, "test_fraction"), show_default=True,
+              help="Share of each class stored as the test part (stratified).")
+@click.option("--seed", type=int, default=_default(select_splits, "seed"), show_default=True)
+@click.option("--vocabulary", default=None,
+              help="Concept groups: seed, world or a TOML file. Default: world on the concept world, else seed.")
+@click.option("--prompt", default=DEFAULT_PROMPT, show_default=True, help="Prompt template with {concept}.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where score chunks are kept for resuming. Default: $CLIPPROBE_CACHE_DIR or ~/.cache/clipprobe.")
+@options.device
+@options.experiment_name
+def concepts(pool, truth, source, clip_model, clip_pretrained, clip_weights, precision, batch_size,
+             num_workers, chunk_size, top_k, negatives, test_fraction, seed, vocabulary, prompt, cache_dir,
+             device, experiment_name) -> None:
+    """Concept datasets: per concept the top-k images as positives, random negatives, a stored test part.
+
+    Logs concepts/scores.parquet, concepts/splits.parquet (also as MLflow dataset inputs), a contact
+    sheet per concept, split sizes, and the precision of CLIP's positives when ground truth exists.
+    """
+    from clipprobe.devices import resolve_device
+    from clipprobe.tracking import datasets, runs
+
+    pool_root, truth_path, labels_root, on_world = _resolve_pool(pool, truth)
+    pool_root = pool_root.resolve()
+    try:
+        vocab = load_vocabulary(vocabulary or ("world" if on_world else "seed"))
+        check_prompt(prompt)
+        if source == "annotations" and truth_path is None:
+            raise click.UsageError("--source annotations needs a labels table: pass --truth FILE")
+        paths = list_images(pool_root)
+        if batch_size < 1 or chunk_size < 1 or num_workers < 0:
+            raise ValueError(f"batch size and chunk size must be >= 1 and workers >= 0, got "
+                             f"{batch_size}, {chunk_size}, {num_workers}")
+        labels = None
+        if truth_path is not None:
+            import pandas as pd
+
+            labels = concept_labels(pd.read_parquet(truth_path), vocab, labels_root=labels_root, pool_root=pool_root)
+            labels = labels[labels["path"].isin(set(paths))].reset_index(drop=True)
+        scorer = None
+        if source == "clip":
+            scorer = ClipScorer.create(clip_model, clip_weights or clip_pretrained,
+                                       device=resolve_device(device), precision=precision)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.UsageError(str(err)) from None
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
+
+    fingerprint = pool_fingerprint(pool_root, paths)
+    meta = {"source": source, "vocabulary": vocab.to_dict(), "vocabulary_file": vocab.source,
+            "vocabulary_fingerprint": vocab.fingerprint(), "prompt": prompt, "pool_root": str(pool_root),
+            "pool_fingerprint": fingerprint, "n_pool_images": len(paths), "seed": seed}
+    if scorer is not None:
+        meta.update(scorer.provenance(), probability=SCALE_NOTE)
+    params = {"source": source, "pool": str(pool_root), "truth": truth_path, "vocabulary": vocab.source,
+              "prompt": prompt, "top_k": top_k, "negatives": negatives, "test_fraction": test_fraction,
+              "seed": seed, "pool_fingerprint": fingerprint}
+    if scorer is not None:
+        params.update(clip_model=clip_model, clip_pretrained=meta["clip_pretrained"],
+                      clip_weights_sha256=scorer.weights_sha256, precision=precision,
+                      logit_scale=round(scorer.logit_scale, 4), batch_size=batch_size, num_workers=num_workers)
+
+    with runs.step_run("concepts", experiment_name=experiment_name, params=params,
+                       tags={"clipprobe.pool_root": str(pool_root)}) as run, \
+            tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "concepts"
+        unreadable: list[str] = []
+        try:
+            if scorer is not None:
+                key = {**scorer.provenance(), "prompt": prompt, "vocabulary": vocab.to_dict(),
+                       "pool_fingerprint": fingerprint, "pool_root": str(pool_root)}
+                digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+                chunk_dir = Path(cache_dir or default_cache_dir()) / "scores" / digest
+                scored = score_pool(scorer, pool_root, paths, vocab, prompt, chunk_dir=chunk_dir,
+                                    batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size,
+                                    resume_key=key)
+                scores, unreadable = scored.scores, scored.unreadable
+                if scored.images_scored_now and scored.seconds > 0:
+                    runs.log_metrics({"images_per_second": scored.images_scored_now / scored.seconds})
+                known = None
+            else:
+                scores = annotation_scores(labels, vocab, top_k)
+                known = labels
+            table = select_splits(scores, vocab, top_k=top_k, negatives=negatives,
+                                  test_fraction=test_fraction, seed=seed, known_labels=known)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from None
+        sizes = split_sizes(table)
+        split_meta = {**meta, "top_k": top_k, "negatives": negatives, "test_fraction": test_fraction,
+                      "sizes": sizes.to_dict(orient="index")}
+        write_table(scores, out / "scores.parquet", {**meta, "n_unreadable": len(unreadable)})
+        write_splits(table, out / "splits.parquet", split_meta)
+        write_contact_sheets(table, pool_root, out / "contact_sheets")
+        if unreadable:
+            (out / "unreadable.txt").write_text("\n".join(unreadable) + "\n")
+        runs.log_artifacts(out, "concepts")
+        for name, df in (("scores", scores), ("splits", table)):
+            datasets.log_dataset_input(df, name=f"concepts-{name}", context=f"concepts.{name}",
+                                       artifact_path=f"concepts/{name}.parquet")
+        metrics = {"n_pool_images": len(paths), "n_unreadable": len(unreadable), "n_scored": len(scores)}
+        for concept, row in sizes.iterrows():
+            metrics.update({f"{k}.{concept}": v for k, v in row.items()})
+        if scorer is not None and labels is not None:
+            precision_by = positive_precision(table, labels)
+            metrics.update({f"positive_precision.{c}": p for c, p in precision_by.items()})
+            metrics["positive_precision_mean"] = sum(precision_by.values()) / len(precision_by)
+        runs.log_metrics(metrics)
+    click.echo(sizes.to_string())
+    if unreadable:
+        click.echo(f"{len(unreadable)} unreadable image(s) skipped (listed in concepts/unreadable.txt)")
+    click.echo(f"concept splits of {len(paths)} images logged to run {run.info.run_id}")

@@ -1,0 +1,75 @@
+"""`clipprobe concepts` end to end on a small generated world: artifacts, dataset inputs, metrics."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from concepts_tiny_clip import register_tiny, tiny_weights
+from mlflow.tracking import MlflowClient
+
+from clipprobe.cli import main
+from clipprobe.concepts.parquet import read_table
+from clipprobe.concepts.splits import load_splits
+from clipprobe.tracking.runs import download_artifact, find_latest_run
+
+
+@pytest.fixture
+def world(tracking_store, tmp_path):
+    result = CliRunner().invoke(main, ["world", "--out", str(tmp_path / "world"), "--size", "32",
+                                       "--train-per-class", "0", "--val-per-class", "0", "--pool-size", "160"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "world"
+
+
+def _concepts(*args):
+    return CliRunner().invoke(main, ["concepts", *args], catch_exceptions=False)
+
+
+def test_annotations_on_the_latest_world(world):
+    result = _concepts("--source", "annotations", "--top-k", "10", "--negatives", "30")
+    assert result.exit_code == 0, result.output
+    run = find_latest_run("concepts")
+    assert run.data.params["vocabulary"] == "world.toml" and run.data.params["source"] == "annotations"
+    assert run.data.metrics["n_test.red"] == 12 and run.data.metrics["n_test_pos.dotted"] == 3
+    assert run.data.metrics["n_pool_images"] == 160 and run.data.metrics["n_unreadable"] == 0
+    splits = load_splits(download_artifact(run.info.run_id, "concepts/splits.parquet"))
+    assert splits.pool_root == (world / "pool").resolve()
+    assert splits.concepts == ["red", "blue", "green", "yellow", "dotted", "striped", "zigzagged"]
+    assert all(p.is_file() for p in splits.image_paths("red", "test"))
+    assert download_artifact(run.info.run_id, "concepts/contact_sheets/red.png").is_file()
+    inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    assert sorted(i.dataset.name for i in inputs) == ["concepts-scores", "concepts-splits"]
+
+
+def test_clip_source_with_local_weights_logs_precision(world, tmp_path):
+    name = register_tiny(tmp_path)
+    weights = tiny_weights(tmp_path, name)
+    args = ["--pool", str(world / "pool"), "--truth", str(world / "truth.parquet"), "--clip-model", name,
+            "--clip-weights", str(weights), "--num-workers", "0", "--batch-size", "32", "--top-k", "10",
+            "--negatives", "30", "--cache-dir", str(tmp_path / "cache")]
+    result = _concepts(*args)
+    assert result.exit_code == 0, result.output
+    run = find_latest_run("concepts")
+    metrics = run.data.metrics
+    assert 0 <= metrics["positive_precision.red"] <= 1 and "positive_precision_mean" in metrics
+    assert metrics["images_per_second"] > 0
+    scores, meta = read_table(download_artifact(run.info.run_id, "concepts/scores.parquet"))
+    assert len(scores) == 160 and meta["clip_model"] == name and meta["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-4)
+    assert meta["clip_weights_sha256"] == run.data.params["clip_weights_sha256"]
+    rerun = _concepts(*args, "--seed", "1")  # the scores come back from the chunk cache
+    assert rerun.exit_code == 0, rerun.output
+    assert "images_per_second" not in find_latest_run("concepts").data.metrics
+
+
+def test_bad_inputs_are_one_line(world, tmp_path):
+    missing = _concepts("--clip-model", "RN50", "--clip-weights", str(tmp_path / "none.pt"))
+    assert missing.exit_code == 2 and "CLIP weights file not found" in missing.output
+    short = _concepts("--source", "annotations", "--top-k", "100", "--negatives", "200")
+    assert short.exit_code != 0 and "fewer labelled images than top_k=100" in short.output
+    few = _concepts("--source", "annotations", "--top-k", "10", "--negatives", "155")
+    assert few.exit_code != 0 and "the pool has 160 scored images but top_k + negatives = 10 + 155 = 165" in few.output
+
+
+def test_no_pool_and_no_world_run(tracking_store):
+    result = _concepts("--source", "annotations")
+    assert result.exit_code == 2 and "no --pool given and no finished world run found" in result.output

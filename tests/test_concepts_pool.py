@@ -1,0 +1,85 @@
+"""Pool listing, corrupt files skipped and listed, interrupted scoring resumed where it stopped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from concepts_tiny_clip import register_tiny, tiny_weights
+from PIL import Image
+
+from clipprobe.concepts.pool import list_images, pool_fingerprint
+from clipprobe.concepts.scoring import ClipScorer, score_pool
+from clipprobe.concepts.vocabulary import load_vocabulary
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    name = register_tiny(folder)
+    return ClipScorer.create(name, str(tiny_weights(folder, name)))
+
+
+def _image(path, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 40), (value, 255 - value, 60)).save(path)
+
+
+def test_listing_is_recursive_sorted_and_filtered(tmp_path):
+    _image(tmp_path / "b" / "x.JPEG", 10)
+    _image(tmp_path / "a.png", 20)
+    (tmp_path / "notes.txt").write_text("hi")
+    _image(tmp_path / ".hidden" / "y.png", 30)
+    assert list_images(tmp_path) == ["a.png", "b/x.JPEG"]
+    assert pool_fingerprint(tmp_path, ["a.png"]) != pool_fingerprint(tmp_path, ["a.png", "b/x.JPEG"])
+
+
+def test_empty_pool_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match=r"image pool .* holds no images \(.jpg.*\): point the pool at a folder"):
+        list_images(tmp_path)
+
+
+def test_corrupt_files_are_skipped_counted_and_listed(scorer, tmp_path):
+    for i in range(6):
+        _image(tmp_path / f"ok_{i}.png", 40 * i)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
+    good = (tmp_path / "ok_0.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
+    paths = list_images(tmp_path)
+    out = score_pool(scorer, tmp_path, paths, load_vocabulary("seed"), chunk_dir=tmp_path / ".chunks",
+                     batch_size=3, num_workers=2, chunk_size=4)
+    assert sorted(out.unreadable) == ["broken.jpg", "truncated.png"]
+    assert out.scores["path"].tolist() == [f"ok_{i}.png" for i in range(6)]
+    assert not out.scores.isna().any().any()
+
+
+def test_interrupted_scoring_resumes_from_the_written_chunks(scorer, tmp_path, monkeypatch):
+    for i in range(20):
+        _image(tmp_path / "pool" / f"{i:02d}.png", 12 * i)
+    paths = list_images(tmp_path / "pool")
+    vocab = load_vocabulary("seed")
+    kwargs = dict(chunk_dir=tmp_path / "chunks", batch_size=4, num_workers=0, chunk_size=8, resume_key={"k": 1})
+    full = score_pool(scorer, tmp_path / "pool", paths, vocab, chunk_dir=tmp_path / "ref", batch_size=4,
+                      num_workers=0, chunk_size=8)
+
+    calls = []
+    real = scorer.score_images
+
+    def flaky(images, text):
+        calls.append(len(images))
+        if len(calls) == 4:  # after the first chunk (two batches of 4) and one more batch
+            raise KeyboardInterrupt
+        return real(images, text)
+
+    monkeypatch.setattr(scorer, "score_images", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        score_pool(scorer, tmp_path / "pool", paths, vocab, **kwargs)
+    assert sorted(p.name for p in (tmp_path / "chunks").glob("chunk-*.parquet")) == ["chunk-00000.parquet"]
+    calls.clear()
+    monkeypatch.setattr(scorer, "score_images", lambda images, text: calls.append(len(images)) or real(images, text))
+    resumed = score_pool(scorer, tmp_path / "pool", paths, vocab, **kwargs)
+    assert sum(calls) == 12 and resumed.images_scored_now == 12  # only chunks 1 and 2
+    np.testing.assert_allclose(resumed.scores[vocab.concepts], full.scores[vocab.concepts], rtol=1e-6)
+    calls.clear()
+    again = score_pool(scorer, tmp_path / "pool", paths, vocab, **{**kwargs, "resume_key": {"k": 2}})
+    assert sum(calls) == 20 and again.images_scored_now == 20  # other settings: starts afresh

@@ -1,0 +1,116 @@
+"""Top-k positives, negatives outside them, the stored stratified test part, Parquet round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipprobe.concepts.annotations import annotation_scores, concept_labels, positive_precision
+from clipprobe.concepts.splits import load_splits, select_splits, split_sizes, write_splits
+from clipprobe.concepts.vocabulary import load_vocabulary
+
+SEED_VOCAB = load_vocabulary("seed")
+
+
+def _scores(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"path": [f"img_{i:04d}.png" for i in range(n)]})
+    for group in SEED_VOCAB.groups:
+        p = rng.dirichlet(np.ones(len(group.concepts)), size=n)
+        for j, c in enumerate(group.concepts):
+            df[c] = p[:, j]
+    return df
+
+
+def test_sizes_are_the_stated_ones():
+    table = select_splits(_scores(500), SEED_VOCAB)  # defaults 100 / 200 / 0.3
+    sizes = split_sizes(table)
+    assert sizes.to_dict(orient="list") == {
+        "n_train": [210] * 9, "n_train_pos": [70] * 9, "n_test": [90] * 9, "n_test_pos": [30] * 9,
+    }
+    assert list(sizes.index) == SEED_VOCAB.concepts
+
+
+def test_positives_are_the_top_k_and_negatives_lie_outside():
+    scores = _scores(400)
+    table = select_splits(scores, SEED_VOCAB, top_k=50, negatives=120, seed=3)
+    for concept in SEED_VOCAB.concepts:
+        rows = table[table.concept == concept]
+        pos, neg = rows[rows.label == 1], rows[rows.label == 0]
+        assert set(pos.path) == set(scores.nlargest(50, concept).path)
+        assert pos["rank"].tolist() == list(range(1, 51))
+        assert not set(neg.path) & set(pos.path)
+        assert len(set(neg.path)) == 120 and (neg["rank"] > 50).all()
+        assert (rows.group == SEED_VOCAB.group_of(concept)).all()
+
+
+def test_splits_are_deterministic_for_a_seed():
+    scores = _scores(400)
+    a = select_splits(scores, SEED_VOCAB, seed=7)
+    b = select_splits(scores, SEED_VOCAB, seed=7)
+    c = select_splits(scores, SEED_VOCAB, seed=8)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["path"].equals(c["path"]) and not a["part"].equals(c["part"])
+
+
+def test_too_few_images_names_the_numbers():
+    with pytest.raises(ValueError, match=r"the pool has 250 scored images but top_k \+ negatives = 100 \+ 200 = 300"):
+        select_splits(_scores(250), SEED_VOCAB)
+
+
+def test_round_trip_keeps_metadata(tmp_path):
+    table = select_splits(_scores(320), SEED_VOCAB, top_k=20, negatives=40)
+    meta = {"pool_root": str(tmp_path), "prompt": "x {concept}", "seed": 0, "logit_scale": 100.0}
+    write_splits(table, tmp_path / "splits.parquet", meta)
+    splits = load_splits(tmp_path / "splits.parquet")
+    pd.testing.assert_frame_equal(splits.table, table)
+    assert splits.metadata == meta and splits.concepts == SEED_VOCAB.concepts
+    assert len(splits.select("red", "test")) == 18 and splits.labels("red", "test").sum() == 6
+    assert splits.image_paths("male")[0].parent == tmp_path
+    with pytest.raises(KeyError, match="unknown concept 'purple'"):
+        splits.select("purple")
+
+
+def _truth() -> pd.DataFrame:
+    colours = ["red", "blue", "green", "yellow", "purple"]
+    patterns = ["plain", "dotted", "striped", "zigzagged"]
+    rows = [{"path": f"pool/w_{i:04d}.png", "split": "pool", "shape": "circle",
+             "colour": colours[i % 5], "pattern": patterns[i % 4]} for i in range(400)]
+    rows.append({"path": "train/circle/t.png", "split": "train", "shape": "circle", "colour": "red", "pattern": "plain"})
+    return pd.DataFrame(rows)
+
+
+def test_annotations_choose_true_positives_and_true_negatives(tmp_path):
+    vocab = load_vocabulary("world")
+    labels = concept_labels(_truth(), vocab, labels_root=tmp_path, pool_root=tmp_path / "pool")
+    assert len(labels) == 400 and labels["path"].iloc[0] == "w_0000.png"  # re-rooted, train row dropped
+    assert labels["red"].sum() == 80 and labels["dotted"].sum() == 100
+    scores = annotation_scores(labels, vocab, top_k=30)
+    table = select_splits(scores, vocab, top_k=30, negatives=60, seed=1, known_labels=labels)
+    truth = labels.set_index("path")
+    for concept in vocab.concepts:
+        rows = table[table.concept == concept]
+        assert truth.loc[rows.path[rows.label == 1], concept].all()
+        assert not truth.loc[rows.path[rows.label == 0], concept].any()
+    assert positive_precision(table, labels) == dict.fromkeys(vocab.concepts, 1.0)
+    other = select_splits(scores, vocab, top_k=30, negatives=60, seed=2, known_labels=labels)
+    assert set(other[other.label == 1].path) != set(table[table.label == 1].path)  # k among the true, by seed
+
+
+def test_annotations_refuse_short_concepts_and_unknown_ones(tmp_path):
+    labels = concept_labels(_truth(), load_vocabulary("world"), labels_root=tmp_path, pool_root=tmp_path / "pool")
+    with pytest.raises(ValueError, match=r"fewer labelled images than top_k=90: red \(80\)"):
+        annotation_scores(labels, load_vocabulary("world"), top_k=90)
+    with pytest.raises(ValueError, match="concept.s. female, male never appear in the labels table"):
+        concept_labels(_truth(), SEED_VOCAB, labels_root=tmp_path, pool_root=tmp_path / "pool")
+
+
+def test_precision_of_clip_positives_against_truth(tmp_path):
+    vocab = load_vocabulary("world")
+    labels = concept_labels(_truth(), vocab, labels_root=tmp_path, pool_root=tmp_path / "pool")
+    scores = annotation_scores(labels, vocab, top_k=10)
+    scores["red"] = np.where(labels["red"], 0.5, 0.1)
+    scores.loc[:4, "red"] = 0.9  # 5 planted false positives (rows 0..4: only row 0 is red)
+    table = select_splits(scores, vocab, top_k=10, negatives=20, seed=0)
+    assert positive_precision(table, labels)["red"] == pytest.approx(6 / 10)
