@@ -36,7 +36,7 @@ def test_entry_point_turns_true_false_into_flags(monkeypatch):
     monkeypatch.setattr("clipprobe.cli.entry.main", fake_main)
     run_entry("world", ["--out", "w", "--overwrite", "true", "--colours", ""], flags=["overwrite"])
     assert seen["args"] == ["world", "--out", "w", "--overwrite"]
-    run_entry("world", ["--overwrite", "false", "--seed", "3"], flags=["overwrite"])
+    run_entry("world", ["", "--overwrite", "false", "--seed", "3"], flags=["overwrite"])
     assert seen["args"] == ["world", "--seed", "3"]
     with pytest.raises(SystemExit, match="--overwrite takes true or false, got 'maybe'"):
         run_entry("world", ["--overwrite", "maybe"], flags=["overwrite"])

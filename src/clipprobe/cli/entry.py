@@ -34,6 +34,9 @@ def run(step: str, argv: Sequence[str] | None = None, *, flags: Sequence[str] = 
         if name is not None and value == "":
             i += 2
             continue
+        if arg == "":  # an empty positional parameter: nothing given
+            i += 1
+            continue
         out.append(arg)
         i += 1
     main([step, *out], prog_name="clipprobe")

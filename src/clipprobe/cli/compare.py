@@ -1,0 +1,77 @@
+"""`clipprobe compare`: the seed's tables and the what-where-when plot, built from probe sweeps."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from clipprobe.cli import options
+from clipprobe.report.build import write_report
+from clipprobe.report.reference import read_reference_csv
+from clipprobe.tracking import results as sweep_results
+from clipprobe.tracking.runs import log_artifacts, set_tags, step_run
+
+log = logging.getLogger(__name__)
+
+
+def _epoch(value: str) -> int | None:
+    text = value.strip().lower()
+    if text in ("", "last"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise click.UsageError(f"--epoch must be an integer or 'last', got {value!r}") from None
+
+
+def _modules(value: str) -> list[str] | None:
+    names = [m.strip() for m in value.replace(" ", ",").split(",") if m.strip()]
+    return names or None
+
+
+@click.command("compare")
+@click.argument("run_ids", nargs=-1)
+@click.option("--epoch", default="last", show_default=True,
+              help="Checkpoint epoch the tables show; it must be in every sweep.")
+@click.option("--modules", default="",
+              help="Modules for the accuracy-over-epoch lines, comma-separated "
+              "(e.g. module:1,module:10); default: four spread from first to last.")
+@click.option("--reference", default="",
+              help="CSV in the seed's table shape (group, concept, module, one column per probe) "
+              "to print ours beside, e.g. tests/fixtures/seed_tables.csv.")
+@click.option("--out", default="outputs/compare", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder for the report files.")
+@options.experiment_name
+def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, out: Path,
+            experiment_name: str | None) -> None:
+    """Tables, plots and sanity flags for probe sweep RUN_IDS (default: the latest sweep).
+
+    With several sweeps, each later one is also compared cell by cell with the first.
+    Everything is written to --out and logged as artifacts of a `compare` run.
+    """
+    ids = [r.strip() for raw in run_ids for r in raw.replace(",", " ").split() if r.strip()]
+    try:
+        if not ids:
+            ids = [sweep_results.find_latest_sweep(experiment_name).info.run_id]
+            log.info("comparing the latest probe sweep %s", ids[0])
+        sweeps = [(run_id[:8], sweep_results.load_sweep_results(run_id)) for run_id in ids]
+        ref = read_reference_csv(reference) if reference.strip() else None
+        # Built in a fresh folder so the run logs this report only, never stale files in --out.
+        with tempfile.TemporaryDirectory(prefix="clipprobe-compare-") as tmp:
+            report = write_report(sweeps, tmp, epoch=_epoch(epoch), modules=_modules(modules),
+                                  reference_table=ref)
+            params = {"sweep_run_ids": ",".join(ids), "epoch": epoch, "modules": modules,
+                      "reference": reference, "out": str(out)}
+            with step_run("compare", experiment_name=experiment_name, params=params) as run:
+                set_tags({"clipprobe.compare.sweeps": ",".join(ids)})
+                log_artifacts(tmp, artifact_path="compare")
+            shutil.copytree(tmp, out, dirs_exist_ok=True)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.text)
+    click.echo(f"report: {out / report.html.name}  (compare run {run.info.run_id}, "
+               "artifacts under compare/)")

@@ -1,0 +1,112 @@
+"""Write the whole comparison report for one or more sweeps into a folder (no MLflow, no CLI).
+
+Layout of ``out``: ``report.html`` (self-contained) and ``report.txt`` (what the terminal shows);
+per sweep (at the root for one sweep, in ``<name>/`` for several) ``tables.md``, ``tables.csv``,
+``tables.txt``, ``sanity.txt``, ``results.parquet`` and ``plots/*.png``; ``diff_<a>_vs_<b>.csv``
+for each later sweep against the first; ``reference.csv`` (ours beside the reference).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from clipprobe.report import diff, page, plots, reference, sanity, tables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    """What was written: the terminal text, the HTML page and every file."""
+
+    text: str
+    html: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def _prepare(sweeps: Sequence[tuple[str, pd.DataFrame]], epoch: int | None,
+             modules: Sequence[str] | None) -> list[tuple[str, pd.DataFrame, list[tables.ConceptTable], list[str]]]:
+    """Validate every input before writing anything (epoch, modules, shape)."""
+    if not sweeps:
+        raise ValueError("no sweep to compare")
+    prepared = []
+    for name, results in sweeps:
+        data = tables.normalize_results(results)
+        built = tables.build_tables(data, epoch)
+        chosen = plots.check_modules(data, modules) if modules else plots.default_modules(data)
+        prepared.append((name, data, built, chosen))
+    return prepared
+
+
+def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
+                 epoch: int | None = None, modules: Sequence[str] | None = None,
+                 reference_table: pd.DataFrame | None = None, title: str = "clipprobe comparison") -> Report:
+    """Tables, plots, sanity flags, diffs (later sweeps vs the first) and the reference comparison."""
+    prepared = _prepare(sweeps, epoch, modules)
+    diffs = [(name, diff.diff_sweeps(prepared[0][1], data, epoch_a=epoch, epoch_b=epoch))
+             for name, data, _, _ in prepared[1:]]
+    beside = (reference.beside_reference(tables.tables_long(prepared[0][2]), reference_table)
+              if reference_table is not None else None)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    text: list[str] = []
+    sections: list[tuple[str, str]] = []
+    several = len(prepared) > 1
+    for name, data, built, chosen in prepared:
+        folder = out / name if several else out
+        (folder / "plots").mkdir(parents=True, exist_ok=True)
+        flags = sanity.sanity_flags(data, built[0].epoch)
+        files += [tables.write_csv(built, folder / "tables.csv"),
+                  _write(folder / "tables.md", tables.to_markdown(built)),
+                  _write(folder / "tables.txt", tables.to_text(built)),
+                  _write(folder / "sanity.txt", _flags_text(flags))]
+        data.drop(columns="module_index").to_parquet(folder / "results.parquet", index=False)
+        files.append(folder / "results.parquet")
+        images = []
+        for probe in tables.probes_in(data):
+            files.append(plots.what_where_when(data, probe, folder / "plots" / f"what_where_when_{probe}.png"))
+            images.append((f"what-where-when {probe}", files[-1]))
+            files.append(plots.accuracy_over_epochs(data, probe, chosen,
+                                                    folder / "plots" / f"accuracy_over_epochs_{probe}.png"))
+            images.append((f"accuracy over epochs {probe}", files[-1]))
+        heading = f"sweep {name}"
+        text += [f"#### {heading}: {len(data)} fits, epoch {built[0].epoch}", tables.to_text(built), "",
+                 "sanity flags:", _flags_text(flags), ""]
+        sections += [(f"{heading}: sanity flags", page.flags_html(flags)),
+                     (f"{heading}: tables at epoch {built[0].epoch}", tables.to_html(built)),
+                     (f"{heading}: plots", "\n".join(page.embed_png(p, alt) for alt, p in images))]
+    first = prepared[0][0]
+    for name, d in diffs:
+        path = out / f"diff_{first}_vs_{name}.csv"
+        d.to_csv(path, index=False)
+        files.append(path)
+        text += [diff.diff_text(d, first, name), ""]
+        sections.append((f"{first} vs {name}", diff.diff_html(d, first, name)))
+    if beside is not None:
+        path = out / "reference.csv"
+        beside.to_csv(path, index=False)
+        files.append(path)
+        text += [reference.render_beside(beside), ""]
+        sections.append(("ours beside the reference", f"<pre>{html.escape(reference.render_beside(beside))}</pre>"))
+    html_path = _write(out / "report.html", page.render_page(title, sections))
+    report_text = "\n".join(text).rstrip() + "\n"
+    files += [html_path, _write(out / "report.txt", report_text)]
+    log.debug("report written to %s (%d files)", out, len(files))
+    return Report(report_text, html_path, files)
+
+
+def _flags_text(flags: Sequence[sanity.SanityFlag]) -> str:
+    return "\n".join(f"[{f.kind}] {f.message}" for f in flags) if flags else "none"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,143 @@
+"""What-where-when plots: per probe kind, one heatmap panel per concept (module x epoch, one colour
+scale for every panel), and accuracy-over-epoch lines with 95% bands for chosen modules.
+
+Figures are built with ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), at a fixed
+size so a PNG is ``figure_pixels(n_concepts)`` pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from clipprobe.report.tables import epochs_of, module_index, normalize_results
+
+VMIN, VMAX = 0.5, 1.0
+PANEL_INCHES = (3.4, 3.2)
+MAX_COLUMNS = 4
+DPI = 100
+
+
+def grid_shape(n_panels: int) -> tuple[int, int]:
+    cols = max(1, min(MAX_COLUMNS, n_panels))
+    return math.ceil(n_panels / cols), cols
+
+
+def figure_pixels(n_panels: int, dpi: int = DPI) -> tuple[int, int]:
+    """(width, height) in pixels of a grid figure with ``n_panels`` panels."""
+    rows, cols = grid_shape(n_panels)
+    w, h = _figsize(rows, cols)
+    return round(w * dpi), round(h * dpi)
+
+
+def _figsize(rows: int, cols: int) -> tuple[float, float]:
+    return PANEL_INCHES[0] * cols + 1.0, PANEL_INCHES[1] * rows + 0.6
+
+
+def _concepts(data: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(data["concept"]))
+
+
+def _check_probe(data: pd.DataFrame, probe: str) -> pd.DataFrame:
+    rows = data[data["probe"] == probe]
+    if rows.empty:
+        raise ValueError(f"probe {probe!r} is not in the sweep: it has {', '.join(dict.fromkeys(data['probe']))}")
+    return rows
+
+
+def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin: float = VMIN,
+                    vmax: float = VMAX, dpi: int = DPI) -> Path:
+    """Heatmaps of test accuracy, module (rows) x epoch (columns), one panel per concept."""
+    data = _check_probe(normalize_results(results), probe)
+    concepts = _concepts(data)
+    epochs = epochs_of(data)
+    modules = sorted(data["module_index"].unique())
+    rows, cols = grid_shape(len(concepts))
+    fig = Figure(figsize=_figsize(rows, cols), dpi=dpi, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    image = None
+    for ax, concept in zip(axes.flat, concepts, strict=False):
+        sub = data[data["concept"] == concept]
+        grid = sub.pivot_table(index="module_index", columns="epoch", values="test_acc",
+                               aggfunc="mean").reindex(index=modules, columns=epochs)
+        image = ax.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="viridis",
+                          vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"{concept} ({sub['group'].iloc[0]})", fontsize=10)
+        ax.set_yticks(range(len(modules)), [f"module:{m}" for m in modules], fontsize=7)
+        step = max(1, len(epochs) // 8)
+        ax.set_xticks(range(0, len(epochs), step), [str(e) for e in epochs[::step]], fontsize=7)
+        ax.set_xlabel("epoch (when)", fontsize=8)
+    for ax in list(axes.flat)[len(concepts):]:
+        ax.set_axis_off()
+    fig.suptitle(f"what-where-when: {probe} test accuracy (module = where, epoch = when)", fontsize=11)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label=f"test accuracy ({vmin:g}..{vmax:g})")
+    return _save(fig, path)
+
+
+def default_modules(results: pd.DataFrame, k: int = 4) -> list[str]:
+    """Up to ``k`` modules spread evenly from the first to the last."""
+    indices = sorted(normalize_results(results)["module_index"].unique())
+    picks = np.unique(np.linspace(0, len(indices) - 1, min(k, len(indices))).round().astype(int))
+    return [f"module:{indices[i]}" for i in picks]
+
+
+def check_modules(results: pd.DataFrame, modules: Sequence[str]) -> list[str]:
+    """The modules asked for, each checked against the sweep."""
+    have = sorted(normalize_results(results)["module_index"].unique())
+    out = []
+    for name in modules:
+        if module_index(name) not in have:
+            raise ValueError(f"unknown module {name!r}: the sweep has module:{have[0]} .. module:{have[-1]}")
+        out.append(name)
+    return out
+
+
+def accuracy_over_epochs(results: pd.DataFrame, probe: str, modules: Sequence[str], path: str | Path,
+                         *, ylim: tuple[float, float] = (VMIN, VMAX), dpi: int = DPI) -> Path:
+    """Lines of test accuracy over epochs for ``modules``, 95% interval bands, majority dashed."""
+    data = _check_probe(normalize_results(results), probe)
+    modules = check_modules(data, modules)
+    concepts = _concepts(data)
+    rows, cols = grid_shape(len(concepts))
+    fig = Figure(figsize=_figsize(rows, cols), dpi=dpi, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    colours = [f"C{i % 10}" for i in range(len(modules))]
+    for ax, concept in zip(axes.flat, concepts, strict=False):
+        sub = data[data["concept"] == concept]
+        for module, colour in zip(modules, colours, strict=True):
+            line = sub[sub["module"] == module].groupby("epoch")[
+                ["test_acc", "test_acc_ci_low", "test_acc_ci_high"]].mean().sort_index()
+            if line.empty:
+                continue
+            x = line.index.to_numpy()
+            ax.plot(x, line["test_acc"], marker="o", ms=3, color=colour, label=module)
+            ax.fill_between(x, line["test_acc_ci_low"], line["test_acc_ci_high"], color=colour, alpha=0.2)
+        majority = sub["test_majority_acc"].dropna()
+        if not majority.empty:
+            ax.axhline(float(majority.mean()), color="grey", ls="--", lw=1, label="majority")
+        ax.set_ylim(*ylim)
+        ax.set_title(f"{concept} ({sub['group'].iloc[0]})", fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("test accuracy", fontsize=8)
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(concepts):]:
+        ax.set_axis_off()
+    fig.suptitle(f"{probe}: test accuracy over epochs with 95% intervals", fontsize=11)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,273 @@
+"""Seed-shaped result tables: one per concept, rows ``module:0..N``, columns the probe kinds.
+
+Each cell is the test accuracy at one epoch with its 95% interval and the selectivity (accuracy
+minus the shuffled-label control); the majority baseline sits beside it and the test size under
+each table. Renders as terminal text, Markdown, CSV and HTML fragments.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+PROBE_ORDER = ("linear_gap", "non_linear_gap", "non_linear_non_gap", "linear_non_gap")
+REQUIRED = ("concept", "group", "module", "probe", "epoch", "test_acc", "test_acc_ci_low",
+            "test_acc_ci_high")
+OPTIONAL_METRICS = ("test_majority_acc", "test_control_acc", "test_selectivity", "n_test",
+                    "n_test_pos", "repeats", "test_balanced_acc", "test_auroc", "train_acc")
+COUNTS = ("n_test", "n_test_pos", "repeats")
+CELL = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_control_acc", "test_selectivity",
+        "test_majority_acc", "n_test", "n_test_pos", "repeats")
+_MODULE = re.compile(r"^module:(\d+)$")
+
+
+def module_index(name: str) -> int:
+    """``"module:7"`` -> 7."""
+    m = _MODULE.match(str(name))
+    if m is None:
+        raise ValueError(f"bad module name {name!r}: expected 'module:<index>' such as 'module:7'")
+    return int(m.group(1))
+
+
+def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
+    """Check a sweep's results table and give its columns one dtype (epoch int, metrics float)."""
+    missing = [c for c in REQUIRED if c not in results.columns]
+    if missing:
+        raise ValueError(
+            f"results table lacks column(s) {', '.join(missing)}: see 'Results of a probe sweep' "
+            "in docs/architecture.md"
+        )
+    if results.empty:
+        raise ValueError("results table is empty: the sweep logged no fit")
+    out = results.copy()
+    for col in OPTIONAL_METRICS:
+        if col not in out.columns:
+            out[col] = math.nan
+    out["epoch"] = pd.to_numeric(out["epoch"], errors="raise").astype(int)
+    for col in ("test_acc", "test_acc_ci_low", "test_acc_ci_high", *OPTIONAL_METRICS):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    for col in ("concept", "group", "module", "probe"):
+        out[col] = out[col].astype(str)
+    out["module_index"] = out["module"].map(module_index)
+    return out
+
+
+def epochs_of(results: pd.DataFrame) -> list[int]:
+    return sorted(int(e) for e in pd.unique(results["epoch"]))
+
+
+def select_epoch(results: pd.DataFrame, epoch: int | None = None) -> int:
+    """The epoch to tabulate: the one asked for (it must be in the sweep) or the last one."""
+    epochs = epochs_of(results)
+    if epoch is None:
+        return epochs[-1]
+    if int(epoch) not in epochs:
+        raise ValueError(f"epoch {epoch} is not in the sweep: it has epoch(s) {_span(epochs)}")
+    return int(epoch)
+
+
+def _span(values: Sequence[int]) -> str:
+    return ", ".join(map(str, values)) if len(values) <= 12 else f"{values[0]} .. {values[-1]} ({len(values)} epochs)"
+
+
+def probes_in(results: pd.DataFrame) -> list[str]:
+    found = list(dict.fromkeys(results["probe"]))
+    return sorted(found, key=lambda p: (PROBE_ORDER.index(p) if p in PROBE_ORDER else 99, p))
+
+
+@dataclass(frozen=True)
+class ConceptTable:
+    """One concept's table at one epoch: ``cells`` is long (one row per module x probe)."""
+
+    group: str
+    concept: str
+    epoch: int
+    probes: tuple[str, ...]
+    modules: tuple[str, ...]
+    cells: pd.DataFrame
+
+    def cell(self, module: str, probe: str) -> pd.Series:
+        hit = self.cells[(self.cells["module"] == module) & (self.cells["probe"] == probe)]
+        if hit.empty:
+            raise KeyError(f"{self.concept}: no fit for {module} / {probe}")
+        return hit.iloc[0]
+
+    def test_size(self) -> str:
+        """The line under the table: test images, positives, repeated splits, majority baseline."""
+        parts = [f"test set: {_range(self.cells['n_test'])} images"]
+        if self.cells["n_test_pos"].notna().any():
+            parts[0] += f" ({_range(self.cells['n_test_pos'])} positive)"
+        if self.cells["repeats"].notna().any():
+            parts.append(f"{_range(self.cells['repeats'])} repeated split(s)")
+        if self.cells["test_majority_acc"].notna().any():
+            parts.append(f"majority baseline {_range(self.cells['test_majority_acc'], '.3f')}")
+        parts.append(f"epoch {self.epoch}")
+        return "; ".join(parts)
+
+
+def _range(values: pd.Series, fmt: str = ".0f") -> str:
+    v = values.dropna()
+    if v.empty:
+        return "?"
+    lo, hi = float(v.min()), float(v.max())
+    return f"{lo:{fmt}}" if lo == hi else f"{lo:{fmt}}-{hi:{fmt}}"
+
+
+def build_tables(results: pd.DataFrame, epoch: int | None = None) -> list[ConceptTable]:
+    """One table per concept (groups and concepts in sweep order, modules sorted numerically)."""
+    data = normalize_results(results)
+    chosen = select_epoch(data, epoch)
+    at = data[data["epoch"] == chosen]
+    dup = at.duplicated(["concept", "module", "probe"], keep=False)
+    if dup.any():
+        first = at[dup].iloc[0]
+        raise ValueError(
+            f"the sweep has {int(dup.sum())} fits sharing concept/module/probe at epoch {chosen} "
+            f"(e.g. {first['concept']} / {first['module']} / {first['probe']}): compare one "
+            "backbone per sweep"
+        )
+    probes = tuple(probes_in(at))
+    tables = []
+    for group in dict.fromkeys(at["group"]):
+        for concept in dict.fromkeys(at.loc[at["group"] == group, "concept"]):
+            rows = at[(at["group"] == group) & (at["concept"] == concept)]
+            rows = rows.sort_values(["module_index", "probe"])
+            modules = tuple(dict.fromkeys(rows["module"]))
+            cells = rows[["module", "probe", *CELL]].reset_index(drop=True)
+            tables.append(ConceptTable(group, concept, chosen, probes, modules, cells))
+    return tables
+
+
+def tables_long(tables: Sequence[ConceptTable]) -> pd.DataFrame:
+    """All cells of all tables in one long frame (``group``, ``concept``, ``epoch`` added)."""
+    frames = [t.cells.assign(group=t.group, concept=t.concept, epoch=t.epoch) for t in tables]
+    return pd.concat(frames, ignore_index=True)
+
+
+def tables_wide(tables: Sequence[ConceptTable]) -> pd.DataFrame:
+    """Seed-shaped wide frame: ``group, concept, module, epoch``, then per probe its accuracy,
+    interval, control and selectivity, then the majority baseline and test sizes."""
+    rows = []
+    for t in tables:
+        for module in t.modules:
+            row: dict[str, object] = {"group": t.group, "concept": t.concept, "module": module,
+                                      "epoch": t.epoch}
+            shared = t.cells[t.cells["module"] == module].iloc[0]
+            for probe in t.probes:
+                try:
+                    c = t.cell(module, probe)
+                except KeyError:
+                    c = pd.Series(dtype=float)
+                row[probe] = c.get("test_acc", math.nan)
+                row[f"{probe}_ci_low"] = c.get("test_acc_ci_low", math.nan)
+                row[f"{probe}_ci_high"] = c.get("test_acc_ci_high", math.nan)
+                row[f"{probe}_control"] = c.get("test_control_acc", math.nan)
+                row[f"{probe}_selectivity"] = c.get("test_selectivity", math.nan)
+            row["majority"] = shared["test_majority_acc"]
+            for col in COUNTS:
+                row[col] = shared[col]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_csv(tables: Sequence[ConceptTable], path: str | Path) -> Path:
+    """The wide table as CSV, floats at full precision (also readable as a reference table)."""
+    path = Path(path)
+    tables_wide(tables).to_csv(path, index=False)
+    return path
+
+
+def _acc(c: pd.Series | None) -> str:
+    if c is None or pd.isna(c["test_acc"]):
+        return "-"
+    return f"{c['test_acc']:.3f} [{c['test_acc_ci_low']:.3f}, {c['test_acc_ci_high']:.3f}]"
+
+
+def _sel(c: pd.Series | None) -> str:
+    return "-" if c is None or pd.isna(c["test_selectivity"]) else f"{c['test_selectivity']:+.3f}"
+
+
+def _maj(t: ConceptTable, module: str) -> str:
+    v = t.cells.loc[t.cells["module"] == module, "test_majority_acc"].dropna()
+    return "-" if v.empty else f"{v.iloc[0]:.3f}"
+
+
+def _grid(t: ConceptTable) -> tuple[list[str], list[list[str]]]:
+    """Header and string rows shared by every renderer."""
+    header = ["module"]
+    for p in t.probes:
+        header += [f"{p} [95% CI]", "sel."]
+    header.append("majority")
+    rows = []
+    for m in t.modules:
+        row = [m]
+        for p in t.probes:
+            try:
+                c = t.cell(m, p)
+            except KeyError:
+                c = None
+            row += [_acc(c), _sel(c)]
+        row.append(_maj(t, m))
+        rows.append(row)
+    return header, rows
+
+
+def _groups(tables: Sequence[ConceptTable]) -> list[tuple[str, list[ConceptTable]]]:
+    order = list(dict.fromkeys(t.group for t in tables))
+    return [(g, [t for t in tables if t.group == g]) for g in order]
+
+
+def to_text(tables: Sequence[ConceptTable]) -> str:
+    """Fixed-width terminal text, grouped by concept group."""
+    out: list[str] = []
+    for group, members in _groups(tables):
+        out += [f"== {group} ==", ""]
+        for t in members:
+            header, rows = _grid(t)
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+            out.append(f"{t.concept}")
+            out.append(fmt.format(*header))
+            out += [fmt.format(*r) for r in rows]
+            out += [t.test_size(), ""]
+    out.append("sel. = test accuracy minus the shuffled-label control (selectivity)")
+    return "\n".join(out)
+
+
+def to_markdown(tables: Sequence[ConceptTable]) -> str:
+    """Markdown: a heading per group and per concept, a pipe table, the test size below."""
+    out: list[str] = []
+    for group, members in _groups(tables):
+        out += [f"## {group}", ""]
+        for t in members:
+            header, rows = _grid(t)
+            out += [f"### {t.concept}", "", "| " + " | ".join(header) + " |",
+                    "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+            out += ["| " + " | ".join(r) + " |" for r in rows]
+            out += ["", f"*{t.test_size()}*", ""]
+    out.append("*sel. = test accuracy minus the shuffled-label control (selectivity)*")
+    return "\n".join(out) + "\n"
+
+
+def to_html(tables: Sequence[ConceptTable]) -> str:
+    """HTML fragment (no page): ``<section>`` per group, ``<table>`` per concept, caption below."""
+    esc = html.escape
+    out: list[str] = []
+    for group, members in _groups(tables):
+        out.append(f'<section class="group"><h3>{esc(group)}</h3><div class="concepts">')
+        for t in members:
+            header, rows = _grid(t)
+            out.append(f'<div class="concept"><h4>{esc(t.concept)}</h4>'
+                       f'<table data-concept="{esc(t.concept)}">')
+            out.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>")
+            for r in rows:
+                out.append("<tr>" + f"<th>{esc(r[0])}</th>" + "".join(f"<td>{esc(v)}</td>" for v in r[1:]) + "</tr>")
+            out.append(f'</tbody></table><p class="size">{esc(t.test_size())}</p></div>')
+        out.append("</div></section>")
+    return "\n".join(out)

@@ -1,0 +1,139 @@
+"""Read a probe sweep's results back from MLflow: its Parquet artifact, else its nested fit runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from clipprobe.tracking.runs import LEVEL_TAG, STEP_TAG, download_artifact, find_latest_run
+
+log = logging.getLogger(__name__)
+
+PROBE_STEP = "probe"
+RESULTS_ARTIFACT = "probe/results.parquet"
+PARENT_TAG = "mlflow.parentRunId"
+PAGE_SIZE = 10_000
+
+
+class NotAProbeSweepError(ValueError):
+    """The run exists but is not a probe sweep (or does not exist at all)."""
+
+
+def get_sweep(run_id: str) -> Run:
+    """The probe sweep run with this id; one clear error when it is missing or another step's run."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise NotAProbeSweepError(f"no run with id {run_id!r} in {client.tracking_uri}") from exc
+    step = run.data.tags.get(STEP_TAG)
+    if step != PROBE_STEP:
+        what = f"its {STEP_TAG} tag is {step!r}" if step else f"it has no {STEP_TAG} tag"
+        raise NotAProbeSweepError(
+            f"run {run_id} is not a probe sweep: {what} (expected {PROBE_STEP!r}); "
+            "pass the parent run of `clipprobe probe`"
+        )
+    return run
+
+
+def find_latest_sweep(experiment_name: str | None = None) -> Run:
+    """The newest finished probe sweep, or one clear error saying how to make one."""
+    run = find_latest_run(PROBE_STEP, experiment_name=experiment_name)
+    if run is None:
+        where = f"experiment {experiment_name!r}" if experiment_name else "any experiment"
+        raise NotAProbeSweepError(
+            f"no finished probe sweep in {where}: run `clipprobe probe` first or pass a run id"
+        )
+    return run
+
+
+def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataFrame:
+    """One row per fit of the sweep ``run_id`` (columns as in docs/architecture.md).
+
+    The parent's ``probe/results.parquet`` is read when present; otherwise (or with
+    ``prefer_artifact=False``) the finished nested fit runs are paged through, so fits logged
+    by other workers under the same sweep are included.
+    """
+    run = get_sweep(run_id)
+    if prefer_artifact and _has_results_artifact(run_id):
+        with _quiet_download():
+            path = download_artifact(run_id, RESULTS_ARTIFACT)
+        log.info("sweep %s: reading %s", run_id, RESULTS_ARTIFACT)
+        return pd.read_parquet(path)
+    rows = [fit_row(r) for r in iter_fit_runs(run)]
+    if not rows:
+        raise NotAProbeSweepError(
+            f"probe sweep {run_id} has neither {RESULTS_ARTIFACT} nor finished nested fit runs"
+        )
+    log.info("sweep %s: read %d nested fit runs", run_id, len(rows))
+    return pd.DataFrame(rows)
+
+
+@contextmanager
+def _quiet_download() -> Iterator[None]:
+    """No tqdm bar on the terminal for one small file (it would bury the tables and errors)."""
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _has_results_artifact(run_id: str) -> bool:
+    folder = RESULTS_ARTIFACT.rsplit("/", 1)[0]
+    try:
+        return any(f.path == RESULTS_ARTIFACT for f in MlflowClient().list_artifacts(run_id, folder))
+    except (MlflowException, OSError):
+        return False
+
+
+def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> Iterator[Run]:
+    """All runs whose parent is ``parent_id``, page by page."""
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+            max_results=PAGE_SIZE,
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def iter_fit_runs(sweep: Run) -> Iterator[Run]:
+    """Finished fit runs below a sweep, directly or under per-checkpoint runs."""
+    client = MlflowClient()
+    exp_id = sweep.info.experiment_id
+    frontier = [sweep.info.run_id]
+    skipped = 0
+    while frontier:
+        for child in _children(client, exp_id, frontier.pop()):
+            if child.data.tags.get(LEVEL_TAG) != "fit":
+                frontier.append(child.info.run_id)
+            elif child.info.status == "FINISHED":
+                yield child
+            else:
+                skipped += 1
+    if skipped:
+        log.warning("sweep %s: skipped %d fit runs that are not FINISHED", sweep.info.run_id, skipped)
+
+
+def fit_row(run: Run) -> dict[str, object]:
+    """A fit run as a results row: its params (identity columns) and metrics, plus its run id."""
+    return {**run.data.params, **run.data.metrics, "fit_run_id": run.info.run_id}
