@@ -1,0 +1,16 @@
+"""Probes: LinearProbe / MLPProbe, batched fitting of many probes at once, evaluation with baselines."""
+
+from clipprobe.probes.batched import BatchedFit, fit_many
+from clipprobe.probes.estimators import LinearProbe, MLPProbe
+from clipprobe.probes.evaluation import (
+    ConceptTask,
+    ProbeResult,
+    evaluate_concept,
+    evaluate_concepts,
+)
+from clipprobe.probes.kinds import PROBE_KINDS, ProbeKind, probe_kind
+
+__all__ = [
+    "PROBE_KINDS", "BatchedFit", "ConceptTask", "LinearProbe", "MLPProbe", "ProbeKind", "ProbeResult",
+    "evaluate_concept", "evaluate_concepts", "fit_many", "probe_kind",
+]

@@ -1,0 +1,184 @@
+"""Per probe group: standardise with training-part statistics, drop sub-precision features, build the design.
+
+A *group* is a set of rows of X (training rows first) shared by probes that differ only in their labels.
+Its design is either the standardised features themselves ("explicit") or, when there are more features
+than training rows, exact coordinates in the span of the training rows ("gram"): with V an orthonormal
+basis of that span, every solver here only ever moves weights inside it, so X V carries all that matters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+INIT_BLOCK = 4096  # columns per seeded block of the first-layer init: any slice is reproducible
+_TINY = torch.finfo(torch.float32).tiny
+_RANK_RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+def feature_stats(train: torch.Tensor, drop_rtol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, std (population, 1 where dropped) and keep mask of training rows ``(n, d)``.
+
+    A feature is dropped when its std <= ``drop_rtol`` * max(|mean|, tiny): its spread is rounding noise.
+    """
+    mean = train.mean(0)
+    std = train.std(0, correction=0) if train.shape[0] > 1 else torch.zeros_like(mean)
+    keep = std > drop_rtol * mean.abs().clamp_min(_TINY)
+    return mean, torch.where(keep, std, torch.ones_like(std)), keep
+
+
+def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` with dropped features set to 0 (so they carry nothing)."""
+    return torch.where(keep, (x - mean) / std, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def init_first_layer(seed: int, hidden: int, start: int, stop: int) -> torch.Tensor:
+    """Columns ``start:stop`` of the N(0, 1) first-layer init ``(hidden, stop - start)``, float32 on CPU."""
+    blocks = []
+    for b in range(start // INIT_BLOCK, math.ceil(stop / INIT_BLOCK)):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        block = torch.randn(hidden, INIT_BLOCK, generator=gen)
+        lo = max(start, b * INIT_BLOCK) - b * INIT_BLOCK
+        hi = min(stop, (b + 1) * INIT_BLOCK) - b * INIT_BLOCK
+        blocks.append(block[:, lo:hi])
+    return torch.cat(blocks, 1) if blocks else torch.zeros(hidden, 0)
+
+
+def load_columns(X: np.ndarray | torch.Tensor, rows: torch.Tensor | None, c0: int, c1: int,
+                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``rows`` (all when None) and columns ``c0:c1`` of X as a tensor (X may be a numpy memmap)."""
+    if isinstance(X, torch.Tensor):
+        block = X[:, c0:c1] if rows is None else X[rows.to(X.device), c0:c1]
+    else:
+        block = torch.from_numpy(np.ascontiguousarray(X[:, c0:c1] if rows is None else X[rows.numpy(), c0:c1]))
+    return block.to(device=device, dtype=dtype)
+
+
+@dataclass
+class Design:
+    """Each group's rows in solver coordinates (explicit features or exact Gram-span coordinates)."""
+
+    rows: torch.Tensor  # (G, n) row of X per position (train rows first); padding repeats row 0
+    valid: torch.Tensor  # (G, n) bool: a real row, not padding
+    train: torch.Tensor  # (G, n) bool: a training row of the group
+    features: torch.Tensor  # (G, n, r)
+    init: torch.Tensor | None  # (G or 1, H, r): the first-layer init in these coordinates (MLP only)
+    offset: torch.Tensor | None  # (G, n, H): init applied to the part of each row outside the span
+    n_dropped: torch.Tensor  # (G,) features dropped by the precision rule
+    form: str  # "explicit" or "gram"
+    basis: torch.Tensor | None = None  # (G, n_train, r): V = Z_train^T basis (gram form)
+    scale: torch.Tensor | None = None  # (G,): factor applied to standardised features (MLP: 1/sqrt(kept))
+    stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # per group, when kept
+
+
+def build_design(
+    X: np.ndarray | torch.Tensor,
+    group_rows: list[torch.Tensor],
+    group_ntrain: list[int],
+    *,
+    form: str,
+    hidden: int | None = None,
+    seed: int = 0,
+    drop_rtol: float,
+    unit_norm: bool = False,
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk: int = 4 * INIT_BLOCK,
+    keep_stats: bool = False,
+) -> Design:
+    """Stream X in column chunks once and build every group's design.
+
+    ``group_rows[g]`` lists the group's rows, its first ``group_ntrain[g]`` being the training part.
+    ``hidden`` asks for an MLP init (seeded by ``seed``); ``unit_norm`` divides the standardised
+    features by sqrt(number kept) so one learning rate suits 16 or 400,000 features.
+    """
+    n_rows, d = X.shape
+    G = len(group_rows)
+    n_max = max(len(r) for r in group_rows)
+    t_max = max(group_ntrain)
+    rows = torch.zeros(G, n_max, dtype=torch.long)
+    valid = torch.zeros(G, n_max, dtype=torch.bool)
+    train = torch.zeros(G, n_max, dtype=torch.bool)
+    for g, (r, t) in enumerate(zip(group_rows, group_ntrain, strict=True)):
+        rows[g, : len(r)] = r
+        valid[g, : len(r)] = True
+        train[g, :t] = True
+    used = torch.unique(rows[valid])
+    whole = len(used) == n_rows
+    pos = rows if whole else torch.searchsorted(used, rows)  # position of each row in the loaded block
+
+    gram = form == "gram"
+    kept = torch.zeros(G, dtype=torch.float64)
+    if gram:
+        K = torch.zeros(G, n_max, t_max, dtype=dtype, device=device)
+        P = torch.zeros(G, n_max, hidden, dtype=dtype, device=device) if hidden else None
+        feats, init = None, None
+    else:
+        feats = torch.zeros(G, n_max, d, dtype=dtype, device=device)
+        init = torch.zeros(1, hidden, d, dtype=dtype, device=device) if hidden else None
+    stats: list[list[torch.Tensor]] | None = [[] for _ in range(G)] if keep_stats else None
+
+    for c0 in range(0, d, chunk):
+        c1 = min(d, c0 + chunk)
+        block = load_columns(X, None if whole else used, c0, c1, device, dtype)
+        w0 = init_first_layer(seed, hidden, c0, c1).to(device=device, dtype=dtype) if hidden else None
+        if init is not None:
+            init[0, :, c0:c1] = w0
+        for g in range(G):
+            n_g, t_g = len(group_rows[g]), group_ntrain[g]
+            xg = block[pos[g, :n_g].to(device)]
+            mean, std, keep = feature_stats(xg[:t_g], drop_rtol)
+            z = standardise(xg, mean, std, keep)
+            kept[g] += int(keep.sum())
+            if stats is not None:
+                stats[g].append(torch.stack([mean, std, keep.to(dtype)]).cpu())
+            if gram:
+                K[g, :n_g, :t_g] += z @ z[:t_g].T
+                if P is not None:
+                    P[g, :n_g] += z @ w0.T
+            else:
+                feats[g, :n_g, c0:c1] = z
+
+    n_dropped = (d - kept).round().long()
+    scale = torch.ones(G, dtype=torch.float64)
+    if unit_norm:
+        scale = 1.0 / kept.clamp_min(1.0).sqrt()
+    s = scale.to(device=device, dtype=dtype)
+    kept_stats = None
+    if stats is not None:
+        kept_stats = []
+        for parts in stats:
+            m, sd, k = torch.cat(parts, 1)
+            kept_stats.append((m, sd, k.bool()))
+
+    if not gram:
+        feats *= s[:, None, None]
+        return Design(rows, valid, train, feats, init, None, n_dropped, "explicit", None, scale, kept_stats)
+
+    K *= (s * s)[:, None, None]
+    if P is not None:
+        P *= s[:, None, None]
+    basis, features = gram_coordinates(K, train[:, :t_max], dtype)
+    init_c = offset = None
+    if P is not None:
+        init_c = P[:, :t_max].mT @ basis  # (G, H, r): W0 V
+        offset = P - features @ init_c.mT  # (G, n, H): W0 (I - V V^T) u
+    return Design(rows, valid, train, features, init_c, offset, n_dropped, "gram", basis, scale, kept_stats)
+
+
+def gram_coordinates(K: torch.Tensor, train: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """From K = Z Z_train^T ``(G, n, t)``: basis ``U S^-1/2`` of the training span and coordinates K basis."""
+    Ktt = K[:, : K.shape[2]].double()
+    Ktt = 0.5 * (Ktt + Ktt.mT)
+    mask = train.to(Ktt.device)
+    Ktt = Ktt * (mask[:, :, None] & mask[:, None, :])
+    eigval, eigvec = torch.linalg.eigh(Ktt)
+    top = eigval.amax(-1, keepdim=True).clamp_min(_TINY)
+    good = eigval > _RANK_RTOL.get(dtype, 1e-6) * top
+    inv = torch.where(good, eigval.clamp_min(_TINY).rsqrt(), torch.zeros_like(eigval))
+    basis = eigvec * inv[:, None, :]
+    features = K.double() @ basis
+    return basis.to(dtype), features.to(dtype)
