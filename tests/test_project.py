@@ -23,7 +23,7 @@ def test_every_entry_point_has_a_script_and_typed_parameters():
         assert (REPO / script).is_file(), f"{name}: {script} missing"
         for pname, p in entry.get("parameters", {}).items():
             assert p["type"] in {"string", "int", "float", "path", "uri"}, (name, pname)
-            assert "default" in p, (name, pname)
+            assert "default" in p or p["type"] == "path", (name, pname)
             assert "{" + pname + "}" in entry["command"], (name, pname)
 
 

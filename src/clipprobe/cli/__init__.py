@@ -28,9 +28,11 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     # One module per step; each defines a click command named after the step.
-    from clipprobe.cli import compare, concepts, demo, world
+    from clipprobe.cli import checkpoints, compare, concepts, demo, train, world
 
     main.add_command(world.world)
+    main.add_command(train.train)
+    main.add_command(checkpoints.checkpoints)
     main.add_command(concepts.concepts)
     main.add_command(compare.compare)
     main.add_command(demo.demo)

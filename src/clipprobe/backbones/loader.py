@@ -1,0 +1,104 @@
+"""One loader for the rest of the pipeline: a backbone from a registry name + epoch, a URI or a file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clipprobe.backbones.architectures import (
+    ImageTransform,
+    build_model,
+    num_classes_of,
+    resolve_probe_modules,
+    transform_from_args,
+)
+from clipprobe.backbones.checkpoints import fingerprint, load_into, read_checkpoint
+from clipprobe.devices import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A loaded checkpoint: the module (eval mode) and what probing it needs."""
+
+    module: nn.Module
+    probe_modules: dict[str, str]  # display name (module:7) -> module path (features.7), in order
+    transform: ImageTransform
+    fingerprint: str
+    epoch: int | None
+    name: str | None
+    version: str | None
+    architecture: str | None
+
+
+def load_backbone(
+    source: str | Path,
+    *,
+    epoch: int | None = None,
+    modules: Sequence[str] | Mapping[str, str] | None = None,
+    device: str | torch.device = "cpu",
+    architecture: str = "mobilenet_v2",
+    width_mult: float = 1.0,
+) -> Backbone:
+    """Load a backbone, trying ``source`` in this order:
+
+    1. a ``models:/`` URI (``models:/mobilenet_v2@epoch-007``, ``models:/mobilenet_v2/3``);
+    2. a checkpoint file (``model_7.pth``; ``architecture``/``width_mult`` apply when its args lack them);
+    3. a registered model name with ``epoch`` (None: the highest registered epoch).
+    The weights' fingerprint is recomputed and must match the registered one.
+    """
+    text = str(source)
+    if text.startswith("models:/"):
+        backbone = _from_registry(text)
+    elif text.endswith((".pth", ".pt")) or Path(text).is_file():
+        backbone = _from_file(Path(text), architecture=architecture, width_mult=width_mult)
+    else:
+        from clipprobe.tracking.registry import epoch_alias, latest_epoch
+
+        chosen = latest_epoch(text) if epoch is None else epoch
+        backbone = _from_registry(f"models:/{text}@{epoch_alias(chosen)}")
+    if epoch is not None and backbone.epoch is not None and backbone.epoch != epoch:
+        raise ValueError(f"{source}: holds epoch {backbone.epoch}, but epoch {epoch} was asked for")
+    module = backbone.module.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    return Backbone(
+        module=module, probe_modules=resolve_probe_modules(module, modules), transform=backbone.transform,
+        fingerprint=backbone.fingerprint, epoch=backbone.epoch, name=backbone.name,
+        version=backbone.version, architecture=backbone.architecture,
+    )
+
+
+def _from_file(path: Path, *, architecture: str, width_mult: float) -> Backbone:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist: give a .pth file, a models:/ URI "
+                                "or a registered model name")
+    ckpt = read_checkpoint(path)
+    arch = ckpt.args.get("model") or architecture
+    wm = float(ckpt.args.get("width_mult") or width_mult)
+    nc = int(ckpt.args.get("num_classes") or num_classes_of(ckpt.state_dict))
+    model = load_into(build_model(arch, num_classes=nc, width_mult=wm), ckpt,
+                      f"{arch}(width_mult={wm}, num_classes={nc})")
+    return Backbone(module=model, probe_modules={}, transform=transform_from_args(ckpt.args),
+                    fingerprint=fingerprint(ckpt.state_dict), epoch=ckpt.epoch, name=None, version=None,
+                    architecture=arch)
+
+
+def _from_registry(uri: str) -> Backbone:
+    from clipprobe.tracking.registry import load_model
+
+    loaded = load_model(uri)
+    meta = loaded.metadata
+    digest = fingerprint(loaded.module.state_dict())
+    stored = meta.get("fingerprint")
+    if stored and stored != digest:
+        raise ValueError(f"{uri}: the weights' fingerprint {digest[:12]}... differs from the registered "
+                         f"{stored[:12]}...: the stored model was changed; re-import its checkpoint")
+    epoch = meta.get("epoch")
+    return Backbone(module=loaded.module, probe_modules={}, transform=transform_from_args(meta),
+                    fingerprint=digest, epoch=None if epoch is None else int(epoch), name=loaded.name,
+                    version=loaded.version, architecture=meta.get("architecture"))

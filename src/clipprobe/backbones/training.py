@@ -1,0 +1,260 @@
+"""The torchvision reference recipe for MobileNetV2, small enough to run on the concept world.
+
+Every value is a parameter of TrainConfig. Each saved checkpoint (epoch 0 is the random
+initialisation) is handed to the caller's callback; this module never logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from clipprobe.backbones.architectures import (
+    DEFAULT_VAL_CROP_SIZE,
+    DEFAULT_VAL_RESIZE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    build_model,
+    check_architecture,
+)
+from clipprobe.backbones.checkpoints import (
+    checkpoint_name,
+    epoch_from_name,
+    read_checkpoint,
+    write_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+# The reference trains MobileNetV2 with lr 0.045 on 8 GPUs x 32 images = a batch of 256.
+REFERENCE_BATCH_SIZE = 256
+# Args that must match for a folder's checkpoints to be resumed.
+_RESUME_KEYS = ("model", "width_mult", "num_classes", "batch_size", "lr", "momentum", "weight_decay",
+                "lr_step_size", "lr_gamma", "label_smoothing", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the reference recipe (``references/classification``, MobileNetV2 row).
+
+    ``lr=None`` scales linearly with the batch: ``base_lr * batch_size / 256`` (0.045 at 256,
+    0.01125 at 64). Crop and resize sizes default to the data's square image size (no crop), or
+    to the reference 224 / 256 / 224 when images differ in size.
+    """
+
+    architecture: str = "mobilenet_v2"
+    width_mult: float = 1.0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None
+    base_lr: float = 0.045
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    lr_step_size: int = 1
+    lr_gamma: float = 0.98
+    label_smoothing: float = 0.0
+    train_crop_size: int | None = None
+    val_resize_size: int | None = None
+    val_crop_size: int | None = None
+    min_crop_scale: float = 0.08
+    hflip_prob: float = 0.5
+    seed: int = 0
+    workers: int = 0
+
+    def scaled_lr(self) -> float:
+        """The learning rate in force: ``lr`` if given, else ``base_lr * batch_size / 256``."""
+        return float(self.lr) if self.lr is not None else self.base_lr * self.batch_size / REFERENCE_BATCH_SIZE
+
+    def validate(self) -> None:
+        check_architecture(self.architecture, self.width_mult)
+        for name in ("epochs", "batch_size", "lr_step_size"):
+            if getattr(self, name) < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.min_crop_scale <= 1:
+            raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
+        if self.scaled_lr() <= 0:
+            raise ValueError(f"learning rate must be positive, got {self.scaled_lr()}")
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What the recipe hands its caller after saving one checkpoint."""
+
+    epoch: int
+    path: Path
+    model: nn.Module
+    metrics: dict[str, float]
+    args: dict[str, Any]
+
+
+def _image_size(folder: datasets.ImageFolder, probe: int = 8) -> int | None:
+    """The common side of the first few images when they are all square and equal, else None."""
+    from PIL import Image
+
+    sizes = set()
+    for path, _ in folder.samples[:probe]:
+        with Image.open(path) as img:
+            sizes.add(img.size)
+    if len(sizes) == 1:
+        (w, h), = sizes
+        if w == h:
+            return int(w)
+    return None
+
+
+def resolve_sizes(config: TrainConfig, image_size: int | None) -> TrainConfig:
+    """Fill in crop / resize sizes from the data (square images of one size: no crop)."""
+    if image_size is not None:
+        defaults = {"train_crop_size": image_size, "val_resize_size": image_size, "val_crop_size": image_size}
+    else:
+        defaults = {"train_crop_size": DEFAULT_VAL_CROP_SIZE, "val_resize_size": DEFAULT_VAL_RESIZE_SIZE,
+                    "val_crop_size": DEFAULT_VAL_CROP_SIZE}
+    return replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
+
+
+def _train_transform(config: TrainConfig) -> v2.Compose:
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(config.train_crop_size, scale=(config.min_crop_scale, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(config.hflip_prob),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+    ])
+
+
+def _rgb(image):
+    return image.convert("RGB")
+
+
+def _run_epoch(model, loader, criterion, device, optimizer=None) -> tuple[float, float]:
+    """Mean loss and accuracy over one pass; trains when an optimizer is given."""
+    model.train(optimizer is not None)
+    total, loss_sum, correct = 0, 0.0, 0
+    with torch.set_grad_enabled(optimizer is not None):
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            output = model(images)
+            loss = criterion(output, targets)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            n = targets.shape[0]
+            total += n
+            loss_sum += float(loss.detach()) * n
+            correct += int((output.argmax(1) == targets).sum())
+    if total == 0:
+        return math.nan, math.nan
+    return loss_sum / total, correct / total
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The ``model_<N>.pth`` with the highest N in a folder, or None."""
+    files = [(epoch_from_name(p), p) for p in Path(out_dir).glob("model_*.pth")]
+    files = [(e, p) for e, p in files if e is not None]
+    return max(files)[1] if files else None
+
+
+def train(
+    config: TrainConfig,
+    train_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    val_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    resume: bool = True,
+    on_checkpoint: Callable[[EpochReport], None] | None = None,
+    progress: bool = True,
+) -> list[EpochReport]:
+    """Train on an ImageFolder and save ``model_<epoch>.pth`` for epochs 0..``config.epochs``.
+
+    With checkpoints already in ``out_dir`` and ``resume`` the last one is continued (model,
+    optimizer, scheduler); only newly saved checkpoints reach ``on_checkpoint``.
+    """
+    config.validate()
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    train_set = datasets.ImageFolder(str(train_dir))
+    if val_dir is None and (Path(train_dir).parent / "val").is_dir():
+        val_dir = Path(train_dir).parent / "val"
+    config = resolve_sizes(config, _image_size(train_set))
+    train_set.transform = v2.Compose([_rgb, _train_transform(config)])
+    val_transform = ImageTransform(config.val_resize_size, config.val_crop_size)
+    val_set = datasets.ImageFolder(str(val_dir), transform=val_transform) if val_dir else None
+    if val_set is not None and val_set.classes != train_set.classes:
+        raise ValueError(f"{val_dir}: classes {val_set.classes} differ from {train_dir}'s {train_set.classes}")
+
+    args = {**asdict(config), "model": config.architecture, "lr": config.scaled_lr(),
+            "num_classes": len(train_set.classes), "classes": list(train_set.classes),
+            "train_dir": str(Path(train_dir).resolve()),
+            "val_dir": str(Path(val_dir).resolve()) if val_dir else None}
+    torch.manual_seed(config.seed)
+    model = build_model(config.architecture, num_classes=args["num_classes"], width_mult=config.width_mult).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args["lr"], momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    val_loader = (DataLoader(val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
+                  if val_set is not None else None)
+
+    start = 0
+    last = latest_checkpoint(out_dir) if out_dir.is_dir() else None
+    if last is not None:
+        if not resume:
+            raise ValueError(f"{out_dir} already holds checkpoints (last {last.name}): resume, or choose another folder")
+        saved = read_checkpoint(last)
+        clash = {k: (saved.args.get(k), args[k]) for k in _RESUME_KEYS if saved.args.get(k) != args[k]}
+        if clash:
+            detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in clash.items())
+            raise ValueError(f"{last}: cannot resume, the recipe differs ({detail}); use another output folder")
+        obj = torch.load(last, map_location=device, weights_only=True)
+        model.load_state_dict(obj["model"])
+        optimizer.load_state_dict(obj["optimizer"])
+        scheduler.load_state_dict(obj["lr_scheduler"])
+        start = saved.epoch + 1
+        log.info("resuming from %s (epoch %d)", last, saved.epoch)
+
+    reports: list[EpochReport] = []
+
+    def save(epoch: int, metrics: dict[str, float]) -> None:
+        path = write_checkpoint(out_dir / checkpoint_name(epoch), model=model, epoch=epoch, args=args,
+                                optimizer=optimizer, lr_scheduler=scheduler)
+        report = EpochReport(epoch=epoch, path=path, model=model, metrics=metrics, args=args)
+        reports.append(report)
+        if on_checkpoint is not None:
+            on_checkpoint(report)
+
+    def validate_metrics() -> dict[str, float]:
+        if val_loader is None:
+            return {}
+        val_loss, val_acc = _run_epoch(model, val_loader, criterion, device)
+        return {"val_loss": val_loss, "val_acc": val_acc}
+
+    if start == 0:
+        save(0, validate_metrics())  # epoch 0: the random initialisation, the "when" axis's origin
+        start = 1
+    epochs = range(start, config.epochs + 1)
+    for epoch in tqdm(epochs, desc="train", unit="epoch", disable=not progress or len(epochs) == 0):
+        # Seeded per epoch so a resumed run sees the same batches and crops as an unbroken one.
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
+                            num_workers=config.workers,
+                            generator=torch.Generator().manual_seed(config.seed + epoch))
+        train_loss, train_acc = _run_epoch(model, loader, criterion, device, optimizer)
+        scheduler.step()
+        metrics = {"train_loss": train_loss, "train_acc": train_acc, **validate_metrics()}
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        save(epoch, metrics)
+    return reports

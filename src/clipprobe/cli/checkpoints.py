@@ -1,0 +1,59 @@
+"""`clipprobe checkpoints FOLDER`: import a folder of checkpoints as registered model versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clipprobe.cli import options
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--arch", "architecture", default="mobilenet_v2", show_default=True,
+              help="torchvision classification model the files were saved from.")
+@click.option("--width-mult", default=None, type=float,
+              help="Width multiplier, when the files' args do not say (default 1.0).")
+@click.option("--num-classes", default=None, type=int,
+              help="Classifier outputs, when the files' args do not say (default: read from the weights).")
+@click.option("--model-name", default=None, help="Registered model name (default: the architecture name).")
+@click.option("--pattern", default="*.pth", show_default=True, help="Glob of checkpoint files in FOLDER.")
+@options.experiment_name
+def checkpoints(folder, architecture, width_mult, num_classes, model_name, pattern, experiment_name) -> None:
+    """Import checkpoints (torchvision reference dicts or plain state dicts) from FOLDER.
+
+    The epoch comes from each file's dict or its name (model_<N>.pth). Each file becomes a
+    version of the registered model with the alias epoch-NNN and a weight fingerprint; files
+    already registered are skipped, bad files are named and skipped.
+    """
+    from clipprobe.backbones.architectures import architectures
+    from clipprobe.tracking import registry, runs
+
+    if architecture not in architectures():
+        raise click.UsageError(f"unknown architecture {architecture!r}: expected a torchvision "
+                               "classification model such as mobilenet_v2, resnet18, efficientnet_b0")
+    files = sorted(p for p in Path(folder).glob(pattern) if p.is_file())
+    if not files:
+        raise click.UsageError(f"no files match {pattern!r} in {folder}: pass --pattern")
+    model_name = model_name or architecture
+    params = {"folder": str(Path(folder).resolve()), "architecture": architecture,
+              "width_mult": width_mult or "", "num_classes": num_classes or "", "model_name": model_name,
+              "pattern": pattern}
+    tags = {registry.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture}
+    with runs.step_run("checkpoints", experiment_name=experiment_name, params=params, tags=tags) as run:
+        summary = registry.import_checkpoints(files, name=model_name, architecture=architecture,
+                                              width_mult=width_mult, num_classes=num_classes)
+        runs.log_metrics({"n_files": len(files), "n_imported": len(summary.imported),
+                          "n_already_registered": len(summary.already), "n_skipped": len(summary.skipped),
+                          "n_duplicate_groups": len(summary.duplicates)})
+    epochs = sorted(c.epoch for c in summary.imported)
+    span = f" (epochs {epochs[0]}..{epochs[-1]})" if epochs else ""
+    click.echo(f"{folder}: imported {len(summary.imported)}{span} as '{model_name}', "
+               f"{len(summary.already)} already registered, {len(summary.skipped)} skipped as bad files "
+               f"(run {run.info.run_id})")
+    if summary.duplicates:
+        click.echo(f"WARNING: {len(summary.duplicates)} group(s) of epochs share identical weights: "
+                   "see the clipprobe.duplicate_of version tags", err=True)
+    if not summary.imported and not summary.already:
+        raise click.ClickException(f"nothing imported from {folder}: all {len(files)} files were skipped")

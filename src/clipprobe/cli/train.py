@@ -1,0 +1,119 @@
+"""`clipprobe train`: the torchvision recipe on an ImageFolder; every checkpoint a registered model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import click
+
+from clipprobe.backbones.training import TrainConfig
+from clipprobe.cli import options
+
+_D = TrainConfig()
+
+
+def default_train_dir() -> Path:
+    """``train/`` of the world made by the latest finished `world` run."""
+    from clipprobe.tracking import runs
+
+    run = runs.find_latest_run("world")
+    root = run.data.tags.get("clipprobe.world_root") if run else None
+    if not root:
+        raise click.UsageError("no --train-dir given and no finished `world` run found: "
+                               "run `clipprobe world` first or pass --train-dir")
+    return Path(root) / "train"
+
+
+@click.command()
+@click.option("--train-dir", type=click.Path(file_okay=False), default=None,
+              help="ImageFolder to train on (default: train/ of the latest `world` run's world).")
+@click.option("--val-dir", type=click.Path(file_okay=False), default=None,
+              help="ImageFolder to validate on (default: val/ beside the train folder, if any).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Where model_<epoch>.pth go (default: checkpoints/<model-name>).")
+@click.option("--arch", "architecture", default=_D.architecture, show_default=True,
+              help="torchvision classification model name.")
+@click.option("--width-mult", default=_D.width_mult, show_default=True, type=float,
+              help="MobileNet width multiplier (0.5 trains fast on the concept world).")
+@click.option("--epochs", default=_D.epochs, show_default=True, type=int, help="Last epoch (the reference: 300).")
+@click.option("--batch-size", default=_D.batch_size, show_default=True, type=int)
+@click.option("--lr", default=None, type=float,
+              help="Learning rate; omitted or 0: base-lr x batch-size / 256.")
+@click.option("--base-lr", default=_D.base_lr, show_default=True, type=float, help="Learning rate at batch 256.")
+@click.option("--momentum", default=_D.momentum, show_default=True, type=float)
+@click.option("--weight-decay", default=_D.weight_decay, show_default=True, type=float)
+@click.option("--lr-step-size", default=_D.lr_step_size, show_default=True, type=int)
+@click.option("--lr-gamma", default=_D.lr_gamma, show_default=True, type=float)
+@click.option("--label-smoothing", default=_D.label_smoothing, show_default=True, type=float)
+@click.option("--train-crop-size", default=None, type=int, help="Omitted or 0: the data's image size.")
+@click.option("--val-resize-size", default=None, type=int, help="Omitted or 0: the data's image size.")
+@click.option("--val-crop-size", default=None, type=int, help="Omitted or 0: the data's image size (no crop).")
+@click.option("--min-crop-scale", default=_D.min_crop_scale, show_default=True, type=float,
+              help="Smallest area fraction of RandomResizedCrop.")
+@click.option("--hflip-prob", default=_D.hflip_prob, show_default=True, type=float)
+@click.option("--seed", default=_D.seed, show_default=True, type=int)
+@click.option("--workers", default=_D.workers, show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--model-name", default=None, help="Registered model name (default: the architecture name).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the last model_<N>.pth in --out-dir.")
+@options.experiment_name
+@options.device
+def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_size, lr, base_lr, momentum,
+          weight_decay, lr_step_size, lr_gamma, label_smoothing, train_crop_size, val_resize_size,
+          val_crop_size, min_crop_scale, hflip_prob, seed, workers, model_name, resume, experiment_name,
+          device) -> None:
+    """Train a backbone with the torchvision reference recipe (MobileNetV2 row).
+
+    Saves model_<epoch>.pth for epochs 0 (random init) .. EPOCHS, logs train/val loss and accuracy
+    per epoch, and logs every checkpoint as a registered model version with the alias epoch-NNN.
+    """
+    from clipprobe.backbones import training
+    from clipprobe.devices import resolve_device
+    from clipprobe.tracking import registry, runs
+
+    config = replace(
+        _D, architecture=architecture, width_mult=width_mult, epochs=epochs, batch_size=batch_size,
+        lr=lr or None, base_lr=base_lr, momentum=momentum, weight_decay=weight_decay,
+        lr_step_size=lr_step_size, lr_gamma=lr_gamma, label_smoothing=label_smoothing,
+        train_crop_size=train_crop_size or None, val_resize_size=val_resize_size or None,
+        val_crop_size=val_crop_size or None, min_crop_scale=min_crop_scale, hflip_prob=hflip_prob,
+        seed=seed, workers=workers,
+    )
+    model_name = model_name or architecture
+    try:
+        config.validate()
+        torch_device = resolve_device(device)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    train_path = Path(train_dir) if train_dir else default_train_dir()
+    if not train_path.is_dir():
+        raise click.UsageError(f"train folder {train_path} does not exist: pass --train-dir")
+    out_path = Path(out_dir) if out_dir else Path("checkpoints") / model_name
+
+    params = {**asdict(config), "lr": config.scaled_lr(), "train_dir": str(train_path.resolve()),
+              "val_dir": val_dir or "", "out_dir": str(out_path.resolve()), "model_name": model_name,
+              "resume": resume}
+    tags = {registry.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture}
+    with runs.step_run("train", experiment_name=experiment_name, params=params, tags=tags) as run:
+        if resume and out_path.is_dir() and training.latest_checkpoint(out_path) is not None:
+            # Earlier epochs of an interrupted run: registered already, or now (no duplicates either way).
+            registry.import_checkpoints(sorted(out_path.glob("model_*.pth")), name=model_name,
+                                        architecture=architecture, progress=False)
+
+        def on_checkpoint(report: training.EpochReport) -> None:
+            registry.log_checkpoint(report.model, name=model_name, epoch=report.epoch,
+                                    source=report.path.resolve(), metadata=report.args, metrics=report.metrics)
+
+        try:
+            reports = training.train(config, train_path, out_path, val_dir=val_dir, device=torch_device,
+                                     resume=resume, on_checkpoint=on_checkpoint)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from None
+        duplicates = registry.mark_duplicates(model_name)
+    last = reports[-1].metrics if reports else {}
+    summary = ", ".join(f"{k}={v:.3f}" for k, v in last.items())
+    click.echo(f"trained {architecture} to epoch {config.epochs} in {out_path} ({len(reports)} new checkpoints"
+               f"{', ' + summary if summary else ''}); registered as '{model_name}' (run {run.info.run_id})")
+    if duplicates:
+        click.echo(f"WARNING: {len(duplicates)} group(s) of epochs share identical weights", err=True)

@@ -1,0 +1,322 @@
+"""Backbone checkpoints as MLflow logged models, registered as versions with an alias per epoch.
+
+A version carries the tags ``clipprobe.epoch``, ``clipprobe.source`` and ``clipprobe.fingerprint``
+and the alias ``epoch-007``; ``models:/<name>@epoch-007`` loads an eager ``nn.Module``
+(pickle serialisation, so forward hooks fire). Re-importing a known fingerprint + epoch is a no-op.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import torch
+import torchvision
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from torch import nn
+from tqdm import tqdm
+
+from clipprobe.backbones.architectures import build_model, num_classes_of
+from clipprobe.backbones.checkpoints import CheckpointError, fingerprint, load_into, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+EPOCH_TAG = "clipprobe.epoch"
+SOURCE_TAG = "clipprobe.source"
+FINGERPRINT_TAG = "clipprobe.fingerprint"
+DUPLICATE_TAG = "clipprobe.duplicate_of"
+ARCHITECTURE_TAG = "clipprobe.architecture"
+MODEL_NAME_TAG = "clipprobe.model_name"  # on the train / checkpoints run, so `probe` finds the model
+# Everything the loader needs besides the weights; stored as version tags and in the MLmodel file.
+METADATA_KEYS = ("architecture", "width_mult", "num_classes", "val_resize_size", "val_crop_size", "classes")
+# Explicit requirements: inferring them costs ~10 s per logged model instead of ~0.1 s.
+PIP_REQUIREMENTS = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    f"torchvision=={torchvision.__version__.split('+')[0]}",
+    f"mlflow=={mlflow.__version__}",
+]
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))?$")
+
+
+class _PickleNoticeFilter(logging.Filter):
+    """Drop MLflow's per-model pickle notice: pickle is chosen on purpose (hooks need the eager module)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Pickle or CloudPickle" not in record.getMessage()
+
+
+logging.getLogger("mlflow.pytorch").addFilter(_PickleNoticeFilter())
+
+
+def epoch_alias(epoch: int) -> str:
+    """The registry alias of an epoch: ``epoch-007`` (3 digits at least)."""
+    return f"epoch-{int(epoch):03d}"
+
+
+@dataclass(frozen=True)
+class RegisteredCheckpoint:
+    """One registered checkpoint version of a model."""
+
+    name: str
+    version: str
+    epoch: int
+    fingerprint: str
+    source: str
+    duplicate_of: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def alias(self) -> str:
+        return epoch_alias(self.epoch)
+
+    @property
+    def duplicate(self) -> bool:
+        return bool(self.duplicate_of)
+
+
+def _as_checkpoint(mv: ModelVersion) -> RegisteredCheckpoint | None:
+    tags = dict(mv.tags or {})
+    if EPOCH_TAG not in tags or FINGERPRINT_TAG not in tags:
+        return None  # a version clipprobe did not register
+    dup = tuple(t for t in tags.get(DUPLICATE_TAG, "").split(",") if t)
+    return RegisteredCheckpoint(name=mv.name, version=str(mv.version), epoch=int(tags[EPOCH_TAG]),
+                                fingerprint=tags[FINGERPRINT_TAG], source=tags.get(SOURCE_TAG, ""),
+                                duplicate_of=dup, tags=tags)
+
+
+def _all_versions(name: str) -> list[RegisteredCheckpoint]:
+    client = MlflowClient()
+    out: list[RegisteredCheckpoint] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        out.extend(c for c in (_as_checkpoint(mv) for mv in page) if c is not None)
+        token = page.token
+        if not token:
+            break
+    return sorted(out, key=lambda c: (c.epoch, int(c.version)))
+
+
+def list_checkpoints(name: str, *, all_versions: bool = False) -> list[RegisteredCheckpoint]:
+    """Registered checkpoints of a model sorted by epoch: the version each ``epoch-NNN`` alias
+    points to (the newest of that epoch), or every version with ``all_versions``."""
+    versions = _all_versions(name)
+    if all_versions:
+        return versions
+    newest: dict[int, RegisteredCheckpoint] = {}
+    for ckpt in versions:
+        newest[ckpt.epoch] = ckpt
+    return [newest[e] for e in sorted(newest)]
+
+
+def _to_cpu(model: nn.Module) -> nn.Module:
+    on_cpu = all(t.device.type == "cpu" for t in model.state_dict().values())
+    return model if on_cpu else copy.deepcopy(model).cpu()
+
+
+_KNOWN_MODELS: set[tuple[str, str]] = set()
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    key = (mlflow.get_registry_uri(), name)
+    if key in _KNOWN_MODELS:
+        return
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Backbone checkpoints registered by clipprobe; "
+                                       "alias epoch-NNN = the checkpoint of epoch NNN.")
+        log.info("registered model %r created", name)
+    _KNOWN_MODELS.add(key)
+
+
+def log_checkpoint(
+    model: nn.Module,
+    *,
+    name: str,
+    epoch: int,
+    source: str | Path,
+    metadata: Mapping[str, Any],
+    fingerprint_: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> RegisteredCheckpoint:
+    """Log ``model`` as a logged model (step=epoch) on the active run and register it as a version
+    of ``name`` with the epoch, source and fingerprint tags and the alias ``epoch-NNN``."""
+    model = _to_cpu(model)
+    digest = fingerprint_ or fingerprint(model.state_dict())
+    meta = {k: metadata[k] for k in METADATA_KEYS if metadata.get(k) is not None}
+    meta.update(epoch=int(epoch), fingerprint=digest, source=str(source))
+    info = mlflow.pytorch.log_model(
+        model, name=f"{name}-{epoch_alias(epoch)}", step=int(epoch), serialization_format="pickle",
+        pip_requirements=PIP_REQUIREMENTS, metadata=meta,
+    )
+    if metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(epoch), model_id=info.model_id)
+    tags = {EPOCH_TAG: str(int(epoch)), SOURCE_TAG: str(source), FINGERPRINT_TAG: digest}
+    # Scalars only: a class list (1000 ImageNet names) would pass the tag length limit; it stays in MLmodel.
+    tags.update({f"clipprobe.{k}": str(meta[k]) for k in METADATA_KEYS if k in meta and k != "classes"})
+    client = MlflowClient()
+    _ensure_registered_model(client, name)
+    # The client call, not mlflow.register_model: that one retries creating the model and prints twice
+    # per version, which is 600 lines for a 300-epoch import.
+    active = mlflow.active_run()
+    mv = client.create_model_version(name, source=info.model_uri, run_id=active.info.run_id if active else None,
+                                     tags=tags, model_id=info.model_id)
+    client.set_registered_model_alias(name, epoch_alias(epoch), mv.version)
+    return RegisteredCheckpoint(name=name, version=str(mv.version), epoch=int(epoch), fingerprint=digest,
+                                source=str(source), tags=tags)
+
+
+def mark_duplicates(name: str) -> list[list[RegisteredCheckpoint]]:
+    """Tag versions whose weights repeat across epochs with ``clipprobe.duplicate_of`` (the other
+    epochs' aliases) and warn once per group; returns the groups."""
+    by_digest: dict[str, list[RegisteredCheckpoint]] = defaultdict(list)
+    for ckpt in list_checkpoints(name, all_versions=True):
+        by_digest[ckpt.fingerprint].append(ckpt)
+    client = MlflowClient()
+    groups = []
+    for digest, group in by_digest.items():
+        epochs = sorted({c.epoch for c in group})
+        if len(epochs) < 2:
+            continue
+        groups.append(group)
+        log.warning(
+            "model %r: epochs %s have the SAME weights (fingerprint %s..., files %s); they are not "
+            "different points in training, so probing them as a 'when' axis shows nothing",
+            name, ", ".join(map(str, epochs)), digest[:12], ", ".join(sorted({Path(c.source).name for c in group})),
+        )
+        for ckpt in group:
+            others = ",".join(epoch_alias(e) for e in epochs if e != ckpt.epoch)
+            if ckpt.tags.get(DUPLICATE_TAG) != others:
+                client.set_model_version_tag(name, ckpt.version, DUPLICATE_TAG, others)
+    return groups
+
+
+@dataclass
+class ImportSummary:
+    """What one import did: new versions, files already registered, files skipped (with reasons)."""
+
+    imported: list[RegisteredCheckpoint] = field(default_factory=list)
+    already: list[RegisteredCheckpoint] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    duplicates: list[list[RegisteredCheckpoint]] = field(default_factory=list)
+
+
+def import_checkpoints(
+    paths: Iterable[str | Path],
+    *,
+    name: str,
+    architecture: str,
+    width_mult: float | None = None,
+    num_classes: int | None = None,
+    progress: bool = True,
+) -> ImportSummary:
+    """Read, check, fingerprint, log and register each checkpoint file on the active run.
+
+    The architecture's args come from each file's ``args`` when present (width_mult, num_classes),
+    else from the arguments, else num_classes from the state dict. A bad file is skipped with one
+    warning naming it; the others still import.
+    """
+    summary = ImportSummary()
+    known = {(c.fingerprint, c.epoch): c for c in _all_versions(name)}
+    models: dict[tuple, nn.Module] = {}  # one module per shape, reused: building one costs more than loading
+    for path in tqdm(sorted(map(Path, paths)), desc="import", unit="ckpt", disable=not progress):
+        try:
+            ckpt = read_checkpoint(path)
+            saved_arch = ckpt.args.get("model") or ckpt.args.get("architecture")
+            if saved_arch and saved_arch != architecture:
+                raise CheckpointError(
+                    f"{path}: saved from {saved_arch!r} (its args), not {architecture!r}; "
+                    f"import it with --arch {saved_arch} under its own model name"
+                )
+            wm = float(ckpt.args.get("width_mult") or width_mult or 1.0)
+            nc = int(ckpt.args.get("num_classes") or num_classes or num_classes_of(ckpt.state_dict))
+            key = (architecture, wm, nc)
+            if key not in models:
+                models[key] = build_model(architecture, num_classes=nc, width_mult=wm)
+            model = models[key]
+            load_into(model, ckpt, f"{architecture}(width_mult={wm}, num_classes={nc})", assign=True)
+            digest = fingerprint(ckpt.state_dict)
+        except (CheckpointError, ValueError) as err:
+            log.warning("skipped %s", err)
+            summary.skipped.append((path, str(err)))
+            continue
+        if (digest, ckpt.epoch) in known:
+            summary.already.append(known[(digest, ckpt.epoch)])
+            log.debug("%s: already registered as %s version %s", path, name, known[(digest, ckpt.epoch)].version)
+            continue
+        meta = {**ckpt.args, "architecture": architecture, "width_mult": wm, "num_classes": nc}
+        registered = log_checkpoint(model, name=name, epoch=ckpt.epoch, source=path.resolve(), metadata=meta,
+                                    fingerprint_=digest)
+        known[(digest, ckpt.epoch)] = registered
+        summary.imported.append(registered)
+    if summary.imported:
+        summary.duplicates = mark_duplicates(name)
+    return summary
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A module loaded from the registry (or a logged model) with what clipprobe stored beside it."""
+
+    module: nn.Module
+    metadata: dict[str, Any]
+    name: str | None
+    version: str | None
+
+
+def resolve_version(uri: str) -> ModelVersion | None:
+    """The registry version a ``models:/name@alias`` or ``models:/name/version`` URI names, else None
+    (a ``models:/<model_id>`` logged model)."""
+    match = _MODELS_URI.match(uri)
+    if not match:
+        raise ValueError(f"not a models:/ URI: {uri!r}; expected models:/<name>@epoch-007 or models:/<name>/<version>")
+    client = MlflowClient()
+    name, alias, version = match.group("name"), match.group("alias"), match.group("version")
+    if name.startswith("m-") and not alias and not version:
+        return None
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version:
+            return client.get_model_version(name, version)
+    except MlflowException as err:
+        known = ", ".join(c.alias for c in list_checkpoints(name)) if alias else ""
+        hint = f" (aliases: {known})" if known else ""
+        raise ValueError(f"{uri}: no such registered model version{hint}: {err.message.splitlines()[0]}") from None
+    raise ValueError(f"{uri}: name an alias or a version, e.g. models:/{name}@epoch-001")
+
+
+def load_model(uri: str) -> LoadedModel:
+    """Load a checkpoint logged by clipprobe from a ``models:/`` URI, with its metadata."""
+    mv = resolve_version(uri)
+    source_uri = uri if mv is None else f"models:/{mv.name}/{mv.version}"
+    module = mlflow.pytorch.load_model(source_uri, map_location="cpu")
+    metadata = dict(mlflow.models.get_model_info(source_uri).metadata or {})
+    if mv is not None and not metadata:
+        metadata = {k.removeprefix("clipprobe."): v for k, v in (mv.tags or {}).items()}
+    return LoadedModel(module=module, metadata=metadata, name=mv.name if mv else None,
+                       version=str(mv.version) if mv else None)
+
+
+def latest_epoch(name: str) -> int:
+    """The highest registered epoch of a model; ValueError naming the model when it has none."""
+    ckpts: Sequence[RegisteredCheckpoint] = list_checkpoints(name)
+    if not ckpts:
+        raise ValueError(f"registered model {name!r} has no clipprobe checkpoints: run `clipprobe train` "
+                         "or `clipprobe checkpoints FOLDER` first")
+    return ckpts[-1].epoch

@@ -1,0 +1,151 @@
+"""Checkpoints as registered MLflow models: train, import, aliases, fresh-process loading, duplicates."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from clipprobe.backbones.architectures import build_model
+from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint, write_checkpoint
+from clipprobe.backbones.loader import load_backbone
+from clipprobe.cli import main
+from clipprobe.tracking import registry, runs
+from clipprobe.world import WorldSpec, generate_world
+
+ARGS = {"model": "mobilenet_v2", "width_mult": 0.25, "num_classes": 3, "val_resize_size": 24, "val_crop_size": 24}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    spec = WorldSpec(size=24, train_per_class=4, val_per_class=2, pool_size=0,
+                     shapes=("circle", "square", "triangle"))
+    return generate_world(tmp_path_factory.mktemp("world") / "w", spec).root
+
+
+def _write(folder, epoch, seed):
+    torch.manual_seed(seed)
+    model = build_model("mobilenet_v2", num_classes=3, width_mult=0.25)
+    return write_checkpoint(folder / f"model_{epoch}.pth", model=model, epoch=epoch, args=ARGS)
+
+
+@pytest.mark.slow
+def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking_store, tmp_path):
+    with runs.step_run("world"):  # `train` finds its data through the latest world run
+        runs.set_tags({"clipprobe.world_root": str(world)})
+    result = CliRunner().invoke(main, ["train", "--width-mult", "0.25", "--epochs", "3", "--batch-size", "8",
+                                       "--lr", "0.05", "--model-name", "tinynet", "--out-dir", "ck"])
+    assert result.exit_code == 0, result.output
+    ckpts = registry.list_checkpoints("tinynet")
+    assert [c.epoch for c in ckpts] == [0, 1, 2, 3]
+    assert [c.alias for c in ckpts] == ["epoch-000", "epoch-001", "epoch-002", "epoch-003"]
+    for c in ckpts:
+        assert c.fingerprint == fingerprint(read_checkpoint(tmp_path / "ck" / f"model_{c.epoch}.pth").state_dict)
+        assert c.source == str(tmp_path / "ck" / f"model_{c.epoch}.pth") and not c.duplicate
+    assert len({c.fingerprint for c in ckpts}) == 4
+    client = MlflowClient()
+    mv = client.get_model_version_by_alias("tinynet", "epoch-002")
+    assert mv.tags[registry.EPOCH_TAG] == "2" and mv.tags[registry.FINGERPRINT_TAG] == ckpts[2].fingerprint
+
+    run = runs.find_latest_run("train")
+    assert run.data.tags[registry.MODEL_NAME_TAG] == "tinynet"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+
+    # A fresh process sees the same weights as model_2.pth, and hooks fire on the loaded module.
+    code = textwrap.dedent("""
+        import json, mlflow.pytorch, torch
+        from clipprobe.backbones.loader import load_backbone
+        m = mlflow.pytorch.load_model("models:/tinynet@epoch-002")
+        saved = torch.load("ck/model_2.pth", weights_only=True)["model"]
+        same = all(torch.equal(v, saved[k]) for k, v in m.state_dict().items()) and len(saved) == len(m.state_dict())
+        fired = []
+        m.features[7].register_forward_hook(lambda mod, i, o: fired.append(tuple(o.shape)))
+        m.eval()(torch.zeros(2, 3, 24, 24))
+        b = load_backbone("tinynet", epoch=2)
+        print("RESULT", json.dumps({"same": same, "cls": type(m).__name__, "fired": fired,
+                                    "epoch": b.epoch, "fingerprint": b.fingerprint}))
+    """)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_store}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, proc.stderr[-2000:]
+    got = json.loads(line[0].removeprefix("RESULT "))
+    assert (got["same"], got["cls"], got["epoch"]) == (True, "MobileNetV2", 2)
+    assert got["fingerprint"] == ckpts[2].fingerprint
+    assert len(got["fired"]) == 1 and got["fired"][0][0] == 2
+
+    # Epochs differ: same input, different activations.
+    x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    b1, b2 = load_backbone("models:/tinynet@epoch-001"), load_backbone(f"models:/tinynet/{ckpts[2].version}")
+    assert b2.epoch == 2 and b2.version == ckpts[2].version and b2.probe_modules["module:18"] == "features.18"
+    with torch.no_grad():
+        assert not torch.allclose(b1.module.features[:8](x), b2.module.features[:8](x))
+    assert load_backbone("tinynet").epoch == 3  # no epoch: the highest registered
+
+    # Re-importing the same folder adds no version.
+    n_versions = len(registry.list_checkpoints("tinynet", all_versions=True))
+    again = CliRunner().invoke(main, ["checkpoints", "ck", "--model-name", "tinynet"])
+    assert again.exit_code == 0, again.output
+    assert "imported 0 as 'tinynet', 4 already registered, 0 skipped" in again.output
+    assert len(registry.list_checkpoints("tinynet", all_versions=True)) == n_versions == 4
+    assert runs.find_latest_run("checkpoints").data.tags[registry.MODEL_NAME_TAG] == "tinynet"
+
+
+def test_bad_files_are_named_and_skipped(tracking_store, tmp_path, caplog):
+    folder = tmp_path / "ck"
+    good = [_write(folder, 0, seed=0), _write(folder, 5, seed=1)]
+    (folder / "model_7.pth").write_bytes(good[0].read_bytes()[:3000])
+    torch.save(build_model("resnet18", num_classes=3).state_dict(), folder / "model_8.pth")
+    torch.save(build_model("mobilenet_v2", num_classes=3, width_mult=0.25).state_dict(), folder / "final.pth")
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, ["checkpoints", str(folder), "--model-name", "m"])
+    assert result.exit_code == 0, result.output
+    assert "imported 2 (epochs 0..5) as 'm', 0 already registered, 3 skipped" in result.output
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for name, why in [("model_7.pth", "truncated or corrupt"), ("model_8.pth", "does not fit mobilenet_v2"),
+                      ("final.pth", "no epoch")]:
+        lines = [w for w in warnings if name in w]
+        assert len(lines) == 1 and why in lines[0] and "\n" not in lines[0], warnings
+    assert [c.epoch for c in registry.list_checkpoints("m")] == [0, 5]
+
+    bad_only = tmp_path / "bad"
+    bad_only.mkdir()
+    (bad_only / "model_1.pth").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(main, ["checkpoints", str(bad_only), "--model-name", "m2"])
+    assert result.exit_code != 0
+    assert "nothing imported" in result.output and "all 1 files were skipped" in result.output
+
+
+def test_same_weights_at_two_epochs_are_flagged(tracking_store, tmp_path, caplog):
+    folder = tmp_path / "ck"
+    _write(folder, 1, seed=0)
+    _write(folder, 2, seed=0)  # same weights saved as another epoch: the seed's suspected bug
+    _write(folder, 3, seed=1)
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, ["checkpoints", str(folder), "--model-name", "dup"])
+    assert result.exit_code == 0, result.output
+    assert any("epochs 1, 2 have the SAME weights" in r.getMessage() for r in caplog.records)
+    by_epoch = {c.epoch: c for c in registry.list_checkpoints("dup")}
+    assert by_epoch[1].duplicate_of == ("epoch-002",) and by_epoch[2].duplicate_of == ("epoch-001",)
+    assert not by_epoch[3].duplicate
+    tags = MlflowClient().get_model_version("dup", by_epoch[1].version).tags
+    assert tags[registry.DUPLICATE_TAG] == "epoch-002"
+    with pytest.raises(ValueError, match=r"models:/dup@epoch-009: no such registered model version \(aliases: epoch-001"):
+        load_backbone("models:/dup@epoch-009")
+
+
+def test_train_without_data_names_the_fix(tracking_store):
+    result = CliRunner().invoke(main, ["train", "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "no --train-dir given and no finished `world` run found" in result.output
+    result = CliRunner().invoke(main, ["train", "--train-dir", "nowhere", "--width-mult", "0.5", "--arch", "resnet18"])
+    assert result.exit_code == 2 and "'resnet18' takes no width_mult" in result.output

@@ -1,0 +1,64 @@
+"""The reference recipe on a tiny concept world: checkpoints 0..N, callback, resume (no MLflow)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint
+from clipprobe.backbones.training import TrainConfig, train
+from clipprobe.world import WorldSpec, generate_world
+
+TINY = TrainConfig(width_mult=0.25, epochs=2, batch_size=8, lr=0.05, seed=3)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    spec = WorldSpec(size=24, train_per_class=4, val_per_class=2, pool_size=0,
+                     shapes=("circle", "square", "triangle"))
+    return generate_world(root / "w", spec).root
+
+
+def test_lr_scales_with_batch_size():
+    assert TrainConfig(batch_size=256).scaled_lr() == pytest.approx(0.045)
+    assert TrainConfig(batch_size=64).scaled_lr() == pytest.approx(0.01125)
+    assert TrainConfig(batch_size=64, lr=0.1).scaled_lr() == 0.1
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        TrainConfig(batch_size=0).validate()
+
+
+def test_train_saves_every_epoch_from_random_init(world, tmp_path):
+    seen = []
+    reports = train(TINY, world / "train", tmp_path / "ck", on_checkpoint=seen.append, progress=False)
+    assert [r.epoch for r in seen] == [0, 1, 2] == [r.epoch for r in reports]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["model_0.pth", "model_1.pth", "model_2.pth"]
+    raw = torch.load(tmp_path / "ck" / "model_2.pth", weights_only=True)
+    assert set(raw) == {"model", "optimizer", "lr_scheduler", "epoch", "args"} and raw["epoch"] == 2
+    args = raw["args"]
+    assert args["model"] == "mobilenet_v2" and args["num_classes"] == 3 and args["lr"] == 0.05
+    assert (args["train_crop_size"], args["val_resize_size"], args["val_crop_size"]) == (24, 24, 24)
+    assert args["classes"] == ["circle", "square", "triangle"]
+    assert set(seen[0].metrics) == {"val_loss", "val_acc"}  # epoch 0: the random init, not trained
+    assert set(seen[1].metrics) == {"train_loss", "train_acc", "val_loss", "val_acc"}
+    assert all(0.0 <= r.metrics["val_acc"] <= 1.0 for r in seen)
+    digests = [fingerprint(read_checkpoint(tmp_path / "ck" / f"model_{e}.pth").state_dict) for e in range(3)]
+    assert len(set(digests)) == 3
+    assert raw["lr_scheduler"]["last_epoch"] == 2
+    assert raw["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.98**2)
+
+
+def test_resume_continues_like_an_unbroken_run(world, tmp_path):
+    train(TINY, world / "train", tmp_path / "full", progress=False)
+    train(TrainConfig(**{**TINY.__dict__, "epochs": 1}), world / "train", tmp_path / "split", progress=False)
+    seen = []
+    train(TINY, world / "train", tmp_path / "split", on_checkpoint=seen.append, progress=False)
+    assert [r.epoch for r in seen] == [2]  # only the new checkpoint is reported
+    full = fingerprint(read_checkpoint(tmp_path / "full" / "model_2.pth").state_dict)
+    resumed = fingerprint(read_checkpoint(tmp_path / "split" / "model_2.pth").state_dict)
+    assert full == resumed
+    with pytest.raises(ValueError, match=r"model_2\.pth: cannot resume, the recipe differs \(lr: saved 0\.05 vs now 0\.1"):
+        train(TrainConfig(**{**TINY.__dict__, "lr": 0.1, "epochs": 3}), world / "train", tmp_path / "split",
+              progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(TINY, world / "train", tmp_path / "split", resume=False, progress=False)
