@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
@@ -9,8 +10,32 @@ import click
 
 from clipprobe import __version__
 
+# Step name -> module under clipprobe.cli defining a click command of the same name. Modules load
+# only when their command runs, so `clipprobe world` never pays for importing open_clip.
+COMMANDS: dict[str, str] = {
+    "world": "world",
+    "train": "train",
+    "checkpoints": "checkpoints",
+    "concepts": "concepts",
+    "compare": "compare",
+    "demo": "demo",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class StepGroup(click.Group):
+    """A group whose sub-commands are imported on first use, listed in pipeline order."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"clipprobe.cli.{COMMANDS[cmd_name]}")
+        return getattr(module, cmd_name)
+
+
+@click.group(cls=StepGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="clipprobe")
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics (DEBUG level).")
 def main(verbose: bool) -> None:
@@ -24,18 +49,3 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def _register() -> None:
-    # One module per step; each defines a click command named after the step.
-    from clipprobe.cli import checkpoints, compare, concepts, demo, train, world
-
-    main.add_command(world.world)
-    main.add_command(train.train)
-    main.add_command(checkpoints.checkpoints)
-    main.add_command(concepts.concepts)
-    main.add_command(compare.compare)
-    main.add_command(demo.demo)
-
-
-_register()
