@@ -40,6 +40,7 @@ TRUTH_FILE = "truth.parquet"
 # Pattern marks are the object's own colour darkened by this factor, so the hue stays the colour.
 INK_FACTOR = 0.35
 COLOUR_JITTER = 10
+MAX_TILT = math.radians(15)
 
 
 class WorldError(ValueError):
@@ -212,7 +213,8 @@ def render_item(rng: np.random.Generator, spec: WorldSpec, path: str, split: str
     radius = rng.uniform(0.28, 0.42) * size
     cx = rng.uniform(radius * 0.8, size - radius * 0.8)
     cy = rng.uniform(radius * 0.8, size - radius * 0.8)
-    rotation = rng.uniform(0, 2 * math.pi)
+    # A small tilt only: under free rotation a square is a diamond and the classes would overlap.
+    rotation = rng.uniform(-MAX_TILT, MAX_TILT)
     period = max(4.0, size / rng.uniform(7.0, 9.0))
     axis = "x" if rng.random() < 0.5 else "y"
     phase = rng.uniform(0, period)
