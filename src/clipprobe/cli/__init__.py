@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "checkpoints": "checkpoints",
     "concepts": "concepts",
+    "probe": "probe",
+    "tune": "tune",
     "compare": "compare",
     "demo": "demo",
 }

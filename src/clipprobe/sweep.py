@@ -1,0 +1,268 @@
+"""The probe sweep: checkpoint x module x concept x probe kind, one hooked pass per checkpoint.
+
+No MLflow here: the caller passes ``on_fit`` / ``on_checkpoint`` callbacks (the CLI logs nested runs
+with them) and the identities of fits already done (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipprobe.activations import (
+    DEFAULT_CACHE_DIR,
+    ActivationCache,
+    ExtractOptions,
+    ImageSet,
+    load_images,
+)
+from clipprobe.backbones.architectures import resolve_probe_modules
+from clipprobe.backbones.loader import Backbone
+from clipprobe.concepts.splits import ConceptSplits
+from clipprobe.probes.evaluation import ConceptTask, evaluate_concepts
+from clipprobe.probes.kinds import probe_kind
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROBES = ("linear_gap", "non_linear_gap", "non_linear_non_gap")  # the seed's three
+DEFAULT_REPEATS = 3
+FitKey = tuple[str, str, str, int]  # (concept, module, probe, epoch)
+
+
+class DuplicateWeightsError(ValueError):
+    """Two checkpoints given as different epochs hold the same weights."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint to probe: known epoch and fingerprint up front, weights loaded only when needed."""
+
+    epoch: int
+    fingerprint: str
+    load: Callable[[], Backbone] = field(compare=False, repr=False)
+    name: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What to fit: modules (display names or paths; None = all), concepts (None = all), probe kinds,
+    re-splits, seed and per-kind hyper-parameter overrides with where they came from."""
+
+    modules: Sequence[str] | None = None
+    concepts: Sequence[str] | None = None
+    probes: Sequence[str] = DEFAULT_PROBES
+    repeats: int = DEFAULT_REPEATS
+    seed: int = 0
+    hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    hparams_source: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for p in self.probes:
+            probe_kind(p)  # unknown names raise listing the known ones
+        unknown = sorted(set(self.hparams) - set(self.probes))
+        if unknown:
+            raise ValueError(f"hyper-parameters given for probe kinds {unknown} that the sweep does not fit "
+                             f"({', '.join(self.probes)}): drop them or add the kinds to --probes")
+        if self.repeats < 0:
+            raise ValueError(f"repeats={self.repeats} is negative: expected 0 (stored split only) or more")
+
+    def params_of(self, probe: str) -> dict[str, Any]:
+        """Every hyper-parameter of a probe kind, validated, seeded by the sweep's seed unless given."""
+        kind = probe_kind(probe)
+        given = dict(self.hparams.get(probe, {}))
+        if "seed" in kind.hparams and "seed" not in given:
+            given["seed"] = self.seed
+        return kind.params(given)
+
+    def source_of(self, probe: str) -> str:
+        return self.hparams_source.get(probe, "given" if probe in self.hparams else "defaults")
+
+
+def check_distinct_weights(checkpoints: Sequence[CheckpointRef], *, allow_duplicate_weights: bool = False) -> None:
+    """Refuse checkpoints with equal fingerprints as different epochs (the seed's flat "when" axis)."""
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for c in checkpoints:
+        by_digest[c.fingerprint].append(c.epoch)
+    for digest, epochs in by_digest.items():
+        if len(epochs) > 1:
+            msg = (f"epochs {', '.join(map(str, sorted(epochs)))} have the same weights (fingerprint "
+                   f"{digest[:12]}...): they are not different points in training")
+            if not allow_duplicate_weights:
+                raise DuplicateWeightsError(msg + "; probe one of them (--epochs) or pass --allow-duplicate-weights")
+            log.warning("%s; probing them anyway (--allow-duplicate-weights)", msg)
+
+
+def concept_tasks(splits: ConceptSplits, concepts: Sequence[str] | None = None) -> tuple[list[str], list[ConceptTask], dict[str, str]]:
+    """The union of the concepts' images (sorted paths), one task per concept on rows of that union,
+    and each concept's group."""
+    known = splits.concepts
+    chosen = list(known) if concepts is None else list(concepts)
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        raise ValueError(f"unknown concept(s) {', '.join(unknown)}: the splits hold {', '.join(known)}")
+    table = splits.table[splits.table["concept"].isin(chosen)]
+    paths = sorted(table["path"].unique())
+    index = {p: i for i, p in enumerate(paths)}
+    tasks, groups = [], {}
+    for concept in chosen:
+        rows = splits.select(concept)
+        tasks.append(ConceptTask(concept, np.array([index[p] for p in rows["path"]]),
+                                 rows["label"].to_numpy().astype(np.int64), (rows["part"] == "train").to_numpy()))
+        groups[concept] = str(rows["group"].iloc[0])
+    return paths, tasks, groups
+
+
+class Sweep:
+    """Runs a plan over checkpoints; images are decoded once per transform for the whole sweep."""
+
+    def __init__(self, splits: ConceptSplits, plan: SweepPlan, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                 extract: ExtractOptions | None = None, device: str | torch.device = "cpu",
+                 keep_cache: bool = True, progress: bool = True) -> None:
+        self.splits, self.plan = splits, plan
+        self.cache = ActivationCache(cache_dir)
+        self.extract, self.device, self.progress = extract or ExtractOptions(), device, progress
+        self.keep_cache = keep_cache  # False: a checkpoint's activations are deleted once it is probed
+        self.paths, self.tasks, self.groups = concept_tasks(splits, plan.concepts)
+        self._images: dict[str, ImageSet] = {}
+
+    def images(self, transform: Any) -> ImageSet:
+        key = repr(transform)
+        if key not in self._images:
+            self._images[key] = load_images(self.splits.pool_root, self.paths, transform,
+                                            cache_dir=self.cache.root, progress=self.progress)
+        return self._images[key]
+
+    def run(
+        self,
+        checkpoints: Sequence[CheckpointRef],
+        *,
+        done: Collection[FitKey] = frozenset(),
+        allow_duplicate_weights: bool = False,
+        on_fit: Callable[[dict[str, Any]], None] | None = None,
+        on_checkpoint: Callable[[CheckpointRef, list[dict[str, Any]]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every fit not in ``done``, checkpoint by checkpoint (by epoch); returns the new results rows.
+
+        ``on_fit(row)`` sees each row as soon as it exists; ``on_checkpoint(ref, rows)`` once a
+        checkpoint's fits are all done (also for a checkpoint with nothing left to fit).
+        """
+        check_distinct_weights(checkpoints, allow_duplicate_weights=allow_duplicate_weights)
+        done = set(done)
+        out: list[dict[str, Any]] = []
+        for ref in sorted(checkpoints, key=lambda c: c.epoch):
+            rows = self._checkpoint(ref, done, on_fit)
+            out.extend(rows)
+            if on_checkpoint is not None:
+                on_checkpoint(ref, rows)
+        return out
+
+    def _checkpoint(self, ref: CheckpointRef, done: set[FitKey],
+                    on_fit: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+        concepts = [t.concept for t in self.tasks]
+        named = self.plan.modules
+        if named is not None and all((c, m, p, ref.epoch) in done for c in concepts for m in named
+                                     for p in self.plan.probes):
+            log.info("epoch %d: every fit is already logged", ref.epoch)  # without loading the weights
+            return []
+        backbone = ref.load()
+        if backbone.fingerprint != ref.fingerprint:
+            raise ValueError(f"epoch {ref.epoch}: loaded weights have fingerprint {backbone.fingerprint[:12]}..., "
+                             f"the registry says {ref.fingerprint[:12]}...: re-import the checkpoint")
+        modules = resolve_probe_modules(backbone.module, self.plan.modules if self.plan.modules is not None
+                                        else backbone.probe_modules or None)
+        todo = {(m, p): [c for c in concepts if (c, m, p, ref.epoch) not in done]
+                for m in modules for p in self.plan.probes}
+        if not any(todo.values()):
+            log.info("epoch %d: every fit is already logged", ref.epoch)
+            return []
+        needed = {m: path for m, path in modules.items() if any(todo[(m, p)] for p in self.plan.probes)}
+        acts = self.cache.get(backbone.module, needed, self.images(backbone.transform), fingerprint=backbone.fingerprint,
+                              options=self.extract, device=self.device, progress=self.progress)
+        del backbone  # only the cached activations are needed from here on
+        rows: list[dict[str, Any]] = []
+        pairs = [(m, p) for (m, p), cs in todo.items() if cs]
+        for module, probe in tqdm(pairs, desc=f"probes epoch {ref.epoch}", unit="module x probe",
+                                  disable=not self.progress):
+            path = needed[module]
+            kind = probe_kind(probe)
+            params = self.plan.params_of(probe)
+            tasks = [t for t in self.tasks if t.concept in todo[(module, probe)]]
+            results = evaluate_concepts(acts.features(path, kind.features), tasks, kind, params,
+                                        repeats=self.plan.repeats, seed=self.plan.seed, device=self.device)
+            for task, result in zip(tasks, results, strict=True):
+                row = {
+                    "concept": task.concept, "group": self.groups[task.concept], "module": module,
+                    "module_path": path, "probe": probe, "epoch": int(ref.epoch),
+                    "model_name": ref.name or "", "model_version": ref.version or "",
+                    "fingerprint": ref.fingerprint, "hparams_source": self.plan.source_of(probe),
+                    "hparams": json.dumps(params, sort_keys=True), **result.to_dict(),
+                }
+                rows.append(row)
+                done.add((task.concept, module, probe, int(ref.epoch)))
+                if on_fit is not None:
+                    on_fit(row)
+        if not self.keep_cache:
+            shutil.rmtree(acts.folder, ignore_errors=True)
+        return rows
+
+
+def parse_epochs(spec: str) -> list[int] | None:
+    """``all`` -> None; ``0,2,5`` -> [0, 2, 5]; ``0-3`` -> [0, 1, 2, 3]; mixtures like ``0-2,7`` too."""
+    text = spec.strip().replace(" ", "")
+    if text in ("", "all"):
+        return None
+    epochs: set[int] = set()
+    for part in text.split(","):
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise ValueError
+                epochs.update(range(a, b + 1))
+            else:
+                epochs.add(int(part))
+        except ValueError:
+            raise ValueError(f"bad epochs {spec!r}: expected all, a list like 0,2,5 or a range like 0-3") from None
+    return sorted(epochs)
+
+
+def parse_names(spec: str | Sequence[str] | None) -> list[str] | None:
+    """``all`` (or nothing) -> None; ``a,b`` -> ["a", "b"]."""
+    if spec is None:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    items = [s.strip() for s in items if s.strip()]
+    return None if not items or items == ["all"] else items
+
+
+def select_checkpoints(available: Sequence[CheckpointRef], epochs: Sequence[int] | None) -> list[CheckpointRef]:
+    """The checkpoints of the asked epochs (all when None); an epoch that is not there raises naming those that are."""
+    if not available:
+        raise ValueError("no checkpoints to probe: register some with `clipprobe train` or `clipprobe checkpoints`")
+    if epochs is None:
+        return list(available)
+    by_epoch = {c.epoch: c for c in available}
+    missing = [e for e in epochs if e not in by_epoch]
+    if missing:
+        raise ValueError(f"epoch(s) {', '.join(map(str, missing))} not registered: the model has epochs "
+                         f"{', '.join(map(str, sorted(by_epoch)))}")
+    return [by_epoch[e] for e in epochs]
+
+
+def rows_by_epoch(rows: Iterable[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    out: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[int(r["epoch"])].append(r)
+    return out

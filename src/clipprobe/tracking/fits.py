@@ -1,0 +1,305 @@
+"""Every probe fit as a nested MLflow run, fast: sweep -> one run per checkpoint -> one run per fit.
+
+A fit run costs three store calls (``create_run`` with its tags, one ``log_batch``, ``set_terminated``)
+instead of one per value. Fit runs carry the tag ``clipprobe.sweep_run_id`` so one search finds every
+fit of a sweep, which is what resuming an interrupted sweep needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from clipprobe.tracking.runs import LEVEL_TAG, STEP_TAG, enable_sqlite_wal
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+SWEEP_TAG = "clipprobe.sweep_run_id"
+EPOCH_TAG = "clipprobe.epoch"
+EPOCH_METRICS_TAG = "clipprobe.epoch_metrics_logged"  # on a checkpoint run once its parent metrics are logged
+RESULTS_ARTIFACT = "probe/results.parquet"
+
+# The results columns of docs/architecture.md, in order; also the fit runs' params and metrics.
+IDENTITY_COLUMNS = ("concept", "group", "module", "module_path", "probe", "epoch", "model_name",
+                    "model_version", "fingerprint", "hparams_source", "hparams")
+METRIC_COLUMNS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balanced_acc", "test_auroc",
+                  "train_acc", "test_majority_acc", "test_control_acc", "test_selectivity", "n_train",
+                  "n_test", "n_test_pos", "repeats", "n_dropped_features")
+INT_COLUMNS = ("epoch", "n_train", "n_test", "n_test_pos", "repeats", "n_dropped_features")
+FIT_KEY = ("concept", "module", "probe", "epoch")  # what makes two fits the same fit
+SPLIT_SIZE_PARAMS = ("n_train", "n_test", "n_test_pos")
+_PAGE = 10_000
+_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def fit_key(row: Mapping[str, Any]) -> tuple[str, str, str, int]:
+    """(concept, module, probe, epoch) of a results row or a fit run's params."""
+    return (str(row["concept"]), str(row["module"]), str(row["probe"]), int(row["epoch"]))
+
+
+def epoch_metric_name(concept: str, module: str, probe: str) -> str:
+    """``test_acc/<concept>/<module>/<probe>``: logged on the sweep run with step=epoch (the "when" chart)."""
+    return _BAD_NAME_CHARS.sub("_", f"test_acc/{concept}/{module}/{probe}")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def relax_sqlite_sync(client: MlflowClient) -> bool:
+    """``PRAGMA synchronous=NORMAL`` on every new connection of a local sqlite store in WAL mode.
+
+    With WAL, NORMAL keeps the database consistent (a power cut may lose the last commits, which a
+    resumed sweep redoes) and makes each commit about 1.7x cheaper. Returns True when applied.
+    """
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    engine = getattr(store, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite" or getattr(engine, "_clipprobe_sync", False):
+        return bool(engine is not None and getattr(engine, "_clipprobe_sync", False))
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _normal_sync(dbapi_connection: Any, _record: Any) -> None:
+        mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() == "wal":
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    engine._clipprobe_sync = True
+    engine.dispose()  # pooled connections reopen with the pragma
+    return True
+
+
+class FitLogger:
+    """Writes the nested runs of one sweep run (and reads them back for resuming and for the results).
+
+    ``submit`` hands a fit to a background writer so logging overlaps the probes' computation;
+    ``close`` waits for it (and re-raises its error, if any).
+    """
+
+    def __init__(self, sweep_run_id: str, client: MlflowClient | None = None) -> None:
+        self.client = client or MlflowClient()
+        self.sweep = self.client.get_run(sweep_run_id)
+        self.sweep_run_id = sweep_run_id
+        self.experiment_id = self.sweep.info.experiment_id
+        self._checkpoint_runs: dict[int, str] = {}
+        self._queue: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+        if enable_sqlite_wal(self.client.tracking_uri):
+            relax_sqlite_sync(self.client)
+
+    # ---------------------------------------------------------------- background writing
+    def submit(self, checkpoint_run_id: str, row: Mapping[str, Any], **kwargs: Any) -> None:
+        """``log_fit`` in the background writer (started on first use)."""
+        self._raise_error()
+        if self._worker is None:
+            self._queue = queue.Queue(maxsize=10_000)
+            self._worker = threading.Thread(target=self._drain, name="clipprobe-fit-logger", daemon=True)
+            self._worker.start()
+        self._queue.put((checkpoint_run_id, dict(row), kwargs))
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:  # after a failure, drop the rest: a resume redoes them
+                    self.log_fit(item[0], item[1], **item[2])
+            except BaseException as err:  # handed to the main thread by _raise_error
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted fit is logged; re-raise the writer's error."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Flush and stop the background writer."""
+        if self._worker is not None and self._queue is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = self._queue = None
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    # ---------------------------------------------------------------- searching
+    def _search(self, filter_string: str) -> list[Run]:
+        out: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                           max_results=_PAGE, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def fit_runs(self) -> list[Run]:
+        """Every fit run of this sweep, whatever its status."""
+        return self._search(f"tags.`{SWEEP_TAG}` = '{self.sweep_run_id}' and tags.`{LEVEL_TAG}` = 'fit'")
+
+    def finished_fits(self, *, delete_unfinished: bool = True) -> set[tuple[str, str, str, int]]:
+        """Identities of the fits already logged (FINISHED). A fit run left RUNNING by a killed
+        process is deleted (its fit is redone), so every fit ends with exactly one run."""
+        done: set[tuple[str, str, str, int]] = set()
+        for run in self.fit_runs():
+            if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+                key = fit_key(run.data.params)
+                if key in done:  # two writers raced: keep the first, drop the copy
+                    self.client.delete_run(run.info.run_id)
+                    continue
+                done.add(key)
+            elif delete_unfinished:
+                log.info("deleting unfinished fit run %s (%s)", run.info.run_id, run.info.run_name)
+                self.client.delete_run(run.info.run_id)
+        return done
+
+    # ---------------------------------------------------------------- writing
+    def checkpoint_run(self, epoch: int, *, params: Mapping[str, Any] | None = None,
+                       tags: Mapping[str, Any] | None = None) -> str:
+        """The run of one checkpoint below the sweep (created, or found again when resuming)."""
+        epoch = int(epoch)
+        if epoch in self._checkpoint_runs:
+            return self._checkpoint_runs[epoch]
+        found = self._search(f"tags.`{PARENT_TAG}` = '{self.sweep_run_id}' and tags.`{LEVEL_TAG}` = "
+                             f"'checkpoint' and tags.`{EPOCH_TAG}` = '{epoch}'")
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            all_tags = {PARENT_TAG: self.sweep_run_id, LEVEL_TAG: "checkpoint", EPOCH_TAG: str(epoch),
+                        RUN_NAME_TAG: f"epoch {epoch}", SWEEP_TAG: self.sweep_run_id,
+                        **{k: str(v) for k, v in (tags or {}).items()}}
+            run = self.client.create_run(self.experiment_id, start_time=_now_ms(), tags=all_tags)
+            run_id = run.info.run_id
+            if params:
+                self.client.log_batch(run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
+        self._checkpoint_runs[epoch] = run_id
+        return run_id
+
+    def log_fit(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
+                hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        """One nested fit run: identity columns, hparams and split sizes as params; metric columns as
+        metrics (step = epoch); three store calls in all. Returns its run id."""
+        now = _now_ms()
+        name = f"{row['concept']} {row['module']} {row['probe']} @{row['epoch']}"
+        all_tags = {PARENT_TAG: checkpoint_run_id, LEVEL_TAG: "fit", SWEEP_TAG: self.sweep_run_id,
+                    RUN_NAME_TAG: name, **{k: str(v) for k, v in (tags or {}).items()}}
+        run = self.client.create_run(self.experiment_id, start_time=now, tags=all_tags)
+        run_id = run.info.run_id
+        params = {c: row[c] for c in IDENTITY_COLUMNS}
+        params.update({c: row[c] for c in SPLIT_SIZE_PARAMS if c in row})
+        for k, v in (hparams or {}).items():
+            params.setdefault(k, v)
+        epoch = int(row["epoch"])
+        metrics = [Metric(c, float(row[c]), now, epoch) for c in METRIC_COLUMNS if c in row and row[c] is not None]
+        self.client.log_batch(run_id, metrics=metrics, params=[Param(k, _param_text(v)) for k, v in params.items()])
+        self.client.set_terminated(run_id, "FINISHED", end_time=_now_ms())
+        return run_id
+
+    def finish_checkpoint(self, epoch: int, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Log ``test_acc/<concept>/<module>/<probe>`` (step=epoch) on the sweep run for this epoch's
+        fits, once (a tag on the checkpoint run remembers it), and mark the checkpoint run FINISHED.
+        Waits for the fits submitted so far."""
+        self.flush()
+        run_id = self.checkpoint_run(epoch)
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(EPOCH_METRICS_TAG) != "true":
+            now = _now_ms()
+            metrics = [Metric(epoch_metric_name(r["concept"], r["module"], r["probe"]), float(r["test_acc"]),
+                              now, int(epoch)) for r in rows if int(r["epoch"]) == int(epoch)]
+            if metrics:
+                self.client.log_batch(self.sweep_run_id, metrics=metrics)
+            self.client.set_tag(run_id, EPOCH_METRICS_TAG, "true")
+        self.client.set_terminated(run_id, "FINISHED", end_time=_now_ms())
+
+    # ---------------------------------------------------------------- reading back
+    def results(self) -> pd.DataFrame:
+        """One typed row per FINISHED fit run of the sweep, in the columns of docs/architecture.md."""
+        self.flush()
+        rows = []
+        for run in self.fit_runs():
+            if run.info.status != "FINISHED":
+                continue
+            p, m = run.data.params, run.data.metrics
+            row: dict[str, Any] = {c: p.get(c) for c in IDENTITY_COLUMNS}
+            row.update({c: m.get(c, float("nan")) for c in METRIC_COLUMNS})
+            row["fit_run_id"] = run.info.run_id
+            rows.append(row)
+        return results_frame(rows)
+
+    def log_results(self, table: pd.DataFrame) -> None:
+        """Write ``probe/results.parquet`` on the sweep run (replacing an earlier one)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "results.parquet"
+            table.to_parquet(path, index=False)
+            self.client.log_artifact(self.sweep_run_id, str(path), "probe")
+
+
+def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows -> the results table: architecture columns first, ints as ints, sorted by fit identity."""
+    frame = pd.DataFrame(list(rows))
+    for c in (*IDENTITY_COLUMNS, *METRIC_COLUMNS):
+        if c not in frame.columns:
+            frame[c] = pd.Series(dtype="float64" if c in METRIC_COLUMNS else "object")
+    for c in INT_COLUMNS:
+        frame[c] = pd.to_numeric(frame[c]).round().astype("int64")
+    for c in METRIC_COLUMNS:
+        if c not in INT_COLUMNS:
+            frame[c] = pd.to_numeric(frame[c]).astype("float64")
+    for c in IDENTITY_COLUMNS:
+        if c != "epoch":
+            frame[c] = frame[c].astype(str)
+    extra = [c for c in frame.columns if c not in IDENTITY_COLUMNS and c not in METRIC_COLUMNS]
+    frame = frame[[*IDENTITY_COLUMNS, *METRIC_COLUMNS, *extra]]
+    return frame.sort_values(["epoch", "module", "concept", "probe"], kind="stable").reset_index(drop=True)
+
+
+def reopen_sweep(run_id: str, *, step: str = "probe"):
+    """Re-open an earlier sweep run as the active run (``--resume RUN_ID``); one clear error when the
+    id names no run or another step's run."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"--resume {run_id}: no such run in {client.tracking_uri}; pass the run id of a "
+                         "`clipprobe probe` sweep") from None
+    if run.data.tags.get(STEP_TAG) != step:
+        raise ValueError(f"--resume {run_id}: that run is a {run.data.tags.get(STEP_TAG)!r} run, not a {step} "
+                         "sweep; pass the parent run id of `clipprobe probe`")
+    if run.data.tags.get(LEVEL_TAG):
+        raise ValueError(f"--resume {run_id}: that is a nested {run.data.tags[LEVEL_TAG]} run; pass its sweep "
+                         f"run {run.data.tags.get(SWEEP_TAG, '')}")
+    return mlflow.start_run(run_id=run_id)
+

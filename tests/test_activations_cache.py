@@ -1,0 +1,177 @@
+"""Activations: one hooked pass, gap and full maps, bf16 storage that keeps tiny values, a cache that is read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from clipprobe.activations import (
+    ActivationCache,
+    Bf16Matrix,
+    ExtractOptions,
+    ForwardCounter,
+    from_bf16_bits,
+    load_images,
+    to_bf16_bits,
+)
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+class TinyNet(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), Scale(factor), nn.Conv2d(4, 5, 3, stride=2, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean((1, 2, 3))
+
+
+def tiny_net(seed: int = 0, factor: float = 1.0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = TinyNet(factor)
+    nn.init.zeros_(net.features[3].bias)  # keeps module 3's outputs as tiny as its inputs
+    return net
+
+
+def tiny_images(n: int = 10, size: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 3, size, size)).astype(np.float32)
+
+
+class FakeImages:
+    """An ImageSet stand-in: pixels and a key."""
+
+    def __init__(self, pixels: np.ndarray, key: str = "imgs-0") -> None:
+        self.pixels, self.key = pixels, key
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+
+def test_bf16_bits_keep_activations_of_1e9_where_fp16_flushes_them():
+    x = torch.tensor([1e-9, -3e-9, 2.5e-10, 1.0, 0.0])
+    back = from_bf16_bits(to_bf16_bits(x))
+    assert np.all(np.abs(back - x.numpy()) <= 0.004 * np.abs(x.numpy()))
+    assert back[0] != 0 and back[2] != 0
+    assert x.half()[0].item() == 0.0  # what naive fp16 would store
+
+
+def test_cache_keeps_tiny_full_maps_and_exact_gap(tmp_path):
+    model = tiny_net(factor=1e-9)  # every activation after the Scale layer is ~1e-9
+    images = FakeImages(tiny_images())
+    modules = {"module:0": "features.0", "module:2": "features.2", "module:3": "features.3"}
+    acts = ActivationCache(tmp_path).get(model, modules, images, fingerprint="f" * 64,
+                                         options=ExtractOptions(batch_size=4), progress=False)
+    with torch.no_grad():
+        x = torch.from_numpy(images.pixels)
+        want = {}
+        for i, layer in enumerate(model.features):
+            x = layer(x)
+            want[f"features.{i}"] = x.clone()
+    for path in ("features.2", "features.3"):
+        ref = want[path]
+        stored = acts.map(path)
+        assert stored.shape == (10, ref[0].numel())
+        got = stored[:, :]
+        assert np.abs(ref).max() < 1e-7  # tiny indeed
+        np.testing.assert_allclose(got, ref.reshape(10, -1).numpy(), rtol=0.004, atol=0)
+        assert (got != 0).mean() == pytest.approx((ref != 0).float().mean().item())
+        np.testing.assert_allclose(acts.gap(path), ref.mean((2, 3)).numpy(), rtol=1e-5, atol=0)
+    assert acts.map_shape("features.3") == (5, 4, 4)
+
+
+def test_one_pass_fires_each_module_once_per_batch_and_stops_early(tmp_path):
+    model = tiny_net()
+    calls = {"last": 0, "first": 0}
+    model.features[3].register_forward_hook(lambda *a: calls.__setitem__("last", calls["last"] + 1))
+    model.features[0].register_forward_hook(lambda *a: calls.__setitem__("first", calls["first"] + 1))
+    images = FakeImages(tiny_images(n=9))
+    ActivationCache(tmp_path).get(model, {"a": "features.0", "b": "features.2"}, images, fingerprint="a" * 64,
+                                  options=ExtractOptions(batch_size=4), progress=False)
+    assert calls == {"first": 3, "last": 0}  # 3 batches; features.3 is never computed
+
+
+def test_second_sweep_reads_the_cache_and_only_missing_modules_run(tmp_path):
+    model = tiny_net()
+    images = FakeImages(tiny_images())
+    cache = ActivationCache(tmp_path)
+    opts = ExtractOptions(batch_size=5)
+    before = ForwardCounter.batches
+    first = cache.get(model, {"m0": "features.0", "m3": "features.3"}, images, fingerprint="b" * 64, options=opts, progress=False)
+    assert ForwardCounter.batches - before == 2
+    again = cache.get(model, {"m0": "features.0", "m3": "features.3"}, images, fingerprint="b" * 64, options=opts, progress=False)
+    assert ForwardCounter.batches - before == 2  # no forward pass at all
+    np.testing.assert_array_equal(again.gap("features.3"), first.gap("features.3"))
+    cache.get(model, {"m1": "features.1"}, images, fingerprint="b" * 64, options=opts, progress=False)
+    assert ForwardCounter.batches - before == 4  # one pass for the one new module
+    other = cache.get(model, {"m0": "features.0"}, images, fingerprint="c" * 64, options=opts, progress=False)
+    assert ForwardCounter.batches - before == 6  # another checkpoint: another key
+    assert other.folder != first.folder
+
+
+def test_bf16_matrix_indexes_like_a_float_array():
+    vals = np.arange(12, dtype=np.float32).reshape(3, 4)
+    m = Bf16Matrix(to_bf16_bits(torch.from_numpy(vals)))
+    assert m.shape == (3, 4) and m.ndim == 2
+    np.testing.assert_array_equal(m[np.array([2, 0]), 1:3], vals[[2, 0], 1:3])
+    with pytest.raises(ValueError, match="uint16"):
+        Bf16Matrix(vals)
+
+
+def test_load_images_decodes_once_into_a_reusable_memmap(tmp_path):
+    root = tmp_path / "pool"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    from clipprobe.backbones.architectures import ImageTransform
+
+    tf = ImageTransform(resize_size=6, crop_size=6)
+    a = load_images(root, ["0.png", "2.png"], tf, cache_dir=tmp_path / "c", progress=False)
+    assert a.pixels.shape == (2, 3, 6, 6)
+    b = load_images(root, ["0.png", "2.png"], tf, cache_dir=tmp_path / "c", progress=False)
+    assert isinstance(b.pixels, np.memmap) and a.key == b.key
+    np.testing.assert_array_equal(np.asarray(a.pixels), np.asarray(b.pixels))
+    c = load_images(root, ["0.png", "2.png"], ImageTransform(resize_size=8, crop_size=6), progress=False)
+    assert c.key != a.key
+    (root / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="bad.png cannot be read"):
+        load_images(root, ["bad.png"], tf, progress=False)
+
+
+def test_default_fast_forward_moves_activations_by_rounding_only(tmp_path):
+    from clipprobe.backbones.architectures import build_model, default_probe_modules
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", num_classes=4, width_mult=0.25).eval()
+    with torch.no_grad():  # trained-looking BatchNorm statistics, so folding is not a no-op
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    modules = default_probe_modules(model)
+    images = FakeImages(tiny_images(n=6, size=32))
+    exact = ExtractOptions(channels_last=False, fold_batchnorm=False)
+    fast = ExtractOptions()
+    assert fast.channels_last and fast.fold_batchnorm and fast.precision == "fp32"
+    a = ActivationCache(tmp_path).get(model, modules, images, fingerprint="d" * 64, options=exact, progress=False)
+    b = ActivationCache(tmp_path).get(model, modules, images, fingerprint="d" * 64, options=fast, progress=False)
+    assert a.folder != b.folder  # the options are part of the cache key
+    for path in modules.values():
+        ga, gb = a.gap(path), b.gap(path)
+        assert np.abs(ga - gb).max() <= 1e-4 * np.abs(ga).max() + 1e-30, path
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the caller's model is untouched
