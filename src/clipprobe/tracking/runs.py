@@ -92,7 +92,8 @@ def step_run(
         raise ValueError(f"unknown step {step!r}: expected one of {', '.join(STEPS)}")
     active = mlflow.active_run()
     if active is not None:
-        run_cm = mlflow.start_run(run_name=run_name or step, nested=True)
+        # Children live in the parent's experiment (the fluent default would be experiment 0).
+        run_cm = mlflow.start_run(experiment_id=active.info.experiment_id, run_name=run_name or step, nested=True)
     elif os.environ.get("MLFLOW_RUN_ID"):
         exp_id = _experiment_id(None)
         run_cm = mlflow.start_run(experiment_id=exp_id)
