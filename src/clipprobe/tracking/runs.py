@@ -91,6 +91,7 @@ def step_run(
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}: expected one of {', '.join(STEPS)}")
     active = mlflow.active_run()
+    under_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
     if active is not None:
         # Children live in the parent's experiment (the fluent default would be experiment 0).
         run_cm = mlflow.start_run(experiment_id=active.info.experiment_id, run_name=run_name or step, nested=True)
@@ -102,7 +103,9 @@ def step_run(
         run_cm = mlflow.start_run(experiment_id=exp_id, run_name=run_name or step)
     with run_cm as run:
         enable_sqlite_wal()
-        mlflow.set_tags({STEP_TAG: step, **(tags or {})})
+        # `mlflow run` names its run at random; name it after the step, as runs started here are.
+        named = {"mlflow.runName": run_name or step} if active is None and under_mlflow_run else {}
+        mlflow.set_tags({STEP_TAG: step, **named, **(tags or {})})
         if params:
             log_params(params)
         yield mlflow.get_run(run.info.run_id)
