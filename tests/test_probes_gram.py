@@ -84,3 +84,13 @@ def test_probes_gram_estimator_weights_predict_like_the_batch() -> None:
     assert probe.form_ == "gram"
     fit = fit_many("non_linear_non_gap", X, Y[:1], train[:1], params=HP)
     np.testing.assert_allclose(probe.decision_function(X), fit.scores[0].numpy(), atol=2e-4)
+
+
+@pytest.mark.parametrize("d", [8, 30, 700], ids=["features-only", "kernel-explicit", "kernel-wide"])
+def test_probes_explicit_mlp_equals_torch_mlp(d: int) -> None:
+    """The hand-written SGD (feature form when rows >= 2 x features, else the kernel form) is torch's."""
+    X, Y, train = _problem(d=d, seed=4)
+    fit = fit_many("non_linear_non_gap", X, Y, train, params=HP, dtype=torch.float64, form="explicit")
+    for b in range(Y.shape[0]):
+        ref = _explicit_reference(X, Y[b], train[b])
+        torch.testing.assert_close(fit.scores[b], ref, rtol=1e-9, atol=1e-9)

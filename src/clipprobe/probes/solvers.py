@@ -116,6 +116,9 @@ def fit_mlp(F: torch.Tensor, y: torch.Tensor, w: torch.Tensor, init: torch.Tenso
     ``init`` ``(B, H, r)`` is the first-layer init in design coordinates; ``offset`` ``(B, n, H)`` is the
     init's action outside the training span, which only decays (by torch's SGD rule) and never learns.
     """
+    if optimizer == "sgd":
+        return _fit_mlp_sgd(F, y, w, init, offset, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                            steps=steps, dropout=dropout, seed=seed)
     B, n, r = F.shape
     H = init.shape[1]
     dev, dt = F.device, F.dtype
@@ -151,3 +154,76 @@ def fit_mlp(F: torch.Tensor, y: torch.Tensor, w: torch.Tensor, init: torch.Tenso
         decay.grad = torch.zeros_like(decay)  # the out-of-span part gets no loss gradient, only decay
         opt.step()
     return MLPState(first.detach(), bias1.detach(), second.detach(), bias2.detach(), float(decay.detach()))
+
+
+def _fit_mlp_sgd(F: torch.Tensor, y: torch.Tensor, w: torch.Tensor, init: torch.Tensor,
+                 offset: torch.Tensor | None, *, lr: float, momentum: float, weight_decay: float, steps: int,
+                 dropout: float, seed: int) -> MLPState:
+    """``fit_mlp`` with torch.optim.SGD's rule written out: gradients by hand, no autograd, few temporaries.
+
+    Same arithmetic as the autograd loop up to float rounding (weight decay added to the gradient,
+    heavy-ball buffer started at the first gradient, dampening 0). When the rows are fewer than twice the
+    features (always in the Gram form), the first layer is tracked as ``decay * init + D^T F`` with D
+    ``(B, n, H)``: SGD keeps it there (every gradient is ``dpre^T F``, weight decay scales, and the init's
+    factor follows exactly the ``decay`` rule), so each step costs one ``(F F^T) D`` product (n*n*H)
+    instead of ``F first^T`` and ``dpre^T F`` (2*n*r*H). ``first`` is formed once at the end.
+    """
+    B, n, r = F.shape
+    H = init.shape[1]
+    dev, dt = F.device, F.dtype
+    kernel = n < 2 * r
+    bias1 = torch.zeros(B, H, device=dev, dtype=dt)
+    second = init_head(seed, H).to(device=dev, dtype=dt).expand(B, H).clone()
+    bias2 = torch.zeros(B, device=dev, dtype=dt)
+    decay = torch.ones(1, device=dev, dtype=dt)
+    if kernel:
+        M = torch.bmm(F, F.mT)  # (B, n, n)
+        base = torch.bmm(F, init.mT)  # F init^T: the init's pre-activation, scaled by decay
+        if offset is not None:
+            base += offset
+        first = torch.zeros(B, n, H, device=dev, dtype=dt)  # D
+    else:
+        M, base = None, offset
+        first = init.clone()
+    params = (first, second, decay, bias1, bias2)
+    wds = (weight_decay, weight_decay, weight_decay, 0.0, 0.0)
+    bufs: list[torch.Tensor | None] = [None] * len(params)
+    gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + 7) if dropout > 0 else None
+    yf = y.to(dt)
+    wW = w / w.sum(1, keepdim=True)  # d(mean weighted loss)/d(loss per row)
+    with torch.no_grad():
+        for _ in range(steps):
+            start = bias1[:, None, :] if base is None else torch.addcmul(bias1[:, None, :], base, decay)
+            pre = torch.baddbmm(start, M, first) if kernel else torch.baddbmm(start, F, first.mT)
+            act = pre.relu_()  # pre is not needed again: relu's gradient mask is act > 0
+            if gen is not None:
+                keep = (torch.rand(act.shape, generator=gen, device=dev, dtype=dt) >= dropout).to(dt)
+                keep /= 1 - dropout
+                mask = act > 0
+                act = act * keep
+            logit = torch.bmm(act, second[:, :, None])[:, :, 0] + bias2[:, None]
+            dlogit = (torch.sigmoid(logit) - yf) * wW  # (B, n)
+            g_second = torch.bmm(dlogit[:, None, :], act)[:, 0]
+            g_bias2 = dlogit.sum(1)
+            dpre = dlogit[:, :, None] * second[:, None, :]
+            if gen is not None:
+                dpre *= keep
+                dpre *= mask
+            else:
+                dpre = torch.ops.aten.threshold_backward(dpre, act, 0)
+            g_first = dpre if kernel else torch.bmm(dpre.mT, F)  # kernel: coefficients of dpre^T F
+            g_bias1 = dpre.sum(1)
+            grads = (g_first, g_second, torch.zeros_like(decay), g_bias1, g_bias2)
+            for i, (p, g, wd) in enumerate(zip(params, grads, wds, strict=True)):
+                if wd != 0:
+                    g = g.add_(p, alpha=wd)
+                if momentum != 0:
+                    if bufs[i] is None:
+                        bufs[i] = g.clone()
+                    else:
+                        bufs[i].mul_(momentum).add_(g)
+                    g = bufs[i]
+                p.add_(g, alpha=-lr)
+        if kernel:
+            first = torch.baddbmm(init, first.mT, F, beta=float(decay))
+    return MLPState(first, bias1, second, bias2, float(decay))
