@@ -9,6 +9,7 @@ Usage: python benchmarks/bench_probe_mlp.py [--d 1280 200704] [--kind non_linear
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -62,6 +63,11 @@ def make_tasks(latent: np.ndarray, n_tasks: int = 9, pos: int = 100, neg: int = 
 
 
 def main() -> None:
+    with contextlib.ExitStack() as stack:
+        _main(stack)
+
+
+def _main(stack: contextlib.ExitStack) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--d", type=int, nargs="+", default=[1280, 200704])
     ap.add_argument("--kind", nargs="+", default=None)
@@ -70,15 +76,13 @@ def main() -> None:
     ap.add_argument("--workdir", default=".cache/bench_probe_mlp")
     ap.add_argument("--save", default=None)
     ap.add_argument("--compare", default=None)
-    ap.add_argument("--gram-products", choices=("bf16", "fp32"), default=None,
-                    help="override design.GRAM_PRODUCT_DTYPE for float32 runs")
+    ap.add_argument("--gram-products", choices=("fast", "exact"), default="fast",
+                    help="fast: bf16 Gram-form products where the device has them (the default); exact: float32")
     args = ap.parse_args()
-    if args.gram_products is not None:
+    if args.gram_products == "exact":
         from clipprobe.probes import design
 
-        design.GRAM_PRODUCT_DTYPE.clear()
-        if args.gram_products == "bf16":
-            design.GRAM_PRODUCT_DTYPE[torch.float32] = torch.bfloat16
+        stack.enter_context(design.exact_products())
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -1,12 +1,15 @@
 """Benchmark the probe sweep on one random-init MobileNetV2 checkpoint, end to end and part by part,
 each part against a naive reference measured in the same run.
 
-Seed sizes (default): about 2,700 concept-world images at 224x224, 19 modules, 9 concepts x 300 images
-(100 positives, 200 negatives, 30% test), 3 probe kinds, 3 re-splits + shuffled-label controls.
-``--small`` runs the same code at toy sizes in about a minute.
+Seed sizes (default, the project's goal workload): 2,700 distinct concept-world images at 224x224,
+19 modules, 9 concepts x 300 images of their own (100 positives, 200 negatives, 30% test), 3 probe
+kinds, the stored split + a shuffled-label control per concept (``--repeats R`` adds R re-splits).
+``--small`` runs the same code at toy sizes in about a minute. After the timings, the probe part is
+run again on the exact path (fp32 forward, float32 Gram products) to check the fast defaults'
+accuracies; ``--no-exact-check`` skips that.
 
-Writes benchmarks/results/bench_sweep.md (bench_sweep_small.md with --small).
-Usage: python benchmarks/bench_sweep.py [--small] [--workdir .cache/bench_sweep]
+Writes benchmarks/results/bench_sweep[_r{R}][_small].md (_r{R} only when R != 0).
+Usage: python benchmarks/bench_sweep.py [--small] [--repeats R] [--no-exact-check] [--workdir .cache/bench_sweep]
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange")
 PATTERNS = ("dotted", "striped", "zigzagged")
 
-FULL = dict(size=224, pool=2700, concepts=COLOURS + PATTERNS, pos=100, neg=200, repeats=3,
+# The pool is larger than the images used so that every concept finds its positives among the images
+# the concepts before it left over (a colour is on 1/7 of the images, a pattern on 1/4).
+FULL = dict(size=224, pool=3600, concepts=COLOURS + PATTERNS, pos=100, neg=200,
             naive_images=24, naive_mlp_fits=12, naive_explicit_steps=3, logging_runs=300, fluent_runs=30)
-SMALL = dict(size=64, pool=420, concepts=("red", "blue", "dotted"), pos=40, neg=80, repeats=1,
+SMALL = dict(size=64, pool=600, concepts=("red", "blue", "dotted"), pos=40, neg=80,
              naive_images=16, naive_mlp_fits=6, naive_explicit_steps=3, logging_runs=100, fluent_runs=10)
 
 
@@ -44,7 +49,11 @@ def _timed(fn):
 
 
 def make_world(workdir: Path, cfg: dict):
-    """The concept world's pool and seed-like splits built from its ground truth (no CLIP needed)."""
+    """The concept world's pool and seed-like splits built from its ground truth (no CLIP needed).
+
+    Concept by concept, positives (have the concept) and negatives (lack it) are drawn from the images
+    no earlier concept took, so the concepts' image sets are disjoint: 9 x 300 = 2,700 distinct images.
+    """
     from clipprobe.concepts.splits import ConceptSplits, stratified_parts
     from clipprobe.world import WorldSpec, generate_world, read_truth
 
@@ -57,11 +66,19 @@ def make_world(workdir: Path, cfg: dict):
     truth = read_truth(root / "truth.parquet")[0].to_pandas()
     truth["path"] = [Path(p).relative_to("pool").as_posix() for p in truth["path"]]
     frames = []
+    free = np.ones(len(truth), bool)
     for i, concept in enumerate(cfg["concepts"]):
         rng = np.random.default_rng([0, i])
-        has = (truth["colour"] == concept) | (truth["pattern"] == concept)
-        pos = rng.choice(np.flatnonzero(has), cfg["pos"], replace=False)
-        neg = rng.choice(np.flatnonzero(~has), cfg["neg"], replace=False)
+        has = ((truth["colour"] == concept) | (truth["pattern"] == concept)).to_numpy()
+        picked = []
+        for want, n in ((has, cfg["pos"]), (~has, cfg["neg"])):
+            left = np.flatnonzero(want & free)
+            if len(left) < n:
+                raise ValueError(f"concept {concept!r}: {len(left)} unused {'positive' if want is has else 'negative'} "
+                                 f"images left in a pool of {cfg['pool']}, need {n}: raise the pool size")
+            picked.append(rng.choice(left, n, replace=False))
+            free[picked[-1]] = False
+        pos, neg = picked
         labels = np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]
         frames.append(pd.DataFrame({
             "concept": concept, "group": "colours" if concept in COLOURS else "patterns",
@@ -104,6 +121,27 @@ def sklearn_linear(X: np.ndarray, tasks, repeats: int, seed: int, weight_decay: 
                     per.append(float((clf.predict(scaler.transform(Xt[~tr])) == y[~tr]).mean()))
         accs[task.concept] = float(np.mean(per))
     return time.perf_counter() - t0, accs
+
+
+def exact_check(ours: list[dict], exact: list[dict]) -> dict[str, np.ndarray]:
+    """Per probe kind: |test_acc difference| x n_test, in test images, per (concept, module)."""
+    by_key = {(r["concept"], r["module"], r["probe"]): r for r in exact}
+    if len(by_key) != len(ours):
+        raise AssertionError(f"the exact run fitted {len(by_key)} (concept, module, probe), the timed run {len(ours)}")
+    diffs: dict[str, list[float]] = defaultdict(list)
+    for r in ours:
+        e = by_key[(r["concept"], r["module"], r["probe"])]
+        assert e["n_test"] == r["n_test"], "same splits in both runs"
+        diffs[r["probe"]].append(abs(r["test_acc"] - e["test_acc"]) * r["n_test"])
+    return {k: np.array(v) for k, v in diffs.items()}
+
+
+def precision_text(options, device) -> str:
+    """The forward precision a Sweep used: "fp32", "bf16" or "auto (bf16 here)"."""
+    if options.precision != "auto":
+        return options.precision
+    resolved = options.resolve(device).precision
+    return f"auto ({resolved} here{', autocast' if resolved == 'bf16' else ''})"
 
 
 def sklearn_mlp_seconds_per_fit(X: np.ndarray, tasks, n_fits: int, params: dict) -> float:
@@ -171,7 +209,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="toy sizes, about a minute")
     parser.add_argument("--workdir", default=".cache/bench_sweep", help="world, caches and tracking store")
-    parser.add_argument("--out", default=None, help="Markdown file (default benchmarks/results/bench_sweep[_small].md)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="extra re-splits per concept; 0 = the goal workload (stored split + control)")
+    parser.add_argument("--no-exact-check", dest="exact_check", action="store_false",
+                        help="skip the accuracy check against the exact path (fp32 forward, float32 products)")
+    parser.add_argument("--out", default=None,
+                        help="Markdown file (default benchmarks/results/bench_sweep[_r{R}][_small].md)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = SMALL if args.small else FULL
@@ -182,10 +225,15 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
     import clipprobe.sweep as sweep_mod
-    from clipprobe.activations import ActivationCache, ForwardCounter
+    from clipprobe.activations import ActivationCache, ExtractOptions, ForwardCounter
     from clipprobe.backbones.architectures import ImageTransform, build_model, default_probe_modules
     from clipprobe.backbones.checkpoints import fingerprint
     from clipprobe.backbones.loader import Backbone
+    from clipprobe.probes.design import (
+        FAST_PRODUCTS_MIN_FEATURES,
+        exact_products,
+        gram_product_dtype,
+    )
     from clipprobe.probes.kinds import probe_kind
     from clipprobe.sweep import DEFAULT_PROBES, CheckpointRef, Sweep, SweepPlan
     from clipprobe.tracking import fits, runs
@@ -200,7 +248,7 @@ def main() -> None:
     ref = CheckpointRef(0, digest, load=lambda: backbone, name="bench", version="1")
     cache_dir = workdir / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    plan = SweepPlan(concepts=list(cfg["concepts"]), probes=DEFAULT_PROBES, repeats=cfg["repeats"])
+    plan = SweepPlan(concepts=list(cfg["concepts"]), probes=DEFAULT_PROBES, repeats=args.repeats)
 
     # ---- the sweep end to end, its parts timed by wrapping the functions it calls
     parts: dict[str, float] = defaultdict(float)
@@ -240,8 +288,10 @@ def main() -> None:
         parts["logging"] += t_results + t_artifact
         t_sweep += t_results + t_artifact
     sweep_mod.evaluate_concepts, ActivationCache.get = real_eval, real_get
-    assert ForwardCounter.batches - batches == -(-n_images // 32), "one pass per checkpoint"
-    acts = ActivationCache(cache_dir).get(model, modules, images, fingerprint=digest, progress=False)
+    assert ForwardCounter.batches - batches == -(-n_images // sweep.extract.batch_size), "one pass per checkpoint"
+    acts = ActivationCache(cache_dir).get(model, modules, images, fingerprint=digest, options=sweep.extract,
+                                          progress=False)
+    assert ForwardCounter.batches - batches == -(-n_images // sweep.extract.batch_size), "read from the cache"
     tasks = sweep.tasks
     n_fits = len(rows)
     per_kind = n_fits // len(plan.probes)
@@ -268,8 +318,42 @@ def main() -> None:
                 for name, path in modules.items()}
     naive_map = sum(per_step.values()) * map_params["steps"] * len(tasks) * (1 + plan.repeats) * 2
 
-    # ---- logging alone
+    # ---- logging alone, once the kernel has written the activation cache back (its dirty pages throttle
+    # every writer, sqlite included, for a while after a 5.6 GB extraction)
+    os.sync()
     fast_rate, fluent_rate = bench_logging(rows, cfg["logging_runs"], cfg["fluent_runs"])
+
+    # ---- accuracy of the fast defaults against the exact path (after all timings, timed by none)
+    exact_lines = []
+    products = gram_product_dtype(torch.device("cpu"), torch.float32, FAST_PRODUCTS_MIN_FEATURES)
+    if args.exact_check:
+        exact_options = ExtractOptions(precision="fp32")
+        exact_cache = workdir / "cache-exact"
+        shutil.rmtree(exact_cache, ignore_errors=True)
+        exact_sweep = Sweep(splits, plan, cache_dir=exact_cache, extract=exact_options)
+        # the noise floor: the same exact path with another seed for the MLPs' init (linear probes have none)
+        seeded = [p for p in plan.probes if "seed" in probe_kind(p).hparams]
+        reseeded = Sweep(splits, SweepPlan(concepts=plan.concepts, probes=seeded, repeats=plan.repeats,
+                                           seed=plan.seed + 1), cache_dir=exact_cache, extract=exact_options)
+        with exact_products():
+            t_exact, exact_rows = _timed(lambda: exact_sweep.run([ref]))
+            reseeded_rows = reseeded.run([ref])
+        shutil.rmtree(exact_cache, ignore_errors=True)
+        diffs = exact_check(rows, exact_rows)
+        floor = exact_check([r for r in exact_rows if r["probe"] in seeded], reseeded_rows)
+        exact_lines = [
+            "",
+            f"Fast defaults vs the exact path (forward {exact_options.precision}, Gram products in float32 via "
+            f"`exact_products()`; same splits, run after the timings and timed by none, {t_exact:.0f} s): "
+            f"|test_acc difference| x n_test per (concept, module), in test images. The noise floor: the exact "
+            f"path against itself with the MLPs' init seed {plan.seed + 1} instead of {plan.seed}.",
+            "",
+            "| probe kind | mean | max | within one test image | noise floor: mean | max |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(f"| {k} | {d.mean():.2f} | {d.max():.2f} | {(d <= 1.0 + 1e-9).mean() * 100:.0f}% | "
+              + (f"{floor[k].mean():.2f} | {floor[k].max():.2f} |" if k in floor else "0 (no seed) | 0 |")
+              for k, d in diffs.items()),
+        ]
 
     # ---- table
     kinds = {k: probe_kind(k) for k in plan.probes}
@@ -278,11 +362,15 @@ def main() -> None:
         "",
         f"Random-init MobileNetV2 (torchvision, 1000 classes), {len(modules)} modules, {n_images} concept-world "
         f"images at {cfg['size']}x{cfg['size']}, {len(tasks)} concepts x {cfg['pos'] + cfg['neg']} images "
-        f"({cfg['pos']} positives, 30% test), probe kinds {', '.join(plan.probes)}, 1 + {plan.repeats} splits "
-        f"each with a shuffled-label control: {n_fits} fits ({n_fits} nested runs), {models_per_kind} probe "
-        f"models per kind. Forward in fp32, maps cached as bf16. Embedded sqlite store (WAL).",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}. "
-        f"Command: `python benchmarks/bench_sweep.py{' --small' if args.small else ''}`.",
+        f"({cfg['pos']} positives, 30% test; the concepts' image sets are disjoint), probe kinds "
+        f"{', '.join(plan.probes)}, repeats {plan.repeats} (the stored split"
+        f"{f' + {plan.repeats} re-split' + 's' * (plan.repeats > 1) if plan.repeats else ''} per concept, each with a shuffled-label control): {n_fits} fits ({n_fits} nested runs), {models_per_kind} probe models per kind. "
+        f"Forward precision {precision_text(sweep.extract, sweep.device)}, maps cached as bf16; Gram products over full maps in "
+        f"{'float32' if products is None else str(products).removeprefix('torch.')} (pooled vectors: float32). Embedded sqlite store (WAL).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
+        f"torch.get_num_threads() {torch.get_num_threads()}. Command: `python benchmarks/bench_sweep.py"
+        f"{' --small' if args.small else ''}{f' --repeats {args.repeats}' if args.repeats else ''}"
+        f"{'' if args.exact_check else ' --no-exact-check'}`.",
         "",
         "| part | ours s | naive s | speed-up | naive reference |",
         "|---|---:|---:|---:|---|",
@@ -313,8 +401,10 @@ def main() -> None:
         f"max {lin_diff.max():.2f} (n_test {int(n_test.mean())}); "
         f"{(lin_diff <= 1.0 + 1e-9).mean() * 100:.0f}% of (concept, module) within one test image.",
         f"- Hyper-parameters: {', '.join(f'{k} {dict(sorted(plan.params_of(k).items()))}' for k in kinds)}.",
+        *exact_lines,
     ]
-    out = Path(args.out) if args.out else RESULTS / f"bench_sweep{'_small' if args.small else ''}.md"
+    stem = f"bench_sweep{f'_r{args.repeats}' if args.repeats else ''}{'_small' if args.small else ''}"
+    out = Path(args.out) if args.out else RESULTS / f"{stem}.md"
     if not out.is_absolute():
         out = Path(__file__).resolve().parents[1] / out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -72,8 +72,8 @@ def test_cache_keeps_tiny_full_maps_and_exact_gap(tmp_path):
     model = tiny_net(factor=1e-9)  # every activation after the Scale layer is ~1e-9
     images = FakeImages(tiny_images())
     modules = {"module:0": "features.0", "module:2": "features.2", "module:3": "features.3"}
-    acts = ActivationCache(tmp_path).get(model, modules, images, fingerprint="f" * 64,
-                                         options=ExtractOptions(batch_size=4), progress=False)
+    acts = ActivationCache(tmp_path).get(model, modules, images, fingerprint="f" * 64,  # fp32: compared with fp32
+                                         options=ExtractOptions(batch_size=4, precision="fp32"), progress=False)
     with torch.no_grad():
         x = torch.from_numpy(images.pixels)
         want = {}
@@ -165,9 +165,9 @@ def test_default_fast_forward_moves_activations_by_rounding_only(tmp_path):
                 m.bias.uniform_(-0.2, 0.2)
     modules = default_probe_modules(model)
     images = FakeImages(tiny_images(n=6, size=32))
-    exact = ExtractOptions(channels_last=False, fold_batchnorm=False)
-    fast = ExtractOptions()
-    assert fast.channels_last and fast.fold_batchnorm and fast.precision == "fp32"
+    exact = ExtractOptions(precision="fp32", channels_last=False, fold_batchnorm=False)
+    fast = ExtractOptions(precision="fp32")  # the default layout and folding; bf16: test_activations_precision.py
+    assert fast.channels_last and fast.fold_batchnorm
     a = ActivationCache(tmp_path).get(model, modules, images, fingerprint="d" * 64, options=exact, progress=False)
     b = ActivationCache(tmp_path).get(model, modules, images, fingerprint="d" * 64, options=fast, progress=False)
     assert a.folder != b.folder  # the options are part of the cache key

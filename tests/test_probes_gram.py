@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipprobe.probes import fit_many
-from clipprobe.probes.design import feature_stats, init_first_layer, standardise
+from clipprobe.probes import design, fit_many
+from clipprobe.probes.design import exact_products, feature_stats, init_first_layer, standardise
 from clipprobe.probes.solvers import init_head
 
 HP = {"hidden": 24, "steps": 60, "lr": 0.2, "momentum": 0.9, "weight_decay": 0.01, "seed": 5}
@@ -72,17 +72,45 @@ def test_probes_gram_linear_equals_explicit_and_float32_is_close() -> None:
     explicit = fit_many("linear_non_gap", X, Y, train, params=params, dtype=torch.float64, form="explicit")
     torch.testing.assert_close(gram.scores, explicit.scores, rtol=1e-6, atol=1e-6)
     mlp64 = fit_many("non_linear_non_gap", X, Y, train, params=HP, dtype=torch.float64)
-    mlp32 = fit_many("non_linear_non_gap", X.float(), Y, train, params=HP, dtype=torch.float32)
+    with exact_products():
+        mlp32 = fit_many("non_linear_non_gap", X.float(), Y, train, params=HP, dtype=torch.float32)
     assert (mlp32.scores.double() - mlp64.scores).abs().max() < 1e-3
+
+
+def test_probes_gram_bf16_products_move_accuracy_by_less_than_one_test_row(monkeypatch) -> None:
+    monkeypatch.setattr(design, "native_bf16", lambda device: True)  # as on a CPU with AVX512-BF16 or AMX
+    rng = np.random.default_rng(4)
+    latent = rng.normal(size=(120, 4))
+    X = torch.tensor(latent @ rng.normal(size=(4, 9000)) + rng.normal(size=(120, 9000)) * 2 + 5)
+    Y = torch.tensor(np.stack([latent[:, b % 4] + 0.3 * rng.normal(size=120) > 0 for b in range(6)])).long()
+    train = torch.zeros(6, 120, dtype=torch.bool)
+    for b in range(6):
+        train[b, rng.permutation(120)[:80]] = True
+    X = X.float()
+    assert design.gram_product_dtype(torch.device("cpu"), torch.float32, 9000) == torch.bfloat16
+    assert design.gram_product_dtype(torch.device("cpu"), torch.float32, 1280) is None  # pooled vectors stay exact
+    for kind in ("linear_non_gap", "non_linear_non_gap"):
+        fast = fit_many(kind, X, Y, train, params=HP if kind.startswith("non") else None)
+        with exact_products():
+            assert design.gram_product_dtype(torch.device("cpu"), torch.float32) is None
+            exact = fit_many(kind, X, Y, train, params=HP if kind.startswith("non") else None)
+        assert not torch.equal(fast.scores, exact.scores)  # the bf16 products really ran
+        test = ~train
+        acc_fast = ((fast.scores > 0).long() == Y)[test].reshape(6, 40).double().mean(1)
+        acc_exact = ((exact.scores > 0).long() == Y)[test].reshape(6, 40).double().mean(1)
+        assert acc_exact.mean() > 0.75, acc_exact  # a learnable concept: the comparison means something
+        moved_rows = ((acc_fast - acc_exact).abs() * int(test[0].sum())).mean()
+        assert moved_rows < 1.0, (kind, moved_rows)
 
 
 def test_probes_gram_estimator_weights_predict_like_the_batch() -> None:
     from clipprobe.probes import MLPProbe
 
     X, Y, train = _problem(seed=3)
-    probe = MLPProbe(**HP).fit(X[train[0]], Y[0][train[0]])
+    with exact_products():  # the weights are rebuilt from float32 products
+        probe = MLPProbe(**HP).fit(X[train[0]], Y[0][train[0]])
+        fit = fit_many("non_linear_non_gap", X, Y[:1], train[:1], params=HP)
     assert probe.form_ == "gram"
-    fit = fit_many("non_linear_non_gap", X, Y[:1], train[:1], params=HP)
     np.testing.assert_allclose(probe.decision_function(X), fit.scores[0].numpy(), atol=2e-4)
 
 

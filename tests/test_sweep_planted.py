@@ -88,7 +88,7 @@ def test_bf16_folded_channels_last_forward_keeps_accuracies_within_noise(splits,
     plan = SweepPlan(modules=["module:1", "module:3", "module:6"], concepts=["red", "blue"],
                      probes=["linear_gap", "non_linear_gap"], repeats=1)
     r = ref(mobilenet(seed=2), 0)
-    plain = ExtractOptions(channels_last=False, fold_batchnorm=False)
+    plain = ExtractOptions(precision="fp32", channels_last=False, fold_batchnorm=False)
     exact = Sweep(splits, plan, cache_dir=tmp_path, extract=plain, progress=False).run([r])
     fast = Sweep(splits, plan, cache_dir=tmp_path, progress=False,
                  extract=ExtractOptions(precision="bf16", channels_last=True, fold_batchnorm=True)).run([r])

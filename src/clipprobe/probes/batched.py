@@ -12,7 +12,14 @@ import torch
 
 from clipprobe.probes.design import Design, build_design
 from clipprobe.probes.kinds import ProbeKind, probe_kind
-from clipprobe.probes.solvers import MLPState, fit_logistic, fit_mlp, threads_for
+from clipprobe.probes.solvers import (
+    MLPState,
+    cpu_workers,
+    fit_logistic,
+    fit_mlp,
+    map_slices,
+    threads_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +128,11 @@ def fit_many(
     t_max = max(ntrain)
     log.debug("fit_many %s: %d probes, %d groups, form %s, d=%d", pk.name, B, len(rows), form, d)
     step_flops = 6.0 * B * t_max * Fb.shape[2] * (hp["hidden"] if mlp else Fb.shape[2])
-    with threads_for(step_flops if Fb.device.type == "cpu" else float("inf")):
-        state, out = _solve(hp, mlp, design, g, Fb, yb, wb, t_max)
+    workers = cpu_workers(Fb.device, step_flops)
+    with threads_for(step_flops if Fb.device.type == "cpu" else float("inf")):  # workers run single-threaded
+        parts = map_slices(lambda lo, hi: _solve(hp, mlp, design, g[lo:hi], Fb[lo:hi], yb[lo:hi], wb[lo:hi], t_max),
+                           B, workers)
+    state, out = _join(parts)
     scores = torch.full((B, N), float("nan"), dtype=dtype)
     valid = design.valid[inverse]
     scores[torch.arange(B)[:, None].expand_as(valid)[valid], design.rows[inverse][valid]] = out.cpu().to(dtype)[valid]
@@ -150,6 +160,18 @@ def _solve(hp: dict[str, Any], mlp: bool, design: Design, g: torch.Tensor, Fb: t
         state = (beta, bias)
         out = torch.einsum("bnr,br->bn", Fb, beta) + bias[:, None]
     return state, out
+
+
+def _join(parts: list[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor]:
+    """Concatenate the solver states and logits of consecutive probe slices."""
+    if len(parts) == 1:
+        return parts[0]
+    states, outs = zip(*parts, strict=True)
+    out = torch.cat(outs)
+    if isinstance(states[0], MLPState):
+        return MLPState(*(torch.cat([getattr(st, f) for st in states]) for f in ("first", "bias1", "second", "bias2")),
+                        decay=states[0].decay), out
+    return (torch.cat([st[0] for st in states]), torch.cat([st[1] for st in states])), out
 
 
 def first_layer_weights(fit: BatchedFit, X: np.ndarray | torch.Tensor, probe: int = 0) -> torch.Tensor:

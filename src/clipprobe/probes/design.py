@@ -9,20 +9,52 @@ basis of that span, every solver here only ever moves weights inside it, so X V 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from clipprobe.probes.solvers import threads_for
+from clipprobe.devices import native_bf16
+from clipprobe.probes.solvers import cpu_workers, slices, threads_for, worker_pool
 
 INIT_BLOCK = 4096  # columns per seeded block of the first-layer init: any slice is reproducible
 _TINY = torch.finfo(torch.float32).tiny
-# Opt-in: {torch.float32: torch.bfloat16} builds float32 runs' Gram-form products from bf16 copies of the
-# standardised features (CPU bf16 matmul ~2x fp32; float64 always exact). Off by default: measured on the
-# seed-sized map benchmark (benchmarks/bench_probe_mlp.py --gram-products bf16) it saves ~20% of the call
-# and moves test accuracy by 0.06 test images on average, but float32 logits drift ~0.05 from float64.
-GRAM_PRODUCT_DTYPE: dict[torch.dtype, torch.dtype] = {}
+_FAST_PRODUCTS = [True]
+
+
+@contextmanager
+def exact_products() -> Iterator[None]:
+    """Inside this block float32 Gram-form products are computed in float32, not from bf16 copies."""
+    _FAST_PRODUCTS.append(False)
+    try:
+        yield
+    finally:
+        _FAST_PRODUCTS.pop()
+
+
+FAST_PRODUCTS_MIN_FEATURES = 8192  # below this the float32 products cost too little to trade precision for
+
+
+def gram_product_dtype(device: torch.device, dtype: torch.dtype, features: int | None = None) -> torch.dtype | None:
+    """The dtype float32 Gram-form products over ``features`` columns are computed in, or None for ``dtype``.
+
+    bf16 copies of the standardised features where the device multiplies bf16 natively (CPUs with
+    AVX512-BF16 or AMX: measured here 320 vs 143 GFLOP/s; CUDA GPUs of compute capability 8.0+), for
+    wide inputs only (full maps, not pooled vectors: at least ``FAST_PRODUCTS_MIN_FEATURES`` columns).
+    Each column chunk's product is rounded to bf16 before it is added to the float32 Gram matrix.
+    benchmarks/bench_sweep.py measures what this moves against ``exact_products()``, which turns it off;
+    float64 is always exact.
+    """
+    if not _FAST_PRODUCTS[-1] or dtype != torch.float32:
+        return None
+    if features is not None and features < FAST_PRODUCTS_MIN_FEATURES:
+        return None
+    return torch.bfloat16 if native_bf16(device) else None
+
+
 _RANK_RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
@@ -72,7 +104,20 @@ def init_first_layer(seed: int, hidden: int, start: int, stop: int) -> torch.Ten
 
 def load_columns(X: np.ndarray | torch.Tensor, rows: torch.Tensor | None, c0: int, c1: int,
                  device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Rows ``rows`` (all when None) and columns ``c0:c1`` of X as a tensor (X may be a numpy memmap)."""
+    """Rows ``rows`` (all when None) and columns ``c0:c1`` of X as a tensor on ``device``.
+
+    X may be a numpy array or memmap, or a ``Bf16Matrix`` of bf16 bit patterns: those come back as a
+    bfloat16 tensor (a view of the memmap on CPU: nothing is read until the rows are used), to be cast
+    to ``dtype`` row group by row group; every other input comes back in ``dtype``.
+    """
+    bits = getattr(X, "bits", None)
+    if isinstance(bits, np.ndarray) and bits.dtype == np.uint16:
+        with warnings.catch_warnings():  # a read-only memmap: the view is only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            block = torch.from_numpy(bits[:, c0:c1]).view(torch.bfloat16)
+        if rows is not None:
+            block = block[rows]
+        return block.to(device)
     if isinstance(X, torch.Tensor):
         block = X[:, c0:c1] if rows is None else X[rows.to(X.device), c0:c1]
     else:
@@ -118,7 +163,7 @@ def build_design(
     ``group_rows[g]`` lists the group's rows, its first ``group_ntrain[g]`` being the training part.
     ``hidden`` asks for an MLP init (seeded by ``seed``); ``unit_norm`` divides the standardised
     features by sqrt(number kept) so one learning rate suits 16 or 400,000 features.
-    ``fast_gram`` lets the Gram-form products use ``GRAM_PRODUCT_DTYPE`` (empty by default: exact products).
+    ``fast_gram`` lets the Gram-form products use ``gram_product_dtype`` (bf16 where fast; see ``exact_products``).
     """
     n_rows, d = X.shape
     G = len(group_rows)
@@ -136,7 +181,7 @@ def build_design(
     pos = rows if whole else torch.searchsorted(used, rows)  # position of each row in the loaded block
 
     gram = form == "gram"
-    low = GRAM_PRODUCT_DTYPE.get(dtype) if gram and fast_gram else None
+    low = gram_product_dtype(device, dtype, d) if gram and fast_gram else None
     kept = torch.zeros(G, dtype=torch.float64)
     if gram:
         K = torch.zeros(G, n_max, t_max, dtype=dtype, device=device)
@@ -147,36 +192,54 @@ def build_design(
         init = torch.zeros(1, hidden, d, dtype=dtype, device=device) if hidden else None
     stats: list[list[torch.Tensor]] | None = [[] for _ in range(G)] if keep_stats else None
 
-    # one thread: each product here is far below SMALL_STEP_FLOPS (seed-sized map call, 2-core CPU with another
-    # process busy: 77 s with 2 threads, 37 s with 1)
+    # products here are far below SMALL_STEP_FLOPS: on CPU the groups are shared by single-threaded workers
+    # (seed-sized map call, 2-core CPU with another process busy: 77 s with 2 intra-op threads, 37 s with 1)
     small = 2.0 * n_max * chunk * (t_max + (hidden or 0)) if device.type == "cpu" else float("inf")
-    with threads_for(small):
-        for c0 in range(0, d, chunk):
-            c1 = min(d, c0 + chunk)
-            block = load_columns(X, None if whole else used, c0, c1, device, dtype)
-            w0 = init_first_layer(seed, hidden, c0, c1).to(device=device, dtype=dtype) if hidden else None
-            w0_low = w0.to(low) if low is not None and w0 is not None else None
+    parts = slices(G, cpu_workers(device, small))
+
+    def load(c0: int) -> tuple[int, int, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        c1 = min(d, c0 + chunk)
+        block = load_columns(X, None if whole else used, c0, c1, device, dtype)
+        w0 = init_first_layer(seed, hidden, c0, c1).to(device=device, dtype=dtype) if hidden else None
+        w0_low = w0.to(low) if low is not None and w0 is not None else None
+        return c0, c1, block, w0, w0_low
+
+    def add(lo: int, hi: int, c0: int, c1: int, block: torch.Tensor, w0: torch.Tensor | None,
+            w0_low: torch.Tensor | None) -> None:
+        for g in range(lo, hi):  # each group is touched by one worker only
+            n_g, t_g = len(group_rows[g]), group_ntrain[g]
+            xg = block[pos[g, :n_g].to(device)].to(dtype)
+            z, mean, std, keep = _standardised(xg, t_g, drop_rtol)
+            kept[g] += int(keep.sum())
+            if stats is not None:
+                stats[g].append(torch.stack([mean, std, keep.to(dtype)]).cpu())
+            if gram:
+                if low is not None:  # products in bf16 (fp32 accumulation inside each product)
+                    z = z.to(low)
+                    K[g, :n_g, :t_g] += (z @ z[:t_g].T).to(dtype)
+                    if P is not None:
+                        P[g, :n_g] += (z @ w0_low.T).to(dtype)
+                else:
+                    K[g, :n_g, :t_g] += z @ z[:t_g].T
+                    if P is not None:
+                        P[g, :n_g] += z @ w0.T
+            else:
+                feats[g, :n_g, c0:c1] = z
+
+    starts = list(range(0, d, chunk))
+    with threads_for(small), worker_pool(1) as loader, worker_pool(len(parts)) as pool:
+        ahead = loader.submit(load, starts[0])
+        for i in range(len(starts)):
+            c0, c1, block, w0, w0_low = ahead.result()
+            if i + 1 < len(starts):  # read the next columns while this block's products run
+                ahead = loader.submit(load, starts[i + 1])
             if init is not None:
                 init[0, :, c0:c1] = w0
-            for g in range(G):
-                n_g, t_g = len(group_rows[g]), group_ntrain[g]
-                xg = block[pos[g, :n_g].to(device)]
-                z, mean, std, keep = _standardised(xg, t_g, drop_rtol)
-                kept[g] += int(keep.sum())
-                if stats is not None:
-                    stats[g].append(torch.stack([mean, std, keep.to(dtype)]).cpu())
-                if gram:
-                    if low is not None:  # products in bf16 (fp32 accumulation inside each product)
-                        z = z.to(low)
-                        K[g, :n_g, :t_g] += (z @ z[:t_g].T).to(dtype)
-                        if P is not None:
-                            P[g, :n_g] += (z @ w0_low.T).to(dtype)
-                    else:
-                        K[g, :n_g, :t_g] += z @ z[:t_g].T
-                        if P is not None:
-                            P[g, :n_g] += z @ w0.T
-                else:
-                    feats[g, :n_g, c0:c1] = z
+            if len(parts) == 1:
+                add(0, G, c0, c1, block, w0, w0_low)
+            else:
+                for f in [pool.submit(add, lo, hi, c0, c1, block, w0, w0_low) for lo, hi in parts]:
+                    f.result()
 
     n_dropped = (d - kept).round().long()
     scale = torch.ones(G, dtype=torch.float64)

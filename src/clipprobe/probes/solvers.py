@@ -6,13 +6,16 @@ Probes never interact: the total loss is the sum of the probes' losses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F_
 
+T = TypeVar("T")
 SMALL_STEP_FLOPS = 1e11  # below this per step, thread hand-offs cost more than they save (measured 10-40x)
 
 
@@ -26,6 +29,47 @@ def threads_for(flops: float) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def cpu_workers(device: torch.device, flops: float = 0.0) -> int:
+    """How many single-threaded workers should share independent work on ``device``.
+
+    On CPU, small tensor programs run faster as one worker per torch thread, each on its own slice of
+    the probes, than as one program whose every op is split across threads (measured on this 2-core
+    machine: 72 MLP probes, 1 thread 0.46 s, 2 intra-op threads 0.25 s, 2 workers 0.18 s). Work above
+    ``SMALL_STEP_FLOPS`` per step keeps torch's own intra-op threads. Elsewhere one worker.
+    """
+    if device.type != "cpu" or flops >= SMALL_STEP_FLOPS:
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)  # per worker thread (OpenMP): the caller's thread count is unchanged
+
+
+def slices(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous, nearly equal, non-empty ``(lo, hi)`` slices of ``range(n)`` (fewer if n < parts)."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def worker_pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool whose threads run torch single-threaded."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="clipprobe-fit", initializer=_single_threaded)
+
+
+def map_slices(fn: Callable[[int, int], T], n: int, workers: int) -> list[T]:
+    """``fn(lo, hi)`` over ``workers`` contiguous slices of ``range(n)``, in parallel; results in slice order.
+
+    With one worker (or n < 2) it is a plain call ``fn(0, n)`` on the caller's thread.
+    """
+    parts = slices(n, workers)
+    if len(parts) <= 1:
+        return [fn(0, n)]
+    with worker_pool(len(parts)) as pool:
+        return list(pool.map(lambda s: fn(*s), parts))
 
 
 def _logistic_objective(Fa: torch.Tensor, y: torch.Tensor, w: torch.Tensor, reg: torch.Tensor,
