@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=".cache/bench_sweep_gpu")
     parser.add_argument("--cpu-modules", default="module:0,module:9,module:18",
                         help="modules re-fitted on the CPU to compare accuracies")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="re-splits on top of the stored one (0: the issue's workload; the run in README used 3)")
     parser.add_argument("--out", default=str(RESULTS / "bench_sweep_gpu.md"))
     args = parser.parse_args()
 
@@ -80,7 +82,7 @@ def main() -> None:
         cache = workdir / f"cache-{device}"
         shutil.rmtree(cache, ignore_errors=True)
         plan = SweepPlan(modules=modules_subset, concepts=list(cfg["concepts"]), probes=DEFAULT_PROBES,
-                         repeats=cfg["repeats"])
+                         repeats=args.repeats)
         sweep = Sweep(splits, plan, cache_dir=cache, device=torch.device(device), progress=False)
         sweep.images(transform)
         t = time.perf_counter()
@@ -105,9 +107,9 @@ def main() -> None:
         f"# Probe sweep on {args.device} ({'--small' if args.small else 'seed sizes'})", "",
         f"Random-init MobileNetV2, {len(modules)} modules, {n_images} concept-world images at "
         f"{cfg['size']}x{cfg['size']}, {len(cfg['concepts'])} concepts, probe kinds {', '.join(DEFAULT_PROBES)}, "
-        f"1 + {cfg['repeats']} splits each with a shuffled-label control: {len(rows_gpu)} fits.",
+        f"1 + {args.repeats} splits each with a shuffled-label control: {len(rows_gpu)} fits.",
         f"Machine: {platform.machine()}, {name}, torch {torch.__version__}. Command: "
-        f"`python benchmarks/bench_sweep_gpu.py{' --small' if args.small else ''} --device {args.device}`; one run. "
+        f"`python benchmarks/bench_sweep_gpu.py{' --small' if args.small else ''} --device {args.device} --repeats {args.repeats}`; one run. "
         f"(World generation {t_world:.1f} s, not counted.)", "",
         f"| part | {args.device} s (all {len(modules)} modules) | cpu s ({len(subset)} modules: {', '.join(subset)}) |",
         "|---|---:|---:|",

@@ -168,9 +168,9 @@ def _decode(root: Path, rel: str, transform: Callable) -> torch.Tensor:
 class ExtractOptions:
     """How the forward pass computes. Folding BatchNorm into the convolutions and the channels_last
     layout change activations by float32 rounding only. ``precision="auto"`` runs the pass under
-    bf16 autocast where the device computes bf16 natively (``devices.native_bf16``: a CPU with oneDNN
-    bf16 kernels, a CUDA GPU of compute capability 8.0+) and in fp32 elsewhere; bf16 moves probe
-    accuracies by less than one test image (tests/test_activations_precision.py)."""
+    bf16 autocast where the device computes bf16 natively (``devices.native_bf16``: a CPU with
+    AVX512-BF16 or AMX, a CUDA GPU of compute capability 8.0+) and in fp32 elsewhere; bf16 moves probe
+    accuracies by less than one test image on average (tests/test_activations_precision.py)."""
 
     batch_size: int = 32
     precision: str = "auto"

@@ -99,7 +99,7 @@ def _plan_from_run(run) -> dict[str, Any]:
                    "sizes) so a later sweep reads them; --no-keep-cache deletes them once probed.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=ExtractOptions.precision, show_default=True,
               help="Forward pass precision: auto (bf16 autocast where the device computes bf16 natively: "
-                   "a CPU with oneDNN bf16 kernels, a CUDA GPU of compute capability 8.0+; else fp32), fp32, "
+                   "a CPU with AVX512-BF16 or AMX, a CUDA GPU of compute capability 8.0+; else fp32), fp32, "
                    "or bf16. fp32 and bf16 activations are cached apart.")
 @click.option("--channels-last/--no-channels-last", default=ExtractOptions.channels_last, show_default=True,
               help="Run the forward pass in channels_last layout (same values up to float32 rounding).")
