@@ -85,16 +85,19 @@ def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp
 def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp_path, monkeypatch):
     register({0: blind(mobilenet()), 1: plant_red(mobilenet())})
     log_splits(tmp_path)
-    real = fits.FitLogger.log_fit
+    real = fits.FitLogger.log_fits
     calls = {"n": 0}
 
-    def dying(self, *args, **kwargs):
-        if calls["n"] == 11:  # halfway through the second checkpoint
-            raise RuntimeError("killed")
-        calls["n"] += 1
-        return real(self, *args, **kwargs)
+    def dying(self, items):  # fit by fit, so the kill lands at the same fit however the writer batches
+        ids = []
+        for item in items:
+            if calls["n"] == 11:  # halfway through the second checkpoint
+                raise RuntimeError("killed")
+            calls["n"] += 1
+            ids += real(self, [item])
+        return ids
 
-    monkeypatch.setattr(fits.FitLogger, "log_fit", dying)
+    monkeypatch.setattr(fits.FitLogger, "log_fits", dying)
     result = probe("--epochs", "0-1")
     assert isinstance(result.exception, RuntimeError)
     client = MlflowClient()
@@ -105,7 +108,7 @@ def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp
     # a fit whose process died between create_run and set_terminated
     ckpt = fits.FitLogger(sweep_id).checkpoint_run(1)
     client.create_run(exp, tags={"mlflow.parentRunId": ckpt, "clipprobe.level": "fit", fits.SWEEP_TAG: sweep_id})
-    monkeypatch.setattr(fits.FitLogger, "log_fit", real)
+    monkeypatch.setattr(fits.FitLogger, "log_fits", real)
 
     result = CliRunner().invoke(main, ["probe", "--resume", sweep_id, "--cache-dir", "cache", "--device", "cpu"])
     assert result.exit_code == 0, result.output

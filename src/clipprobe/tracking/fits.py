@@ -14,7 +14,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from clipprobe.tracking.bulk import FinishedRun, insert_finished_runs, sql_store
 from clipprobe.tracking.runs import LEVEL_TAG, STEP_TAG, enable_sqlite_wal
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ INT_COLUMNS = ("epoch", "n_train", "n_test", "n_test_pos", "repeats", "n_dropped
 FIT_KEY = ("concept", "module", "probe", "epoch")  # what makes two fits the same fit
 SPLIT_SIZE_PARAMS = ("n_train", "n_test", "n_test_pos")
 _PAGE = 10_000
+_BATCH = 256  # fit runs per transaction at most
 _BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
 
 
@@ -108,6 +110,7 @@ class FitLogger:
         self._error: BaseException | None = None
         if enable_sqlite_wal(self.client.tracking_uri):
             relax_sqlite_sync(self.client)
+        self._sql = sql_store(self.client)  # fits go in batches, one transaction each, where the store is SQL
 
     # ---------------------------------------------------------------- background writing
     def submit(self, checkpoint_run_id: str, row: Mapping[str, Any], **kwargs: Any) -> None:
@@ -122,16 +125,24 @@ class FitLogger:
     def _drain(self) -> None:
         assert self._queue is not None
         while True:
-            item = self._queue.get()
+            batch = [self._queue.get()]
+            while batch[-1] is not None and len(batch) < _BATCH:  # whatever else is waiting, in one go
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            fits = [item for item in batch if item is not None]
             try:
-                if item is None:
-                    return
-                if self._error is None:  # after a failure, drop the rest: a resume redoes them
-                    self.log_fit(item[0], item[1], **item[2])
+                if fits and self._error is None:  # after a failure, drop the rest: a resume redoes them
+                    self.log_fits(fits)
             except BaseException as err:  # handed to the main thread by _raise_error
                 self._error = err
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return
 
     def flush(self) -> None:
         """Wait until every submitted fit is logged; re-raise the writer's error."""
@@ -208,25 +219,40 @@ class FitLogger:
         self._checkpoint_runs[epoch] = run_id
         return run_id
 
-    def log_fit(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
-                hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> str:
-        """One nested fit run: identity columns, hparams and split sizes as params; metric columns as
-        metrics (step = epoch); three store calls in all. Returns its run id."""
+    def fit_record(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
+                   hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> FinishedRun:
+        """What a fit run holds: identity columns, hparams and split sizes as params; metric columns as
+        metrics (step = epoch); the tags that place it below its checkpoint run and the sweep."""
         now = _now_ms()
         name = f"{row['concept']} {row['module']} {row['probe']} @{row['epoch']}"
         all_tags = {PARENT_TAG: checkpoint_run_id, LEVEL_TAG: "fit", SWEEP_TAG: self.sweep_run_id,
                     RUN_NAME_TAG: name, **{k: str(v) for k, v in (tags or {}).items()}}
-        run = self.client.create_run(self.experiment_id, start_time=now, tags=all_tags)
-        run_id = run.info.run_id
         params = {c: row[c] for c in IDENTITY_COLUMNS}
         params.update({c: row[c] for c in SPLIT_SIZE_PARAMS if c in row})
         for k, v in (hparams or {}).items():
             params.setdefault(k, v)
         epoch = int(row["epoch"])
         metrics = [Metric(c, float(row[c]), now, epoch) for c in METRIC_COLUMNS if c in row and row[c] is not None]
-        self.client.log_batch(run_id, metrics=metrics, params=[Param(k, _param_text(v)) for k, v in params.items()])
+        return FinishedRun(all_tags, {k: _param_text(v) for k, v in params.items()}, metrics, now, now)
+
+    def log_fit(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
+                hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        """One nested fit run through MLflow's public calls (three store calls). Returns its run id."""
+        rec = self.fit_record(checkpoint_run_id, row, hparams=hparams, tags=tags)
+        run = self.client.create_run(self.experiment_id, start_time=rec.start_time, tags=dict(rec.tags))
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, metrics=list(rec.metrics),
+                              params=[Param(k, v) for k, v in rec.params.items()])
         self.client.set_terminated(run_id, "FINISHED", end_time=_now_ms())
         return run_id
+
+    def log_fits(self, items: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]]) -> list[str]:
+        """Many fit runs, ``(checkpoint_run_id, row, log_fit keyword arguments)`` each: on a SQL store
+        in one transaction (``bulk.insert_finished_runs``, whole or not at all), elsewhere one by one."""
+        if self._sql is None:
+            return [self.log_fit(ckpt, row, **kw) for ckpt, row, kw in items]
+        records = [self.fit_record(ckpt, row, **kw) for ckpt, row, kw in items]
+        return insert_finished_runs(self._sql, self.experiment_id, records)
 
     def finish_checkpoint(self, epoch: int, rows: Iterable[Mapping[str, Any]]) -> None:
         """Log ``test_acc/<concept>/<module>/<probe>`` (step=epoch) on the sweep run for this epoch's

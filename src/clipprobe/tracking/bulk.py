@@ -1,0 +1,98 @@
+"""Many finished nested runs in one database transaction, where the tracking store is SQL.
+
+MLflow's public calls cost three transactions and about a dozen queries per run (``create_run``,
+``log_batch``, ``set_terminated``: 14 ms per run measured here, 53-73 runs/s). A sweep's fit runs are
+complete when they are written, so on a SQL store (sqlite, PostgreSQL, MySQL) ``insert_finished_runs``
+writes a batch of them, already FINISHED, as the same rows MLflow's own calls write (runs, tags,
+params, metrics, latest_metrics; tests/test_tracking_bulk.py compares the two field by field), after
+MLflow's own validation, in one transaction: a batch lands whole or not at all. Other stores (a
+tracking server over REST) keep the public calls.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage, Metric, Param, RunStatus, RunTag, SourceType
+from mlflow.store.tracking.dbmodels.models import (
+    SqlLatestMetric,
+    SqlMetric,
+    SqlParam,
+    SqlRun,
+    SqlTag,
+)
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import (
+    _validate_batch_log_data,
+    _validate_batch_log_limits,
+    _validate_param_keys_unique,
+)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run to write in one piece: its tags (``mlflow.runName`` names it), params and metrics."""
+
+    tags: Mapping[str, str]
+    params: Mapping[str, str]
+    metrics: Sequence[Metric]
+    start_time: int
+    end_time: int
+
+
+def sql_store(client: MlflowClient) -> SqlAlchemyStore | None:
+    """The client's tracking store when it is a SQL database, else None."""
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def _rows(store: SqlAlchemyStore, run: FinishedRun, run_id: str, experiment_id: str,
+          artifact_root: str) -> SqlRun:
+    metrics, params, tags = _validate_batch_log_data(
+        list(run.metrics), [Param(k, v) for k, v in run.params.items()],
+        [RunTag(k, v) for k, v in run.tags.items()])
+    _validate_batch_log_limits(metrics, params, tags)
+    _validate_param_keys_unique(params)
+    name = run.tags.get(MLFLOW_RUN_NAME) or run_id
+    sql = SqlRun(
+        name=name, artifact_uri=append_to_uri_path(artifact_root, run_id, SqlAlchemyStore.ARTIFACTS_FOLDER_NAME),
+        run_uuid=run_id, experiment_id=experiment_id, source_type=SourceType.to_string(SourceType.UNKNOWN),
+        source_name="", entry_point_name="", user_id=run.tags.get(MLFLOW_USER, "unknown"),
+        status=RunStatus.to_string(RunStatus.FINISHED), start_time=run.start_time, end_time=run.end_time,
+        deleted_time=None, source_version="", lifecycle_stage=LifecycleStage.ACTIVE,
+    )
+    all_tags = {t.key: t.value for t in tags}
+    all_tags.setdefault(MLFLOW_RUN_NAME, name)
+    sql.tags = [SqlTag(key=k, value=v) for k, v in all_tags.items()]
+    sql.params = [SqlParam(key=p.key, value=p.value) for p in params]
+    history: dict[tuple, SqlMetric] = {}
+    latest: dict[str, tuple] = {}
+    for m in metrics:
+        is_nan, value = store.sanitize_metric_value(m.value)
+        key = (m.key, m.timestamp, m.step, value, is_nan)
+        history.setdefault(key, SqlMetric(key=m.key, value=value, timestamp=m.timestamp, step=m.step,
+                                          is_nan=is_nan))
+        order = (m.step, m.timestamp, value)  # MLflow keeps the metric of the largest (step, timestamp, value)
+        if m.key not in latest or order > latest[m.key][0]:
+            latest[m.key] = (order, is_nan)
+    sql.metrics = list(history.values())
+    sql.latest_metrics = [SqlLatestMetric(key=k, value=o[2], timestamp=o[1], step=o[0], is_nan=nan)
+                          for k, (o, nan) in latest.items()]
+    return sql
+
+
+def insert_finished_runs(store: SqlAlchemyStore, experiment_id: str, runs: Sequence[FinishedRun]) -> list[str]:
+    """Write ``runs`` into an active experiment, FINISHED, in one transaction; their run ids in order."""
+    experiment = store.get_experiment(experiment_id)
+    store._check_experiment_is_active(experiment)
+    ids = [uuid.uuid4().hex for _ in runs]
+    rows = [_rows(store, run, run_id, experiment_id, experiment.artifact_location)
+            for run, run_id in zip(runs, ids, strict=True)]
+    with store.ManagedSessionMaker(read_only=False) as session:
+        session.add_all(rows)
+    return ids

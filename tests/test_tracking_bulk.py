@@ -1,0 +1,92 @@
+"""Fit runs written in one transaction read back exactly like runs logged through MLflow's own calls."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from clipprobe.tracking import fits, runs
+
+ROW = {
+    "concept": "red", "group": "colours", "module": "module:3", "module_path": "features.3", "probe": "linear_gap",
+    "epoch": 4, "model_name": "toy", "model_version": "2", "fingerprint": "ab" * 32, "hparams_source": "defaults",
+    "hparams": '{"weight_decay": 0.005}', "test_acc": 0.9, "test_acc_ci_low": 0.82, "test_acc_ci_high": 0.95,
+    "test_balanced_acc": 0.88, "test_auroc": float("nan"), "train_acc": 1.0, "test_majority_acc": 0.667,
+    "test_control_acc": 0.6, "test_selectivity": 0.3, "n_train": 210, "n_test": 90, "n_test_pos": 30,
+    "repeats": 0, "n_dropped_features": 2,
+}
+
+
+@pytest.fixture
+def logger(tracking_store):
+    with runs.step_run("probe", run_name="sweep") as parent:
+        log = fits.FitLogger(parent.info.run_id)
+        assert log._sql is not None  # the test store is sqlite: the bulk path is the one in use
+        yield log
+        log.close()
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow(logger):
+    client = MlflowClient()
+    ckpt = logger.checkpoint_run(4)
+    kw = {"hparams": {"weight_decay": 0.005}, "tags": {"note": "x"}}
+    public = client.get_run(logger.log_fit(ckpt, ROW, **kw))
+    bulk_ids = logger.log_fits([(ckpt, {**ROW, "concept": "blue"}, kw), (ckpt, {**ROW, "concept": "green"}, kw)])
+    bulk = client.get_run(bulk_ids[0])
+
+    for field in ("status", "lifecycle_stage", "experiment_id", "user_id"):
+        assert getattr(bulk.info, field) == getattr(public.info, field), field
+    assert bulk.info.status == "FINISHED" and bulk.info.end_time >= bulk.info.start_time
+    assert bulk.info.run_name == "blue module:3 linear_gap @4"
+    assert bulk.info.artifact_uri.replace(bulk.info.run_id, "ID") == public.info.artifact_uri.replace(
+        public.info.run_id, "ID")
+    assert {**bulk.data.params, "concept": "red"} == public.data.params
+    assert bulk.data.params["weight_decay"] == "0.005" and bulk.data.params["n_test"] == "90"
+    assert bulk.data.metrics.keys() == public.data.metrics.keys() == set(fits.METRIC_COLUMNS)
+    assert all(_same(bulk.data.metrics[k], public.data.metrics[k]) for k in fits.METRIC_COLUMNS)
+    assert math.isnan(bulk.data.metrics["test_auroc"])
+    strip = {"mlflow.runName"}
+    assert {k: v for k, v in bulk.data.tags.items() if k not in strip} == {
+        k: v for k, v in public.data.tags.items() if k not in strip}
+    assert bulk.data.tags["mlflow.parentRunId"] == ckpt and bulk.data.tags["note"] == "x"
+    history = client.get_metric_history(bulk.info.run_id, "test_acc")
+    assert [(m.step, m.value) for m in history] == [(4, 0.9)]
+
+    # MLflow's search, our resume bookkeeping and the results table all see the three runs alike
+    found = client.search_runs([logger.experiment_id], "params.concept = 'blue' and metrics.test_acc > 0.85")
+    assert [r.info.run_id for r in found] == [bulk_ids[0]]
+    assert logger.finished_fits() == {(c, "module:3", "linear_gap", 4) for c in ("red", "blue", "green")}
+    table = logger.results().sort_values("concept")
+    assert list(table["concept"]) == ["blue", "green", "red"]
+    assert table["test_acc"].tolist() == [0.9] * 3 and table["n_dropped_features"].tolist() == [2] * 3
+
+
+def test_a_batch_with_a_bad_fit_lands_not_at_all(logger):
+    ckpt = logger.checkpoint_run(0)
+    with pytest.raises(MlflowException, match="bad"):  # a param name MLflow refuses
+        logger.log_fits([(ckpt, {**ROW, "epoch": 0}, {}), (ckpt, {**ROW, "epoch": 0}, {"hparams": {"bad!?": 1}})])
+    assert logger.fit_runs() == []
+    logger.log_fits([(ckpt, {**ROW, "epoch": 0}, {})])
+    assert len(logger.fit_runs()) == 1
+
+
+def test_the_background_writer_batches_and_stores_without_sql_use_the_public_calls(logger, monkeypatch):
+    ckpt = logger.checkpoint_run(1)
+    batches = []
+    real = fits.FitLogger.log_fits
+    monkeypatch.setattr(fits.FitLogger, "log_fits", lambda self, items: batches.append(len(items)) or real(self, items))
+    for concept in ("a", "b", "c", "d", "e"):
+        logger.submit(ckpt, {**ROW, "epoch": 1, "concept": concept})
+    logger.flush()
+    assert sum(batches) == 5 and len(logger.fit_runs()) == 5
+    logger._sql = None  # as with a tracking server over REST
+    public = []
+    monkeypatch.setattr(fits.FitLogger, "log_fit", lambda self, *a, **k: public.append(a) or "id")
+    assert real(logger, [(ckpt, {**ROW, "concept": "f"}, {})]) == ["id"] and len(public) == 1
