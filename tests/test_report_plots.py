@@ -9,6 +9,7 @@ from report_fakes import synthetic_results
 from clipprobe.report.plots import (
     accuracy_over_epochs,
     check_modules,
+    concept_order,
     default_modules,
     figure_pixels,
     what_where_when,
@@ -24,6 +25,11 @@ def test_what_where_when_png_has_the_expected_size(tmp_path):
         assert img.size == figure_pixels(3) == (1120, 380)
         colours = img.convert("RGB").getcolors(maxcolors=100_000)
     assert len(colours) > 50  # a drawn heatmap, not a blank canvas
+
+
+def test_panels_of_one_concept_group_sit_together():
+    concepts = (("dotted", "patterns"), ("red", "colours"), ("striped", "patterns"), ("blue", "colours"))
+    assert concept_order(synthetic_results(concepts=concepts)) == ["dotted", "striped", "red", "blue"]
 
 
 def test_grid_wraps_after_four_concepts(tmp_path):

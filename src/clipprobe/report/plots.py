@@ -40,8 +40,12 @@ def _figsize(rows: int, cols: int) -> tuple[float, float]:
     return PANEL_INCHES[0] * cols + 1.0, PANEL_INCHES[1] * rows + 0.6
 
 
-def _concepts(data: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(data["concept"]))
+def concept_order(data: pd.DataFrame) -> list[str]:
+    """Concepts grouped by concept group (groups and, within one, concepts in order of first appearance),
+    so the panels of one group sit together as in the seed's tables."""
+    first = data.drop_duplicates("concept")[["concept", "group"]]
+    groups = list(dict.fromkeys(first["group"]))
+    return [c for g in groups for c in first.loc[first["group"] == g, "concept"]]
 
 
 def _check_probe(data: pd.DataFrame, probe: str) -> pd.DataFrame:
@@ -55,7 +59,7 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
                     vmax: float = VMAX, dpi: int = DPI) -> Path:
     """Heatmaps of test accuracy, module (rows) x epoch (columns), one panel per concept."""
     data = _check_probe(normalize_results(results), probe)
-    concepts = _concepts(data)
+    concepts = concept_order(data)
     epochs = epochs_of(data)
     modules = sorted(data["module_index"].unique())
     rows, cols = grid_shape(len(concepts))
@@ -104,7 +108,7 @@ def accuracy_over_epochs(results: pd.DataFrame, probe: str, modules: Sequence[st
     """Lines of test accuracy over epochs for ``modules``, 95% interval bands, majority dashed."""
     data = _check_probe(normalize_results(results), probe)
     modules = check_modules(data, modules)
-    concepts = _concepts(data)
+    concepts = concept_order(data)
     rows, cols = grid_shape(len(concepts))
     fig = Figure(figsize=_figsize(rows, cols), dpi=dpi, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
