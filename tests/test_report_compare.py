@@ -136,8 +136,8 @@ def test_bad_input_is_one_clear_line_each(sweep, tmp_path):
     with mlflow.start_run() as other:
         mlflow.set_tag("clipprobe.step", "world")
     assert _one_line_error(["compare", other.info.run_id, "--out", str(tmp_path / "o")]) == (
-        f"Error: run {other.info.run_id} is not a probe sweep: its clipprobe.step tag is 'world' "
-        "(expected 'probe'); pass the parent run of `clipprobe probe`")
+        f"Error: run {other.info.run_id}: that is a 'world' run, not a probe run; pass the parent run of "
+        "`clipprobe probe`")
     assert _one_line_error(["compare", "--epoch", "9", "--out", str(tmp_path / "o")]) == (
         "Error: epoch 9 is not in the sweep: it has epoch(s) 1, 2, 3")
     from report_fakes import log_fake_sweep
@@ -146,7 +146,7 @@ def test_bad_input_is_one_clear_line_each(sweep, tmp_path):
     assert _one_line_error(["compare", run_id, gender, "--out", str(tmp_path / "o")]).startswith(
         "Error: the two sweeps have no fit in common (same concept, module and probe)")
     assert _one_line_error(["compare", "deadbeef", "--out", str(tmp_path / "o")]).startswith(
-        "Error: no run with id 'deadbeef'")
+        "Error: run deadbeef: no such run in ")
     assert not (tmp_path / "o").exists()  # nothing written, no compare run
     assert not MlflowClient().search_runs(
         [mlflow.get_experiment_by_name("Default").experiment_id],

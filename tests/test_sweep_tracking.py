@@ -134,7 +134,7 @@ def test_probe_refuses_equal_weights_and_bad_resume_ids(tracking_store, tmp_path
     assert runs.find_latest_run("probe") is None
     concepts_run = runs.find_latest_run("concepts").info.run_id
     result = CliRunner().invoke(main, ["probe", "--resume", concepts_run])
-    assert result.exit_code == 2 and "is a 'concepts' run, not a probe sweep" in result.output
+    assert result.exit_code == 2 and "that is a 'concepts' run, not a probe run" in result.output
     result = probe("--epochs", "0,7")
     assert result.exit_code == 2 and "epoch(s) 7 not registered: the model has epochs 0, 1" in result.output
 

@@ -91,7 +91,7 @@ def test_pruned_and_failed_trials_keep_their_state(tracking_store):
 def test_load_best_params_refuses_other_runs(tracking_store):
     with runs.step_run("probe") as run:
         pass
-    with pytest.raises(ValueError, match=r"no tune/best_params.json in that run: it is a 'probe' run, not a tune run"):
+    with pytest.raises(ValueError, match=r"--params-from \w+: that is a 'probe' run, not a tune run; pass the parent run id of `clipprobe tune`$"):
         trials.load_best_params(run.info.run_id)
     with pytest.raises(ValueError, match=r"--params-from 0123abc: no such run"):
         trials.load_best_params("0123abc")

@@ -21,11 +21,10 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunStatus
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from clipprobe.tracking.bulk import FinishedRun, insert_finished_runs, sql_store
-from clipprobe.tracking.runs import LEVEL_TAG, STEP_TAG, enable_sqlite_wal
+from clipprobe.tracking.runs import LEVEL_TAG, enable_sqlite_wal, get_step_run
 
 log = logging.getLogger(__name__)
 
@@ -315,17 +314,6 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 def reopen_sweep(run_id: str, *, step: str = "probe"):
     """Re-open an earlier sweep run as the active run (``--resume RUN_ID``); one clear error when the
     id names no run or another step's run."""
-    client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ValueError(f"--resume {run_id}: no such run in {client.tracking_uri}; pass the run id of a "
-                         "`clipprobe probe` sweep") from None
-    if run.data.tags.get(STEP_TAG) != step:
-        raise ValueError(f"--resume {run_id}: that run is a {run.data.tags.get(STEP_TAG)!r} run, not a {step} "
-                         "sweep; pass the parent run id of `clipprobe probe`")
-    if run.data.tags.get(LEVEL_TAG):
-        raise ValueError(f"--resume {run_id}: that is a nested {run.data.tags[LEVEL_TAG]} run; pass its sweep "
-                         f"run {run.data.tags.get(SWEEP_TAG, '')}")
+    get_step_run(run_id, step, source=f"--resume {run_id}", fix="pass the parent run id of `clipprobe probe`")
     return mlflow.start_run(run_id=run_id)
 

@@ -13,7 +13,12 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from clipprobe.tracking.runs import LEVEL_TAG, STEP_TAG, download_artifact, find_latest_run
+from clipprobe.tracking.runs import (
+    LEVEL_TAG,
+    download_artifact,
+    find_latest_run,
+    get_step_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +34,8 @@ class NotAProbeSweepError(ValueError):
 
 def get_sweep(run_id: str) -> Run:
     """The probe sweep run with this id; one clear error when it is missing or another step's run."""
-    client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise NotAProbeSweepError(f"no run with id {run_id!r} in {client.tracking_uri}") from exc
-    step = run.data.tags.get(STEP_TAG)
-    if step != PROBE_STEP:
-        what = f"its {STEP_TAG} tag is {step!r}" if step else f"it has no {STEP_TAG} tag"
-        raise NotAProbeSweepError(
-            f"run {run_id} is not a probe sweep: {what} (expected {PROBE_STEP!r}); "
-            "pass the parent run of `clipprobe probe`"
-        )
-    return run
+    return get_step_run(run_id, PROBE_STEP, source=f"run {run_id}", fix="pass the parent run of `clipprobe probe`",
+                        error=NotAProbeSweepError)
 
 
 def find_latest_sweep(experiment_name: str | None = None) -> Run:

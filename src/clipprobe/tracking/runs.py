@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,28 @@ def find_latest_run(step: str, *, experiment_name: str | None = None) -> Run | N
 
 def get_run(run_id: str) -> Run:
     return MlflowClient().get_run(run_id)
+
+
+def get_step_run(run_id: str, step: str, *, source: str, fix: str, error: type[Exception] = ValueError) -> Run:
+    """The top-level run of ``step`` with this id, or one clear ``error``: "<source>: <what is wrong>; <fix>".
+
+    ``source`` names where the id came from (e.g. ``--resume 0123``), ``fix`` says what to pass instead.
+    """
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise error(f"{source}: no such run in {client.tracking_uri}; {fix}") from None
+    level = run.data.tags.get(LEVEL_TAG)
+    found = run.data.tags.get(STEP_TAG)
+    if level:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        raise error(f"{source}: that is a nested {level} run, not a {step} run; {fix}"
+                    + (f" (its parent run is {parent})" if parent else ""))
+    if found != step:
+        what = f"a {found!r} run" if found else f"a run without a {STEP_TAG} tag"
+        raise error(f"{source}: that is {what}, not a {step} run; {fix}")
+    return run
 
 
 def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path | None = None) -> Path:

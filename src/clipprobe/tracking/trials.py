@@ -16,7 +16,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from clipprobe.tracking.runs import LEVEL_TAG, STEP_TAG, download_artifact, tracking_uri
+from clipprobe.tracking.runs import (
+    LEVEL_TAG,
+    download_artifact,
+    get_step_run,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +90,7 @@ def best_params_json(best: Mapping[str, Mapping[str, Any]]) -> str:
 
 def load_best_params(run_id: str) -> dict[str, dict[str, Any]]:
     """``{kind: {param: value}}`` from a tune run's ``tune/best_params.json``; one clear ValueError otherwise."""
-    client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ValueError(f"--params-from {run_id}: no such run in {client.tracking_uri}; "
-                         "pass the parent run id of `clipprobe tune`") from None
-    step = run.data.tags.get(STEP_TAG)
-    if step != "tune" or run.data.tags.get(LEVEL_TAG):
-        what = f"a nested {run.data.tags[LEVEL_TAG]} run" if run.data.tags.get(LEVEL_TAG) else f"a {step!r} run"
-        raise ValueError(f"--params-from {run_id}: no {BEST_PARAMS_ARTIFACT} in that run: it is {what}, not a "
-                         "tune run; pass the parent run id of `clipprobe tune`")
+    get_step_run(run_id, "tune", source=f"--params-from {run_id}", fix="pass the parent run id of `clipprobe tune`")
     try:
         path = download_artifact(run_id, BEST_PARAMS_ARTIFACT)
     except (MlflowException, OSError):
