@@ -31,3 +31,15 @@ def tracking_store(tmp_path, monkeypatch):
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
+
+
+@pytest.fixture
+def logger(tracking_store):
+    """A FitLogger on a fresh probe sweep run of the temporary store (closed after the test)."""
+    from clipprobe.tracking import fits, runs
+
+    with runs.step_run("probe", run_name="sweep") as parent:
+        log = fits.FitLogger(parent.info.run_id)
+        assert log._sql is not None  # the test store is sqlite: the bulk path is the one in use
+        yield log
+        log.close()

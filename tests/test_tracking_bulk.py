@@ -8,7 +8,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from clipprobe.tracking import fits, runs
+from clipprobe.tracking import fits
 
 ROW = {
     "concept": "red", "group": "colours", "module": "module:3", "module_path": "features.3", "probe": "linear_gap",
@@ -18,15 +18,6 @@ ROW = {
     "test_control_acc": 0.6, "test_selectivity": 0.3, "n_train": 210, "n_test": 90, "n_test_pos": 30,
     "repeats": 0, "n_dropped_features": 2,
 }
-
-
-@pytest.fixture
-def logger(tracking_store):
-    with runs.step_run("probe", run_name="sweep") as parent:
-        log = fits.FitLogger(parent.info.run_id)
-        assert log._sql is not None  # the test store is sqlite: the bulk path is the one in use
-        yield log
-        log.close()
 
 
 def _same(a: float, b: float) -> bool:
@@ -90,16 +81,3 @@ def test_the_background_writer_batches_and_stores_without_sql_use_the_public_cal
     public = []
     monkeypatch.setattr(fits.FitLogger, "log_fit", lambda self, *a, **k: public.append(a) or "id")
     assert real(logger, [(ckpt, {**ROW, "concept": "f"}, {})]) == ["id"] and len(public) == 1
-
-
-def test_a_step_run_is_found_or_refused_in_one_line(tracking_store, logger):
-    source, fix = "--resume X", "pass a sweep"
-    assert runs.get_step_run(logger.sweep_run_id, "probe", source=source, fix=fix).info.run_id == logger.sweep_run_id
-    ckpt = logger.checkpoint_run(2)
-    with pytest.raises(ValueError, match=rf"^--resume X: that is a nested checkpoint run, not a probe run; "
-                                         rf"pass a sweep \(its parent run is {logger.sweep_run_id}\)$"):
-        runs.get_step_run(ckpt, "probe", source=source, fix=fix)
-    with pytest.raises(LookupError, match=r"^--resume X: that is a 'probe' run, not a tune run; pass a sweep$"):
-        runs.get_step_run(logger.sweep_run_id, "tune", source=source, fix=fix, error=LookupError)
-    with pytest.raises(ValueError, match=r"^--resume X: no such run in sqlite:///.*; pass a sweep$"):
-        runs.get_step_run("0" * 32, "probe", source=source, fix=fix)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import re
 import tempfile
@@ -32,6 +33,7 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 SWEEP_TAG = "clipprobe.sweep_run_id"
 EPOCH_TAG = "clipprobe.epoch"
+RESUMES_TAG = "clipprobe.resumes"  # on a run `mlflow run` opened for a resume: the sweep it resumed
 EPOCH_METRICS_TAG = "clipprobe.epoch_metrics_logged"  # on a checkpoint run once its parent metrics are logged
 RESULTS_ARTIFACT = "probe/results.parquet"
 
@@ -315,5 +317,12 @@ def reopen_sweep(run_id: str, *, step: str = "probe"):
     """Re-open an earlier sweep run as the active run (``--resume RUN_ID``); one clear error when the
     id names no run or another step's run."""
     get_step_run(run_id, step, source=f"--resume {run_id}", fix="pass the parent run id of `clipprobe probe`")
+    made = os.environ.get("MLFLOW_RUN_ID")
+    if made and made != run_id:  # `mlflow run -P resume=...` opened a run of its own: say where the work goes
+        client = MlflowClient()
+        client.set_tag(made, RUN_NAME_TAG, f"{step}: resumes {run_id}")
+        client.set_tag(made, RESUMES_TAG, run_id)
+        client.set_tag(made, "mlflow.note.content",
+                       f"This `mlflow run` resumed the {step} sweep run {run_id}: its fits and results are logged there.")
     return mlflow.start_run(run_id=run_id)
 
