@@ -228,7 +228,7 @@ def build_design(
 
     starts = list(range(0, d, chunk))
     with threads_for(small), worker_pool(1) as loader, worker_pool(len(parts)) as pool:
-        ahead = loader.submit(load, starts[0])
+        ahead = loader.submit(load, starts[0]) if starts else None
         for i in range(len(starts)):
             c0, c1, block, w0, w0_low = ahead.result()
             if i + 1 < len(starts):  # read the next columns while this block's products run
