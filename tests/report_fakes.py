@@ -6,7 +6,6 @@ Columns are exactly those of docs/architecture.md ("Results of a probe sweep").
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,11 @@ import pandas as pd
 IDENTITY = ("concept", "group", "module", "module_path", "probe", "epoch", "model_name",
             "model_version", "fingerprint", "hparams_source", "hparams")
 METRICS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balanced_acc", "test_auroc",
-           "train_acc", "test_majority_acc", "test_control_acc", "test_selectivity", "n_train",
-           "n_test", "n_test_pos", "repeats", "n_dropped_features")
+           "train_acc", "test_majority_acc", "test_acc_resplit_mean", "test_acc_resplit_ci_low",
+           "test_acc_resplit_ci_high", "test_permutation_acc", "test_permutation_p", "test_control_acc",
+           "test_selectivity", "n_train", "n_test", "n_test_pos", "repeats", "permutations",
+           "n_dropped_features")
+PREDICTIONS = ("test_correct", "test_images")
 CONCEPTS = (("red", "colour"), ("blue", "colour"), ("striped", "pattern"))
 MODULES = (0, 1, 2, 10)
 PROBES = ("linear_gap", "non_linear_gap")
@@ -24,27 +26,38 @@ EPOCHS = (1, 2, 3)
 N_TEST = 90
 
 
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    z = 1.959963984540054
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+def _exact(k: int, n: int) -> tuple[float, float]:
+    """Clopper-Pearson from beta quantiles."""
+    from scipy import stats
+
+    low = 0.0 if k == 0 else float(stats.beta.ppf(0.025, k, n - k + 1))
+    high = 1.0 if k == n else float(stats.beta.ppf(0.975, k + 1, n - k))
+    return low, high
+
+
+def correct_string(k: int, order: np.ndarray) -> str:
+    """'1' for the k easiest test images of a concept (``order``: easiest first), '0' elsewhere: cells
+    of one concept are nested, so a paired test sees only the |k1 - k2| images that differ."""
+    out = np.zeros(len(order), int)
+    out[order[:k]] = 1
+    return "".join(map(str, out))
 
 
 def synthetic_results(seed: int = 0, *, epochs=EPOCHS, concepts=CONCEPTS, modules=MODULES,
                       probes=PROBES, model_name: str = "mobilenet_v2") -> pd.DataFrame:
-    """Accuracies that are multiples of 1/90, rising with module and epoch; module:1 is high."""
+    """Accuracies that are multiples of 1/90, rising with module and epoch; module:1 is high.
+    Per-image correctness is nested within a concept (see ``correct_string``)."""
     rng = np.random.default_rng(seed)
     rows = []
     for concept, group in concepts:
+        order = np.random.default_rng([7, len(concept), ord(concept[0])]).permutation(N_TEST)
         for m in modules:
             for probe in probes:
                 for e in epochs:
                     base = 0.70 + 0.02 * m + 0.03 * e + (0.05 if probe != "linear_gap" else 0)
                     base = 0.97 if m == 1 else min(base, 0.98)
                     k = int(np.clip(round(base * N_TEST + rng.integers(-3, 4)), 60, N_TEST))
-                    lo, hi = _wilson(k, N_TEST)
+                    lo, hi = _exact(k, N_TEST)
                     control = 60 / N_TEST + rng.integers(-4, 5) / N_TEST
                     rows.append({
                         "concept": concept, "group": group, "module": f"module:{m}",
@@ -55,17 +68,23 @@ def synthetic_results(seed: int = 0, *, epochs=EPOCHS, concepts=CONCEPTS, module
                         "test_acc": k / N_TEST, "test_acc_ci_low": lo, "test_acc_ci_high": hi,
                         "test_balanced_acc": k / N_TEST - 0.01, "test_auroc": min(1.0, k / N_TEST + 0.02),
                         "train_acc": 1.0, "test_majority_acc": 60 / N_TEST,
+                        "test_acc_resplit_mean": k / N_TEST - 0.005,
+                        "test_acc_resplit_ci_low": max(0.0, k / N_TEST - 0.08),
+                        "test_acc_resplit_ci_high": min(1.0, k / N_TEST + 0.07),
+                        "test_permutation_acc": 0.62, "test_permutation_p": 0.05,
                         "test_control_acc": control, "test_selectivity": k / N_TEST - control,
-                        "n_train": 210.0, "n_test": float(N_TEST), "n_test_pos": 30.0,
-                        "repeats": 3.0, "n_dropped_features": 0.0,
+                        "n_train": 210, "n_test": N_TEST, "n_test_pos": 30,
+                        "repeats": 3, "permutations": 19, "n_dropped_features": 0,
+                        "test_correct": correct_string(k, order), "test_images": f"{concept}-test-images",
                     })
-    return pd.DataFrame(rows, columns=[*IDENTITY, *METRICS])
+    return pd.DataFrame(rows, columns=[*IDENTITY, *METRICS, *PREDICTIONS])
 
 
 def log_fake_sweep(results: pd.DataFrame, tmp: Path, *, with_parquet: bool = True,
                    nested: bool = True, via_checkpoints: bool = False) -> str:
     """A finished parent run tagged clipprobe.step=probe, its results Parquet (optional) and
-    (optional) one nested fit run per row (params = identity columns, metrics = metric columns)."""
+    (optional) one nested fit run per row (params = identity and per-image columns, metrics =
+    metric columns)."""
     import mlflow
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -95,7 +114,7 @@ def log_fake_sweep(results: pd.DataFrame, tmp: Path, *, with_parquet: bool = Tru
         run = client.create_run(exp_id, tags={"mlflow.parentRunId": pid, "clipprobe.level": "fit"})
         client.log_batch(
             run.info.run_id,
-            params=[Param(c, str(row[c])) for c in IDENTITY],
+            params=[Param(c, str(row[c])) for c in (*IDENTITY, *PREDICTIONS)],
             metrics=[Metric(c, float(row[c]), 0, 0) for c in METRICS],
         )
         client.set_terminated(run.info.run_id)

@@ -37,8 +37,9 @@ def make_pool(root: Path, per_colour: int = 24, seed: int = 0) -> pd.DataFrame:
 
 
 def make_splits(root: Path, concepts: tuple[str, ...] = ("red", "blue"), per_colour: int = 24,
-                negatives: int = 48, seed: int = 0) -> ConceptSplits:
-    """Concept splits from known colours: all images of the colour positive, random others negative."""
+                negatives: int = 48, seed: int = 0, with_classes: bool = False) -> ConceptSplits:
+    """Concept splits from known colours: all images of the colour positive, random others negative.
+    ``with_classes``: an ``image_class`` column (the colour) for the control task."""
     truth = make_pool(root, per_colour, seed)
     frames = []
     for concept in concepts:
@@ -50,6 +51,7 @@ def make_splits(root: Path, concepts: tuple[str, ...] = ("red", "blue"), per_col
             "concept": concept, "group": "colour", "path": list(pos["path"]) + list(neg["path"]),
             "rank": np.arange(1, len(labels) + 1), "probability": labels.astype(float), "label": labels,
             "part": stratified_parts(labels, 0.3, rng),
+            **({"image_class": list(pos["colour"]) + list(neg["colour"])} if with_classes else {}),
         }))
     return ConceptSplits(pd.concat(frames, ignore_index=True), {"pool_root": str(root)})
 

@@ -9,16 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from clipprobe.probes import ConceptTask, LinearProbe, ProbeResult, evaluate_concepts, fit_many
 from clipprobe.probes.evaluation import (
+    PREDICTION_FIELDS,
     auroc,
     balanced_accuracy,
-    control_labels,
+    control_task_labels,
+    corrected_resampled_t_interval,
+    exact_interval,
     majority_accuracy,
+    permutation_labels,
+    permutation_p_value,
     resplit,
-    t_interval,
-    wilson_interval,
 )
 
 
@@ -39,8 +43,10 @@ def _tasks(X: np.ndarray, planted: float, n_concepts: int = 3, seed: int = 0) ->
 def test_probes_result_names_match_architecture() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
     paragraph = doc[doc.index("Metrics:"):].split("\n\n")[0]
-    names = re.findall(r"`(\w+)`", paragraph)
-    assert [f.name for f in fields(ProbeResult)] == names
+    metrics, per_image = paragraph.split("Per-image predictions")
+    names = [f.name for f in fields(ProbeResult)]
+    assert [n for n in names if n not in PREDICTION_FIELDS] == re.findall(r"`(\w+)`", metrics)
+    assert list(PREDICTION_FIELDS) == [n for n in re.findall(r"`(\w+)`", per_image) if n in names]
 
 
 def test_probes_metric_functions() -> None:
@@ -50,27 +56,75 @@ def test_probes_metric_functions() -> None:
     assert np.isnan(auroc(np.array([0.1, 0.2]), np.array([1, 1])))
     assert balanced_accuracy(np.array([0, 0, 0, 1]), y) == pytest.approx(0.75)
     assert majority_accuracy(np.array([0, 0, 1]), np.array([0, 1, 0])) == pytest.approx(2 / 3)
-    low, high = wilson_interval(81, 90)  # 0.9 on 90 test images
-    assert (round(low, 3), round(high, 3)) == (0.821, 0.946)
-    low, high = t_interval([0.8, 0.82, 0.84])
-    assert (round(low, 3), round(high, 3)) == (0.770, 0.870)
 
 
-def test_probes_resplit_and_control_keep_counts() -> None:
+def test_exact_interval_is_clopper_pearson_and_covers_a_known_binomial() -> None:
+    # Clopper-Pearson from its beta-quantile form, written out here: 81 of 90 correct
+    low, high = exact_interval(81, 90)
+    assert low == pytest.approx(stats.beta.ppf(0.025, 81, 10), abs=1e-9)
+    assert high == pytest.approx(stats.beta.ppf(0.975, 82, 9), abs=1e-9)
+    assert (round(low, 3), round(high, 3)) == (0.819, 0.953)
+    assert exact_interval(0, 90)[0] == 0.0 and exact_interval(90, 90)[1] == 1.0
+    # exact coverage (no simulation): sum of P(k) over the k whose interval holds the true p
+    n = 90
+    intervals = [exact_interval(k, n) for k in range(n + 1)]
+    for p in (0.5, 0.667, 0.8, 0.9, 0.97):
+        coverage = sum(stats.binom.pmf(k, n, p) for k, (lo, hi) in enumerate(intervals) if lo <= p <= hi)
+        assert coverage >= 0.95, (p, coverage)
+
+
+def test_nadeau_bengio_interval_matches_the_formula_by_hand() -> None:
+    # J = 3 splits, 210 train / 90 test: mean 0.82, s^2 = 0.0004, variance x (1/3 + 90/210), t(2) = 4.302653
+    low, high = corrected_resampled_t_interval([0.80, 0.82, 0.84], n_train=210, n_test=90)
+    half = 4.302652729911275 * (0.0004 * (1 / 3 + 90 / 210)) ** 0.5
+    assert (low, high) == (pytest.approx(0.82 - half, abs=1e-9), pytest.approx(0.82 + half, abs=1e-9))
+    assert (round(low, 4), round(high, 4)) == (0.7449, 0.8951)  # a plain t would give 0.770-0.870
+    # J = 2 (one re-split): t(1) = 12.706, honest and wide, clipped to [0, 1]
+    low, high = corrected_resampled_t_interval([0.80, 0.90], n_train=210, n_test=90)
+    assert (low, high) == (0.0, 1.0)
+    assert all(np.isnan(corrected_resampled_t_interval([0.8], 210, 90)))
+
+
+def test_permutation_p_value_counts_ties_and_adds_one() -> None:
+    assert permutation_p_value(0.9, [0.6] * 19) == pytest.approx(1 / 20)
+    assert permutation_p_value(0.7, [0.6, 0.7, 0.8, 0.5]) == pytest.approx(3 / 5)
+    assert np.isnan(permutation_p_value(0.7, []))
+
+
+def test_probes_resplit_and_permutation_keep_counts_and_true_test_labels() -> None:
     X = np.zeros((400, 2))
     task = _tasks(X, 0.0, 1)[0]
     for s in range(4):
         tr = resplit(task, s, seed=3)
         assert tr.sum() == 210 and task.labels[tr].sum() == 70
-        ctrl = control_labels(task, tr, s, seed=3)
-        assert ctrl[tr].sum() == 70 and ctrl[~tr].sum() == 30
-        assert not np.array_equal(ctrl, task.labels)
+        perm = permutation_labels(task, s, seed=3)
+        np.testing.assert_array_equal(perm[~task.train], task.labels[~task.train])  # test keeps its truth
+        assert perm[task.train].sum() == 70 and not np.array_equal(perm, task.labels)
     assert not np.array_equal(resplit(task, 1, 3), resplit(task, 2, 3))
     np.testing.assert_array_equal(resplit(task, 0, 3), task.train)
+    assert not np.array_equal(permutation_labels(task, 0, 3), permutation_labels(task, 1, 3))
+
+
+def test_control_task_labels_are_one_per_class_same_in_train_and_test() -> None:
+    rng = np.random.default_rng(5)
+    X = np.zeros((400, 2))
+    task = _tasks(X, 0.0, 1)[0]
+    assert control_task_labels(task, seed=0) is None  # no classes known
+    classes = rng.integers(0, 40, 300)
+    task = ConceptTask(task.concept, task.rows, task.labels, task.train, classes=classes)
+    ctrl = control_task_labels(task, seed=0)
+    for c in np.unique(classes):
+        assert len(np.unique(ctrl[classes == c])) == 1  # constant per class, across train and test
+    for part in (task.train, ~task.train):
+        assert len(np.unique(ctrl[part])) == 2
+    assert 0.1 < ctrl.mean() < 0.6  # drawn with the concept's positive rate (1/3)
+    np.testing.assert_array_equal(ctrl, control_task_labels(task, seed=0))  # seeded
+    one = ConceptTask(task.concept, task.rows, task.labels, task.train, classes=np.zeros(300, int))
+    assert control_task_labels(one, seed=0) is None
 
 
 @pytest.mark.parametrize("kind", ["linear_gap", "non_linear_gap"])
-def test_probes_planted_concept_is_found_and_control_is_not(kind: str) -> None:
+def test_probes_planted_concept_is_found_and_permutations_are_not(kind: str) -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(700, 24)).astype(np.float32)
     tasks = _tasks(X, planted=6.0)
@@ -79,18 +133,59 @@ def test_probes_planted_concept_is_found_and_control_is_not(kind: str) -> None:
     for r in results:
         assert r.test_acc > 0.97 and r.test_auroc > 0.99
         assert r.test_acc_ci_low <= r.test_acc <= r.test_acc_ci_high
+        assert (r.test_acc_ci_low, r.test_acc_ci_high) == exact_interval(round(r.test_acc * 90), 90)
+        assert r.test_acc_resplit_ci_low <= r.test_acc_resplit_mean <= r.test_acc_resplit_ci_high
         assert abs(r.test_majority_acc - 200 / 300) < 1e-9
-        assert r.test_control_acc < r.test_majority_acc + 0.06
-        assert r.test_selectivity > 0.3
-        assert (r.n_train, r.n_test, r.n_test_pos, r.repeats) == (210, 90, 30, 2)
+        assert r.test_permutation_acc < r.test_majority_acc + 0.06
+        assert r.test_permutation_p == pytest.approx(1 / 20)  # the smallest p 19 permutations allow
+        assert np.isnan(r.test_control_acc) and np.isnan(r.test_selectivity)  # no classes: no control task
+        assert (r.n_train, r.n_test, r.n_test_pos, r.repeats, r.permutations) == (210, 90, 30, 2, 19)
+        assert len(r.test_correct) == 90 and r.test_correct.count("1") == round(r.test_acc * 90)
+        assert r.test_images.startswith("rows:")
+        assert set(r.metrics()) == {f.name for f in fields(ProbeResult)} - set(PREDICTION_FIELDS)
+    assert len({r.test_images for r in results}) == 3
 
 
-def test_probes_no_signal_gives_chance_and_wilson_interval() -> None:
+def test_probes_no_signal_gives_chance_and_a_large_permutation_p() -> None:
     rng = np.random.default_rng(2)
     X = rng.normal(size=(700, 8)).astype(np.float32)
     [r] = evaluate_concepts(X, _tasks(X, planted=0.0, n_concepts=1), "linear_gap")
     assert r.repeats == 0 and r.test_acc < 0.75
-    assert (r.test_acc_ci_low, r.test_acc_ci_high) == wilson_interval(round(r.test_acc * 90), 90)
+    assert np.isnan(r.test_acc_resplit_mean) and np.isnan(r.test_acc_resplit_ci_low)
+    assert r.test_acc_ci_low <= r.test_majority_acc  # the interval includes the baseline
+    assert r.test_permutation_p > 0.2, r
+
+
+def _class_world(concept_follows_class: bool, seed: int = 7):
+    """40 classes; features say only which class an image is (a one-hot code). The concept is either
+    a property of whole classes ("zebra" -> striped) or drawn per image, independent of the class."""
+    rng = np.random.default_rng(seed)
+    n, n_classes = 600, 40
+    classes = rng.permutation(np.arange(n) % n_classes)
+    if concept_follows_class:
+        labels = (classes < n_classes // 3).astype(int)
+    else:
+        labels = (rng.random(n) < 1 / 3).astype(int)
+    X = np.eye(n_classes, dtype=np.float32)[classes] + 0.05 * rng.normal(size=(n, n_classes)).astype(np.float32)
+    train = np.zeros(n, bool)
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        train[rng.choice(idx, int(0.7 * len(idx)), replace=False)] = True
+    return X, ConceptTask("striped", np.arange(n), labels, train, classes=classes, images=np.arange(n))
+
+
+def test_control_task_tells_a_class_detector_from_a_concept() -> None:
+    # features that only know the class: the class-aligned concept is decodable, but so is the control
+    X, task = _class_world(concept_follows_class=True)
+    [r] = evaluate_concepts(X, [task], "linear_gap", permutations=0)
+    assert r.test_acc > 0.95 and r.test_control_acc > 0.95
+    assert abs(r.test_selectivity) < 0.05
+    assert r.test_selectivity == pytest.approx(r.test_acc - r.test_control_acc)
+    assert not r.test_images.startswith("rows:")
+    # the same features for a concept that cuts across classes: nothing to find, and the control still scores
+    X, task = _class_world(concept_follows_class=False)
+    [r] = evaluate_concepts(X, [task], "linear_gap", permutations=0)
+    assert r.test_acc < 0.75 and r.test_control_acc > 0.95 and r.test_selectivity < -0.2
 
 
 def test_probes_drops_sub_precision_feature_instead_of_amplifying_it() -> None:

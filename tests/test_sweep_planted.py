@@ -9,11 +9,13 @@ import pytest
 from sweep_fakes import Loads, blind, make_splits, mobilenet, plant_red, ref
 
 from clipprobe.activations import ExtractOptions, ForwardCounter
+from clipprobe.report.significance import mcnemar_exact
 from clipprobe.sweep import (
     DuplicateWeightsError,
     Sweep,
     SweepPlan,
     check_distinct_weights,
+    concept_tasks,
     parse_epochs,
     parse_names,
     select_checkpoints,
@@ -29,28 +31,51 @@ def by_key(rows):
     return {(r["concept"], r["module"], r["probe"], r["epoch"]): r for r in rows}
 
 
-def test_planted_red_channel_is_found_and_its_control_stays_at_majority(splits, tmp_path):
+def test_planted_red_channel_is_found_and_its_permutation_baseline_is_not(splits, tmp_path):
     plan = SweepPlan(modules=["module:0", "module:1"], concepts=["red"], probes=["linear_gap"], repeats=2)
     rows = by_key(Sweep(splits, plan, cache_dir=tmp_path, progress=False).run([ref(plant_red(mobilenet()), 1)]))
     assert len(rows) == 2
     for module in ("module:0", "module:1"):
         r = rows[("red", module, "linear_gap", 1)]
         assert r["test_acc"] >= 0.95, r
-        assert abs(r["test_control_acc"] - r["test_majority_acc"]) <= 0.15, r
-        assert r["test_selectivity"] >= 0.2
+        assert r["test_acc_ci_low"] > r["test_majority_acc"], r  # the exact interval clears the baseline
+        assert r["test_permutation_acc"] <= r["test_majority_acc"] + 0.15, r
+        assert r["test_permutation_p"] == pytest.approx(1 / 20)  # no permutation of 19 reaches it
+        assert np.isnan(r["test_control_acc"]) and np.isnan(r["test_selectivity"])  # no image classes
         assert r["n_test"] == 21 and r["n_test_pos"] == 7 and r["repeats"] == 2
+        assert len(r["test_correct"]) == 21 and r["test_correct"].count("1") == round(r["test_acc"] * 21)
         assert r["module_path"] == f"features.{module[-1]}"
+    assert rows[("red", "module:0", "linear_gap", 1)]["test_images"] == rows[("red", "module:1", "linear_gap", 1)]["test_images"]
     assert rows[("red", "module:0", "linear_gap", 1)]["n_dropped_features"] == 7  # 7 of 8 channels are zero
 
 
-def test_when_two_checkpoints_differ_beyond_their_intervals(splits, tmp_path):
+def test_image_class_column_feeds_the_control_task(tmp_path):
+    splits = make_splits(tmp_path / "pool", with_classes=True)
+    paths, tasks, _ = concept_tasks(splits)
+    red = tasks[0]
+    assert red.classes is not None and set(red.classes[red.labels == 1]) == {"red"}
+    assert list(red.images) == list(splits.select("red")["path"])
+    assert concept_tasks(make_splits(tmp_path / "plain"))[1][0].classes is None
+    partial = make_splits(tmp_path / "part", with_classes=True)
+    partial.table.loc[0, "image_class"] = None  # one unknown class: no control task for that concept
+    assert concept_tasks(partial)[1][0].classes is None
+    plan = SweepPlan(modules=["module:0"], concepts=["red"], probes=["linear_gap"], repeats=0)
+    [r] = Sweep(splits, plan, cache_dir=tmp_path, progress=False).run([ref(plant_red(mobilenet()), 1)])
+    assert 0.0 <= r["test_control_acc"] <= 1.0
+    assert r["test_selectivity"] == pytest.approx(r["test_acc"] - r["test_control_acc"])
+
+
+def test_when_two_checkpoints_differ_by_a_paired_test(splits, tmp_path):
     plan = SweepPlan(modules=["module:0"], concepts=["red"], probes=["linear_gap", "non_linear_gap"], repeats=2)
     refs = [ref(blind(mobilenet()), 0), ref(plant_red(mobilenet()), 3)]
     rows = by_key(Sweep(splits, plan, cache_dir=tmp_path, progress=False).run(refs))
     assert len(rows) == 4
     for probe in ("linear_gap", "non_linear_gap"):
         before, after = rows[("red", "module:0", probe, 0)], rows[("red", "module:0", probe, 3)]
-        assert after["test_acc_ci_low"] > before["test_acc_ci_high"], (before, after)
+        assert before["test_images"] == after["test_images"]  # same test images: a paired test applies
+        lost, gained, p = mcnemar_exact(before["test_correct"], after["test_correct"])
+        assert gained >= 6 and lost == 0 and p < 0.05, (before, after)
+        assert after["test_acc_ci_low"] > after["test_majority_acc"] >= before["test_acc_ci_low"]
         assert before["fingerprint"] != after["fingerprint"]
         assert before["n_dropped_features"] == 8  # a blind module: every feature constant, none amplified
 

@@ -15,8 +15,11 @@ ROW = {
     "epoch": 4, "model_name": "toy", "model_version": "2", "fingerprint": "ab" * 32, "hparams_source": "defaults",
     "hparams": '{"weight_decay": 0.005}', "test_acc": 0.9, "test_acc_ci_low": 0.82, "test_acc_ci_high": 0.95,
     "test_balanced_acc": 0.88, "test_auroc": float("nan"), "train_acc": 1.0, "test_majority_acc": 0.667,
+    "test_acc_resplit_mean": float("nan"), "test_acc_resplit_ci_low": float("nan"),
+    "test_acc_resplit_ci_high": float("nan"), "test_permutation_acc": 0.64, "test_permutation_p": 0.05,
     "test_control_acc": 0.6, "test_selectivity": 0.3, "n_train": 210, "n_test": 90, "n_test_pos": 30,
-    "repeats": 0, "n_dropped_features": 2,
+    "repeats": 0, "permutations": 19, "n_dropped_features": 2,
+    "test_correct": "1" * 81 + "0" * 9, "test_images": "0123456789abcdef",
 }
 
 
@@ -43,6 +46,9 @@ def test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow(logger):
     assert bulk.data.metrics.keys() == public.data.metrics.keys() == set(fits.METRIC_COLUMNS)
     assert all(_same(bulk.data.metrics[k], public.data.metrics[k]) for k in fits.METRIC_COLUMNS)
     assert math.isnan(bulk.data.metrics["test_auroc"])
+    # per-image predictions are params (strings), never metrics
+    assert bulk.data.params["test_correct"] == ROW["test_correct"]
+    assert bulk.data.params["test_images"] == ROW["test_images"]
     strip = {"mlflow.runName"}
     assert {k: v for k, v in bulk.data.tags.items() if k not in strip} == {
         k: v for k, v in public.data.tags.items() if k not in strip}
@@ -57,6 +63,16 @@ def test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow(logger):
     table = logger.results().sort_values("concept")
     assert list(table["concept"]) == ["blue", "green", "red"]
     assert table["test_acc"].tolist() == [0.9] * 3 and table["n_dropped_features"].tolist() == [2] * 3
+    assert table["test_correct"].tolist() == [ROW["test_correct"]] * 3 and table["permutations"].dtype == "int64"
+    assert list(table.columns[:33]) == [*fits.IDENTITY_COLUMNS, *fits.METRIC_COLUMNS, *fits.PREDICTION_COLUMNS]
+
+
+def test_per_image_strings_too_long_for_a_param_stay_out_of_the_run(logger):
+    ckpt = logger.checkpoint_run(5)
+    long = {**ROW, "epoch": 5, "test_correct": "1" * (fits.MAX_PARAM_CHARS + 1)}
+    run = MlflowClient().get_run(logger.log_fit(ckpt, long))
+    assert "test_correct" not in run.data.params and run.data.params["test_images"] == ROW["test_images"]
+    assert logger.results()["test_correct"].tolist() == [""]  # unknown when read back from the runs
 
 
 def test_a_batch_with_a_bad_fit_lands_not_at_all(logger):

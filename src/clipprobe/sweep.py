@@ -103,9 +103,16 @@ def check_distinct_weights(checkpoints: Sequence[CheckpointRef], *, allow_duplic
             log.warning("%s; probing them anyway (--allow-duplicate-weights)", msg)
 
 
+IMAGE_CLASS_COLUMN = "image_class"  # optional splits column: the class of each image, for the control task
+
+
 def concept_tasks(splits: ConceptSplits, concepts: Sequence[str] | None = None) -> tuple[list[str], list[ConceptTask], dict[str, str]]:
     """The union of the concepts' images (sorted paths), one task per concept on rows of that union,
-    and each concept's group."""
+    and each concept's group.
+
+    Each task carries its images' paths (to match test sets across sweeps) and, when the splits have
+    an ``image_class`` column with a value for every row of the concept, the image classes for the
+    control task; otherwise ``classes`` is None and the control task is skipped (NaN selectivity)."""
     known = splits.concepts
     chosen = list(known) if concepts is None else list(concepts)
     unknown = [c for c in chosen if c not in known]
@@ -117,8 +124,12 @@ def concept_tasks(splits: ConceptSplits, concepts: Sequence[str] | None = None) 
     tasks, groups = [], {}
     for concept in chosen:
         rows = splits.select(concept)
+        classes = None
+        if IMAGE_CLASS_COLUMN in rows.columns and rows[IMAGE_CLASS_COLUMN].notna().all():
+            classes = rows[IMAGE_CLASS_COLUMN].astype(str).to_numpy()
         tasks.append(ConceptTask(concept, np.array([index[p] for p in rows["path"]]),
-                                 rows["label"].to_numpy().astype(np.int64), (rows["part"] == "train").to_numpy()))
+                                 rows["label"].to_numpy().astype(np.int64), (rows["part"] == "train").to_numpy(),
+                                 classes=classes, images=rows["path"].astype(str).to_numpy()))
         groups[concept] = str(rows["group"].iloc[0])
     return paths, tasks, groups
 

@@ -1,38 +1,81 @@
-"""Evaluate probes per concept: accuracy with intervals over re-splits, baselines, shuffled-label controls.
+"""Evaluate probes per concept: stored-split accuracy with an exact interval, re-split spread, baselines, controls.
 
-``evaluate_concepts`` fits every concept of one module at once: concepts x (stored split + R stratified
-re-splits) x {real, control} probes in one ``fit_many`` call.
+``evaluate_concepts`` fits every concept of one module in one ``fit_many`` call: per concept the
+stored split's real probe, ``repeats`` stratified re-splits (real probe only), ``permutations``
+permutation-baseline probes and, where the images carry a class, one control-task probe.
+
+What each number measures (see also docs/statistics.md):
+
+- ``test_acc`` is the accuracy on the stored split's test part, with an exact (Clopper-Pearson)
+  binomial interval ``test_acc_ci_low/high`` over its test images.
+- ``test_acc_resplit_mean`` and ``test_acc_resplit_ci_low/high``: the mean over the stored split and
+  the re-splits (J = 1 + R splits) with the Nadeau-Bengio corrected resampled t interval. The splits
+  share images, so a plain t over them is too narrow; the correction multiplies the variance by
+  ``1/J + n_test/n_train`` (df J - 1). NaN without re-splits.
+- ``test_majority_acc``: always answering the training part's majority class. A probe whose exact
+  interval includes it shows no evidence of having learnt anything.
+- ``test_permutation_acc`` / ``test_permutation_p``: the permutation baseline asks "is the probe above
+  chance at all?". Labels are shuffled within the training part only; the test part keeps its true
+  labels, so a probe trained on shuffled labels scores what chance gives on these features. With P
+  permutations the p-value is ``(1 + #{permuted acc >= real acc}) / (1 + P)``: its smallest value
+  is ``1 / (1 + P)`` (0.05 at the default P = 19).
+- ``test_control_acc`` / ``test_selectivity``: the control task of Hewitt and Liang (2019) asks "does
+  the probe find the concept, or the class of the image?". Each image class (an ImageNet class, a
+  concept-world shape) gets one random label, 1 with the concept's positive rate, the same in train
+  and test. A probe that only recognises classes scores high on it; a striped probe must not just
+  find zebras. ``test_selectivity`` = ``test_acc - test_control_acc``; both are NaN when the images
+  carry no class.
+- ``test_correct`` ('0'/'1' per stored test image, in the task's row order) and ``test_images`` (a
+  hash of those images' ids) let two fits on the same test images be compared by a paired test.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 from clipprobe.probes.batched import fit_many
 from clipprobe.probes.kinds import ProbeKind
 
+DEFAULT_PERMUTATIONS = 19  # the fewest permutations whose p-value can reach 0.05
+PREDICTION_FIELDS = ("test_correct", "test_images")  # per-image results: strings, not metrics
+_CONTROL_DRAWS = 100  # redraws of the per-class control labels until both parts hold both labels
+
 
 @dataclass(frozen=True)
 class ConceptTask:
-    """One concept's images as rows of X, their 0/1 labels and the stored part (True = train)."""
+    """One concept's images as rows of X, their 0/1 labels and the stored part (True = train).
+
+    ``classes`` (optional): one class id per row (an ImageNet class, a world shape) for the control
+    task; ``images`` (optional): one id per row (e.g. the image path) so test sets can be matched
+    across sweeps.
+    """
 
     concept: str
     rows: np.ndarray  # (n,) int rows of X
     labels: np.ndarray  # (n,) 0/1
     train: np.ndarray  # (n,) bool
+    classes: np.ndarray | None = None  # (n,) class id per row
+    images: np.ndarray | None = None  # (n,) image id per row
 
     def __post_init__(self) -> None:
         n = len(self.rows)
         if len(self.labels) != n or len(self.train) != n:
             raise ValueError(f"concept {self.concept!r}: rows, labels and train have lengths "
                              f"{n}, {len(self.labels)}, {len(self.train)}: expected equal lengths")
+        for name in ("classes", "images"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"concept {self.concept!r}: {name} has length {len(value)}: expected one "
+                                 f"per row ({n}) or None")
         if len(np.unique(self.rows)) != n:
             raise ValueError(f"concept {self.concept!r}: an image appears twice in rows: expected unique rows")
         for part, name in ((self.train, "train"), (~np.asarray(self.train, bool), "test")):
@@ -43,7 +86,7 @@ class ConceptTask:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """The metrics of one (concept, module, probe kind) fit; names as in docs/architecture.md."""
+    """One (concept, module, probe kind) fit; names as in docs/architecture.md, meanings in the module doc."""
 
     test_acc: float
     test_acc_ci_low: float
@@ -52,61 +95,89 @@ class ProbeResult:
     test_auroc: float
     train_acc: float
     test_majority_acc: float
+    test_acc_resplit_mean: float
+    test_acc_resplit_ci_low: float
+    test_acc_resplit_ci_high: float
+    test_permutation_acc: float
+    test_permutation_p: float
     test_control_acc: float
     test_selectivity: float
     n_train: int
     n_test: int
     n_test_pos: int
     repeats: int
+    permutations: int
     n_dropped_features: int
+    test_correct: str
+    test_images: str
 
-    def to_dict(self) -> dict[str, float | int]:
-        """Metric name -> value, ready for a results row or ``log_batch``."""
+    def to_dict(self) -> dict[str, float | int | str]:
+        """Column name -> value for a results row (metrics and the per-image ``PREDICTION_FIELDS``)."""
         return asdict(self)
+
+    def metrics(self) -> dict[str, float | int]:
+        """The numeric columns only, ready for ``log_batch``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PREDICTION_FIELDS}
 
 
 def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     """Fraction of correct predictions."""
-    return float(np.mean(np.asarray(pred) == np.asarray(y)))
+    return float(accuracy_score(np.asarray(y), np.asarray(pred)))
 
 
 def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     """Mean of the per-class recalls (classes present in y)."""
-    y, pred = np.asarray(y), np.asarray(pred)
-    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+    return float(balanced_accuracy_score(np.asarray(y), np.asarray(pred)))
 
 
 def auroc(score: np.ndarray, y: np.ndarray) -> float:
     """Area under the ROC curve (ties count half); NaN when y holds a single class."""
-    y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    y = np.asarray(y).astype(int)
+    if len(np.unique(y)) < 2:
         return float("nan")
-    ranks = stats.rankdata(score)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(score, float)))
 
 
 def majority_accuracy(y_train: np.ndarray, y_test: np.ndarray) -> float:
     """Accuracy on the test part of always answering the training part's majority class."""
-    y_train = np.asarray(y_train)
-    majority = int(np.mean(y_train) > 0.5)
+    majority = int(np.mean(np.asarray(y_train)) > 0.5)
     return accuracy(np.full(len(y_test), majority), y_test)
+
+
+def exact_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of the proportion ``correct / n``."""
+    ci = stats.binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def wilson_interval(correct: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``correct / n``."""
-    z = stats.norm.ppf(0.5 + confidence / 2)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    ci = stats.binomtest(int(round(correct)), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of ``values`` (at least two), clipped to [0, 1]."""
+def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test: int,
+                                   confidence: float = 0.95) -> tuple[float, float]:
+    """Nadeau-Bengio corrected resampled t interval of the mean of J split accuracies, clipped to [0, 1].
+
+    The J splits share images, so their accuracies are correlated; the variance of the mean is taken
+    as ``(1/J + n_test/n_train) * s^2`` (s^2 the sample variance over splits), with J - 1 degrees of
+    freedom. NaN for fewer than two splits.
+    """
     v = np.asarray(values, float)
-    half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    J = len(v)
+    if J < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, J - 1) * np.sqrt((1 / J + n_test / n_train) * v.var(ddof=1))
     return float(max(0.0, v.mean() - half)), float(min(1.0, v.mean() + half))
+
+
+def permutation_p_value(real: float, permuted: Sequence[float]) -> float:
+    """``(1 + #{permuted >= real}) / (1 + P)``; NaN without permutations."""
+    permuted = np.asarray(permuted, float)
+    if len(permuted) == 0:
+        return float("nan")
+    return float((1 + np.sum(permuted >= real)) / (1 + len(permuted)))
 
 
 def _rng(seed: int, concept: str, split: int, purpose: int) -> np.random.Generator:
@@ -127,14 +198,45 @@ def resplit(task: ConceptTask, split: int, seed: int) -> np.ndarray:
     return new
 
 
-def control_labels(task: ConceptTask, train: np.ndarray, split: int, seed: int) -> np.ndarray:
-    """Labels permuted within the training part and, independently, within the test part."""
-    rng = _rng(seed, task.concept, split, 1)
+def permutation_labels(task: ConceptTask, permutation: int, seed: int) -> np.ndarray:
+    """The permutation baseline's labels: shuffled within the stored training part; test labels kept."""
+    rng = _rng(seed, task.concept, permutation, 2)
     labels = np.asarray(task.labels).copy()
-    for part in (train, ~train):
-        idx = np.flatnonzero(part)
-        labels[idx] = labels[rng.permutation(idx)]
+    idx = np.flatnonzero(np.asarray(task.train, bool))
+    labels[idx] = labels[rng.permutation(idx)]
     return labels
+
+
+def control_task_labels(task: ConceptTask, seed: int) -> np.ndarray | None:
+    """Hewitt-and-Liang control labels: one random 0/1 per image class (1 with the concept's positive
+    rate), the same in train and test. Draws that leave a part with one label are redrawn (seeded);
+    None when the images carry no class, or fewer than two classes, or no draw works."""
+    if task.classes is None:
+        return None
+    _, inverse = np.unique(np.asarray(task.classes), return_inverse=True)
+    n_classes = int(inverse.max()) + 1
+    if n_classes < 2:
+        return None
+    rate = float(np.mean(task.labels))
+    train = np.asarray(task.train, bool)
+    rng = _rng(seed, task.concept, 0, 1)
+    for _ in range(_CONTROL_DRAWS):
+        labels = (rng.random(n_classes) < rate).astype(np.int64)[inverse]
+        if len(np.unique(labels[train])) == 2 and len(np.unique(labels[~train])) == 2:
+            return labels
+    return None
+
+
+def hash_test_images(task: ConceptTask) -> str:
+    """A short hash of the stored test images, in row order: image ids when known, else rows of X
+    (``rows:`` prefix; then only comparable within one sweep)."""
+    test = ~np.asarray(task.train, bool)
+    if task.images is not None:
+        ids, prefix = np.asarray(task.images)[test], ""
+    else:
+        ids, prefix = np.asarray(task.rows)[test], "rows:"
+    digest = hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+    return prefix + digest
 
 
 def evaluate_concepts(
@@ -144,6 +246,7 @@ def evaluate_concepts(
     params: Mapping[str, Any] | None = None,
     *,
     repeats: int = 0,
+    permutations: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
     device: str | torch.device = "cpu",
     confidence: float = 0.95,
@@ -151,67 +254,81 @@ def evaluate_concepts(
 ) -> list[ProbeResult]:
     """Fit and score every concept of one module at once; one ``ProbeResult`` per task, in order.
 
-    Metrics are means over the stored split and ``repeats`` stratified re-splits; the interval is a
-    Student-t interval over those 1 + R test accuracies, or a Wilson interval when ``repeats`` is 0.
+    Per concept: the stored split (its metrics and exact interval), ``repeats`` stratified re-splits
+    (the Nadeau-Bengio interval of their mean), ``permutations`` permutation-baseline probes and,
+    when ``task.classes`` is given, one control-task probe.
     """
     if repeats < 0:
         raise ValueError(f"repeats={repeats} is negative: expected 0 (stored split only) or more")
+    if permutations < 0:
+        raise ValueError(f"permutations={permutations} is negative: expected 0 (no permutation baseline) or more")
     N = X.shape[0]
-    splits = 1 + repeats
-    B = len(tasks) * splits * 2
-    Y = np.zeros((B, N), np.int64)
-    train = np.zeros((B, N), bool)
-    evaluate = np.zeros((B, N), bool)
-    parts = []
+    probes: list[tuple[int, str, int, np.ndarray, np.ndarray]] = []  # (task, role, index, labels, train)
     for t, task in enumerate(tasks):
         rows = np.asarray(task.rows)
         if rows.min() < 0 or rows.max() >= N:
             raise ValueError(f"concept {task.concept!r}: rows reach {rows.max()}: X has only {N} rows")
-        for s in range(splits):
-            tr = resplit(task, s, seed)
-            parts.append(tr)
-            for c, labels in enumerate((np.asarray(task.labels), control_labels(task, tr, s, seed))):
-                b = (t * splits + s) * 2 + c
-                Y[b, rows] = labels
-                train[b, rows[tr]] = True
-                evaluate[b, rows] = True
+        labels, stored = np.asarray(task.labels), np.asarray(task.train, bool)
+        for s in range(1 + repeats):
+            probes.append((t, "split", s, labels, resplit(task, s, seed)))
+        for p in range(permutations):
+            probes.append((t, "permutation", p, permutation_labels(task, p, seed), stored))
+        control = control_task_labels(task, seed)
+        if control is not None:
+            probes.append((t, "control", 0, control, stored))
+    B = len(probes)
+    Y = np.zeros((B, N), np.int64)
+    train = np.zeros((B, N), bool)
+    evaluate = np.zeros((B, N), bool)
+    for b, (t, _, _, labels, tr) in enumerate(probes):
+        rows = np.asarray(tasks[t].rows)
+        Y[b, rows] = labels
+        train[b, rows[tr]] = True
+        evaluate[b, rows] = True
     fit = fit_many(kind, X, Y, train, evaluate, params, device=device, form=form)
     scores = fit.scores.double().numpy()
+
+    by_task: dict[int, dict[str, list[int]]] = {t: {"split": [], "permutation": [], "control": []}
+                                                for t in range(len(tasks))}
+    for b, (t, role, _, _, _) in enumerate(probes):
+        by_task[t][role].append(b)
     results = []
     for t, task in enumerate(tasks):
         rows = np.asarray(task.rows)
-        per_split: dict[str, list[float]] = {k: [] for k in ("acc", "bal", "auc", "train", "major", "control")}
-        for s in range(splits):
-            tr = parts[t * splits + s]
-            te = ~tr
-            b = (t * splits + s) * 2
-            y = Y[b, rows]
-            score, score_c = scores[b, rows], scores[b + 1, rows]
-            pred, pred_c = (score > 0).astype(int), (score_c > 0).astype(int)
-            per_split["acc"].append(accuracy(pred[te], y[te]))
-            per_split["bal"].append(balanced_accuracy(pred[te], y[te]))
-            per_split["auc"].append(auroc(score[te], y[te]))
-            per_split["train"].append(accuracy(pred[tr], y[tr]))
-            per_split["major"].append(majority_accuracy(y[tr], y[te]))
-            per_split["control"].append(accuracy(pred_c[te], Y[b + 1, rows][te]))
+        y = np.asarray(task.labels)
         stored = np.asarray(task.train, bool)
-        n_test = int((~stored).sum())
-        acc = float(np.mean(per_split["acc"]))
-        if repeats == 0:
-            low, high = wilson_interval(acc * n_test, n_test, confidence)
-        else:
-            low, high = t_interval(per_split["acc"], confidence)
-        control = float(np.mean(per_split["control"]))
+        te = ~stored
+
+        def acc_of(b: int, truth: np.ndarray, rows: np.ndarray = rows) -> float:
+            tr = probes[b][4]
+            return accuracy((scores[b, rows] > 0).astype(int)[~tr], truth[~tr])
+
+        b0 = by_task[t]["split"][0]
+        score = scores[b0, rows]
+        pred = (score > 0).astype(int)
+        correct = pred[te] == y[te]
+        n_test, k = int(te.sum()), int(correct.sum())
+        acc = k / n_test
+        low, high = exact_interval(k, n_test, confidence)
+        split_accs = [acc_of(b, y) for b in by_task[t]["split"]]
+        r_low, r_high = corrected_resampled_t_interval(split_accs, int(stored.sum()), n_test, confidence)
+        perm_accs = [acc_of(b, y) for b in by_task[t]["permutation"]]
+        control = (acc_of(by_task[t]["control"][0], probes[by_task[t]["control"][0]][3])
+                   if by_task[t]["control"] else float("nan"))
         results.append(ProbeResult(
             test_acc=acc, test_acc_ci_low=low, test_acc_ci_high=high,
-            test_balanced_acc=float(np.mean(per_split["bal"])),
-            test_auroc=float(np.nanmean(per_split["auc"])) if not np.all(np.isnan(per_split["auc"])) else float("nan"),
-            train_acc=float(np.mean(per_split["train"])),
-            test_majority_acc=float(np.mean(per_split["major"])),
+            test_balanced_acc=balanced_accuracy(pred[te], y[te]),
+            test_auroc=auroc(score[te], y[te]),
+            train_acc=accuracy(pred[stored], y[stored]),
+            test_majority_acc=majority_accuracy(y[stored], y[te]),
+            test_acc_resplit_mean=float(np.mean(split_accs)) if repeats else float("nan"),
+            test_acc_resplit_ci_low=r_low, test_acc_resplit_ci_high=r_high,
+            test_permutation_acc=float(np.mean(perm_accs)) if perm_accs else float("nan"),
+            test_permutation_p=permutation_p_value(acc, perm_accs),
             test_control_acc=control, test_selectivity=acc - control,
-            n_train=int(stored.sum()), n_test=n_test,
-            n_test_pos=int(np.asarray(task.labels)[~stored].sum()), repeats=repeats,
-            n_dropped_features=int(fit.n_dropped_features[t * splits * 2]),
+            n_train=int(stored.sum()), n_test=n_test, n_test_pos=int(y[te].sum()), repeats=repeats,
+            permutations=permutations, n_dropped_features=int(fit.n_dropped_features[b0]),
+            test_correct="".join("1" if c else "0" for c in correct), test_images=hash_test_images(task),
         ))
     return results
 

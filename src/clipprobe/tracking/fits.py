@@ -41,9 +41,15 @@ RESULTS_ARTIFACT = "probe/results.parquet"
 IDENTITY_COLUMNS = ("concept", "group", "module", "module_path", "probe", "epoch", "model_name",
                     "model_version", "fingerprint", "hparams_source", "hparams")
 METRIC_COLUMNS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balanced_acc", "test_auroc",
-                  "train_acc", "test_majority_acc", "test_control_acc", "test_selectivity", "n_train",
-                  "n_test", "n_test_pos", "repeats", "n_dropped_features")
-INT_COLUMNS = ("epoch", "n_train", "n_test", "n_test_pos", "repeats", "n_dropped_features")
+                  "train_acc", "test_majority_acc", "test_acc_resplit_mean", "test_acc_resplit_ci_low",
+                  "test_acc_resplit_ci_high", "test_permutation_acc", "test_permutation_p", "test_control_acc",
+                  "test_selectivity", "n_train", "n_test", "n_test_pos", "repeats", "permutations",
+                  "n_dropped_features")
+INT_COLUMNS = ("epoch", "n_train", "n_test", "n_test_pos", "repeats", "permutations", "n_dropped_features")
+# Per-image results for paired tests: strings, so Parquet columns and fit-run params, never metrics.
+# `test_correct`: '0'/'1' per stored test image; `test_images`: hash of those images (same hash = same test set).
+PREDICTION_COLUMNS = ("test_correct", "test_images")
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value; longer per-image strings live in the Parquet only
 FIT_KEY = ("concept", "module", "probe", "epoch")  # what makes two fits the same fit
 SPLIT_SIZE_PARAMS = ("n_train", "n_test", "n_test_pos")
 _PAGE = 10_000
@@ -222,14 +228,17 @@ class FitLogger:
 
     def fit_record(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
                    hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> FinishedRun:
-        """What a fit run holds: identity columns, hparams and split sizes as params; metric columns as
-        metrics (step = epoch); the tags that place it below its checkpoint run and the sweep."""
+        """What a fit run holds: identity columns, hparams, split sizes and the per-image prediction
+        strings (when short enough for a param) as params; metric columns as metrics (step = epoch);
+        the tags that place it below its checkpoint run and the sweep."""
         now = _now_ms()
         name = f"{row['concept']} {row['module']} {row['probe']} @{row['epoch']}"
         all_tags = {PARENT_TAG: checkpoint_run_id, LEVEL_TAG: "fit", SWEEP_TAG: self.sweep_run_id,
                     RUN_NAME_TAG: name, **{k: str(v) for k, v in (tags or {}).items()}}
         params = {c: row[c] for c in IDENTITY_COLUMNS}
         params.update({c: row[c] for c in SPLIT_SIZE_PARAMS if c in row})
+        params.update({c: row[c] for c in PREDICTION_COLUMNS
+                       if isinstance(row.get(c), str) and 0 < len(row[c]) <= MAX_PARAM_CHARS})
         for k, v in (hparams or {}).items():
             params.setdefault(k, v)
         epoch = int(row["epoch"])
@@ -282,6 +291,7 @@ class FitLogger:
             p, m = run.data.params, run.data.metrics
             row: dict[str, Any] = {c: p.get(c) for c in IDENTITY_COLUMNS}
             row.update({c: m.get(c, float("nan")) for c in METRIC_COLUMNS})
+            row.update({c: p.get(c, "") for c in PREDICTION_COLUMNS})
             row["fit_run_id"] = run.info.run_id
             rows.append(row)
         return results_frame(rows)
@@ -295,21 +305,25 @@ class FitLogger:
 
 
 def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows -> the results table: architecture columns first, ints as ints, sorted by fit identity."""
+    """Rows -> the results table: architecture columns first, ints as ints, per-image strings as
+    strings ("" where unknown), sorted by fit identity."""
     frame = pd.DataFrame(list(rows))
-    for c in (*IDENTITY_COLUMNS, *METRIC_COLUMNS):
+    for c in (*IDENTITY_COLUMNS, *METRIC_COLUMNS, *PREDICTION_COLUMNS):
         if c not in frame.columns:
             frame[c] = pd.Series(dtype="float64" if c in METRIC_COLUMNS else "object")
+    for c in PREDICTION_COLUMNS:
+        frame[c] = frame[c].fillna("").astype(str)
     for c in INT_COLUMNS:
-        frame[c] = pd.to_numeric(frame[c]).round().astype("int64")
+        values = pd.to_numeric(frame[c])
+        frame[c] = values.round().astype("int64") if values.notna().all() else values.astype("float64")
     for c in METRIC_COLUMNS:
         if c not in INT_COLUMNS:
             frame[c] = pd.to_numeric(frame[c]).astype("float64")
     for c in IDENTITY_COLUMNS:
         if c != "epoch":
             frame[c] = frame[c].astype(str)
-    extra = [c for c in frame.columns if c not in IDENTITY_COLUMNS and c not in METRIC_COLUMNS]
-    frame = frame[[*IDENTITY_COLUMNS, *METRIC_COLUMNS, *extra]]
+    known = (*IDENTITY_COLUMNS, *METRIC_COLUMNS, *PREDICTION_COLUMNS)
+    frame = frame[[*known, *(c for c in frame.columns if c not in known)]]
     return frame.sort_values(["epoch", "module", "concept", "probe"], kind="stable").reset_index(drop=True)
 
 

@@ -13,6 +13,7 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from clipprobe.tracking.fits import results_frame
 from clipprobe.tracking.runs import (
     LEVEL_TAG,
     download_artifact,
@@ -54,7 +55,8 @@ def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataF
 
     The parent's ``probe/results.parquet`` is read when present; otherwise (or with
     ``prefer_artifact=False``) the finished nested fit runs are paged through, so fits logged
-    by other workers under the same sweep are included.
+    by other workers under the same sweep are included; those rows are typed like the Parquet
+    (``fits.results_frame``: ints, floats, per-image strings with "" where a run has none).
     """
     run = get_sweep(run_id)
     if prefer_artifact and _has_results_artifact(run_id):
@@ -68,7 +70,7 @@ def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataF
             f"probe sweep {run_id} has neither {RESULTS_ARTIFACT} nor finished nested fit runs"
         )
     log.info("sweep %s: read %d nested fit runs", run_id, len(rows))
-    return pd.DataFrame(rows)
+    return results_frame(rows)
 
 
 @contextmanager

@@ -1,0 +1,135 @@
+"""Paired tests between fits on the same test images, with multiple-comparison control across a table.
+
+Two cells (two modules, two epochs of one concept and probe, two sweeps) are compared on the same
+test images: their per-image correctness (``test_correct``) gives the discordant pairs, images one
+cell gets right and the other wrong, and McNemar's exact test asks whether those split evenly. The
+p-values of a table are adjusted together (Holm by default, which controls the family-wise error;
+``fdr_bh`` for Benjamini-Hochberg), so a mark means "significant after correction across the table".
+
+Cells that do not share their test images (different ``test_images`` hashes, or a sweep made before
+per-image predictions were stored) are not tested: their p-value is NaN and they are never marked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+ALPHA = 0.05
+METHOD = "holm"
+METHODS = ("holm", "fdr_bh", "bonferroni")
+PAIRED_COLUMNS = ("n_a_only", "n_b_only", "p_value", "p_adjusted", "significant")
+
+
+def correctness(text: str) -> np.ndarray:
+    """'0'/'1' per test image -> bool array."""
+    return np.frombuffer(str(text).encode("ascii"), np.uint8) == ord("1")
+
+
+def mcnemar_exact(correct_a: str | Sequence[bool], correct_b: str | Sequence[bool]) -> tuple[int, int, float]:
+    """McNemar's exact test on two fits' per-image correctness over the same test images, in the same
+    order: (images only A gets right, images only B gets right, two-sided p-value; 1 when none differ)."""
+    a = correctness(correct_a) if isinstance(correct_a, str) else np.asarray(correct_a, bool)
+    b = correctness(correct_b) if isinstance(correct_b, str) else np.asarray(correct_b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"per-image results of {len(a)} and {len(b)} test images: a paired test needs "
+                         "the same test images in the same order")
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if a_only + b_only == 0:
+        return 0, 0, 1.0
+    table = [[int(np.sum(a & b)), a_only], [b_only, int(np.sum(~a & ~b))]]
+    return a_only, b_only, float(mcnemar(table, exact=True).pvalue)
+
+
+def adjust(p_values: Sequence[float], method: str = METHOD) -> np.ndarray:
+    """Adjusted p-values (Holm, Benjamini-Hochberg ``fdr_bh`` or Bonferroni) over the finite ones;
+    NaN stays NaN and does not count in the family."""
+    if method not in METHODS:
+        raise ValueError(f"unknown correction {method!r}: expected one of {', '.join(METHODS)}")
+    p = np.asarray(p_values, float)
+    out = np.full(p.shape, math.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        out[finite] = multipletests(p[finite], method=method)[1]
+    return out
+
+
+def pairable(correct_a: object, correct_b: object, images_a: object, images_b: object) -> bool:
+    """True when both cells have per-image results on the same test images (same hash and length)."""
+    texts = [correct_a, correct_b, images_a, images_b]
+    if not all(isinstance(t, str) and t for t in texts):
+        return False
+    return images_a == images_b and len(str(correct_a)) == len(str(correct_b))
+
+
+def paired_tests(frame: pd.DataFrame, *, alpha: float = ALPHA, method: str = METHOD) -> pd.DataFrame:
+    """Add ``n_a_only``, ``n_b_only``, ``p_value``, ``p_adjusted`` and ``significant`` to a frame
+    with ``test_correct_a/b`` and ``test_images_a/b``; the whole frame is one family."""
+    out = frame.copy()
+    a_only, b_only, p = [], [], []
+    for ca, cb, ia, ib in zip(out["test_correct_a"], out["test_correct_b"], out["test_images_a"],
+                              out["test_images_b"], strict=True):
+        if pairable(ca, cb, ia, ib):
+            x, y, q = mcnemar_exact(ca, cb)
+        else:
+            x, y, q = -1, -1, math.nan
+        a_only.append(x)
+        b_only.append(y)
+        p.append(q)
+    out["n_a_only"] = pd.array([v if v >= 0 else None for v in a_only], dtype="Int64")
+    out["n_b_only"] = pd.array([v if v >= 0 else None for v in b_only], dtype="Int64")
+    out["p_value"] = p
+    out["p_adjusted"] = adjust(p, method)
+    out["significant"] = out["p_adjusted"].lt(alpha).to_numpy()
+    return out
+
+
+def _with_predictions(data: pd.DataFrame) -> pd.DataFrame:
+    out = data.copy()
+    for col in ("test_correct", "test_images"):
+        out[col] = out[col].fillna("").astype(str) if col in out.columns else ""
+    return out
+
+
+def epoch_changes(results: pd.DataFrame, *, epochs: Sequence[int] | None = None, alpha: float = ALPHA,
+                  method: str = METHOD) -> pd.DataFrame:
+    """Every cell (concept, module, probe) from one epoch of the sweep to the next: ``epoch_from``,
+    ``epoch_to``, ``acc_from``, ``acc_to``, ``difference`` and the paired-test columns (``a`` = the
+    earlier epoch). ``epochs`` restricts the epochs looked at (consecutive within that list); all
+    returned rows form one family for the correction."""
+    data = _with_predictions(results)
+    chosen = sorted(int(e) for e in (epochs if epochs is not None else pd.unique(data["epoch"])))
+    keys = ["concept", "module", "probe"]
+    cols = [*keys, "test_acc", "test_correct", "test_images"]
+    frames = []
+    for e_from, e_to in zip(chosen, chosen[1:], strict=False):
+        a = data.loc[data["epoch"] == e_from, cols]
+        b = data.loc[data["epoch"] == e_to, cols]
+        joined = a.merge(b, on=keys, suffixes=("_a", "_b"))
+        frames.append(joined.assign(epoch_from=e_from, epoch_to=e_to))
+    if not frames:
+        empty = pd.DataFrame(columns=[*keys, "epoch_from", "epoch_to", "acc_from", "acc_to", "difference",
+                                      *PAIRED_COLUMNS])
+        return empty
+    joined = pd.concat(frames, ignore_index=True)
+    tested = paired_tests(joined, alpha=alpha, method=method)
+    out = tested.rename(columns={"test_acc_a": "acc_from", "test_acc_b": "acc_to"})
+    out["difference"] = out["acc_to"] - out["acc_from"]
+    return out[[*keys, "epoch_from", "epoch_to", "acc_from", "acc_to", "difference", *PAIRED_COLUMNS]]
+
+
+def change_mark(significant: bool, difference: float) -> str:
+    """'↑' / '↓' for a significant rise / fall, '' otherwise."""
+    if not significant or not np.isfinite(difference) or difference == 0:
+        return ""
+    return "↑" if difference > 0 else "↓"
+
+
+def describe_test(method: str = METHOD, alpha: float = ALPHA) -> str:
+    names = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg", "bonferroni": "Bonferroni"}
+    return f"McNemar exact test on the same test images, {names[method]}-corrected, alpha {alpha:g}"
