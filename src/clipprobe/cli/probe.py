@@ -3,48 +3,52 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from clipprobe.activations import DEFAULT_CACHE_DIR, PRECISIONS, ExtractOptions
 from clipprobe.cli import options
-from clipprobe.sweep import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan
+from clipprobe.sweep_config import CONFIG_ARTIFACT, SweepConfig
 
 log = logging.getLogger(__name__)
 
 SPLITS_ARTIFACT = "concepts/splits.parquet"
-# Options that choose what a sweep computes: stored on the sweep run, read back by --resume.
-PLAN_OPTIONS = ("model_name", "epochs", "modules", "concepts", "probes", "repeats", "seed", "splits_run",
-                "params_from", "allow_duplicate_weights")
-_PLAN_DEFAULTS = inspect.signature(SweepPlan).parameters
 
 
-def latest_model_name() -> str:
-    """The model name (tag ``clipprobe.model_name``) of the newest finished train or checkpoints run."""
+def latest_model_name(exp_id: str | None, exp_name: str) -> str:
+    """The model name (tag ``clipprobe.model_name``) of the newest finished train or checkpoints run of the
+    chosen experiment."""
     from clipprobe.tracking import runs
     from clipprobe.tracking.registry import MODEL_NAME_TAG
 
-    found = [r for r in (runs.find_latest_run("train"), runs.find_latest_run("checkpoints"))
-             if r is not None and MODEL_NAME_TAG in r.data.tags]
+    found = [] if exp_id is None else [
+        r for r in (runs.find_latest_run("train", experiment_id=exp_id),
+                    runs.find_latest_run("checkpoints", experiment_id=exp_id))
+        if r is not None and MODEL_NAME_TAG in r.data.tags]
     if not found:
-        raise click.UsageError("no --model-name given and no finished train or checkpoints run names one: "
-                               "run `clipprobe train` or `clipprobe checkpoints FOLDER`, or pass --model-name")
+        raise click.UsageError(f"no --model-name given and no finished train or checkpoints run in experiment "
+                               f"{exp_name!r} names one: run `clipprobe train` or `clipprobe checkpoints FOLDER` "
+                               "there, pass --experiment-name, or pass --model-name")
     return max(found, key=lambda r: r.info.start_time).data.tags[MODEL_NAME_TAG]
 
 
-def splits_run_id(given: str | None) -> str:
+def splits_run_id(given: str | None, exp_id: str | None, exp_name: str) -> str:
+    """``given``, or the newest finished concepts run of the chosen experiment."""
     from clipprobe.tracking import runs
 
     if given:
         return given
-    run = runs.find_latest_run("concepts")
+    run = None if exp_id is None else runs.find_latest_run("concepts", experiment_id=exp_id)
     if run is None:
-        raise click.UsageError("no --splits-run given and no finished concepts run found: run `clipprobe concepts` first")
+        raise click.UsageError(f"no --splits-run given and no finished concepts run in experiment {exp_name!r}: "
+                               "run `clipprobe concepts` there, pass --experiment-name, or pass --splits-run RUN_ID")
     return run.info.run_id
 
 
@@ -66,30 +70,128 @@ def best_params(run_id: str, probes: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _plan_from_run(run) -> dict[str, Any]:
-    params = run.data.params
-    if "probes" not in params:
-        raise click.UsageError(f"--resume {run.info.run_id}: that run stores no sweep options; it cannot be resumed")
-    return {k: params.get(f"{k}_resolved", params.get(k, "")).strip("'\"") for k in PLAN_OPTIONS}
+# click parameter -> SweepConfig field, for the options that change what a sweep computes
+CONFIG_OPTIONS = ("model_name", "epochs", "modules", "concepts", "probes", "repeats", "seed", "splits_run",
+                  "params_from", "allow_duplicate_weights", "precision", "channels_last", "fold_batchnorm")
+_D = SweepConfig()
+
+
+def _given(ctx: click.Context) -> dict[str, Any]:
+    """The config settings the user set (command line or environment), converted to SweepConfig values."""
+    from clipprobe.sweep import parse_epochs
+
+    given = {}
+    for name in CONFIG_OPTIONS:
+        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            continue
+        value = ctx.params[name]
+        if name == "epochs":
+            try:
+                value = parse_epochs(str(value))
+            except ValueError as err:
+                raise click.UsageError(str(err)) from None
+        given[name] = value
+    return given
+
+
+def stored_config(run_id: str) -> SweepConfig:
+    """The config a sweep run logged (``probe/config.json``); one clear error when there is none."""
+    from clipprobe.tracking import runs
+
+    try:
+        path = runs.download_artifact(run_id, CONFIG_ARTIFACT)
+    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+        raise click.UsageError(f"--resume {run_id}: that sweep stores no {CONFIG_ARTIFACT} (an older clipprobe made "
+                               "it), so what it computed is unknown; start a new sweep") from None
+    try:
+        return SweepConfig.from_json(path.read_text(), source=f"--resume {run_id}: {CONFIG_ARTIFACT}")
+    except (ValueError, TypeError) as err:
+        raise click.UsageError(str(err)) from None
+
+
+def resume_config(run_id: str, given: dict[str, Any]) -> SweepConfig:
+    """The stored config of a sweep; refuses given settings that differ from it (one sweep, one setting)."""
+    config = stored_config(run_id)
+    try:
+        clash = config.conflicts({k: v for k, v in given.items() if v is not None})
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if clash:
+        raise click.UsageError(
+            f"--resume {run_id}: the sweep ran with {'; '.join(clash)}; the options given would mix two settings "
+            "in one sweep: drop them to resume, or start a new sweep without --resume")
+    return config
+
+
+def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str]) -> dict[str, Any]:
+    """Turn a config into checkpoints and splits; the returned config names exactly what runs."""
+    from clipprobe.backbones.loader import load_backbone
+    from clipprobe.concepts.splits import load_splits
+    from clipprobe.sweep import CheckpointRef, check_distinct_weights, select_checkpoints
+    from clipprobe.tracking import runs
+    from clipprobe.tracking.registry import list_checkpoints
+
+    exp_id, exp_name = experiment
+    name = config.model_name or latest_model_name(exp_id, exp_name)
+    try:
+        registered = list_checkpoints(name)
+        refs = [CheckpointRef(c.epoch, c.fingerprint, name=name, version=c.version,
+                              load=lambda uri=c.uri: load_backbone(uri, device=device)) for c in registered]
+        refs = select_checkpoints(refs, config.epochs)
+        check_distinct_weights(refs, allow_duplicate_weights=config.allow_duplicate_weights)
+        split_id = config.splits_run or splits_run_id(None, exp_id, exp_name)
+        splits = load_splits(runs.download_artifact(split_id, SPLITS_ARTIFACT))
+        hparams, source = dict(config.hparams), dict(config.hparams_source)
+        if config.params_from and not hparams:
+            hparams = best_params(config.params_from, list(config.probes))
+            source = {p: f"tune:{config.params_from}" for p in hparams}
+        config = config.replace(model_name=name, epochs=tuple(r.epoch for r in refs), splits_run=split_id,
+                                hparams=hparams, hparams_source=source)
+        config = config.replace(hparams={p: config.plan().params_of(p) for p in config.probes},
+                                hparams_source={p: config.plan().source_of(p) for p in config.probes})
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise click.UsageError(str(err).strip("'\"")) from None
+    return {"config": config, "refs": refs, "splits": splits}
+
+
+def describe(config: SweepConfig, refs, splits, experiment: tuple[str | None, str], device: str) -> str:
+    """What the sweep uses, in a few lines: the user sees every choice made for them."""
+    versions = ", ".join(f"v{r.version} = epoch {r.epoch}" for r in refs)
+    n_test = splits.table[splits.table["part"] == "test"].groupby("concept").size()
+    sizes = f"{int(n_test.min())}" if n_test.min() == n_test.max() else f"{int(n_test.min())}-{int(n_test.max())}"
+    concepts = list(config.concepts or splits.concepts)
+    return "\n".join([
+        f"experiment: {experiment[1]} ({experiment[0]})",
+        f"model: {config.model_name} ({versions})",
+        f"concepts run: {config.splits_run} ({len(concepts)} concepts: {', '.join(concepts)}; "
+        f"{sizes} test images each)",
+        f"modules: {', '.join(config.modules) if config.modules else 'all'}; probes: {', '.join(config.probes)}; "
+        f"repeats: {config.repeats}; seed: {config.seed}",
+        f"forward pass: precision {config.precision}, channels_last {config.channels_last}, "
+        f"fold_batchnorm {config.fold_batchnorm}, device {device}",
+        f"hyper-parameters: {', '.join(f'{p} from {s}' for p, s in config.hparams_source.items())}",
+    ])
 
 
 @click.command()
 @click.option("--model-name", default=None,
-              help="Registered backbone to probe. Default: the model of the latest train/checkpoints run.")
+              help="Registered backbone to probe. Default: the model of the experiment's latest train/checkpoints run.")
 @click.option("--epochs", default="all", show_default=True, help="all, a list (0,2,5) or a range (0-3).")
 @click.option("--modules", default="all", show_default=True,
               help="all, or a list of display names (module:0,module:7) or paths (features.7).")
 @click.option("--concepts", default="all", show_default=True, help="all, or a list of concepts of the splits.")
-@click.option("--probes", default=",".join(DEFAULT_PROBES), show_default=True,
+@click.option("--probes", default=",".join(_D.probes), show_default=True,
               help="Probe kinds: linear_gap, non_linear_gap, non_linear_non_gap, linear_non_gap.")
-@click.option("--repeats", default=DEFAULT_REPEATS, show_default=True, type=int,
-              help="Stratified re-splits on top of the stored one (intervals over 1 + repeats).")
-@click.option("--seed", default=_PLAN_DEFAULTS["seed"].default, show_default=True, type=int)
-@click.option("--splits-run", default=None, help="Concepts run whose concepts/splits.parquet to use. Default: the latest.")
+@click.option("--repeats", default=_D.repeats, show_default=True, type=int,
+              help="Stratified re-splits on top of the stored one (their spread: a corrected resampled t).")
+@click.option("--seed", default=_D.seed, show_default=True, type=int)
+@click.option("--splits-run", default=None,
+              help="Concepts run whose concepts/splits.parquet to use. Default: the experiment's latest.")
 @click.option("--params-from", default=None,
               help="Tune run id: its tune/best_params.json gives each probe kind's hyper-parameters.")
 @click.option("--resume", default=None, metavar="RUN_ID",
-              help="Finish an interrupted sweep: its stored options are used, only missing fits run.")
+              help=f"Finish an interrupted sweep with its stored {CONFIG_ARTIFACT}; only missing fits run. "
+                   "Options that would change its numbers are refused.")
 @click.option("--allow-duplicate-weights", is_flag=True,
               help="Probe checkpoints with equal weights as different epochs anyway (warns).")
 @click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
@@ -97,95 +199,85 @@ def _plan_from_run(run) -> dict[str, Any]:
 @click.option("--keep-cache/--no-keep-cache", default=True, show_default=True,
               help="Keep each checkpoint's activations (full maps: ~5.6 GB per checkpoint at the seed's "
                    "sizes) so a later sweep reads them; --no-keep-cache deletes them once probed.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=ExtractOptions.precision, show_default=True,
-              help="Forward pass precision: auto (bf16 autocast where the device computes bf16 natively: "
-                   "a CPU with AVX512-BF16 or AMX, a CUDA GPU of compute capability 8.0+; else fp32), fp32, "
-                   "or bf16. fp32 and bf16 activations are cached apart.")
-@click.option("--channels-last/--no-channels-last", default=ExtractOptions.channels_last, show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_D.precision, show_default=True,
+              help="Forward pass precision: fp32 (exact, the default), bf16 (autocast; moves deep features of "
+                   "trained networks), or auto (bf16 only for the modules where a calibration batch shows it "
+                   "agrees with fp32, on devices with native bf16). Every fit records what ran.")
+@click.option("--channels-last/--no-channels-last", default=_D.channels_last, show_default=True,
               help="Run the forward pass in channels_last layout (same values up to float32 rounding).")
-@click.option("--fold-batchnorm/--no-fold-batchnorm", default=ExtractOptions.fold_batchnorm, show_default=True,
+@click.option("--fold-batchnorm/--no-fold-batchnorm", default=_D.fold_batchnorm, show_default=True,
               help="Fold BatchNorm into the convolutions for the pass (same values up to float32 rounding).")
 @click.option("--batch-size", default=ExtractOptions.batch_size, show_default=True, type=int,
               help="Images per forward batch.")
 @options.device
 @options.experiment_name
-def probe(model_name, epochs, modules, concepts, probes, repeats, seed, splits_run, params_from, resume,
-          allow_duplicate_weights, cache_dir, keep_cache, precision, channels_last, fold_batchnorm, batch_size, device,
-          experiment_name) -> None:
+@click.pass_context
+def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bool, batch_size: int, device: str,
+          experiment_name: str | None, **_settings: Any) -> None:
     """Probe every (checkpoint, module, concept, probe kind); log every fit as a nested run.
 
-    Without options: the latest concepts run's splits, every registered epoch of the latest trained or
-    imported model, all modules and concepts, the seed's three probe kinds. The sweep run gets
-    probe/results.parquet (one row per fit) and test_acc/<concept>/<module>/<probe> over epochs.
+    Without options: the latest concepts run's splits and every registered epoch of the latest trained or
+    imported model of the chosen experiment (--experiment-name, or the one `mlflow run` uses), all modules
+    and concepts, the seed's three probe kinds, an exact fp32 forward pass. The sweep run gets
+    probe/config.json (every setting that changes the numbers), probe/results.parquet (one row per fit)
+    and test_acc/<concept>/<module>/<probe> over epochs.
     """
     from clipprobe.tracking import fits, runs
 
-    chosen = {"model_name": model_name, "epochs": epochs, "modules": modules, "concepts": concepts,
-              "probes": probes, "repeats": repeats, "seed": seed, "splits_run": splits_run,
-              "params_from": params_from, "allow_duplicate_weights": allow_duplicate_weights}
+    given = _given(ctx)
     if resume:
+        runs.get_step_run(resume, "probe", source=f"--resume {resume}", error=click.UsageError,
+                          fix="pass the parent run id of `clipprobe probe`")
+        config = resume_config(resume, given)
+        experiment = runs.chosen_experiment(None)
+        click.echo(f"resuming sweep {resume} with its stored {CONFIG_ARTIFACT}")
+    else:
+        experiment = runs.chosen_experiment(experiment_name)
         try:
-            run_cm = fits.reopen_sweep(resume)
+            config = SweepConfig(**given)
         except ValueError as err:
             raise click.UsageError(str(err)) from None
-        stored = _plan_from_run(runs.get_run(resume))
-        chosen = {**stored, "repeats": int(stored["repeats"]), "seed": int(stored["seed"]),
-                  "allow_duplicate_weights": stored["allow_duplicate_weights"] == "True",
-                  "splits_run": stored["splits_run"] or None, "params_from": stored["params_from"] or None}
-        click.echo(f"resuming sweep {resume} with its stored options")
-    setup = _prepare(chosen, device)
-    extract = ExtractOptions(batch_size=batch_size, precision=precision, channels_last=channels_last,
-                             fold_batchnorm=fold_batchnorm)
-    if not resume:
-        run_cm = runs.step_run("probe", experiment_name=experiment_name, params=setup["params"],
-                               tags={"clipprobe.model_name": setup["params"]["model_name"]})
+    setup = _resolve(config, device, experiment)
+    config = setup["config"]
+    click.echo(describe(config, setup["refs"], setup["splits"], experiment, device))
+    if resume:
+        run_cm = fits.reopen_sweep(resume)  # the run opens here: nothing above may leave it open
+    else:
+        run_cm = runs.step_run("probe", experiment_name=experiment_name, params=_run_params(config),
+                               tags={"clipprobe.model_name": config.model_name})
     with run_cm as run:
-        n_new, seconds = _sweep(run.info.run_id, setup, extract, cache_dir, keep_cache, device)
+        if not resume:
+            _log_config(config)
+        n_new, seconds = _sweep(run.info.run_id, setup, config.extract_options(batch_size), cache_dir, keep_cache,
+                                device)
     click.echo(f"probe sweep {run.info.run_id}: {n_new} new fits in {seconds:.1f} s; "
                f"results in probe/results.parquet")
 
 
-def _prepare(chosen: dict[str, Any], device: str) -> dict[str, Any]:
-    """Resolve the options into checkpoints, splits and a plan (before any run opens)."""
-    from clipprobe.backbones.loader import load_backbone
-    from clipprobe.concepts.splits import load_splits
-    from clipprobe.sweep import (
-        CheckpointRef,
-        check_distinct_weights,
-        parse_epochs,
-        parse_names,
-        select_checkpoints,
-    )
-    from clipprobe.tracking import runs
-    from clipprobe.tracking.registry import list_checkpoints
+def _run_params(config: SweepConfig) -> dict[str, Any]:
+    """The sweep run's params: the config flattened (lists as a,b,c), so the UI can compare sweeps."""
+    out = {}
+    for key, value in config.to_dict().items():
+        if key in ("hparams", "hparams_source", "format"):
+            continue
+        out[key] = "all" if value is None else ",".join(map(str, value)) if isinstance(value, list) else value
+    for probe_name, params in config.hparams.items():
+        out.update({f"{probe_name}.{k}": v for k, v in params.items()})
+    return out
 
-    name = chosen["model_name"] or latest_model_name()
-    try:
-        epochs = parse_epochs(str(chosen["epochs"]))
-        probes = parse_names(chosen["probes"]) or list(DEFAULT_PROBES)
-        registered = list_checkpoints(name)
-        refs = [CheckpointRef(c.epoch, c.fingerprint, name=name, version=c.version,
-                              load=lambda uri=c.uri: load_backbone(uri, device=device)) for c in registered]
-        refs = select_checkpoints(refs, epochs)
-        check_distinct_weights(refs, allow_duplicate_weights=bool(chosen["allow_duplicate_weights"]))
-        split_id = splits_run_id(chosen["splits_run"])
-        splits = load_splits(runs.download_artifact(split_id, SPLITS_ARTIFACT))
-        hparams = best_params(chosen["params_from"], probes) if chosen["params_from"] else {}
-        source = {p: f"tune:{chosen['params_from']}" for p in hparams}
-        plan = SweepPlan(modules=parse_names(chosen["modules"]), concepts=parse_names(chosen["concepts"]),
-                         probes=probes, repeats=int(chosen["repeats"]), seed=int(chosen["seed"]),
-                         hparams=hparams, hparams_source=source)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        raise click.UsageError(str(err).strip("'\"")) from None
-    params = {**chosen, "model_name": name, "epochs": ",".join(str(r.epoch) for r in refs),
-              "probes": ",".join(probes), "splits_run": split_id, "params_from": chosen["params_from"] or "",
-              "allow_duplicate_weights": bool(chosen["allow_duplicate_weights"])}
-    return {"refs": refs, "splits": splits, "plan": plan, "params": params,
-            "allow_duplicate_weights": bool(chosen["allow_duplicate_weights"])}
+
+def _log_config(config: SweepConfig) -> None:
+    from clipprobe.tracking import runs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(CONFIG_ARTIFACT).name
+        path.write_text(config.to_json())
+        runs.log_artifact(path, str(Path(CONFIG_ARTIFACT).parent))
 
 
 def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_dir: str, keep_cache: bool,
            device: str) -> tuple[int, float]:
+    config: SweepConfig = setup["config"]
     from clipprobe.devices import resolve_device
     from clipprobe.sweep import DuplicateWeightsError, Sweep, rows_by_epoch
     from clipprobe.tracking import fits, runs
@@ -195,7 +287,7 @@ def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_di
     before = rows_by_epoch(logger.results().to_dict("records")) if done else {}
     if done:
         click.echo(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
-    sweep = Sweep(setup["splits"], setup["plan"], cache_dir=cache_dir, extract=extract,
+    sweep = Sweep(setup["splits"], config.plan(), cache_dir=cache_dir, extract=extract,
                   device=resolve_device(device), keep_cache=keep_cache)
 
     def on_fit(row: dict[str, Any]) -> None:
@@ -211,7 +303,7 @@ def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_di
 
     start = time.perf_counter()
     try:
-        new = sweep.run(setup["refs"], done=done, allow_duplicate_weights=setup["allow_duplicate_weights"],
+        new = sweep.run(setup["refs"], done=done, allow_duplicate_weights=config.allow_duplicate_weights,
                         on_fit=on_fit, on_checkpoint=on_checkpoint)
     except BaseException as err:
         with contextlib.suppress(Exception):

@@ -89,7 +89,8 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
         store = tuning.open_storage(storage, default_dir=trials.default_journal_dir())
     except (ValueError, tuning.StorageError) as err:
         raise click.UsageError(str(err)) from None
-    data = _prepare(model_name, splits_run, epochs, modules, concepts, [k.name for k in kinds], cache_dir, dev)
+    data = _prepare(model_name, splits_run, epochs, modules, concepts, [k.name for k in kinds], cache_dir, dev,
+                    runs.chosen_experiment(experiment_name))
     params = {"probes": ",".join(k.name for k in kinds), "concepts": ",".join(data["concepts"]),
               "modules": ",".join(data["modules"]), "epochs": ",".join(map(str, data["epochs"])),
               "n_trials": n_trials, "timeout": timeout or "", "seed": seed, "folds": folds,
@@ -148,7 +149,8 @@ def run_studies(
 
 
 def _prepare(model_name: str | None, splits_run: str | None, epochs: str, modules: str | None,
-             concepts: str | None, kinds: Sequence[str], cache_dir: str, device: str) -> dict[str, Any]:
+             concepts: str | None, kinds: Sequence[str], cache_dir: str, device: str,
+             experiment: tuple[str | None, str]) -> dict[str, Any]:
     """Features of the chosen (concept, module, epoch) subset, cut to their training parts, per kind."""
     from clipprobe.activations import ExtractOptions
     from clipprobe.backbones.architectures import resolve_probe_modules
@@ -160,7 +162,7 @@ def _prepare(model_name: str | None, splits_run: str | None, epochs: str, module
     from clipprobe.tracking import runs
     from clipprobe.tracking.registry import list_checkpoints
 
-    name = model_name or latest_model_name()
+    name = model_name or latest_model_name(*experiment)
     try:
         registered = list_checkpoints(name)
         if not registered:
@@ -172,7 +174,7 @@ def _prepare(model_name: str | None, splits_run: str | None, epochs: str, module
         if missing:
             raise ValueError(f"epoch(s) {', '.join(map(str, missing))} not registered: the model has epochs "
                              f"{', '.join(map(str, sorted(by_epoch)))}")
-        split_id = splits_run_id(splits_run)
+        split_id = splits_run_id(splits_run, *experiment)
         splits = load_splits(runs.download_artifact(split_id, SPLITS_ARTIFACT))
         groups = {c: splits.group_of(c) for c in splits.concepts}
         chosen = sample_concepts(groups) if concepts is None else parse_names(concepts) or list(groups)
@@ -196,7 +198,10 @@ def _prepare(model_name: str | None, splits_run: str | None, epochs: str, module
                                        for t in sweep.tasks)
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise click.UsageError(str(err).strip("'\"")) from None
-    log.info("tuning on %d fits per kind: concepts %s, modules %s, epochs %s", len(tasks[kinds[0]]),
-             ",".join(chosen), ",".join(module_names), ",".join(map(str, wanted)))
+    click.echo(f"experiment: {experiment[1]} ({experiment[0]})\nmodel: {name} ("
+               + ", ".join(f"v{by_epoch[e].version} = epoch {e}" for e in wanted) + ")\n"
+               f"concepts run: {split_id} (tuning on {', '.join(chosen)})\nmodules: {', '.join(module_names)}\n"
+               f"forward pass: precision {ExtractOptions().precision}, device {device}; "
+               f"{len(tasks[kinds[0]])} fits per probe kind")
     return {"tasks": tasks, "concepts": chosen, "modules": module_names, "epochs": wanted,
             "splits_run": split_id, "model_name": name}

@@ -160,10 +160,13 @@ def active_run_id() -> str:
     return run.info.run_id
 
 
-def find_latest_run(step: str, *, experiment_name: str | None = None) -> Run | None:
-    """The newest FINISHED run made by ``step`` (across experiments unless one is named)."""
+def find_latest_run(step: str, *, experiment_name: str | None = None,
+                    experiment_id: str | None = None) -> Run | None:
+    """The newest FINISHED run made by ``step`` in one experiment (by name or id), or across all of them."""
     client = MlflowClient()
-    if experiment_name is not None:
+    if experiment_id is not None:
+        exp_ids = [experiment_id]
+    elif experiment_name is not None:
         exp = client.get_experiment_by_name(experiment_name)
         exp_ids = [exp.experiment_id] if exp else []
     else:
@@ -177,6 +180,31 @@ def find_latest_run(step: str, *, experiment_name: str | None = None) -> Run | N
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def chosen_experiment(experiment_name: str | None = None) -> tuple[str | None, str]:
+    """``(id, name)`` of the experiment a step run opened now would go to, without creating it.
+
+    In order: the active run's (the demo chain), the run ``mlflow run`` made (``MLFLOW_RUN_ID``),
+    ``experiment_name``, ``MLFLOW_EXPERIMENT_ID`` / ``MLFLOW_EXPERIMENT_NAME``, MLflow's default
+    experiment. The id is None for a named experiment that does not exist yet.
+    """
+    client = MlflowClient()
+    active = mlflow.active_run()
+    exp_id = None
+    if active is not None:
+        exp_id = active.info.experiment_id
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        exp_id = client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    elif experiment_name is None:
+        exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+        experiment_name = None if exp_id else os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        if exp_id is None and experiment_name is None:
+            exp_id = "0"
+    if exp_id is not None:
+        return exp_id, client.get_experiment(exp_id).name
+    exp = client.get_experiment_by_name(experiment_name)
+    return (exp.experiment_id if exp else None), experiment_name
 
 
 def get_run(run_id: str) -> Run:

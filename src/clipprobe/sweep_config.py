@@ -1,0 +1,125 @@
+"""The settings of one probe sweep: every choice that changes its numbers, in one typed object.
+
+A sweep logs its resolved config as ``probe/config.json``; ``probe --resume`` rebuilds it from there and
+refuses a command line that would change it, so one sweep never mixes two settings (say bf16 and fp32
+fits). The same object is the single source of the ``probe`` command's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipprobe.activations import PRECISIONS, ExtractOptions
+from clipprobe.sweep import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan
+
+CONFIG_ARTIFACT = "probe/config.json"
+CONFIG_FORMAT = 1
+
+
+def _names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``None``/``"all"`` -> None (everything); ``"a,b"`` or a list -> a tuple of names."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [str(s).strip() for s in items if str(s).strip()]
+    return None if not items or items == ["all"] else tuple(items)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep computes. ``None`` means "all" (epochs, modules, concepts) or "the newest one in the
+    chosen experiment" (model, concepts run) until resolved; a logged config is always resolved."""
+
+    model_name: str | None = None
+    epochs: tuple[int, ...] | None = None
+    modules: tuple[str, ...] | None = None
+    concepts: tuple[str, ...] | None = None
+    probes: tuple[str, ...] = DEFAULT_PROBES
+    repeats: int = DEFAULT_REPEATS
+    seed: int = 0
+    splits_run: str | None = None
+    params_from: str | None = None
+    hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    hparams_source: Mapping[str, str] = field(default_factory=dict)
+    allow_duplicate_weights: bool = False
+    precision: str = ExtractOptions.precision
+    channels_last: bool = ExtractOptions.channels_last
+    fold_batchnorm: bool = ExtractOptions.fold_batchnorm
+
+    def __post_init__(self) -> None:
+        for name in ("modules", "concepts"):
+            object.__setattr__(self, name, _names(getattr(self, name)))
+        object.__setattr__(self, "probes", _names(self.probes) or DEFAULT_PROBES)
+        if self.epochs is not None:
+            object.__setattr__(self, "epochs", tuple(int(e) for e in self.epochs))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        self.plan()  # probe kinds, repeats and hyper-parameters are checked where they are defined
+
+    def plan(self) -> SweepPlan:
+        """The part the sweep fits by."""
+        return SweepPlan(modules=self.modules, concepts=self.concepts, probes=self.probes, repeats=self.repeats,
+                         seed=self.seed, hparams=self.hparams, hparams_source=self.hparams_source)
+
+    def extract_options(self, batch_size: int = ExtractOptions.batch_size) -> ExtractOptions:
+        """How the forward pass computes (the batch size does not change the numbers, so it is not stored)."""
+        return ExtractOptions(batch_size=batch_size, precision=self.precision, channels_last=self.channels_last,
+                              fold_batchnorm=self.fold_batchnorm)
+
+    def replace(self, **changes: Any) -> SweepConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---------------------------------------------------------------- stored form
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("epochs", "modules", "concepts", "probes"):
+            out[key] = None if out[key] is None else list(out[key])
+        out["hparams"] = {k: dict(v) for k, v in self.hparams.items()}
+        out["hparams_source"] = dict(self.hparams_source)
+        return {"format": CONFIG_FORMAT, **out}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> SweepConfig:
+        data = dict(data)
+        fmt = data.pop("format", None)
+        if fmt != CONFIG_FORMAT:
+            raise ValueError(f"{source}: config format {fmt!r}, this clipprobe reads format {CONFIG_FORMAT}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown settings {', '.join(unknown)}: written by a newer clipprobe?")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "config") -> SweepConfig:
+        return cls.from_dict(json.loads(text), source=source)
+
+    def conflicts(self, given: Mapping[str, Any]) -> list[str]:
+        """``name=value`` (as this config holds it) for each given setting that differs from this config.
+
+        ``given`` holds only what the user set; ``epochs``, ``modules`` and ``concepts`` compare as sets.
+        """
+        other = SweepConfig.from_dict({**self.to_dict(), **given}) if given else self
+        out = []
+        for name in given:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name in ("epochs", "modules", "concepts", "probes") and mine is not None and theirs is not None:
+                mine, theirs = set(mine), set(theirs)
+            if mine != theirs:
+                out.append(f"{name}={_show(getattr(self, name))}")
+        return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    return str(value)
