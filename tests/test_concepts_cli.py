@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from concepts_tiny_clip import register_tiny, tiny_weights
@@ -34,8 +35,14 @@ def test_annotations_on_the_latest_world(world):
     assert run.data.metrics["n_pool_images"] == 160 and run.data.metrics["n_unreadable"] == 0
     splits = load_splits(download_artifact(run.info.run_id, "concepts/splits.parquet"))
     assert splits.pool_root == (world / "pool").resolve()
-    assert splits.concepts == ["red", "blue", "green", "yellow", "dotted", "striped", "zigzagged"]
+    assert splits.concepts == ["red", "blue", "green", "yellow", "dotted", "striped", "zigzagged",
+                               "circle", "triangle", "star", "square"]
     assert all(p.is_file() for p in splits.image_paths("red", "test"))
+    # Every row carries its image's shape (the world's class), straight from the truth table.
+    truth = pd.read_parquet(world / "truth.parquet").set_index("path")["shape"]
+    assert splits.has_image_class and splits.metadata["image_class_column"] == "shape"
+    assert splits.table["image_class"].tolist() == truth.loc["pool/" + splits.table["path"]].tolist()
+    assert (splits.image_classes("star")[splits.labels("star") == 1] == "star").all()
     assert download_artifact(run.info.run_id, "concepts/contact_sheets/red.png").is_file()
     inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.dataset.name for i in inputs) == ["concepts-scores", "concepts-splits"]
@@ -56,9 +63,15 @@ def test_clip_source_with_local_weights_logs_precision(world, tmp_path):
     scores, meta = read_table(download_artifact(run.info.run_id, "concepts/scores.parquet"))
     assert len(scores) == 160 and meta["clip_model"] == name and meta["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-4)
     assert meta["clip_weights_sha256"] == run.data.params["clip_weights_sha256"]
-    rerun = _concepts(*args, "--seed", "1")  # the scores come back from the chunk cache
+    assert load_splits(download_artifact(run.info.run_id, "concepts/splits.parquet")).has_image_class
+    # Without a labels table: the scores come back from the chunk cache, and no class is known.
+    rerun = _concepts(*[a for a in args if a not in ("--truth", str(world / "truth.parquet"))], "--seed", "1",
+                      "--vocabulary", "world")
     assert rerun.exit_code == 0, rerun.output
-    assert "images_per_second" not in find_latest_run("concepts").data.metrics
+    run = find_latest_run("concepts")
+    assert "images_per_second" not in run.data.metrics and "positive_precision_mean" not in run.data.metrics
+    splits = load_splits(download_artifact(run.info.run_id, "concepts/splits.parquet"))
+    assert not splits.has_image_class and splits.metadata["image_class_column"] is None
 
 
 def test_bad_inputs_are_one_line(world, tmp_path):

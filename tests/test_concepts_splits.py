@@ -6,9 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipprobe.concepts.annotations import annotation_scores, concept_labels, positive_precision
-from clipprobe.concepts.splits import load_splits, select_splits, split_sizes, write_splits
+from clipprobe.concepts.annotations import (
+    annotation_scores,
+    concept_labels,
+    image_classes,
+    positive_precision,
+)
+from clipprobe.concepts.parquet import write_table
+from clipprobe.concepts.splits import (
+    SPLIT_COLUMNS,
+    load_splits,
+    select_splits,
+    split_sizes,
+    write_splits,
+)
 from clipprobe.concepts.vocabulary import load_vocabulary
+from clipprobe.world import SHAPES
 
 SEED_VOCAB = load_vocabulary("seed")
 
@@ -70,12 +83,40 @@ def test_round_trip_keeps_metadata(tmp_path):
     assert splits.image_paths("male")[0].parent == tmp_path
     with pytest.raises(KeyError, match="unknown concept 'purple'"):
         splits.select("purple")
+    assert not splits.has_image_class
+    with pytest.raises(ValueError, match="these splits carry no image_class column"):
+        splits.image_classes("red")
+
+
+def test_image_class_rides_along_without_changing_the_draws(tmp_path):
+    scores = _scores(320)
+    classes = pd.Series([f"class_{i % 3}" for i in range(319)], index=scores["path"].iloc[:319])
+    plain = select_splits(scores, SEED_VOCAB, top_k=20, negatives=40, seed=5)
+    table = select_splits(scores, SEED_VOCAB, top_k=20, negatives=40, seed=5, image_classes=classes)
+    pd.testing.assert_frame_equal(table[list(SPLIT_COLUMNS)], plain)
+    known = table["path"] != "img_0319.png"
+    assert table["image_class"].isna().tolist() == (~known).tolist() and (~known).any()
+    assert table["image_class"][known].tolist() == [f"class_{int(p[4:8]) % 3}" for p in table["path"][known]]
+    write_splits(table, tmp_path / "splits.parquet", {"pool_root": str(tmp_path)})
+    splits = load_splits(tmp_path / "splits.parquet")
+    pd.testing.assert_frame_equal(splits.table, table)
+    assert splits.has_image_class
+    rows = splits.select("red", "test")
+    assert splits.image_classes("red", "test").tolist() == table.loc[rows.index, "image_class"].tolist()
+
+
+def test_old_splits_without_image_class_still_load(tmp_path):
+    table = select_splits(_scores(320), SEED_VOCAB, top_k=20, negatives=40)
+    write_table(table[list(SPLIT_COLUMNS)], tmp_path / "old.parquet", {"pool_root": str(tmp_path)})
+    splits = load_splits(tmp_path / "old.parquet")
+    assert list(splits.table.columns) == list(SPLIT_COLUMNS) and not splits.has_image_class
+    assert splits.labels("red").sum() == 20
 
 
 def _truth() -> pd.DataFrame:
     colours = ["red", "blue", "green", "yellow", "purple"]
     patterns = ["plain", "dotted", "striped", "zigzagged"]
-    rows = [{"path": f"pool/w_{i:04d}.png", "split": "pool", "shape": "circle",
+    rows = [{"path": f"pool/w_{i:04d}.png", "split": "pool", "shape": SHAPES[i // 4 % len(SHAPES)],
              "colour": colours[i % 5], "pattern": patterns[i % 4]} for i in range(400)]
     rows.append({"path": "train/circle/t.png", "split": "train", "shape": "circle", "colour": "red", "pattern": "plain"})
     return pd.DataFrame(rows)
@@ -94,6 +135,11 @@ def test_annotations_choose_true_positives_and_true_negatives(tmp_path):
         assert truth.loc[rows.path[rows.label == 1], concept].all()
         assert not truth.loc[rows.path[rows.label == 0], concept].any()
     assert positive_precision(table, labels) == dict.fromkeys(vocab.concepts, 1.0)
+    classes = image_classes(_truth(), "shape", labels_root=tmp_path, pool_root=tmp_path / "pool")
+    assert len(classes) == 400 and set(classes) == set(SHAPES)
+    assert classes["w_0000.png"] == "circle" and classes["w_0004.png"] == SHAPES[1]
+    with pytest.raises(ValueError, match="labels table has no 'class' column"):
+        image_classes(_truth(), "class", labels_root=tmp_path, pool_root=tmp_path / "pool")
     other = select_splits(scores, vocab, top_k=30, negatives=60, seed=2, known_labels=labels)
     assert set(other[other.label == 1].path) != set(table[table.label == 1].path)  # k among the true, by seed
 

@@ -20,7 +20,7 @@ def test_seed_vocabulary_is_the_seeds_groups():
 
 def test_world_vocabulary_has_no_gender():
     vocab = load_vocabulary("world")
-    assert [g.name for g in vocab.groups] == ["colours", "patterns"]
+    assert [g.name for g in vocab.groups] == ["colours", "patterns", "shapes"]
     assert "female" not in vocab.concepts
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 import click
 
 from clipprobe.cli import options
-from clipprobe.concepts.annotations import annotation_scores, concept_labels, positive_precision
+from clipprobe.concepts.annotations import (
+    annotation_scores,
+    concept_labels,
+    image_classes,
+    positive_precision,
+)
 from clipprobe.concepts.parquet import write_table
 from clipprobe.concepts.pool import list_images, pool_fingerprint
 from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
@@ -24,6 +29,8 @@ from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, check_prompt, load_voc
 log = logging.getLogger(__name__)
 WORLD_ROOT_TAG = "clipprobe.world_root"
 SCALE_NOTE = "softmax over the group's concepts of logit_scale * cosine(image, prompt)"
+# The concept world's classes (what its backbone is trained on): each split row's image_class.
+WORLD_CLASS_COLUMN = "shape"
 
 
 def _default(fn, name: str):
@@ -112,12 +119,16 @@ def concepts(pool, truth, source, clip_model, clip_pretrained, clip_weights, pre
         if batch_size < 1 or chunk_size < 1 or num_workers < 0:
             raise ValueError(f"batch size and chunk size must be >= 1 and workers >= 0, got "
                              f"{batch_size}, {chunk_size}, {num_workers}")
-        labels = None
+        labels = classes = None
         if truth_path is not None:
             import pandas as pd
 
-            labels = concept_labels(pd.read_parquet(truth_path), vocab, labels_root=labels_root, pool_root=pool_root)
+            truth_table = pd.read_parquet(truth_path)
+            labels = concept_labels(truth_table, vocab, labels_root=labels_root, pool_root=pool_root)
             labels = labels[labels["path"].isin(set(paths))].reset_index(drop=True)
+            if on_world:
+                classes = image_classes(truth_table, WORLD_CLASS_COLUMN, labels_root=labels_root,
+                                        pool_root=pool_root)
         scorer = None
         if source == "clip":
             scorer = ClipScorer.create(clip_model, clip_weights or clip_pretrained,
@@ -163,11 +174,13 @@ def concepts(pool, truth, source, clip_model, clip_pretrained, clip_weights, pre
                 scores = annotation_scores(labels, vocab, top_k)
                 known = labels
             table = select_splits(scores, vocab, top_k=top_k, negatives=negatives,
-                                  test_fraction=test_fraction, seed=seed, known_labels=known)
+                                  test_fraction=test_fraction, seed=seed, known_labels=known,
+                                  image_classes=classes)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
         sizes = split_sizes(table)
         split_meta = {**meta, "top_k": top_k, "negatives": negatives, "test_fraction": test_fraction,
+                      "image_class_column": WORLD_CLASS_COLUMN if classes is not None else None,
                       "sizes": sizes.to_dict(orient="index")}
         write_table(scores, out / "scores.parquet", {**meta, "n_unreadable": len(unreadable)})
         write_splits(table, out / "splits.parquet", split_meta)

@@ -33,18 +33,36 @@ def concept_labels(
             f"concept(s) {', '.join(absent)} never appear in the labels table's columns "
             f"{', '.join(label_cols)}: use a vocabulary that matches it (e.g. --vocabulary world)"
         )
-    labels_root, pool_root = Path(labels_root).resolve(), Path(pool_root).resolve()
-    rel = [os.path.relpath(labels_root / p, pool_root) for p in labels["path"]]
-    inside = np.array([not r.startswith("..") for r in rel])
-    if not inside.any():
-        raise ValueError(f"no image of the labels table lies inside the pool {pool_root}: check --pool and --truth")
-    out = pd.DataFrame({"path": [Path(r).as_posix() for r, i in zip(rel, inside, strict=True) if i]})
+    rel, inside = _pool_paths(labels, labels_root, pool_root)
+    out = pd.DataFrame({"path": rel[inside]})
     for concept in vocabulary.concepts:
         present = np.zeros(len(labels), dtype=bool)
         for v in values.values():
             present |= v == concept
         out[concept] = present[inside]
     return out.sort_values("path", ignore_index=True)
+
+
+def _pool_paths(labels: pd.DataFrame, labels_root: str | Path, pool_root: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's path relative to ``pool_root`` (POSIX) and whether it lies inside the pool."""
+    labels_root, pool_root = Path(labels_root).resolve(), Path(pool_root).resolve()
+    rel = [os.path.relpath(labels_root / p, pool_root) for p in labels["path"]]
+    inside = np.array([not r.startswith("..") for r in rel], dtype=bool)
+    if not inside.any():
+        raise ValueError(f"no image of the labels table lies inside the pool {pool_root}: check --pool and --truth")
+    return np.array([Path(r).as_posix() for r in rel], dtype=object), inside
+
+
+def image_classes(
+    labels: pd.DataFrame, column: str, *, labels_root: str | Path, pool_root: str | Path
+) -> pd.Series:
+    """The class of each pool image (``column`` of the labels table, e.g. the world's ``shape``), by path."""
+    if column not in labels.columns:
+        raise ValueError(f"labels table has no {column!r} column to take image classes from: "
+                         f"its columns are {', '.join(labels.columns)}")
+    rel, inside = _pool_paths(labels, labels_root, pool_root)
+    return pd.Series(labels[column].astype(str).to_numpy()[inside], index=pd.Index(rel[inside], name="path"),
+                     name="image_class")
 
 
 def annotation_scores(labels: pd.DataFrame, vocabulary: Vocabulary, top_k: int) -> pd.DataFrame:

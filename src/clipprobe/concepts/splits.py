@@ -14,6 +14,8 @@ from clipprobe.concepts.parquet import read_table, write_table
 from clipprobe.concepts.vocabulary import Vocabulary
 
 SPLIT_COLUMNS = ("concept", "group", "path", "rank", "probability", "label", "part")
+# Written when the images' classes are known (the concept world's shape); older files lack it.
+IMAGE_CLASS_COLUMN = "image_class"
 
 
 def concept_rng(seed: int, concept: str) -> np.random.Generator:
@@ -47,13 +49,16 @@ def select_splits(
     test_fraction: float = 0.3,
     seed: int = 0,
     known_labels: pd.DataFrame | None = None,
+    image_classes: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Rows ``concept, group, path, rank, probability, label, part`` for every concept.
 
     ``scores`` has ``path`` and a probability column per concept. Ranks are 1-based in descending
     probability, ties broken by a seeded shuffle. Negatives are drawn uniformly (seeded) from images
     outside the concept's positives; given ``known_labels`` (``path`` + a bool column per concept,
-    same row order) images known to hold the concept are never drawn as negatives.
+    same row order) images known to hold the concept are never drawn as negatives. Given
+    ``image_classes`` (class name by path, e.g. the world's shape), each row also gets an
+    ``image_class`` column (missing for a path the series lacks); the draws do not depend on it.
     """
     if top_k < 1 or negatives < 1:
         raise ValueError(f"top_k and negatives must be at least 1, got top_k={top_k}, negatives={negatives}")
@@ -98,7 +103,10 @@ def select_splits(
             "label": labels,
             "part": stratified_parts(labels, test_fraction, rng),
         }))
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    if image_classes is not None:
+        table[IMAGE_CLASS_COLUMN] = table["path"].map(image_classes)
+    return table
 
 
 def split_sizes(table: pd.DataFrame) -> pd.DataFrame:
@@ -146,6 +154,18 @@ class ConceptSplits:
     def labels(self, concept: str, part: str | None = None) -> np.ndarray:
         return self.select(concept, part)["label"].to_numpy()
 
+    @property
+    def has_image_class(self) -> bool:
+        """Whether the rows carry their image's class (splits made before the column existed do not)."""
+        return IMAGE_CLASS_COLUMN in self.table.columns
+
+    def image_classes(self, concept: str, part: str | None = None) -> np.ndarray:
+        """The class of each row's image (missing where unknown), in :meth:`select`'s order."""
+        if not self.has_image_class:
+            raise ValueError(f"these splits carry no {IMAGE_CLASS_COLUMN} column (made without class labels, "
+                             "e.g. CLIP-mined on a plain folder): rerun the concepts step with a labels table")
+        return self.select(concept, part)[IMAGE_CLASS_COLUMN].to_numpy()
+
     def sizes(self) -> pd.DataFrame:
         return split_sizes(self.table)
 
@@ -153,11 +173,15 @@ class ConceptSplits:
 def write_splits(table: pd.DataFrame, path: str | Path, metadata: dict[str, Any]) -> Path:
     if "pool_root" not in metadata:
         raise ValueError("splits metadata needs pool_root (the folder image paths are relative to)")
-    return write_table(table[list(SPLIT_COLUMNS)], path, metadata)
+    columns = [*SPLIT_COLUMNS, *([IMAGE_CLASS_COLUMN] if IMAGE_CLASS_COLUMN in table.columns else [])]
+    return write_table(table[columns], path, metadata)
 
 
 def load_splits(path: str | Path) -> ConceptSplits:
-    """Read ``concepts/splits.parquet`` (as written by the concepts step) with its provenance."""
+    """Read ``concepts/splits.parquet`` (as written by the concepts step) with its provenance.
+
+    ``image_class`` is optional: files written before it existed load without it.
+    """
     table, metadata = read_table(path)
     missing = [c for c in SPLIT_COLUMNS if c not in table.columns]
     if missing:
