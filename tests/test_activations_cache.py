@@ -1,6 +1,9 @@
-"""Activations: one hooked pass, gap and full maps, bf16 storage that keeps tiny values, a cache that is read."""
+"""Activations: one hooked pass, gap and full maps, bf16 storage on an offset that keeps tiny and far-from-zero
+values, a cache that is read."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -81,14 +84,18 @@ def test_cache_keeps_tiny_full_maps_and_exact_gap(tmp_path):
             x = layer(x)
             want[f"features.{i}"] = x.clone()
     for path in ("features.2", "features.3"):
-        ref = want[path]
+        ref = want[path].reshape(10, -1).numpy()
         stored = acts.map(path)
-        assert stored.shape == (10, ref[0].numel())
+        assert stored.shape == (10, ref.shape[1])
         got = stored[:, :]
         assert np.abs(ref).max() < 1e-7  # tiny indeed
-        np.testing.assert_allclose(got, ref.reshape(10, -1).numpy(), rtol=0.004, atol=0)
-        assert (got != 0).mean() == pytest.approx((ref != 0).float().mean().item())
-        np.testing.assert_allclose(acts.gap(path), ref.mean((2, 3)).numpy(), rtol=1e-5, atol=0)
+        offset = acts.map_offset(path)
+        # bf16 rounding of the distance from the offset (2^-9), plus float32 rounding of adding it back
+        assert np.all(np.abs(got - ref) <= 2**-8 * np.abs(ref - offset) + 2**-22 * np.abs(ref))
+        at_zero = offset == 0  # features near zero keep their own bits: a ReLU's zeros stay exact zeros
+        assert at_zero.mean() > 0.2
+        np.testing.assert_array_equal(got[:, at_zero] == 0, ref[:, at_zero] == 0)
+        np.testing.assert_allclose(acts.gap(path), want[path].mean((2, 3)).numpy(), rtol=1e-5, atol=0)
     assert acts.map_shape("features.3") == (5, 4, 4)
 
 
@@ -119,6 +126,48 @@ def test_second_sweep_reads_the_cache_and_only_missing_modules_run(tmp_path):
     other = cache.get(model, {"m0": "features.0"}, images, fingerprint="c" * 64, options=opts, progress=False)
     assert ForwardCounter.batches - before == 6  # another checkpoint: another key
     assert other.folder != first.folder
+
+
+def test_cache_folder_is_keyed_by_layout_and_files_by_precision(tmp_path):
+    model = tiny_net()
+    images = FakeImages(tiny_images())
+    cache = ActivationCache(tmp_path)
+    fp32 = cache.get(model, {"m": "features.3"}, images, fingerprint="e" * 64, progress=False)
+    bf16 = cache.get(model, {"m": "features.3"}, images, fingerprint="e" * 64,
+                     options=ExtractOptions(precision="bf16"), progress=False)
+    assert fp32.folder == bf16.folder and fp32.folder.name.endswith("-v2-cl-fold")
+    assert fp32.precision_of("features.3") == "fp32" and bf16.precision_of("features.3") == "bf16"
+    assert {f.name for f in fp32.folder.glob("features.3.*")} == {
+        f"features.3.{p}.{w}.npy" for p in ("fp32", "bf16") for w in ("gap", "map", "map_offset")}
+    assert not np.array_equal(fp32.gap("features.3"), bf16.gap("features.3"))
+    assert fp32.gap("features.3").computed_in == "fp32" and bf16.map("features.3").computed_in == "bf16"
+    meta = json.loads((fp32.folder / "meta.json").read_text())
+    assert meta["format"] == 2 and meta["stored"] == {"features.3": ["fp32", "bf16"]}
+    with pytest.raises(KeyError, match="module 'features.1' is not in the cache"):
+        fp32.precision_of("features.1")
+    # a folder written by another format version is not read: its modules are extracted again
+    (fp32.folder / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    before = ForwardCounter.batches
+    cache.get(model, {"m": "features.3"}, images, fingerprint="e" * 64, progress=False)
+    assert ForwardCounter.batches > before
+
+
+def test_bf16_matrix_adds_its_offset_back_and_design_reads_the_centred_bits():
+    from clipprobe.probes.design import load_columns
+
+    vals = np.array([[1e4 + 1, 2.0, -3.0], [1e4 - 1, 4.0, 5.0]], dtype=np.float32)
+    offset = np.array([1e4, 0.0, 1.0], dtype=np.float32)
+    m = Bf16Matrix(to_bf16_bits(torch.from_numpy(vals - offset)), offset)
+    np.testing.assert_array_equal(m[:, :], vals)  # 1e4 +- 1 survives the offset storage
+    raw = from_bf16_bits(to_bf16_bits(torch.from_numpy(vals[:, 0])))
+    assert raw[0] == raw[1] == 9984.0  # bf16 of the raw values: spacing 64 there, the difference is gone
+    np.testing.assert_array_equal(m[np.array([1, 0]), 1:], vals[[1, 0], 1:])
+    np.testing.assert_array_equal(m[1], vals[1])
+    np.testing.assert_array_equal(np.asarray(m), vals)
+    block = load_columns(m, None, 0, 2, torch.device("cpu"), torch.float32)
+    np.testing.assert_array_equal(block.float().numpy(), (vals - offset)[:, :2])
+    with pytest.raises(ValueError, match=r"offset has shape \(2,\): expected \(3,\), one per feature"):
+        Bf16Matrix(m.bits, offset[:2])
 
 
 def test_bf16_matrix_indexes_like_a_float_array():

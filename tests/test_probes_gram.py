@@ -122,3 +122,55 @@ def test_probes_explicit_mlp_equals_torch_mlp(d: int) -> None:
     for b in range(Y.shape[0]):
         ref = _explicit_reference(X, Y[b], train[b])
         torch.testing.assert_close(fit.scores[b], ref, rtol=1e-9, atol=1e-9)
+
+
+def _offset_problem(n: int = 60, d: int = 300, seed: int = 6):
+    """Half the features sit at 1e4 times their spread from zero (as deep features of trained networks)."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 3))
+    spread = latent @ rng.normal(size=(3, d)) + 0.5 * rng.normal(size=(n, d))
+    offset = np.where(np.arange(d) < d // 2, 1e4, 0.0) * rng.uniform(1, 2, size=d)
+    Y = torch.tensor(np.stack([latent[:, b] > 0 for b in range(3)])).long()
+    train = torch.zeros(3, n, dtype=torch.bool)
+    for b in range(3):
+        train[b, rng.permutation(n)[:40]] = True
+    return spread.astype(np.float32), offset.astype(np.float32), Y, train
+
+
+def test_probes_drop_rule_judges_the_precision_features_were_computed_in() -> None:
+    from clipprobe.activations import PooledFeatures
+    from clipprobe.probes.kinds import DEFAULT_DROP_RTOL, PRECISION_DROP_RTOL, drop_rtol_for
+
+    assert drop_rtol_for("fp32", 0.0) == 0.0 and drop_rtol_for("fp32") == DEFAULT_DROP_RTOL  # fp32: as given
+    assert drop_rtol_for("bf16", 1e-6) == PRECISION_DROP_RTOL["bf16"] == 1e-2 and drop_rtol_for("bf16", 0.5) == 0.5
+    spread, _, Y, train = _offset_problem(d=8)
+    X = spread[:, :8] * np.r_[np.full(4, 3e-3), np.ones(4)].astype(np.float32) + 1.0  # 4 features spread 3e-3 of 1
+    fp32 = fit_many("linear_gap", X, Y, train)
+    assert fp32.n_dropped_features.tolist() == [0, 0, 0]  # above float32 resolution: kept
+    bf16 = fit_many("linear_gap", X, Y, train, computed_in="bf16")
+    assert bf16.n_dropped_features.tolist() == [4, 4, 4]  # below bf16's: rounding noise, dropped
+    tagged = X.view(PooledFeatures)
+    tagged.computed_in = "bf16"  # what CheckpointActivations.gap returns for a bf16 pass
+    assert fit_many("linear_gap", tagged, Y, train).n_dropped_features.tolist() == [4, 4, 4]
+    with pytest.raises(ValueError, match="unknown feature precision 'fp16'"):
+        fit_many("linear_gap", X, Y, train, computed_in="fp16")
+
+
+@pytest.mark.parametrize("form", ["explicit", "gram"])
+def test_probes_on_offset_bf16_maps_equal_probes_on_their_float32_values(form: str) -> None:
+    from clipprobe.activations import Bf16Matrix, to_bf16_bits
+
+    spread, offset, Y, train = _offset_problem()
+    stored = Bf16Matrix(to_bf16_bits(torch.from_numpy(spread)), offset)  # bf16 of the centred values
+    values = stored[:, :]  # the float32 values it stands for (what a float32 cache would hold)
+    HPL = {"weight_decay": 0.05, "tol": 1e-10}
+    with exact_products():
+        a = fit_many("linear_non_gap", stored, Y, train, params=HPL, form=form)
+        b = fit_many("linear_non_gap", torch.from_numpy(values).double(), Y, train, params=HPL, form=form,
+                     dtype=torch.float64)
+    assert a.n_dropped_features.tolist() == b.n_dropped_features.tolist() == [0, 0, 0]
+    # centred products lose nothing to the 1e4 offsets; float32 values of 1e4 + x carry 1e-3 of x's spread
+    torch.testing.assert_close(a.scores.double(), b.scores, rtol=0, atol=2e-3 * float(b.scores.abs().max()))
+    raw = Bf16Matrix(to_bf16_bits(torch.from_numpy(values)))  # bf16 of the raw values: the variation is gone
+    dropped = fit_many("linear_non_gap", raw, Y, train, params=HPL, form=form).n_dropped_features
+    assert dropped.tolist() == [150, 150, 150]  # judged at bf16 storage resolution: the offset half is noise

@@ -1,11 +1,15 @@
 """Activations of probe modules: one hooked forward pass per checkpoint, pooled and full maps, on-disk cache.
 
 Pooled ("gap", mean over height x width) vectors are kept in float32. Full maps are stored on disk
-as bfloat16 bit patterns (uint16 ``.npy``): bf16 keeps float32's exponent range, so the ~1e-9
-activations of a randomly initialised network survive, where float16 would flush them to zero.
-A cache entry is keyed by the checkpoint fingerprint, the image set and the transform (and the
-compute options, with the precision the pass really ran in); a second sweep over the same checkpoint
-reads it instead of running the network.
+centred: a per-feature offset (``map_offset``: the float32 mean of the first batch of images where it
+exceeds their spread, kept in float32) is subtracted and the remainder stored as bfloat16 bit patterns
+(uint16 ``.npy``). Rounding then costs
+2^-9 of each value's distance from its offset, not of its size: deep features of a trained network
+sit at 1e4 to 1e7 times their spread from zero, which bf16 of the raw values would erase. bf16 keeps
+float32's exponent range, so the ~1e-9 activations of a randomly initialised network survive too.
+A cache folder is keyed by the checkpoint fingerprint, the image set, the transform and the layout
+options; inside it each module's files carry the precision its forward pass ran in (fp32 or bf16),
+so an ``auto`` pass shares files with explicit passes of the precision it chose per module.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = ".cache/activations"
-PRECISIONS = ("auto", "fp32", "bf16")
-_FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "bf16", "auto")
+_FORMAT_VERSION = 2  # 2: per-module precision in file names, maps stored centred on a float32 offset
+CALIBRATION_QUANTILE = 0.99  # auto: the share of a module's features whose bf16 error must be within calibration_rtol
 
 
 # ---------------------------------------------------------------- bfloat16 bit patterns in numpy
@@ -51,15 +56,30 @@ def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
 
 
 class Bf16Matrix:
-    """A read-only ``(images, features)`` view of bf16 bit patterns that yields float32 on indexing.
+    """A read-only ``(images, features)`` matrix stored as bf16 bit patterns of ``value - offset``.
 
-    Works where the probes take a numpy array (``X[rows, c0:c1]``) without holding the matrix in memory.
+    Indexing yields float32 values ``bits -> float + offset`` (``offset`` per feature, float32; None
+    means 0), so it works where the probes take a numpy array (``X[rows, c0:c1]``) without holding the
+    matrix in memory. Readers that only need the centred values (the probes standardise anyway) read
+    ``bits`` directly (``clipprobe.probes.design.load_columns``) and the ``offset`` beside them.
+
+    ``computed_in`` and ``stored_in`` say in which precision the values were computed and stored: the
+    probes' near-constant-feature rule judges a feature against that resolution
+    (``clipprobe.probes.kinds.drop_rtol_for``).
     """
 
-    def __init__(self, bits: np.ndarray) -> None:
+    stored_in = "bf16"
+
+    def __init__(self, bits: np.ndarray, offset: np.ndarray | None = None, computed_in: str = "fp32") -> None:
         if bits.dtype != np.uint16 or bits.ndim != 2:
             raise ValueError(f"expected a 2-d uint16 array of bf16 bits, got {bits.dtype} {bits.shape}")
+        if offset is not None:
+            offset = np.asarray(offset, dtype=np.float32)
+            if offset.shape != (bits.shape[1],):
+                raise ValueError(f"offset has shape {offset.shape}: expected ({bits.shape[1]},), one per feature")
         self.bits = bits
+        self.offset = offset
+        self.computed_in = computed_in
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -73,11 +93,25 @@ class Bf16Matrix:
         return self.bits.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return from_bf16_bits(self.bits[key])
+        values = from_bf16_bits(self.bits[key])
+        if self.offset is None:
+            return values
+        cols = key[1] if isinstance(key, tuple) and len(key) > 1 else slice(None)
+        return values + self.offset[cols]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = from_bf16_bits(self.bits)
+        out = self[:, :]
         return out if dtype is None else out.astype(dtype)
+
+
+class PooledFeatures(np.ndarray):
+    """A float32 ``(images, channels)`` array that says which precision its forward pass ran in (``computed_in``)."""
+
+    stored_in = "fp32"
+    offset = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.computed_in = getattr(obj, "computed_in", "fp32")
 
 
 # ---------------------------------------------------------------- images: decoded and transformed once
@@ -166,37 +200,63 @@ def _decode(root: Path, rel: str, transform: Callable) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """How the forward pass computes. Folding BatchNorm into the convolutions and the channels_last
-    layout change activations by float32 rounding only. ``precision="auto"`` runs the pass under
-    bf16 autocast where the device computes bf16 natively (``devices.native_bf16``: a CPU with
-    AVX512-BF16 or AMX, a CUDA GPU of compute capability 8.0+) and in fp32 elsewhere; bf16 moves probe
-    accuracies by less than one test image on average (tests/test_activations_precision.py)."""
+    """How the forward pass computes.
+
+    ``precision``: ``fp32`` (the default, on every device) computes exactly. ``bf16`` runs the pass
+    under bf16 autocast: about 3 significant digits, which erases deep features of a trained network
+    (their spread is 1e-5 to 1e-7 of their mean; tests/test_activations_precision.py shows probe
+    accuracies collapsing). ``auto`` proves bf16 per module on each checkpoint: on a device that
+    computes bf16 natively (``devices.native_bf16``: a CPU with AVX512-BF16 or AMX, a CUDA GPU of compute
+    capability 8.0+) the first ``calibration_images`` images go through the probed modules in fp32 and
+    under bf16 autocast; a module keeps bf16 only if, for its pooled and its full-map features alike,
+    the ``CALIBRATION_QUANTILE`` (99th percentile) over features of the centred relative error
+    ``||bf16_j - fp32_j|| / ||fp32_j - mean_j(fp32)||`` (over the calibration images) is at most
+    ``calibration_rtol`` (see ``calibrate``). Other modules run in fp32, in a second pass: auto costs the
+    calibration plus, where modules fall back, an fp32 pass to the deepest of them, so on a trained
+    network (deep modules fail) it is slower than fp32. Elsewhere ``auto`` is fp32 with no calibration.
+    The precision each module ran in is in the cache (``CheckpointActivations.precision_of``).
+
+    Folding BatchNorm into the convolutions and the channels_last layout change activations by
+    float32 rounding only.
+    """
 
     batch_size: int = 32
-    precision: str = "auto"
+    precision: str = "fp32"
     channels_last: bool = True
     fold_batchnorm: bool = True
+    calibration_images: int = 64
+    calibration_rtol: float = 0.1
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.calibration_images < 2:
+            raise ValueError(f"calibration_images must be at least 2 (features are centred over them), "
+                             f"got {self.calibration_images}")
+        if not self.calibration_rtol > 0:
+            raise ValueError(f"calibration_rtol must be positive, got {self.calibration_rtol}")
 
-    def resolve(self, device: str | torch.device) -> ExtractOptions:
-        """These options with ``auto`` precision replaced by what it means on ``device`` (bf16 or fp32)."""
+    def resolve(self, device: str | torch.device, native_bf16: bool | None = None) -> ExtractOptions:
+        """These options with ``auto`` replaced by ``fp32`` where ``device`` has no native bf16; ``auto``
+        stays (calibrated per module) where it has. ``native_bf16`` overrides ``devices.native_bf16(device)``."""
         if self.precision != "auto":
             return self
-        from clipprobe.devices import native_bf16
+        if native_bf16 is None:
+            from clipprobe.devices import native_bf16 as device_bf16
 
-        return dataclasses.replace(self, precision="bf16" if native_bf16(device) else "fp32")
+            native_bf16 = device_bf16(device)
+        return self if native_bf16 else dataclasses.replace(self, precision="fp32")
 
     def key(self) -> str:
-        """The part of the cache key that changes values (the batch size does not); needs a concrete precision,
-        so that an ``auto`` pass and an explicit one of the same precision share a cache, fp32 and bf16 never."""
-        if self.precision == "auto":
-            raise ValueError("precision 'auto' has no cache key: call options.resolve(device) first")
-        return f"{self.precision}{'-cl' if self.channels_last else ''}{'-fold' if self.fold_batchnorm else ''}"
+        """The part of the cache folder's key that changes values (not the batch size, nor the precision:
+        each module's files carry the precision they were computed in)."""
+        return f"v{_FORMAT_VERSION}{'-cl' if self.channels_last else ''}{'-fold' if self.fold_batchnorm else ''}"
+
+    def calibration_key(self) -> str:
+        """What an ``auto`` decision depends on besides the weights and images."""
+        return f"{self.calibration_images}img-q{CALIBRATION_QUANTILE:g}-rtol{self.calibration_rtol:g}"
 
 
 def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> nn.Module:
@@ -244,9 +304,12 @@ def forward_activations(
 ) -> None:
     """One forward pass over ``pixels`` in batches; ``sink(module_path, first_row, output)`` per module
     and batch, ``output`` as the module computed it (bf16 under bf16 autocast, in its memory format).
+    ``options.precision`` must be fp32 or bf16 (``auto`` is decided per module by ``ActivationCache.get``).
     Hooks on every module path in ``modules.values()``; the pass stops once all fired."""
     device = torch.device(device)
-    options = options.resolve(device)
+    if options.precision not in ("fp32", "bf16"):
+        raise ValueError(f"forward_activations runs fp32 or bf16, got {options.precision!r}: "
+                         "auto is decided per module by ActivationCache.get")
     targets = list(dict.fromkeys(modules.values()))
     named = dict(model.named_modules())
     missing = [p for p in targets if p not in named]
@@ -300,40 +363,131 @@ def forward_activations(
             h.remove()
 
 
+def map_offset(first: torch.Tensor) -> torch.Tensor:
+    """The per-feature offset full maps are stored against, from the first batch ``(batch, ...)``, float32.
+
+    A feature's mean over the batch where it lies farther from zero than the batch's spread (std), else 0:
+    bf16 rounding then costs 2^-9 of a value's distance from its offset, so a feature at 1e4 times its
+    spread keeps its variation, and one near zero (a ReLU's exact zeros) keeps its own bits.
+    """
+    mean = first.mean(0, keepdim=True)
+    spread = first.std(0, keepdim=True, correction=0) if len(first) > 1 else torch.zeros_like(mean)
+    return torch.where(mean.abs() > spread, mean, torch.zeros_like(mean))
+
+
+# ---------------------------------------------------------------- auto: bf16 where it is proven
+
+
+def _quantile_error(exact: torch.Tensor, fast: torch.Tensor) -> float:
+    """``CALIBRATION_QUANTILE`` over features of ``||fast_j - exact_j|| / ||exact_j - mean(exact_j)||``.
+
+    ``(rows, features)`` float32. A feature constant in fp32 scores 0 when bf16 keeps it exactly, else inf.
+    """
+    num = (fast.double() - exact.double()).norm(dim=0)
+    den = (exact.double() - exact.double().mean(0)).norm(dim=0)
+    err = torch.where(den > 0, num / den.clamp_min(1e-300), torch.where(num > 0, float("inf"), 0.0))
+    return float(np.quantile(err.cpu().numpy(), CALIBRATION_QUANTILE, method="higher"))
+
+
+def calibrate(
+    model: nn.Module,
+    paths: Sequence[str],
+    pixels: np.ndarray | torch.Tensor,
+    *,
+    options: ExtractOptions = ExtractOptions(precision="auto"),
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, Any]]:
+    """Per module path: ``{"precision": "bf16" or "fp32", "gap_error", "map_error", "images"}``.
+
+    Runs the first ``options.calibration_images`` of ``pixels`` through the modules in fp32 and under
+    bf16 autocast (same layout and folding) and scores each module's pooled and full-map features by
+    ``_quantile_error`` (the 99th percentile over features of the centred relative error). bf16 is
+    accepted when both errors are at most ``options.calibration_rtol``. Centring matters: a deep feature
+    at 1e4 times its spread from zero has a small error relative to its size and none of its variation.
+    """
+    m = min(len(pixels), options.calibration_images)
+    batch = pixels[:m]
+    outputs: dict[str, dict[str, list[torch.Tensor]]] = {}
+    for precision in ("fp32", "bf16"):
+        got: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+        run = dataclasses.replace(options, precision=precision)
+        forward_activations(model, {p: p for p in paths}, batch, lambda p, _s, out, got=got: got[p].append(out.float()),
+                            options=run, device=device, progress=False)
+        outputs[precision] = got
+    result = {}
+    for path in paths:
+        exact, fast = (torch.cat(outputs[p][path]) for p in ("fp32", "bf16"))
+        gap_error = _quantile_error(exact.mean((2, 3)), fast.mean((2, 3)))
+        map_error = _quantile_error(exact.flatten(1), fast.flatten(1))
+        ok = max(gap_error, map_error) <= options.calibration_rtol
+        result[path] = {"precision": "bf16" if ok else "fp32", "gap_error": gap_error, "map_error": map_error,
+                        "images": m}
+        log.info("calibration %s: bf16 centred error gap %.3g, map %.3g (limit %g): %s", path, gap_error,
+                 map_error, options.calibration_rtol, result[path]["precision"])
+    return result
+
+
 # ---------------------------------------------------------------- the cache
 
 
 class CheckpointActivations:
-    """The activations of one checkpoint over one image set, read per module from a cache folder."""
+    """The activations of one checkpoint over one image set, read per module from a cache folder.
 
-    def __init__(self, folder: Path, meta: Mapping[str, Any]) -> None:
+    ``precisions`` maps each module path to the precision its forward pass ran in (fp32 or bf16);
+    ``calibration`` holds the ``auto`` decisions behind them (``calibrate``'s entries), if any.
+    """
+
+    def __init__(self, folder: Path, meta: Mapping[str, Any], precisions: Mapping[str, str],
+                 calibration: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.folder = folder
         self.meta = dict(meta)
+        self.precisions = dict(precisions)
+        self.calibration = {p: dict(c) for p, c in (calibration or {}).items()}
 
     @property
     def modules(self) -> list[str]:
-        """Module paths held in full."""
-        return list(self.meta["modules"])
+        """Module paths held."""
+        return list(self.precisions)
+
+    def precision_of(self, path: str) -> str:
+        """``fp32`` or ``bf16``: the precision the forward pass ran in for this module."""
+        self._check(path)
+        return self.precisions[path]
+
+    def calibration_of(self, path: str) -> dict[str, Any] | None:
+        """The ``auto`` decision for this module (``calibrate``'s entry), or None for an explicit precision."""
+        self._check(path)
+        return self.calibration.get(path)
+
+    def _check(self, path: str) -> None:
+        if path not in self.precisions:
+            raise KeyError(f"module {path!r} is not in the cache {self.folder}: it holds {', '.join(self.modules)}")
 
     def _file(self, path: str, what: str) -> Path:
-        if path not in self.meta["modules"]:
-            raise KeyError(f"module {path!r} is not in the cache {self.folder}: it holds {', '.join(self.modules)}")
-        return self.folder / f"{path}.{what}.npy"
+        return self.folder / f"{path}.{self.precision_of(path)}.{what}.npy"
 
-    def gap(self, path: str) -> np.ndarray:
-        """Pooled activations ``(images, channels)``, float32."""
-        return np.load(self._file(path, "gap"))
+    def gap(self, path: str) -> PooledFeatures:
+        """Pooled activations ``(images, channels)``, float32 (a ndarray that carries ``computed_in``)."""
+        out = np.load(self._file(path, "gap")).view(PooledFeatures)
+        out.computed_in = self.precision_of(path)
+        return out
+
+    def map_offset(self, path: str) -> np.ndarray:
+        """The float32 per-feature offset subtracted from the full maps before bf16 storage."""
+        return np.load(self._file(path, "map_offset"))
 
     def map(self, path: str) -> Bf16Matrix:
-        """Full maps ``(images, channels*height*width)`` as a lazy float32 view of bf16 values on disk."""
-        return Bf16Matrix(np.load(self._file(path, "map"), mmap_mode="r"))
+        """Full maps ``(images, channels*height*width)``: bf16 bits of ``value - offset`` on disk, read as float32."""
+        return Bf16Matrix(np.load(self._file(path, "map"), mmap_mode="r"), self.map_offset(path),
+                          computed_in=self.precision_of(path))
 
     def map_shape(self, path: str) -> tuple[int, ...]:
         """``(channels, height, width)`` of a module's output."""
+        self._check(path)
         return tuple(self.meta["shapes"][path])
 
-    def features(self, path: str, kind: str) -> np.ndarray | Bf16Matrix:
-        """``gap`` or ``map`` features of a module."""
+    def features(self, path: str, kind: str) -> PooledFeatures | Bf16Matrix:
+        """``gap`` or ``map`` features of a module; both say the precision they were computed (and stored) in."""
         if kind == "gap":
             return self.gap(path)
         if kind == "map":
@@ -342,7 +496,8 @@ class CheckpointActivations:
 
 
 class ActivationCache:
-    """Folders of per-module activation files under ``root``, one per (checkpoint, images, transform, options)."""
+    """Folders of per-module activation files under ``root``, one per (checkpoint, images, transform, layout);
+    in a folder, each module's files per precision it was computed in."""
 
     def __init__(self, root: str | Path = DEFAULT_CACHE_DIR) -> None:
         self.root = Path(root)
@@ -360,59 +515,91 @@ class ActivationCache:
         options: ExtractOptions = ExtractOptions(),
         device: str | torch.device = "cpu",
         progress: bool = True,
+        native_bf16: bool | None = None,
     ) -> CheckpointActivations:
-        """The activations of ``modules`` (display name -> path); runs one pass for the ones not cached."""
-        options = options.resolve(device)
+        """The activations of ``modules`` (display name -> path); runs a pass for the ones not cached.
+
+        With ``auto`` precision on a device with native bf16 (``native_bf16`` overrides
+        ``devices.native_bf16(device)``), each module not yet decided is calibrated (``calibrate``) and the
+        decision kept in the folder's meta.json; then one bf16 pass for the modules that passed and one
+        fp32 pass for the others, each only for files not already cached (explicit passes share them).
+        """
+        options = options.resolve(device, native_bf16)
         folder = self.folder(fingerprint, images, options)
         folder.mkdir(parents=True, exist_ok=True)
         meta_path = folder / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {
-            "format": _FORMAT_VERSION, "fingerprint": fingerprint, "images": images.key,
-            "n_images": len(images), "options": options.key(), "modules": [], "shapes": {},
-        }
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if meta.get("format") != _FORMAT_VERSION:
+            meta = {"format": _FORMAT_VERSION, "fingerprint": fingerprint, "images": images.key,
+                    "n_images": len(images), "options": options.key(), "stored": {}, "shapes": {},
+                    "calibration": {}}
         wanted = list(dict.fromkeys(modules.values()))
-        todo = [p for p in wanted if p not in meta["modules"]]
-        if todo:
-            log.info("activations %s: one pass over %d images for %d modules", folder.name, len(images), len(todo))
-            shapes = self._extract(model, todo, images, folder, options, device, progress)
-            meta["modules"] = [p for p in wanted if p in meta["modules"] or p in shapes] + [
-                p for p in meta["modules"] if p not in wanted]
+        changed = False
+        chosen: dict[str, dict[str, Any]] = {}
+        if options.precision == "auto":
+            decided = meta["calibration"].setdefault(options.calibration_key(), {})
+            undecided = [p for p in wanted if p not in decided]
+            if undecided:
+                log.info("activations %s: calibrating bf16 on %d images for %d modules", folder.name,
+                         min(len(images), options.calibration_images), len(undecided))
+                decided.update(calibrate(model, undecided, images.pixels, options=options, device=device))
+                changed = True
+            chosen = {p: decided[p] for p in wanted}
+            plan = {p: decided[p]["precision"] for p in wanted}
+        else:
+            plan = dict.fromkeys(wanted, options.precision)
+        for precision in ("bf16", "fp32"):
+            todo = [p for p in wanted if plan[p] == precision and precision not in meta["stored"].get(p, [])]
+            if not todo:
+                continue
+            log.info("activations %s: one %s pass over %d images for %d modules", folder.name, precision,
+                     len(images), len(todo))
+            shapes = self._extract(model, todo, images, folder, dataclasses.replace(options, precision=precision),
+                                   device, progress)
             meta["shapes"].update(shapes)
+            for p in todo:
+                meta["stored"].setdefault(p, []).append(precision)
+            changed = True
+        if changed:
             tmp = meta_path.with_name(f"meta.json.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(meta, indent=1))
             os.replace(tmp, meta_path)
         else:
             log.info("activations %s: read from cache", folder.name)
-        return CheckpointActivations(folder, meta)
+        return CheckpointActivations(folder, meta, plan, chosen)
 
     def _extract(self, model: nn.Module, todo: list[str], images: ImageSet, folder: Path,
                  options: ExtractOptions, device: str | torch.device, progress: bool) -> dict[str, list[int]]:
         n = len(images)
+        precision = options.precision
         gaps: dict[str, np.ndarray] = {}
         maps: dict[str, np.ndarray] = {}
+        offsets: dict[str, torch.Tensor] = {}
         shapes: dict[str, list[int]] = {}
 
         def sink(path: str, start: int, out: torch.Tensor) -> None:
             if out.ndim != 4:
                 raise ValueError(f"module {path!r} outputs shape {tuple(out.shape)}: expected (batch, channels, height, width)")
+            values = out.float()
             if path not in maps:
                 shapes[path] = list(out.shape[1:])
                 gaps[path] = np.empty((n, out.shape[1]), dtype=np.float32)
                 maps[path] = np.lib.format.open_memmap(
-                    folder / f"{path}.map.npy.tmp", mode="w+", dtype=np.uint16, shape=(n, out[0].numel()))
+                    folder / f"{path}.{precision}.map.npy.tmp", mode="w+", dtype=np.uint16, shape=(n, out[0].numel()))
+                offsets[path] = map_offset(values)
             stop = start + out.shape[0]
-            gaps[path][start:stop] = out.mean((2, 3), dtype=torch.float32).cpu().numpy()
-            # bf16 output: its own bits; torch copies them from its layout (channels_last) into the memmap's rows
-            # (measured here: 1.5 GB/s, a numpy strided assignment 0.3 GB/s: 19 s of a 2,700-image extraction)
-            bits = (out if out.dtype == torch.bfloat16 else out.to(torch.bfloat16)).view(torch.int16)
+            gaps[path][start:stop] = values.mean((2, 3)).cpu().numpy()
+            # torch copies the centred bf16 bits from the output's layout (channels_last) into the memmap's rows
+            bits = (values - offsets[path]).to(torch.bfloat16).view(torch.int16)
             torch.from_numpy(maps[path][start:stop].view(np.int16)).view(out.shape).copy_(bits)
 
         forward_activations(model, {p: p for p in todo}, images.pixels, sink, options=options,
                             device=device, progress=progress)
         for path in todo:
-            np.save(folder / f"{path}.gap.npy", gaps[path])
+            np.save(folder / f"{path}.{precision}.gap.npy", gaps[path])
+            np.save(folder / f"{path}.{precision}.map_offset.npy", offsets[path].reshape(-1).cpu().numpy())
             maps[path].flush()
             tmp = maps[path].filename
             del maps[path]
-            os.replace(tmp, folder / f"{path}.map.npy")
+            os.replace(tmp, folder / f"{path}.{precision}.map.npy")
         return shapes

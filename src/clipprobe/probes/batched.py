@@ -83,12 +83,17 @@ def fit_many(
     dtype: torch.dtype = torch.float32,
     form: str = "auto",
     keep_stats: bool = False,
+    computed_in: str | None = None,
 ) -> BatchedFit:
     """Fit B probes of ``kind`` on X ``(N, d)``: probe b learns ``labels[b]`` (0/1) on rows ``train_mask[b]``.
 
     Scores come back for rows ``eval_mask[b]`` (default: all) and the training rows. ``params`` override
     the kind's defaults. ``form`` "auto" uses the exact Gram form when d exceeds the training rows
     (SGD MLPs and linear probes), else explicit features. Deterministic for ``params['seed']``.
+
+    The near-constant-feature rule (``drop_rtol``) judges the precision X was computed in: ``computed_in``
+    ("fp32" or "bf16"), by default X's own ``computed_in`` attribute (``CheckpointActivations.features``
+    sets it), else fp32; a ``Bf16Matrix`` adds the resolution of its storage (``design.precision_rule``).
     """
     pk = probe_kind(kind)
     hp = pk.params(params)
@@ -120,6 +125,7 @@ def fit_many(
     design = build_design(
         X, rows, ntrain, form=form, hidden=hp["hidden"] if mlp else None, seed=hp.get("seed", 0),
         drop_rtol=hp["drop_rtol"], unit_norm=mlp, device=dev, dtype=dtype, keep_stats=keep_stats,
+        computed_in=computed_in,
     )
     g = inverse.to(dev)
     Fb = design.features[g]  # (B, n, r)

@@ -1,5 +1,9 @@
 """Per probe group: standardise with training-part statistics, drop sub-precision features, build the design.
 
+Sub-precision means below the resolution of the precision the features were computed and stored in:
+a feature matrix may say so with ``computed_in`` / ``stored_in`` ("fp32" or "bf16") and an ``offset``
+subtracted before storage (``clipprobe.activations.Bf16Matrix``, ``PooledFeatures``); plain arrays are float32.
+
 A *group* is a set of rows of X (training rows first) shared by probes that differ only in their labels.
 Its design is either the standardised features themselves ("explicit") or, when there are more features
 than training rows, exact coordinates in the span of the training rows ("gram"): with V an orthonormal
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from clipprobe.devices import native_bf16
+from clipprobe.probes.kinds import drop_rtol_for
 from clipprobe.probes.solvers import cpu_workers, slices, threads_for, worker_pool
 
 INIT_BLOCK = 4096  # columns per seeded block of the first-layer init: any slice is reproducible
@@ -74,9 +79,14 @@ def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, keep: to
     return torch.where(keep, (x - mean) / std, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def _standardised(x: torch.Tensor, t: int, drop_rtol: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``standardise(x, *feature_stats(x[:t], drop_rtol))`` and those stats, in fewer passes over x."""
+def _standardised(x: torch.Tensor, t: int, drop_rtol: float, *, offset: torch.Tensor | None = None,
+                  stored_rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``standardise(x, *feature_stats(x[:t], drop_rtol))`` and those stats, in fewer passes over x.
+
+    With ``offset``, x holds stored values ``value - offset``: the rule compares the spread with the size
+    of the values (mean + offset) by ``drop_rtol`` and, with ``stored_rtol``, with the size of the stored
+    values (their mean) by ``stored_rtol``. The returned mean is the values' (offset added back).
+    """
     mean = x[:t].mean(0)
     c = x - mean
     if t > 1:
@@ -84,10 +94,37 @@ def _standardised(x: torch.Tensor, t: int, drop_rtol: float
         std = (ct * ct).mean(0).sqrt_()
     else:
         std = torch.zeros_like(mean)
-    keep = std > drop_rtol * mean.abs().clamp_min(_TINY)
+    value_mean = mean if offset is None else mean + offset
+    keep = std > drop_rtol * value_mean.abs().clamp_min(_TINY)
+    if stored_rtol is not None:
+        keep &= std > stored_rtol * mean.abs().clamp_min(_TINY)
     std = torch.where(keep, std, torch.ones_like(std))
     c *= torch.where(keep, 1.0 / std, torch.zeros((), dtype=x.dtype, device=x.device))
-    return c, mean, std, keep
+    return c, value_mean, std, keep
+
+
+def _stored_bits(X: object) -> np.ndarray | None:
+    bits = getattr(X, "bits", None)
+    return bits if isinstance(bits, np.ndarray) and bits.dtype == np.uint16 else None
+
+
+def precision_rule(X: object, drop_rtol: float, computed_in: str | None = None
+                   ) -> tuple[float, float | None, np.ndarray | None]:
+    """The drop rule for feature matrix X: ``(rtol against the values' size, rtol against the stored
+    values' size or None, per-feature offset of the stored values or None)``.
+
+    ``computed_in`` (default: X's ``computed_in``, else "fp32") sets the first; a matrix stored in a
+    coarser precision than it was computed in (X's ``stored_in``) adds the second, judged on the values
+    as stored (``value - offset`` for a ``Bf16Matrix`` with an offset), whose rounding scales with them.
+    """
+    computed_in = computed_in or getattr(X, "computed_in", "fp32")
+    stored_in = getattr(X, "stored_in", "fp32")
+    value_rtol = drop_rtol_for(computed_in, drop_rtol)
+    stored_rtol = drop_rtol_for(stored_in, drop_rtol)
+    offset = getattr(X, "offset", None) if _stored_bits(X) is not None else None
+    if offset is None and stored_rtol <= value_rtol:
+        return value_rtol, None, None
+    return value_rtol, stored_rtol, offset
 
 
 def init_first_layer(seed: int, hidden: int, start: int, stop: int) -> torch.Tensor:
@@ -107,11 +144,12 @@ def load_columns(X: np.ndarray | torch.Tensor, rows: torch.Tensor | None, c0: in
     """Rows ``rows`` (all when None) and columns ``c0:c1`` of X as a tensor on ``device``.
 
     X may be a numpy array or memmap, or a ``Bf16Matrix`` of bf16 bit patterns: those come back as a
-    bfloat16 tensor (a view of the memmap on CPU: nothing is read until the rows are used), to be cast
-    to ``dtype`` row group by row group; every other input comes back in ``dtype``.
+    bfloat16 tensor of the values as stored, i.e. minus the matrix's ``offset`` if it has one (a view
+    of the memmap on CPU: nothing is read until the rows are used), to be cast to ``dtype`` row group
+    by row group; every other input comes back in ``dtype``.
     """
-    bits = getattr(X, "bits", None)
-    if isinstance(bits, np.ndarray) and bits.dtype == np.uint16:
+    bits = _stored_bits(X)
+    if bits is not None:
         with warnings.catch_warnings():  # a read-only memmap: the view is only ever read
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             block = torch.from_numpy(bits[:, c0:c1]).view(torch.bfloat16)
@@ -157,6 +195,7 @@ def build_design(
     chunk: int = 4 * INIT_BLOCK,
     keep_stats: bool = False,
     fast_gram: bool = True,
+    computed_in: str | None = None,
 ) -> Design:
     """Stream X in column chunks once and build every group's design.
 
@@ -164,6 +203,8 @@ def build_design(
     ``hidden`` asks for an MLP init (seeded by ``seed``); ``unit_norm`` divides the standardised
     features by sqrt(number kept) so one learning rate suits 16 or 400,000 features.
     ``fast_gram`` lets the Gram-form products use ``gram_product_dtype`` (bf16 where fast; see ``exact_products``).
+    Features are dropped by ``precision_rule(X, drop_rtol, computed_in)``; a ``Bf16Matrix`` stored on an
+    offset is standardised from its stored (centred) values, so the products never see the offset.
     """
     n_rows, d = X.shape
     G = len(group_rows)
@@ -180,6 +221,7 @@ def build_design(
     whole = len(used) == n_rows
     pos = rows if whole else torch.searchsorted(used, rows)  # position of each row in the loaded block
 
+    value_rtol, stored_rtol, offset = precision_rule(X, drop_rtol, computed_in)
     gram = form == "gram"
     low = gram_product_dtype(device, dtype, d) if gram and fast_gram else None
     kept = torch.zeros(G, dtype=torch.float64)
@@ -202,14 +244,15 @@ def build_design(
         block = load_columns(X, None if whole else used, c0, c1, device, dtype)
         w0 = init_first_layer(seed, hidden, c0, c1).to(device=device, dtype=dtype) if hidden else None
         w0_low = w0.to(low) if low is not None and w0 is not None else None
-        return c0, c1, block, w0, w0_low
+        off = torch.from_numpy(np.asarray(offset[c0:c1])).to(device, dtype) if offset is not None else None
+        return c0, c1, block, w0, w0_low, off
 
     def add(lo: int, hi: int, c0: int, c1: int, block: torch.Tensor, w0: torch.Tensor | None,
-            w0_low: torch.Tensor | None) -> None:
+            w0_low: torch.Tensor | None, off: torch.Tensor | None) -> None:
         for g in range(lo, hi):  # each group is touched by one worker only
             n_g, t_g = len(group_rows[g]), group_ntrain[g]
             xg = block[pos[g, :n_g].to(device)].to(dtype)
-            z, mean, std, keep = _standardised(xg, t_g, drop_rtol)
+            z, mean, std, keep = _standardised(xg, t_g, value_rtol, offset=off, stored_rtol=stored_rtol)
             kept[g] += int(keep.sum())
             if stats is not None:
                 stats[g].append(torch.stack([mean, std, keep.to(dtype)]).cpu())
@@ -230,15 +273,15 @@ def build_design(
     with threads_for(small), worker_pool(1) as loader, worker_pool(len(parts)) as pool:
         ahead = loader.submit(load, starts[0]) if starts else None
         for i in range(len(starts)):
-            c0, c1, block, w0, w0_low = ahead.result()
+            c0, c1, block, w0, w0_low, off = ahead.result()
             if i + 1 < len(starts):  # read the next columns while this block's products run
                 ahead = loader.submit(load, starts[i + 1])
             if init is not None:
                 init[0, :, c0:c1] = w0
             if len(parts) == 1:
-                add(0, G, c0, c1, block, w0, w0_low)
+                add(0, G, c0, c1, block, w0, w0_low, off)
             else:
-                for f in [pool.submit(add, lo, hi, c0, c1, block, w0, w0_low) for lo, hi in parts]:
+                for f in [pool.submit(add, lo, hi, c0, c1, block, w0, w0_low, off) for lo, hi in parts]:
                     f.result()
 
     n_dropped = (d - kept).round().long()

@@ -7,6 +7,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_DROP_RTOL = 1e-6  # float32 precision: a feature spreading less than this relative to its size is noise
+# The same rule for features computed or stored in a coarser precision (bf16: 8 significant bits, eps 2^-8 = 3.9e-3;
+# 1e-2 asks a feature's spread to be ~2.5 eps of its size, ~9 times the rounding noise of bf16 storage).
+PRECISION_DROP_RTOL = {"fp32": DEFAULT_DROP_RTOL, "bf16": 1e-2}
+
+
+def drop_rtol_for(precision: str, drop_rtol: float = DEFAULT_DROP_RTOL) -> float:
+    """The drop rule's relative tolerance for values computed or stored in ``precision``.
+
+    ``drop_rtol`` (the hyper-parameter) is the rule for float32 values, as given; a coarser precision
+    raises it to that precision's resolution: ``max(drop_rtol, PRECISION_DROP_RTOL[precision])``.
+    """
+    if precision not in PRECISION_DROP_RTOL:
+        raise ValueError(f"unknown feature precision {precision!r}: expected one of {', '.join(PRECISION_DROP_RTOL)}")
+    return drop_rtol if precision == "fp32" else max(drop_rtol, PRECISION_DROP_RTOL[precision])
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,8 @@ def _table(*params: HParam) -> dict[str, HParam]:
 
 
 _DROP = HParam("drop_rtol", float, DEFAULT_DROP_RTOL, 0.0, 1.0,
-               help="drop features whose train std <= drop_rtol * |train mean|")
+               help="drop features whose train std <= drop_rtol * |train mean| (float32 features; "
+                    "bf16-computed or -stored ones use at least PRECISION_DROP_RTOL['bf16'])")
 
 LINEAR_HPARAMS: dict[str, HParam] = _table(
     HParam("weight_decay", float, 5e-3, 0.0, 1e3, low_open=True,
