@@ -8,7 +8,14 @@ from report_fakes import MODULES, PROBES, synthetic_results
 
 from clipprobe.report.diff import diff_sweeps, diff_text
 from clipprobe.report.reference import read_reference_csv
-from clipprobe.report.sanity import identical_epochs, sanity_flags, uniform_high_modules
+from clipprobe.report.sanity import (
+    at_majority,
+    emergence_text,
+    emergences,
+    identical_epochs,
+    sanity_flags,
+    uniform_high_modules,
+)
 from clipprobe.report.tables import (
     build_tables,
     tables_long,
@@ -81,20 +88,58 @@ def test_csv_is_seed_shaped_at_full_precision_and_readable_as_a_reference(tmp_pa
     assert list(ref["module"][:4]) == ["module:0", "module:1", "module:2", "module:10"]
 
 
-def test_diff_per_cell_and_whether_it_exceeds_the_intervals():
+def _set(frame, hit, k: int, correct: str | None = None):
+    """Cells ``hit`` get k of 90 right (the first k images of their concept's order unless ``correct``)."""
+    from report_fakes import _exact
+
+    lo, hi = _exact(k, 90)
+    frame.loc[hit, ["test_acc", "test_acc_ci_low", "test_acc_ci_high"]] = [k / 90, lo, hi]
+    frame.loc[hit, "test_correct"] = correct if correct is not None else "1" * k + "0" * (90 - k)
+
+
+def test_diff_marks_only_differences_significant_by_the_paired_test_after_correction():
     a = synthetic_results(0)
     b = a.copy()
-    hit = (b["concept"] == "red") & (b["module"] == "module:0") & (b["probe"] == "linear_gap")
-    b.loc[hit, ["test_acc", "test_acc_ci_low", "test_acc_ci_high"]] = [0.99, 0.95, 1.0]
-    b.loc[~hit, "test_acc"] += 0.01  # small shifts stay inside the intervals
+    red0 = (b["concept"] == "red") & (b["module"] == "module:0") & (b["probe"] == "linear_gap")
+    blue0 = (b["concept"] == "blue") & (b["module"] == "module:0") & (b["probe"] == "linear_gap")
+    _set(a, red0, 70)
+    _set(b, red0, 89)  # 19 images gained, none lost
+    _set(a, blue0, 80)
+    _set(b, blue0, 85)  # 5 gained: raw p = 0.0625, not significant
+    b.loc[~(red0 | blue0), "test_acc"] += 0.01  # same per-image results: p = 1
+    striped = b["concept"] == "striped"
+    b.loc[striped & (b["module"] == "module:2"), "test_images"] = "other-test-images"  # not comparable
     d = diff_sweeps(a, b)
     assert len(d) == 3 * len(MODULES) * len(PROBES)
     row = d[(d["concept"] == "red") & (d["module"] == "module:0") & (d["probe"] == "linear_gap")].iloc[0]
-    a3 = a[hit & (a["epoch"] == 3)].iloc[0]
-    assert row["difference"] == 0.99 - a3["test_acc"]
-    assert bool(row["exceeds_intervals"])
-    assert int(d["exceeds_intervals"].sum()) == 1
-    assert diff_text(d).endswith(f"1 of {len(d)} differences exceed the 95% intervals")
+    assert row["difference"] == pytest.approx(19 / 90)
+    assert (row["n_a_only"], row["n_b_only"]) == (0, 19)
+    assert row["p_value"] == pytest.approx(2 * 0.5 ** 19)
+    assert row["p_adjusted"] == pytest.approx(22 * 2 * 0.5 ** 19)  # Holm: smallest of 22 tested p-values
+    assert bool(row["significant"])
+    blue = d[(d["concept"] == "blue") & (d["module"] == "module:0") & (d["probe"] == "linear_gap")].iloc[0]
+    assert blue["p_value"] == pytest.approx(0.0625) and not bool(blue["significant"])
+    assert int(d["significant"].sum()) == 1 and int(d["p_value"].isna().sum()) == 2
+    assert diff_text(d).endswith(f"1 of 22 tested differences are significant after correction; 2 of {len(d)} "
+                                 "cells not tested (different test images or no per-image predictions)")
+    old = a.drop(columns=["test_correct", "test_images"])  # a sweep from before per-image predictions
+    assert int(diff_sweeps(old, b)["p_value"].notna().sum()) == 0
+
+
+def test_table_marks_a_change_since_the_previous_epoch_only_when_significant():
+    results = synthetic_results()
+    cell = (results["concept"] == "red") & (results["module"] == "module:0") & (results["probe"] == "linear_gap")
+    _set(results, cell & (results["epoch"] == 2), 70)
+    _set(results, cell & (results["epoch"] == 3), 90)
+    tables = build_tables(results)
+    red = tables[0].cell("module:0", "linear_gap")
+    assert red["change"] == "↑" and red["change_from"] == 2 and red["change_p"] < 0.05
+    marks = tables_long(tables)["change"]
+    assert (marks != "").sum() == 1
+    text = to_text(tables)
+    assert "1.000 [0.960, 1.000] ↑" in text
+    assert "↑/↓ = changed since epoch 2 (McNemar exact test on the same test images, Holm-corrected" in text
+    assert (tables_long(build_tables(results, epoch=1))["change"] == "").all()  # nothing before epoch 1
 
 
 def test_two_sweeps_with_no_fit_in_common_is_one_clear_line():
@@ -104,19 +149,64 @@ def test_two_sweeps_with_no_fit_in_common_is_one_clear_line():
         diff_sweeps(a, b)
 
 
-def test_identical_epochs_are_flagged_with_their_fingerprints():
+def test_identical_epochs_are_flagged_by_their_per_image_predictions():
     results = synthetic_results()
     e1 = results[results["epoch"] == 1]
     copy = e1.assign(epoch=2, fingerprint="fp0002")
     dup = pd.concat([e1, copy, results[results["epoch"] == 3]], ignore_index=True)
     (flag,) = identical_epochs(dup)
-    assert flag.message.startswith("epochs 1, 2 give identical test accuracy for all 24 fits although")
+    assert flag.message.startswith("epochs 1, 2 give identical per-image test predictions (0 discordant "
+                                   "images) for all 24 fits although")
     same_weights = dup.assign(fingerprint="fp0001")
     assert "and the same weight fingerprint" in identical_epochs(same_weights)[0].message
     assert identical_epochs(results) == []
+    # same accuracies, different images right: not the same predictions
+    shuffled = copy.assign(test_correct=copy["test_correct"].map(lambda t: t[::-1]))
+    assert identical_epochs(pd.concat([e1, shuffled], ignore_index=True)) == []
+    # a sweep from before per-image predictions: equal accuracies are all there is
+    old = dup.drop(columns=["test_correct", "test_images"])
+    assert "identical test accuracy for all 24 fits" in identical_epochs(old)[0].message
 
 
 def test_uniform_high_module_is_flagged_but_not_the_last_module():
     flags = uniform_high_modules(synthetic_results())
     assert [f.message.split()[0] for f in flags] == ["module:1"]
+    assert "6 of 6 cells beat both neighbours (McNemar exact test" in flags[0].message
     assert {f.kind for f in sanity_flags(synthetic_results())} == {"uniform_high_module"}
+
+
+def test_uniform_high_module_needs_the_paired_tests_to_back_it():
+    results = synthetic_results()
+    at3 = results["epoch"] == 3
+    # module:1 at 84 of 90 for every cell, its neighbours at 78: 0.067 ahead on the point estimates,
+    # but 6 images gained per cell (raw p = 0.031, Holm over 12 tests: 0.375) is no evidence
+    _set(results, at3 & (results["module"] == "module:1"), 84)
+    _set(results, at3 & results["module"].isin(["module:0", "module:2"]), 78)
+    assert uniform_high_modules(results) == []
+    untested = synthetic_results().drop(columns=["test_correct", "test_images"])
+    assert "(not tested: no per-image predictions)" in uniform_high_modules(untested)[0].message
+
+
+def test_at_majority_uses_the_exact_interval():
+    results = synthetic_results()
+    cell = ((results["concept"] == "red") & (results["module"] == "module:2") & (results["probe"] == "linear_gap")
+            & (results["epoch"] == 3))
+    _set(results, cell, 66)  # 0.733 > 0.667, but its interval [0.630, 0.821] includes the baseline
+    (flag,) = at_majority(results)
+    assert flag.message.startswith("1 of 24 fits have a 95% interval that includes (or lies below) the majority "
+                                   "baseline (red/module:2/linear_gap)")
+    assert at_majority(synthetic_results()) == []
+
+
+def test_emergence_is_the_first_significant_rise_above_the_baseline():
+    results = synthetic_results()
+    cell = (results["concept"] == "blue") & (results["module"] == "module:2") & (results["probe"] == "non_linear_gap")
+    _set(results, cell & (results["epoch"] == 1), 60)
+    _set(results, cell & (results["epoch"] == 2), 88)
+    _set(results, cell & (results["epoch"] == 3), 90)
+    found = emergences(results)
+    assert found[["concept", "module", "probe", "epoch", "n_gained", "n_lost"]].values.tolist() == [
+        ["blue", "module:2", "non_linear_gap", 2, 28, 0]]
+    assert found["p_adjusted"].iloc[0] == pytest.approx(48 * 2 * 0.5 ** 28)  # Holm over 48 epoch steps
+    assert "blue / module:2 / non_linear_gap emerges at epoch 2: 0.667 -> 0.978" in emergence_text(found)
+    assert emergences(synthetic_results()).empty

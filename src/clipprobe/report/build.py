@@ -2,8 +2,10 @@
 
 Layout of ``out``: ``report.html`` (self-contained) and ``report.txt`` (what the terminal shows);
 per sweep (at the root for one sweep, in ``<name>/`` for several) ``tables.md``, ``tables.csv``,
-``tables.txt``, ``sanity.txt``, ``results.parquet`` and ``plots/*.png``; ``diff_<a>_vs_<b>.csv``
-for each later sweep against the first; ``reference.csv`` (ours beside the reference).
+``tables.txt``, ``sanity.txt``, ``emergences.csv``, ``results.parquet`` and ``plots/*.png``;
+``diff_<a>_vs_<b>.csv`` for each later sweep against the first; ``reference.csv`` (ours beside the
+reference). Every automatic statement (sanity flags, "emerges at epoch E", marked changes and
+differences) rests on an exact interval or a paired test (``report.significance``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
         folder = out / name if several else out
         (folder / "plots").mkdir(parents=True, exist_ok=True)
         flags = sanity.sanity_flags(data, built[0].epoch)
+        emerged = sanity.emergences(data)
+        emerged.to_csv(folder / "emergences.csv", index=False)
+        files.append(folder / "emergences.csv")
         files += [tables.write_csv(built, folder / "tables.csv"),
                   _write(folder / "tables.md", tables.to_markdown(built)),
                   _write(folder / "tables.txt", tables.to_text(built)),
@@ -79,8 +84,11 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
             images.append((f"accuracy over epochs {probe}", files[-1]))
         heading = f"sweep {name}"
         text += [f"#### {heading}: {len(data)} fits, epoch {built[0].epoch}", tables.to_text(built), "",
-                 "sanity flags:", _flags_text(flags), ""]
+                 "sanity flags:", _flags_text(flags), "",
+                 "when (paired tests between consecutive epochs):", sanity.emergence_text(emerged), ""]
         sections += [(f"{heading}: sanity flags", page.flags_html(flags)),
+                     (f"{heading}: when concepts emerge",
+                      f"<pre>{html.escape(sanity.emergence_text(emerged))}</pre>"),
                      (f"{heading}: tables at epoch {built[0].epoch}", tables.to_html(built)),
                      (f"{heading}: plots", "\n".join(page.embed_png(p, alt) for alt, p in images))]
     first = prepared[0][0]

@@ -19,7 +19,7 @@ tbody th{text-align:left;font-weight:normal}
 .size{font-size:11px;color:#555;margin:.2em 0 0}
 .flags li{margin:.2em 0}.flag-kind{font-family:monospace;background:#fff3cd;padding:0 4px}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
-tr.beyond td{background:#fde2e2}
+tr.significant td{background:#fde2e2}
 """
 
 

@@ -1,17 +1,32 @@
-"""Sanity flags for a sweep's results: patterns that deserve a second look, not a headline.
+"""Sanity flags and claims for a sweep's results, each backed by an interval or a paired test.
 
-- ``uniform_high_module``: a module that scores the same high value for every concept and probe
-  and stands out from its neighbours (the seed's ``module:1``);
-- ``identical_epochs``: epochs whose results are identical for every fit (same weights?);
-- ``at_majority``: accuracies at (or below) the majority-class baseline.
+- ``uniform_high_module``: a module that scores high for every concept and probe and stands out
+  from its neighbours (the seed's ``module:1``); "stands out" means at least half of its cells beat
+  the same cell at both neighbouring modules by McNemar's exact test, Holm-corrected;
+- ``identical_epochs``: epochs whose per-image test predictions are identical for every fit they
+  share (0 discordant images: same weights?); test accuracy when per-image results are missing;
+- ``at_majority``: fits whose exact 95% interval includes (or lies below) the majority baseline;
+- ``emergences``: "concept X emerges at epoch E at module M": the first epoch whose accuracy rose
+  significantly since the previous epoch (paired test, Holm over every epoch-to-epoch comparison of
+  the sweep) and whose interval lies above the majority baseline.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
 
+from clipprobe.report.significance import (
+    ALPHA,
+    METHOD,
+    adjust,
+    describe_test,
+    epoch_changes,
+    mcnemar_exact,
+    pairable,
+)
 from clipprobe.report.tables import normalize_results, select_epoch
 
 
@@ -22,36 +37,73 @@ class SanityFlag:
 
 
 def uniform_high_modules(results: pd.DataFrame, epoch: int | None = None, *, high: float = 0.9,
-                         spread: float = 0.07, margin: float = 0.05) -> list[SanityFlag]:
+                         spread: float = 0.07, margin: float = 0.05, alpha: float = ALPHA,
+                         method: str = METHOD) -> list[SanityFlag]:
     """Modules whose every cell (concept x probe) is >= ``high`` within ``spread`` of each other,
-    and whose mean beats both neighbouring modules' means by ``margin`` (so the first and last
-    modules, where uniform high scores are expected, are never flagged)."""
+    whose mean beats both neighbouring modules' means by ``margin`` (so the first and last modules,
+    where uniform high scores are expected, are never flagged), and where at least half the cells
+    beat the same cell at both neighbours by a paired test (Holm over all those tests). Without
+    per-image predictions the flag is raised on the point estimates and says it is untested."""
     data = normalize_results(results)
     at = data[data["epoch"] == select_epoch(data, epoch)]
     stats = at.groupby("module_index")["test_acc"].agg(["min", "max", "mean", "count"]).sort_index()
     index = list(stats.index)
-    flags = []
+    candidates = []
     for i, m in enumerate(index):
         s = stats.loc[m]
         if s["count"] < 2 or s["min"] < high or s["max"] - s["min"] > spread:
             continue
-        neighbours = [stats.loc[index[j], "mean"] for j in (i - 1, i + 1) if 0 <= j < len(index)]
-        if len(neighbours) < 2 or s["mean"] - max(neighbours) < margin:
+        neighbours = [index[j] for j in (i - 1, i + 1) if 0 <= j < len(index)]
+        means = [stats.loc[n, "mean"] for n in neighbours]
+        if len(neighbours) < 2 or s["mean"] - max(means) < margin:
             continue
-        flags.append(SanityFlag(
-            "uniform_high_module",
-            f"module:{m} scores {s['min']:.3f}-{s['max']:.3f} for every concept and probe "
-            f"({int(s['count'])} fits), {s['mean'] - max(neighbours):.3f} above its neighbours: "
-            "check it is not seeing the raw image (colour/texture leak) before reading it as a concept",
-        ))
+        candidates.append((m, neighbours, s, s["mean"] - max(means)))
+    tests = []  # (module, cell key, neighbour, p) for every candidate cell vs each neighbour
+    cells = at.set_index(["module_index", "concept", "probe"])
+    for m, neighbours, _, _ in candidates:
+        for (concept, probe), cell in at[at["module_index"] == m].set_index(["concept", "probe"]).iterrows():
+            for n in neighbours:
+                key = (n, concept, probe)
+                if key not in cells.index:
+                    continue
+                other = cells.loc[key]
+                p = math.nan
+                if pairable(cell["test_correct"], other["test_correct"], cell["test_images"], other["test_images"]):
+                    gained, lost, p = mcnemar_exact(cell["test_correct"], other["test_correct"])
+                    if gained <= lost:
+                        p = 1.0  # not better than the neighbour: one-sided claim, count it as a failure
+                tests.append((m, (concept, probe), n, p))
+    adjusted = adjust([t[3] for t in tests], method)
+    flags = []
+    for m, _, s, lead in candidates:
+        mine = [(t, q) for t, q in zip(tests, adjusted, strict=True) if t[0] == m]
+        tested = [(t, q) for t, q in mine if not math.isnan(q)]
+        text = (f"module:{m} scores {s['min']:.3f}-{s['max']:.3f} for every concept and probe "
+                f"({int(s['count'])} fits), {lead:.3f} above its neighbours")
+        if tested:
+            by_cell: dict[tuple[str, str], bool] = {}
+            for t, q in tested:
+                by_cell[t[1]] = by_cell.get(t[1], True) and q < alpha
+            n_beat = sum(by_cell.values())
+            if n_beat * 2 < len(by_cell):
+                continue
+            text += (f"; {n_beat} of {len(by_cell)} cells beat both neighbours ({describe_test(method, alpha)} "
+                     f"over {len(tests)} tests)")
+        else:
+            text += " (not tested: no per-image predictions)"
+        flags.append(SanityFlag("uniform_high_module", text + ": check it is not seeing the raw image "
+                                "(colour/texture leak) before reading it as a concept"))
     return flags
 
 
 def identical_epochs(results: pd.DataFrame) -> list[SanityFlag]:
-    """Groups of epochs whose test accuracies are identical for every fit they share."""
+    """Groups of epochs whose per-image test predictions (else test accuracies) are identical for
+    every fit they share."""
     data = normalize_results(results)
+    per_image = bool((data["test_correct"] != "").all())
+    value = "test_correct" if per_image else "test_acc"
     wide = data.pivot_table(index=["concept", "module", "probe"], columns="epoch",
-                            values="test_acc", aggfunc="first")
+                            values=value, aggfunc="first")
     epochs = list(wide.columns)
     seen: set[int] = set()
     flags = []
@@ -69,9 +121,11 @@ def identical_epochs(results: pd.DataFrame) -> list[SanityFlag]:
             n_fp = fps.nunique()
             fp_note = (" and the same weight fingerprint" if n_fp == 1
                        else f" although their weight fingerprints differ ({n_fp} distinct)")
+        what = ("identical per-image test predictions (0 discordant images)" if per_image
+                else "identical test accuracy")
         flags.append(SanityFlag(
             "identical_epochs",
-            f"epochs {', '.join(map(str, group))} give identical test accuracy for all "
+            f"epochs {', '.join(map(str, group))} give {what} for all "
             f"{int(wide[a].notna().sum())} fits{fp_note}: are these really different checkpoints?",
         ))
     return flags
@@ -82,21 +136,58 @@ def _same(a: pd.Series, b: pd.Series) -> bool:
     return bool(both.any()) and bool((a[both] == b[both]).all())
 
 
-def at_majority(results: pd.DataFrame, epoch: int | None = None, *, tol: float = 1e-9) -> list[SanityFlag]:
-    """Cells whose accuracy does not beat the majority-class baseline (the probe learnt nothing)."""
+def at_majority(results: pd.DataFrame, epoch: int | None = None) -> list[SanityFlag]:
+    """Cells whose exact 95% interval includes (or lies below) the majority-class baseline."""
     data = normalize_results(results)
     at = data[data["epoch"] == select_epoch(data, epoch)]
     at = at[at["test_majority_acc"].notna()]
-    low = at[at["test_acc"] <= at["test_majority_acc"] + tol]
+    low = at[at["test_acc_ci_low"] <= at["test_majority_acc"]]
     if low.empty:
         return []
     cells = ", ".join(f"{r.concept}/{r.module}/{r.probe}" for r in low.head(8).itertuples())
     more = f" and {len(low) - 8} more" if len(low) > 8 else ""
     return [SanityFlag(
         "at_majority",
-        f"{len(low)} of {len(at)} accuracies are at or below the majority baseline "
-        f"({cells}{more}): those probes learnt nothing",
+        f"{len(low)} of {len(at)} fits have a 95% interval that includes (or lies below) the majority "
+        f"baseline ({cells}{more}): no evidence those probes learnt anything",
     )]
+
+
+def emergences(results: pd.DataFrame, *, alpha: float = ALPHA, method: str = METHOD) -> pd.DataFrame:
+    """Per cell (concept, module, probe), the first epoch whose accuracy rose significantly since the
+    previous epoch of the sweep (paired test, one family over all epoch-to-epoch comparisons) and whose
+    exact interval lies above the majority baseline: ``concept, module, probe, epoch, acc_from,
+    acc_to, n_gained, n_lost, p_adjusted``."""
+    data = normalize_results(results)
+    changes = epoch_changes(data, alpha=alpha, method=method)
+    rises = changes[changes["significant"] & (changes["difference"] > 0)]
+    above = data.assign(_above=data["test_acc_ci_low"] > data["test_majority_acc"])
+    keyed = above.set_index(["concept", "module", "probe", "epoch"])["_above"]
+    rows = []
+    for key, group in rises.groupby(["concept", "module", "probe"], sort=False):
+        for r in group.sort_values("epoch_to").itertuples():
+            if bool(keyed.get((*key, r.epoch_to), False)):
+                rows.append({"concept": key[0], "module": key[1], "probe": key[2], "epoch": int(r.epoch_to),
+                             "acc_from": r.acc_from, "acc_to": r.acc_to, "n_gained": int(r.n_b_only),
+                             "n_lost": int(r.n_a_only), "p_adjusted": r.p_adjusted})
+                break
+    return pd.DataFrame(rows, columns=["concept", "module", "probe", "epoch", "acc_from", "acc_to",
+                                       "n_gained", "n_lost", "p_adjusted"])
+
+
+def emergence_text(found: pd.DataFrame, limit: int = 20) -> str:
+    """One line per emergence (at most ``limit``), or a line saying there is none."""
+    if found.empty:
+        return (f"no cell rises significantly from one epoch to the next above its majority baseline "
+                f"({describe_test()})")
+    lines = [f"{r.concept} / {r.module} / {r.probe} emerges at epoch {r.epoch}: {r.acc_from:.3f} -> "
+             f"{r.acc_to:.3f} ({r.n_gained} test images gained, {r.n_lost} lost, adjusted p {r.p_adjusted:.3g})"
+             for r in found.head(limit).itertuples()]
+    if len(found) > limit:
+        lines.append(f"... and {len(found) - limit} more (emergences.csv)")
+    lines.append(f"({describe_test()}, over every epoch-to-epoch comparison; the new accuracy's "
+                 "95% interval lies above the majority baseline)")
+    return "\n".join(lines)
 
 
 def sanity_flags(results: pd.DataFrame, epoch: int | None = None) -> list[SanityFlag]:

@@ -1,8 +1,11 @@
 """Seed-shaped result tables: one per concept, rows ``module:0..N``, columns the probe kinds.
 
-Each cell is the test accuracy at one epoch with its 95% interval and the selectivity (accuracy
-minus the shuffled-label control); the majority baseline sits beside it and the test size under
-each table. Renders as terminal text, Markdown, CSV and HTML fragments.
+Each cell is the stored split's test accuracy at one epoch with its exact 95% interval, a mark when
+it changed significantly since the sweep's previous epoch (McNemar exact test on the same test
+images, Holm-corrected over the cells of the tables: ``report.significance``), and the selectivity
+(accuracy minus the control-task accuracy, '-' where the images carry no class); the majority
+baseline sits beside it and the test size under each table. Renders as terminal text, Markdown,
+CSV and HTML fragments.
 """
 
 from __future__ import annotations
@@ -16,14 +19,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipprobe.report.significance import change_mark, describe_test, epoch_changes
+
 PROBE_ORDER = ("linear_gap", "non_linear_gap", "non_linear_non_gap", "linear_non_gap")
 REQUIRED = ("concept", "group", "module", "probe", "epoch", "test_acc", "test_acc_ci_low",
             "test_acc_ci_high")
 OPTIONAL_METRICS = ("test_majority_acc", "test_control_acc", "test_selectivity", "n_test",
-                    "n_test_pos", "repeats", "test_balanced_acc", "test_auroc", "train_acc")
+                    "n_test_pos", "repeats", "test_balanced_acc", "test_auroc", "train_acc",
+                    "test_acc_resplit_mean", "test_acc_resplit_ci_low", "test_acc_resplit_ci_high",
+                    "test_permutation_acc", "test_permutation_p", "permutations")
+PREDICTIONS = ("test_correct", "test_images")  # per-image results; "" for sweeps made before them
 COUNTS = ("n_test", "n_test_pos", "repeats")
 CELL = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_control_acc", "test_selectivity",
-        "test_majority_acc", "n_test", "n_test_pos", "repeats")
+        "test_majority_acc", "test_permutation_p", "n_test", "n_test_pos", "repeats")
+CHANGE = ("change_from", "change_p", "change")  # vs the previous epoch: its epoch, adjusted p, mark
 _MODULE = re.compile(r"^module:(\d+)$")
 
 
@@ -54,6 +63,8 @@ def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
     for col in ("concept", "group", "module", "probe"):
         out[col] = out[col].astype(str)
+    for col in PREDICTIONS:
+        out[col] = out[col].fillna("").astype(str) if col in out.columns else ""
     out["module_index"] = out["module"].map(module_index)
     return out
 
@@ -133,15 +144,34 @@ def build_tables(results: pd.DataFrame, epoch: int | None = None) -> list[Concep
             "backbone per sweep"
         )
     probes = tuple(probes_in(at))
+    at = _with_changes(data, at, chosen)
     tables = []
     for group in dict.fromkeys(at["group"]):
         for concept in dict.fromkeys(at.loc[at["group"] == group, "concept"]):
             rows = at[(at["group"] == group) & (at["concept"] == concept)]
             rows = rows.sort_values(["module_index", "probe"])
             modules = tuple(dict.fromkeys(rows["module"]))
-            cells = rows[["module", "probe", *CELL]].reset_index(drop=True)
+            cells = rows[["module", "probe", *CELL, *CHANGE]].reset_index(drop=True)
             tables.append(ConceptTable(group, concept, chosen, probes, modules, cells))
     return tables
+
+
+def _with_changes(data: pd.DataFrame, at: pd.DataFrame, epoch: int) -> pd.DataFrame:
+    """``at`` plus the change of every cell since the sweep's previous epoch (one family)."""
+    out = at.assign(change_from=math.nan, change_p=math.nan, change="")
+    earlier = [e for e in epochs_of(data) if e < epoch]
+    if not earlier:
+        return out
+    changes = epoch_changes(data, epochs=[earlier[-1], epoch])
+    keyed = changes.set_index(["concept", "module", "probe"])
+    for i, row in out.iterrows():
+        key = (row["concept"], row["module"], row["probe"])
+        if key in keyed.index:
+            c = keyed.loc[key]
+            out.at[i, "change_from"] = earlier[-1]
+            out.at[i, "change_p"] = c["p_adjusted"]
+            out.at[i, "change"] = change_mark(bool(c["significant"]), float(c["difference"]))
+    return out
 
 
 def tables_long(tables: Sequence[ConceptTable]) -> pd.DataFrame:
@@ -169,6 +199,8 @@ def tables_wide(tables: Sequence[ConceptTable]) -> pd.DataFrame:
                 row[f"{probe}_ci_high"] = c.get("test_acc_ci_high", math.nan)
                 row[f"{probe}_control"] = c.get("test_control_acc", math.nan)
                 row[f"{probe}_selectivity"] = c.get("test_selectivity", math.nan)
+                row[f"{probe}_permutation_p"] = c.get("test_permutation_p", math.nan)
+                row[f"{probe}_change_p"] = c.get("change_p", math.nan)
             row["majority"] = shared["test_majority_acc"]
             for col in COUNTS:
                 row[col] = shared[col]
@@ -186,7 +218,8 @@ def write_csv(tables: Sequence[ConceptTable], path: str | Path) -> Path:
 def _acc(c: pd.Series | None) -> str:
     if c is None or pd.isna(c["test_acc"]):
         return "-"
-    return f"{c['test_acc']:.3f} [{c['test_acc_ci_low']:.3f}, {c['test_acc_ci_high']:.3f}]"
+    mark = f" {c['change']}" if c.get("change") else ""
+    return f"{c['test_acc']:.3f} [{c['test_acc_ci_low']:.3f}, {c['test_acc_ci_high']:.3f}]{mark}"
 
 
 def _sel(c: pd.Series | None) -> str:
@@ -236,8 +269,21 @@ def to_text(tables: Sequence[ConceptTable]) -> str:
             out.append(fmt.format(*header))
             out += [fmt.format(*r) for r in rows]
             out += [t.test_size(), ""]
-    out.append("sel. = test accuracy minus the shuffled-label control (selectivity)")
+    out.append(legend(tables))
     return "\n".join(out)
+
+
+def legend(tables: Sequence[ConceptTable]) -> str:
+    """What the marks and columns mean (the line under every rendering)."""
+    text = ("[95% CI] = exact (Clopper-Pearson) interval over the stored split's test images; "
+            "sel. = test accuracy minus the control-task accuracy (- where the images carry no class)")
+    changed = [t for t in tables if t.cells["change_from"].notna().any()]
+    if changed:
+        since = int(changed[0].cells["change_from"].dropna().iloc[0])
+        n = sum(int(t.cells["change_from"].notna().sum()) for t in tables)
+        text += (f"; ↑/↓ = changed since epoch {since} ({describe_test()}, over {n} cells; "
+                 "cells without per-image predictions are not tested)")
+    return text
 
 
 def to_markdown(tables: Sequence[ConceptTable]) -> str:
@@ -251,7 +297,7 @@ def to_markdown(tables: Sequence[ConceptTable]) -> str:
                     "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
             out += ["| " + " | ".join(r) + " |" for r in rows]
             out += ["", f"*{t.test_size()}*", ""]
-    out.append("*sel. = test accuracy minus the shuffled-label control (selectivity)*")
+    out.append(f"*{legend(tables)}*")
     return "\n".join(out) + "\n"
 
 
@@ -270,4 +316,6 @@ def to_html(tables: Sequence[ConceptTable]) -> str:
                 out.append("<tr>" + f"<th>{esc(r[0])}</th>" + "".join(f"<td>{esc(v)}</td>" for v in r[1:]) + "</tr>")
             out.append(f'</tbody></table><p class="size">{esc(t.test_size())}</p></div>')
         out.append("</div></section>")
+    if tables:
+        out.append(f'<p class="size">{esc(legend(tables))}</p>')
     return "\n".join(out)
