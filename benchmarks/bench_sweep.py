@@ -105,7 +105,7 @@ def sklearn_linear(X: np.ndarray, tasks, repeats: int, seed: int, weight_decay: 
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from clipprobe.probes.evaluation import control_labels, resplit
+    from clipprobe.probes.evaluation import permutation_labels, resplit
 
     accs, t0 = {}, time.perf_counter()
     for task in tasks:
@@ -113,7 +113,7 @@ def sklearn_linear(X: np.ndarray, tasks, repeats: int, seed: int, weight_decay: 
         for s in range(1 + repeats):
             tr = resplit(task, s, seed)
             Xt = X[task.rows]
-            for c, y in enumerate((task.labels, control_labels(task, tr, s, seed))):
+            for c, y in enumerate((task.labels, permutation_labels(task, s, seed))):
                 scaler = StandardScaler().fit(Xt[tr])
                 clf = LogisticRegression(C=1.0 / (weight_decay * tr.sum()), max_iter=1000)
                 clf.fit(scaler.transform(Xt[tr]), y[tr])
@@ -141,7 +141,7 @@ def precision_text(options, device) -> str:
     if options.precision != "auto":
         return options.precision
     resolved = options.resolve(device).precision
-    return f"auto ({resolved} here{', autocast' if resolved == 'bf16' else ''})"
+    return "auto (calibrated per module here)" if resolved == "auto" else "auto (fp32 here)"
 
 
 def sklearn_mlp_seconds_per_fit(X: np.ndarray, tasks, n_fits: int, params: dict) -> float:
@@ -257,7 +257,8 @@ def main() -> None:
     ref = CheckpointRef(0, digest, load=lambda: backbone, name="bench", version="1")
     cache_dir = workdir / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    plan = SweepPlan(concepts=list(cfg["concepts"]), probes=DEFAULT_PROBES, repeats=args.repeats)
+    plan = SweepPlan(concepts=list(cfg["concepts"]), probes=DEFAULT_PROBES, repeats=args.repeats,
+                     permutations=1)  # the workload: one shuffled-label fit per split
 
     # ---- the sweep end to end, its parts timed by wrapping the functions it calls
     parts: dict[str, float] = defaultdict(float)

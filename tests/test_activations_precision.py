@@ -258,3 +258,15 @@ def test_stored_maps_keep_the_centred_variation(world):
     assert np.median(err_raw) > 0.3, np.median(err_raw)  # what storing bf16 of the raw values would keep
     offset = world.acts["fp32"].map_offset(OFFSET_MODULE)
     assert np.all(np.abs(offset - ref.mean(0)) < 0.1 * np.abs(ref.mean(0)))  # the offset sits at the mean
+
+
+def test_fp32_passes_switch_off_tf32_on_cuda_and_restore_it():
+    from clipprobe.activations import ieee_fp32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with ieee_fp32(torch.device("cuda")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with ieee_fp32(torch.device("cpu")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == before

@@ -50,6 +50,14 @@ def test_resume_rebuilds_the_stored_config_and_refuses_a_conflicting_setting(tra
     assert stored["splits_run"] == runs.find_latest_run("concepts").info.run_id
     assert stored["hparams"]["linear_gap"]["weight_decay"] == pytest.approx(5e-3)
     assert sweep.data.params["precision"] == "fp32" and sweep.data.params["linear_gap.weight_decay"] == "0.005"
+    # every fit records the precision its module's forward pass actually ran in
+    import pandas as pd
+
+    from clipprobe.tracking import fits
+
+    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, fits.RESULTS_ARTIFACT))
+    assert set(table["precision"]) == {"fp32"} and (table["permutations"] == stored["permutations"]).all()
+    assert "forward pass as run: fp32 for 8 fits" in result.output
 
     resume = ["probe", "--resume", sweep.info.run_id, "--cache-dir", "cache", "--device", "cpu"]
     result = CliRunner().invoke(main, [*resume, "--precision", "bf16"])

@@ -14,13 +14,14 @@ so an ``auto`` pass shares files with explicit passes of the precision it chose 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,22 @@ class ForwardCounter:
     images = 0
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 means fp32 on a GPU too: cuDNN convolutions default to TF32 on compute capability 8.0+ (a 10-bit
+    mantissa, as lossy as bf16 for deep features far from zero); switched off for the block, then restored."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 def forward_activations(
     model: nn.Module,
     modules: Mapping[str, str],
@@ -338,7 +355,7 @@ def forward_activations(
     n = len(pixels)
     bf16 = options.precision == "bf16"
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32(device):
             for start in tqdm(range(0, n, options.batch_size), desc="forward", unit="batch",
                               disable=not progress):
                 batch = torch.from_numpy(np.array(pixels[start:start + options.batch_size], dtype=np.float32)).to(device)

@@ -29,7 +29,7 @@ from clipprobe.activations import (
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import Backbone
 from clipprobe.concepts.splits import ConceptSplits
-from clipprobe.probes.evaluation import ConceptTask, evaluate_concepts
+from clipprobe.probes.evaluation import DEFAULT_PERMUTATIONS, ConceptTask, evaluate_concepts
 from clipprobe.probes.kinds import probe_kind
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class SweepPlan:
     concepts: Sequence[str] | None = None
     probes: Sequence[str] = DEFAULT_PROBES
     repeats: int = DEFAULT_REPEATS
+    permutations: int = DEFAULT_PERMUTATIONS
     seed: int = 0
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hparams_source: Mapping[str, str] = field(default_factory=dict)
@@ -74,6 +75,9 @@ class SweepPlan:
         if unknown:
             raise ValueError(f"hyper-parameters given for probe kinds {unknown} that the sweep does not fit "
                              f"({', '.join(self.probes)}): drop them or add the kinds to --probes")
+        if self.permutations < 0:
+            raise ValueError(f"permutations={self.permutations} is negative: expected 0 (no permutation baseline) "
+                             f"or more ({DEFAULT_PERMUTATIONS} lets its p-value reach 0.05)")
         if self.repeats < 0:
             raise ValueError(f"repeats={self.repeats} is negative: expected 0 (stored split only) or more")
 
@@ -139,8 +143,9 @@ class Sweep:
 
     def __init__(self, splits: ConceptSplits, plan: SweepPlan, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
                  extract: ExtractOptions | None = None, device: str | torch.device = "cpu",
-                 keep_cache: bool = True, progress: bool = True) -> None:
+                 keep_cache: bool = True, progress: bool = True, native_bf16: bool | None = None) -> None:
         self.splits, self.plan = splits, plan
+        self.native_bf16 = native_bf16  # None: ask the device (only ``auto`` precision reads it)
         self.cache = ActivationCache(cache_dir)
         self.extract, self.device, self.progress = extract or ExtractOptions(), device, progress
         self.keep_cache = keep_cache  # False: a checkpoint's activations are deleted once it is probed
@@ -199,7 +204,8 @@ class Sweep:
             return []
         needed = {m: path for m, path in modules.items() if any(todo[(m, p)] for p in self.plan.probes)}
         acts = self.cache.get(backbone.module, needed, self.images(backbone.transform), fingerprint=backbone.fingerprint,
-                              options=self.extract, device=self.device, progress=self.progress)
+                              options=self.extract, device=self.device, progress=self.progress,
+                              native_bf16=self.native_bf16)
         del backbone  # only the cached activations are needed from here on
         rows: list[dict[str, Any]] = []
         pairs = [(m, p) for (m, p), cs in todo.items() if cs]
@@ -210,13 +216,15 @@ class Sweep:
             params = self.plan.params_of(probe)
             tasks = [t for t in self.tasks if t.concept in todo[(module, probe)]]
             results = evaluate_concepts(acts.features(path, kind.features), tasks, kind, params,
-                                        repeats=self.plan.repeats, seed=self.plan.seed, device=self.device)
+                                        repeats=self.plan.repeats, permutations=self.plan.permutations,
+                                        seed=self.plan.seed, device=self.device)
             for task, result in zip(tasks, results, strict=True):
                 row = {
                     "concept": task.concept, "group": self.groups[task.concept], "module": module,
                     "module_path": path, "probe": probe, "epoch": int(ref.epoch),
                     "model_name": ref.name or "", "model_version": ref.version or "",
-                    "fingerprint": ref.fingerprint, "hparams_source": self.plan.source_of(probe),
+                    "fingerprint": ref.fingerprint, "precision": acts.precision_of(path),
+                    "hparams_source": self.plan.source_of(probe),
                     "hparams": json.dumps(params, sort_keys=True), **result.to_dict(),
                 }
                 rows.append(row)

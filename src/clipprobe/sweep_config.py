@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipprobe.activations import PRECISIONS, ExtractOptions
+from clipprobe.activations import ExtractOptions
 from clipprobe.sweep import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan
 
 CONFIG_ARTIFACT = "probe/config.json"
@@ -40,6 +40,7 @@ class SweepConfig:
     concepts: tuple[str, ...] | None = None
     probes: tuple[str, ...] = DEFAULT_PROBES
     repeats: int = DEFAULT_REPEATS
+    permutations: int = SweepPlan.permutations
     seed: int = 0
     splits_run: str | None = None
     params_from: str | None = None
@@ -49,6 +50,8 @@ class SweepConfig:
     precision: str = ExtractOptions.precision
     channels_last: bool = ExtractOptions.channels_last
     fold_batchnorm: bool = ExtractOptions.fold_batchnorm
+    calibration_images: int = ExtractOptions.calibration_images
+    calibration_rtol: float = ExtractOptions.calibration_rtol
 
     def __post_init__(self) -> None:
         for name in ("modules", "concepts"):
@@ -56,19 +59,19 @@ class SweepConfig:
         object.__setattr__(self, "probes", _names(self.probes) or DEFAULT_PROBES)
         if self.epochs is not None:
             object.__setattr__(self, "epochs", tuple(int(e) for e in self.epochs))
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        self.extract_options()  # precision and calibration are checked where they are defined
         self.plan()  # probe kinds, repeats and hyper-parameters are checked where they are defined
 
     def plan(self) -> SweepPlan:
         """The part the sweep fits by."""
         return SweepPlan(modules=self.modules, concepts=self.concepts, probes=self.probes, repeats=self.repeats,
-                         seed=self.seed, hparams=self.hparams, hparams_source=self.hparams_source)
+                         permutations=self.permutations, seed=self.seed, hparams=self.hparams, hparams_source=self.hparams_source)
 
     def extract_options(self, batch_size: int = ExtractOptions.batch_size) -> ExtractOptions:
         """How the forward pass computes (the batch size does not change the numbers, so it is not stored)."""
         return ExtractOptions(batch_size=batch_size, precision=self.precision, channels_last=self.channels_last,
-                              fold_batchnorm=self.fold_batchnorm)
+                              fold_batchnorm=self.fold_batchnorm, calibration_images=self.calibration_images,
+                              calibration_rtol=self.calibration_rtol)
 
     def replace(self, **changes: Any) -> SweepConfig:
         return dataclasses.replace(self, **changes)

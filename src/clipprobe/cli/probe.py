@@ -7,6 +7,7 @@ import json
 import logging
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,9 @@ def best_params(run_id: str, probes: list[str]) -> dict[str, dict[str, Any]]:
 
 
 # click parameter -> SweepConfig field, for the options that change what a sweep computes
-CONFIG_OPTIONS = ("model_name", "epochs", "modules", "concepts", "probes", "repeats", "seed", "splits_run",
-                  "params_from", "allow_duplicate_weights", "precision", "channels_last", "fold_batchnorm")
+CONFIG_OPTIONS = ("model_name", "epochs", "modules", "concepts", "probes", "repeats", "permutations", "seed", "splits_run",
+                  "params_from", "allow_duplicate_weights", "precision", "channels_last", "fold_batchnorm",
+                  "calibration_images", "calibration_rtol")
 _D = SweepConfig()
 
 
@@ -166,8 +168,10 @@ def describe(config: SweepConfig, refs, splits, experiment: tuple[str | None, st
         f"concepts run: {config.splits_run} ({len(concepts)} concepts: {', '.join(concepts)}; "
         f"{sizes} test images each)",
         f"modules: {', '.join(config.modules) if config.modules else 'all'}; probes: {', '.join(config.probes)}; "
-        f"repeats: {config.repeats}; seed: {config.seed}",
-        f"forward pass: precision {config.precision}, channels_last {config.channels_last}, "
+        f"repeats: {config.repeats}; permutations: {config.permutations}; seed: {config.seed}",
+        f"forward pass: precision {config.precision}"
+        + (f" (calibrated per module: {config.calibration_images} images, rtol {config.calibration_rtol})"
+           if config.precision == "auto" else "") + f", channels_last {config.channels_last}, "
         f"fold_batchnorm {config.fold_batchnorm}, device {device}",
         f"hyper-parameters: {', '.join(f'{p} from {s}' for p, s in config.hparams_source.items())}",
     ])
@@ -184,6 +188,9 @@ def describe(config: SweepConfig, refs, splits, experiment: tuple[str | None, st
               help="Probe kinds: linear_gap, non_linear_gap, non_linear_non_gap, linear_non_gap.")
 @click.option("--repeats", default=_D.repeats, show_default=True, type=int,
               help="Stratified re-splits on top of the stored one (their spread: a corrected resampled t).")
+@click.option("--permutations", default=_D.permutations, show_default=True, type=int,
+              help="Permutation baseline: probes refitted with the training labels shuffled (the test labels kept); "
+                   "its p-value is (1 + #permuted >= real) / (1 + permutations). 0 turns it off.")
 @click.option("--seed", default=_D.seed, show_default=True, type=int)
 @click.option("--splits-run", default=None,
               help="Concepts run whose concepts/splits.parquet to use. Default: the experiment's latest.")
@@ -203,6 +210,11 @@ def describe(config: SweepConfig, refs, splits, experiment: tuple[str | None, st
               help="Forward pass precision: fp32 (exact, the default), bf16 (autocast; moves deep features of "
                    "trained networks), or auto (bf16 only for the modules where a calibration batch shows it "
                    "agrees with fp32, on devices with native bf16). Every fit records what ran.")
+@click.option("--calibration-images", default=_D.calibration_images, show_default=True, type=int,
+              help="auto: images whose fp32 and bf16 features are compared per module.")
+@click.option("--calibration-rtol", default=_D.calibration_rtol, show_default=True, type=float,
+              help="auto: a module keeps bf16 when the 99th percentile over its features of the centred relative "
+                   "error ||bf16 - fp32|| / ||fp32 - mean|| is at most this.")
 @click.option("--channels-last/--no-channels-last", default=_D.channels_last, show_default=True,
               help="Run the forward pass in channels_last layout (same values up to float32 rounding).")
 @click.option("--fold-batchnorm/--no-fold-batchnorm", default=_D.fold_batchnorm, show_default=True,
@@ -316,4 +328,7 @@ def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_di
     table = logger.results()
     logger.log_results(table)
     runs.log_metrics({"n_fits": len(table), "n_new_fits": len(new), "sweep_seconds": seconds})
+    if new:
+        ran = Counter(r["precision"] for r in new)
+        click.echo("forward pass as run: " + ", ".join(f"{p} for {n} fits" for p, n in sorted(ran.items())))
     return len(new), seconds

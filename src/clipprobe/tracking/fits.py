@@ -39,7 +39,7 @@ RESULTS_ARTIFACT = "probe/results.parquet"
 
 # The results columns of docs/architecture.md, in order; also the fit runs' params and metrics.
 IDENTITY_COLUMNS = ("concept", "group", "module", "module_path", "probe", "epoch", "model_name",
-                    "model_version", "fingerprint", "hparams_source", "hparams")
+                    "model_version", "fingerprint", "precision", "hparams_source", "hparams")
 METRIC_COLUMNS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balanced_acc", "test_auroc",
                   "train_acc", "test_majority_acc", "test_acc_resplit_mean", "test_acc_resplit_ci_low",
                   "test_acc_resplit_ci_high", "test_permutation_acc", "test_permutation_p", "test_control_acc",
