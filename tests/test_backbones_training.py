@@ -62,3 +62,28 @@ def test_resume_continues_like_an_unbroken_run(world, tmp_path):
               progress=False)
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train(TINY, world / "train", tmp_path / "split", resume=False, progress=False)
+
+
+def test_adamw_with_a_cosine_schedule(world, tmp_path):
+    config = TrainConfig(**{**TINY.__dict__, "opt": "adamw", "lr": 0.004, "weight_decay": 0.01,
+                            "lr_scheduler": "cosineannealinglr", "lr_min": 0.001})
+    train(config, world / "train", tmp_path / "ck", progress=False)
+    raw = torch.load(tmp_path / "ck" / "model_1.pth", weights_only=True)
+    assert raw["args"]["opt"] == "adamw" and raw["args"]["lr_scheduler"] == "cosineannealinglr"
+    group = raw["optimizer"]["param_groups"][0]
+    assert "betas" in group and group["weight_decay"] == 0.01  # AdamW's state, not SGD's
+    assert group["lr"] == pytest.approx(0.0025)  # halfway down from 0.004 to 0.001 after epoch 1 of 2
+    last = torch.load(tmp_path / "ck" / "model_2.pth", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+    # The schedule's length is part of the recipe: a cosine run is not stretched on resume.
+    with pytest.raises(ValueError, match=r"cannot resume, the recipe differs \(epochs: saved 2 vs now 3\)"):
+        train(TrainConfig(**{**config.__dict__, "epochs": 3}), world / "train", tmp_path / "ck", progress=False)
+
+
+def test_unknown_optimizer_and_schedule_name_the_choices():
+    with pytest.raises(ValueError, match="unknown optimizer 'adam': choose one of sgd, adamw"):
+        TrainConfig(opt="adam").validate()
+    with pytest.raises(ValueError, match="unknown lr scheduler 'cosine': choose one of steplr, cosineannealinglr"):
+        TrainConfig(lr_scheduler="cosine").validate()
+    with pytest.raises(ValueError, match=r"lr_min must lie in \[0, lr=0.01\)"):
+        TrainConfig(lr=0.01, lr_min=0.02).validate()

@@ -40,9 +40,12 @@ log = logging.getLogger(__name__)
 
 # The reference trains MobileNetV2 with lr 0.045 on 8 GPUs x 32 images = a batch of 256.
 REFERENCE_BATCH_SIZE = 256
+# Optimisers and learning-rate schedules by their names in torchvision's references (--opt, --lr-scheduler).
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULERS = ("steplr", "cosineannealinglr")
 # Args that must match for a folder's checkpoints to be resumed.
-_RESUME_KEYS = ("model", "width_mult", "num_classes", "batch_size", "lr", "momentum", "weight_decay",
-                "lr_step_size", "lr_gamma", "label_smoothing", "seed")
+_RESUME_KEYS = ("model", "width_mult", "num_classes", "batch_size", "opt", "lr", "momentum", "weight_decay",
+                "lr_scheduler", "lr_step_size", "lr_gamma", "lr_min", "label_smoothing", "seed")
 
 
 @dataclass(frozen=True)
@@ -52,18 +55,25 @@ class TrainConfig:
     ``lr=None`` scales linearly with the batch: ``base_lr * batch_size / 256`` (0.045 at 256,
     0.01125 at 64). Crop and resize sizes default to the data's square image size (no crop), or
     to the reference 224 / 256 / 224 when images differ in size.
+
+    ``opt`` and ``lr_scheduler`` take the reference's names: ``sgd`` (with ``momentum``) or
+    ``adamw``; ``steplr`` (x ``lr_gamma`` every ``lr_step_size`` epochs) or ``cosineannealinglr``
+    (from ``lr`` down to ``lr_min`` over ``epochs``, stepped per epoch like the reference).
     """
 
     architecture: str = "mobilenet_v2"
     width_mult: float = 1.0
     epochs: int = 10
     batch_size: int = 64
+    opt: str = "sgd"
     lr: float | None = None
     base_lr: float = 0.045
     momentum: float = 0.9
     weight_decay: float = 4e-5
+    lr_scheduler: str = "steplr"
     lr_step_size: int = 1
     lr_gamma: float = 0.98
+    lr_min: float = 0.0
     label_smoothing: float = 0.0
     train_crop_size: int | None = None
     val_resize_size: int | None = None
@@ -86,6 +96,16 @@ class TrainConfig:
             raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
         if self.scaled_lr() <= 0:
             raise ValueError(f"learning rate must be positive, got {self.scaled_lr()}")
+        if self.opt not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.opt!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"unknown lr scheduler {self.lr_scheduler!r}: choose one of {', '.join(LR_SCHEDULERS)}")
+        if not 0 <= self.lr_min < self.scaled_lr():
+            raise ValueError(f"lr_min must lie in [0, lr={self.scaled_lr()}), got {self.lr_min}")
+
+    def resume_keys(self) -> tuple[str, ...]:
+        """Args a resumed run must share with the saved one (a cosine schedule's length is one)."""
+        return _RESUME_KEYS + (("epochs",) if self.lr_scheduler == "cosineannealinglr" else ())
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,21 @@ def _run_epoch(model, loader, criterion, device, optimizer=None) -> tuple[float,
     return loss_sum / total, correct / total
 
 
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The reference's ``--opt``: SGD with momentum, or AdamW; weight decay on every parameter."""
+    if config.opt == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.scaled_lr(), weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.scaled_lr(), momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The reference's ``--lr-scheduler``, stepped once per epoch."""
+    if config.lr_scheduler == "cosineannealinglr":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1), eta_min=config.lr_min)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The ``model_<N>.pth`` with the highest N in a folder, or None."""
     files = [(epoch_from_name(p), p) for p in Path(out_dir).glob("model_*.pth")]
@@ -202,9 +237,8 @@ def train(
             "val_dir": str(Path(val_dir).resolve()) if val_dir else None}
     torch.manual_seed(config.seed)
     model = build_model(config.architecture, num_classes=args["num_classes"], width_mult=config.width_mult).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args["lr"], momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_lr_scheduler(config, optimizer)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     val_loader = (DataLoader(val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
                   if val_set is not None else None)
@@ -215,7 +249,10 @@ def train(
         if not resume:
             raise ValueError(f"{out_dir} already holds checkpoints (last {last.name}): resume, or choose another folder")
         saved = read_checkpoint(last)
-        clash = {k: (saved.args.get(k), args[k]) for k in _RESUME_KEYS if saved.args.get(k) != args[k]}
+        # Checkpoints from before a key existed were made with its default.
+        before = asdict(TrainConfig())
+        clash = {k: (saved.args.get(k, before.get(k)), args[k]) for k in config.resume_keys()
+                 if saved.args.get(k, before.get(k)) != args[k]}
         if clash:
             detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in clash.items())
             raise ValueError(f"{last}: cannot resume, the recipe differs ({detail}); use another output folder")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from clipprobe.backbones.training import TrainConfig
+from clipprobe.backbones.training import LR_SCHEDULERS, OPTIMIZERS, TrainConfig
 from clipprobe.cli import options
 
 _D = TrainConfig()
@@ -38,13 +38,19 @@ def default_train_dir() -> Path:
               help="MobileNet width multiplier (0.5 trains fast on the concept world).")
 @click.option("--epochs", default=_D.epochs, show_default=True, type=int, help="Last epoch (the reference: 300).")
 @click.option("--batch-size", default=_D.batch_size, show_default=True, type=int)
+@click.option("--opt", default=_D.opt, show_default=True, type=click.Choice(OPTIMIZERS),
+              help="Optimizer (the reference's --opt): SGD with momentum, or AdamW.")
 @click.option("--lr", default=None, type=float,
               help="Learning rate; omitted or 0: base-lr x batch-size / 256.")
 @click.option("--base-lr", default=_D.base_lr, show_default=True, type=float, help="Learning rate at batch 256.")
 @click.option("--momentum", default=_D.momentum, show_default=True, type=float)
 @click.option("--weight-decay", default=_D.weight_decay, show_default=True, type=float)
+@click.option("--lr-scheduler", default=_D.lr_scheduler, show_default=True, type=click.Choice(LR_SCHEDULERS),
+              help="steplr: x lr-gamma every lr-step-size epochs; cosineannealinglr: down to lr-min over the epochs.")
 @click.option("--lr-step-size", default=_D.lr_step_size, show_default=True, type=int)
 @click.option("--lr-gamma", default=_D.lr_gamma, show_default=True, type=float)
+@click.option("--lr-min", default=_D.lr_min, show_default=True, type=float,
+              help="Last learning rate of cosineannealinglr.")
 @click.option("--label-smoothing", default=_D.label_smoothing, show_default=True, type=float)
 @click.option("--train-crop-size", default=None, type=int, help="Omitted or 0: the data's image size.")
 @click.option("--val-resize-size", default=None, type=int, help="Omitted or 0: the data's image size.")
@@ -59,8 +65,8 @@ def default_train_dir() -> Path:
               help="Continue from the last model_<N>.pth in --out-dir.")
 @options.experiment_name
 @options.device
-def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_size, lr, base_lr, momentum,
-          weight_decay, lr_step_size, lr_gamma, label_smoothing, train_crop_size, val_resize_size,
+def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_size, opt, lr, base_lr, momentum,
+          weight_decay, lr_scheduler, lr_step_size, lr_gamma, lr_min, label_smoothing, train_crop_size, val_resize_size,
           val_crop_size, min_crop_scale, hflip_prob, seed, workers, model_name, resume, experiment_name,
           device) -> None:
     """Train a backbone with the torchvision reference recipe (MobileNetV2 row).
@@ -73,9 +79,9 @@ def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_s
     from clipprobe.tracking import registry, runs
 
     config = replace(
-        _D, architecture=architecture, width_mult=width_mult, epochs=epochs, batch_size=batch_size,
-        lr=lr or None, base_lr=base_lr, momentum=momentum, weight_decay=weight_decay,
-        lr_step_size=lr_step_size, lr_gamma=lr_gamma, label_smoothing=label_smoothing,
+        _D, architecture=architecture, width_mult=width_mult, epochs=epochs, batch_size=batch_size, opt=opt,
+        lr=lr or None, base_lr=base_lr, momentum=momentum, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
+        lr_step_size=lr_step_size, lr_gamma=lr_gamma, lr_min=lr_min, label_smoothing=label_smoothing,
         train_crop_size=train_crop_size or None, val_resize_size=val_resize_size or None,
         val_crop_size=val_crop_size or None, min_crop_scale=min_crop_scale, hflip_prob=hflip_prob,
         seed=seed, workers=workers,
