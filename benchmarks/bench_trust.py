@@ -161,6 +161,26 @@ def main() -> None:
                   f"The exact path with init seed 1 instead of 0 moves {f_all.mean():.2f} test images per fit on "
                   f"average (max {f_all.max():.0f}); bf16 instead of fp32 (seed 0) moves {b_all.mean():.2f} "
                   f"(max {b_all.max():.0f}).", ""]
+        # the full-map MLP's bf16 Gram products (on by default where bf16 is native), forced on here
+        import clipprobe.probes.design as design
+
+        full = SweepPlan(probes=("non_linear_non_gap",), repeats=0)
+        exact_full = correct(Sweep(splits, full, cache_dir=tmp / "fp32", progress=False).run([ref]), "non_linear_non_gap")
+        floor_full = moved(correct(Sweep(splits, SweepPlan(probes=("non_linear_non_gap",), repeats=0, seed=1),
+                                         cache_dir=tmp / "fp32", progress=False).run([ref]), "non_linear_non_gap"),
+                           exact_full)
+        native = design.native_bf16
+        design.native_bf16 = lambda _device: True
+        try:
+            fast_full = moved(correct(Sweep(splits, full, cache_dir=tmp / "fp32", progress=False).run([ref]),
+                                      "non_linear_non_gap"), exact_full)
+        finally:
+            design.native_bf16 = native
+        ff, fl = np.concatenate(list(fast_full.values())), np.concatenate(list(floor_full.values()))
+        lines += [f"## non_linear_non_gap at epoch {ref.epoch}: bf16 Gram products vs the noise floor", "",
+                  f"bf16 products over full maps (fp32 features) move {ff.mean():.2f} test images per fit against "
+                  f"float32 products (max {ff.max():.0f}); init seed 1 instead of 0 moves {fl.mean():.2f} "
+                  f"(max {fl.max():.0f}).", ""]
         shutil.rmtree(tmp / "time", ignore_errors=True)
         timed = {}
         for p in ("fp32", "bf16"):
