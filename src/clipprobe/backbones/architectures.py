@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -18,6 +19,10 @@ DEFAULT_VAL_CROP_SIZE = 224
 # Module containers whose children are the natural probe points, tried in this order.
 _PROBE_CONTAINERS = ("features", "layers", "encoder.layers", "trunk_output", "blocks")
 _WIDTH_MULT_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+# Width multipliers tried when the weights must tell which one they were trained with.
+_COMMON_WIDTH_MULTS = (1.0, 0.5, 0.75, 0.25, 0.35, 1.3, 1.4, 1.5, 2.0)
+# Output channels of the first conv at width 1.0: the first guess at a file's width multiplier.
+_FIRST_CONV_CHANNELS = {"mobilenet_v2": 32, "mobilenet_v3_large": 16, "mobilenet_v3_small": 16}
 
 
 def architectures() -> list[str]:
@@ -60,6 +65,55 @@ def num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int:
         if name.endswith("weight") and tensor.ndim == 2:
             return int(tensor.shape[0])
     raise ValueError("state dict has no 2-D weight (no linear classifier head): pass num_classes")
+
+
+@lru_cache(maxsize=64)
+def _shapes(architecture: str, num_classes: int, width_mult: float) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    # Built on the meta device: shapes only, no memory and no initialisation cost worth counting.
+    with torch.device("meta"):
+        model = build_model(architecture, num_classes=num_classes, width_mult=width_mult)
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def takes_width_mult(architecture: str) -> bool:
+    """Whether the architecture has a width multiplier (the MobileNets)."""
+    return architecture in _WIDTH_MULT_ARCHS
+
+
+def same_shapes(architecture: str, num_classes: int, width_mult: float, other: float) -> bool:
+    """Whether two width multipliers build the same tensor shapes (then they are the same network)."""
+    return _shapes(architecture, num_classes, float(width_mult)) == _shapes(architecture, num_classes, float(other))
+
+
+def first_conv_channels(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """Output channels of the first 4-D (conv) weight of a state dict, else None."""
+    for tensor in state_dict.values():
+        if isinstance(tensor, torch.Tensor) and tensor.ndim == 4:
+            return int(tensor.shape[0])
+    return None
+
+
+def infer_width_mult(architecture: str, state_dict: Mapping[str, torch.Tensor]) -> float | None:
+    """The width multiplier whose model has exactly the state dict's tensor shapes, else None.
+
+    Tried in order: the first conv's channels over its width-1.0 count (16 channels of
+    MobileNetV2's 32: 0.5), then common values. Two multipliers that give the same shapes give the
+    same network, so the first that fits is as good as any. 1.0 for architectures without one.
+    """
+    if architecture not in _WIDTH_MULT_ARCHS:
+        return 1.0
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    given = {k: tuple(v.shape) for k, v in tensors.items()}
+    try:
+        num_classes = num_classes_of(tensors)
+    except ValueError:
+        return None
+    channels = first_conv_channels(state_dict)
+    guesses = [channels / _FIRST_CONV_CHANNELS[architecture]] if channels else []
+    for width_mult in dict.fromkeys([*guesses, *_COMMON_WIDTH_MULTS]):
+        if dict(_shapes(architecture, num_classes, float(width_mult))) == given:
+            return float(width_mult)
+    return None
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module | None:

@@ -1,4 +1,5 @@
-"""Torchvision-reference checkpoints on disk: read (weights_only), write, epoch, fingerprint."""
+"""Torchvision-reference checkpoints on disk: read (weights_only, raw or EMA weights), write, epoch,
+fingerprint, and the model shape (width multiplier, classes) their weights determine."""
 
 from __future__ import annotations
 
@@ -12,8 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from clipprobe.backbones.architectures import (
+    build_model,
+    first_conv_channels,
+    infer_width_mult,
+    num_classes_of,
+    same_shapes,
+    takes_width_mult,
+)
 
 log = logging.getLogger(__name__)
+
+# Which weights of a checkpoint to take: the trained model, or the EMA the recipe keeps with --model-ema.
+WEIGHTS = ("model", "ema")
 
 # torchvision's references/classification/train.py names its files model_<epoch>.pth.
 _EPOCH_IN_NAME = re.compile(r"(?:^|[_\-])(?:model|epoch|checkpoint)[_\-]?(\d+)\.(?:pth|pt)$")
@@ -31,6 +45,8 @@ class CheckpointFile:
     state_dict: dict[str, torch.Tensor]
     epoch: int
     args: dict[str, Any] = field(default_factory=dict)
+    weights: str = "model"  # "ema": state_dict holds the file's model_ema weights
+    has_ema: bool = False
 
 
 def epoch_from_name(path: str | Path) -> int | None:
@@ -58,12 +74,22 @@ def _strip_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def read_checkpoint(path: str | Path) -> CheckpointFile:
+def _ema_state_dict(ema: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    # The recipe's ExponentialMovingAverage is an AveragedModel: its state dict is the averaged
+    # model under "module." plus an "n_averaged" counter.
+    return {k.removeprefix("module."): v for k, v in ema.items() if k != "n_averaged"}
+
+
+def read_checkpoint(path: str | Path, *, weights: str = "model") -> CheckpointFile:
     """Read a torchvision reference dict or a plain state dict with ``torch.load(weights_only=True)``.
 
-    The epoch comes from the dict's ``epoch`` key, else from the file name (``model_<N>.pth``).
-    Raises CheckpointError with one line naming the file when it is unreadable or has no epoch.
+    ``weights="ema"`` takes the dict's ``model_ema`` (written by the recipe's ``--model-ema``)
+    instead of ``model``. The epoch comes from the dict's ``epoch`` key, else from the file name
+    (``model_<N>.pth``). Raises CheckpointError with one line naming the file when it is
+    unreadable, has no epoch, or lacks the asked-for weights.
     """
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
     path = Path(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -80,8 +106,15 @@ def read_checkpoint(path: str | Path) -> CheckpointFile:
         )
     args: dict[str, Any] = {}
     dict_epoch = None
-    if "model" in obj and isinstance(obj["model"], Mapping):
-        state_dict = obj["model"]
+    is_reference = "model" in obj and isinstance(obj["model"], Mapping)
+    has_ema = is_reference and isinstance(obj.get("model_ema"), Mapping)
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(
+            f"{path}: has no model_ema weights (trained without --model-ema); "
+            "import it with --weights model"
+        )
+    if is_reference:
+        state_dict = _ema_state_dict(obj["model_ema"]) if weights == "ema" else obj["model"]
         args = _args_dict(obj.get("args"))
         dict_epoch = obj.get("epoch")
     else:
@@ -102,7 +135,67 @@ def read_checkpoint(path: str | Path) -> CheckpointFile:
             f"{path}: no epoch in the file (no 'epoch' key) nor in its name; "
             "rename it model_<epoch>.pth"
         )
-    return CheckpointFile(path=path, state_dict=_strip_prefix(tensors), epoch=epoch, args=args)
+    return CheckpointFile(path=path, state_dict=_strip_prefix(tensors), epoch=epoch, args=args,
+                          weights=weights, has_ema=has_ema)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The architecture hyper-parameters a checkpoint's weights need: what to build to load them."""
+
+    architecture: str
+    width_mult: float
+    num_classes: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.architecture}(width_mult={self.width_mult}, num_classes={self.num_classes})"
+
+    def build(self) -> nn.Module:
+        return build_model(self.architecture, num_classes=self.num_classes, width_mult=self.width_mult)
+
+
+def model_shape(
+    checkpoint: CheckpointFile,
+    architecture: str,
+    *,
+    width_mult: float | None = None,
+    num_classes: int | None = None,
+) -> ModelShape:
+    """What to build for ``checkpoint``: each hyper-parameter from its ``args``, else the one given,
+    else read from the weights (classes: rows of the last linear weight; width multiplier: the
+    one whose shapes fit, e.g. MobileNetV2's first conv with 16 channels is width 0.5).
+
+    A given value that contradicts the weights raises CheckpointError naming the value they fit.
+    """
+    path, weights = checkpoint.path, checkpoint.state_dict
+    try:
+        read_classes = num_classes_of(weights)
+    except ValueError:
+        read_classes = None
+    nc = checkpoint.args.get("num_classes") or num_classes
+    if nc is None:
+        nc = read_classes
+    elif read_classes is not None and int(nc) != read_classes and not checkpoint.args.get("num_classes"):
+        raise CheckpointError(
+            f"{path}: its classifier has {read_classes} outputs, not num_classes {nc}: "
+            f"pass --num-classes {read_classes} or leave it out"
+        )
+    if nc is None:
+        raise CheckpointError(f"{path}: no linear classifier head to read the classes from: pass --num-classes")
+    wm = checkpoint.args.get("width_mult") or width_mult
+    if takes_width_mult(architecture):
+        fitted = infer_width_mult(architecture, weights)
+        if wm is None:
+            wm = fitted if fitted is not None else 1.0  # no fit: loading names what is wrong
+        elif (fitted is not None and not checkpoint.args.get("width_mult")
+              and not same_shapes(architecture, int(nc), float(wm), fitted)):
+            channels = first_conv_channels(weights)
+            raise CheckpointError(
+                f"{path}: its weights are {architecture} width_mult {fitted:g} (first conv: {channels} "
+                f"channels), not {float(wm):g}: pass --width-mult {fitted:g} or leave it out"
+            )
+    return ModelShape(architecture, float(wm or 1.0), int(nc))
 
 
 def write_checkpoint(

@@ -12,12 +12,10 @@ from torch import nn
 
 from clipprobe.backbones.architectures import (
     ImageTransform,
-    build_model,
-    num_classes_of,
     resolve_probe_modules,
     transform_from_args,
 )
-from clipprobe.backbones.checkpoints import fingerprint, load_into, read_checkpoint
+from clipprobe.backbones.checkpoints import fingerprint, load_into, model_shape, read_checkpoint
 from clipprobe.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -44,12 +42,13 @@ def load_backbone(
     modules: Sequence[str] | Mapping[str, str] | None = None,
     device: str | torch.device = "cpu",
     architecture: str = "mobilenet_v2",
-    width_mult: float = 1.0,
+    width_mult: float | None = None,
 ) -> Backbone:
     """Load a backbone, trying ``source`` in this order:
 
     1. a ``models:/`` URI (``models:/mobilenet_v2@epoch-007``, ``models:/mobilenet_v2/3``);
-    2. a checkpoint file (``model_7.pth``; ``architecture``/``width_mult`` apply when its args lack them);
+    2. a checkpoint file (``model_7.pth``; ``architecture``/``width_mult`` apply when its args lack
+       them; the width multiplier is otherwise read from the weights);
     3. a registered model name with ``epoch`` (None: the highest registered epoch).
     The weights' fingerprint is recomputed and must match the registered one.
     """
@@ -73,16 +72,14 @@ def load_backbone(
     )
 
 
-def _from_file(path: Path, *, architecture: str, width_mult: float) -> Backbone:
+def _from_file(path: Path, *, architecture: str, width_mult: float | None) -> Backbone:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist: give a .pth file, a models:/ URI "
                                 "or a registered model name")
     ckpt = read_checkpoint(path)
     arch = ckpt.args.get("model") or architecture
-    wm = float(ckpt.args.get("width_mult") or width_mult)
-    nc = int(ckpt.args.get("num_classes") or num_classes_of(ckpt.state_dict))
-    model = load_into(build_model(arch, num_classes=nc, width_mult=wm), ckpt,
-                      f"{arch}(width_mult={wm}, num_classes={nc})")
+    shape = model_shape(ckpt, arch, width_mult=width_mult)
+    model = load_into(shape.build(), ckpt, shape.label)
     return Backbone(module=model, probe_modules={}, transform=transform_from_args(ckpt.args),
                     fingerprint=fingerprint(ckpt.state_dict), epoch=ckpt.epoch, name=None, version=None,
                     architecture=arch)

@@ -26,8 +26,14 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from tqdm import tqdm
 
-from clipprobe.backbones.architectures import build_model, num_classes_of
-from clipprobe.backbones.checkpoints import CheckpointError, fingerprint, load_into, read_checkpoint
+from clipprobe.backbones.checkpoints import (
+    CheckpointError,
+    epoch_from_name,
+    fingerprint,
+    load_into,
+    model_shape,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,9 @@ DUPLICATE_TAG = "clipprobe.duplicate_of"
 ARCHITECTURE_TAG = "clipprobe.architecture"
 MODEL_NAME_TAG = "clipprobe.model_name"  # on the train / checkpoints run, so `probe` finds the model
 # Everything the loader needs besides the weights; stored as version tags and in the MLmodel file.
-METADATA_KEYS = ("architecture", "width_mult", "num_classes", "val_resize_size", "val_crop_size", "classes")
+METADATA_KEYS = ("architecture", "width_mult", "num_classes", "val_resize_size", "val_crop_size", "classes",
+                 "weights")
+WEIGHTS_TAG = "clipprobe.weights"  # model or ema: which weights of the file the version holds
 # Explicit requirements: inferring them costs ~10 s per logged model instead of ~0.1 s.
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
@@ -208,12 +216,30 @@ def mark_duplicates(name: str) -> list[list[RegisteredCheckpoint]]:
 
 @dataclass
 class ImportSummary:
-    """What one import did: new versions, files already registered, files skipped (with reasons)."""
+    """What one import did: new versions, files already registered, copies of another file of the
+    folder (the recipe's checkpoint.pth), files skipped (with reasons)."""
 
     imported: list[RegisteredCheckpoint] = field(default_factory=list)
     already: list[RegisteredCheckpoint] = field(default_factory=list)
+    copies: list[tuple[Path, Path]] = field(default_factory=list)  # (copy, the file it copies)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     duplicates: list[list[RegisteredCheckpoint]] = field(default_factory=list)
+
+
+def _import_order(path: Path) -> tuple:
+    # Files that name their epoch (model_7.pth) first, in epoch order; then the others
+    # (checkpoint.pth), so a copy is recognised as the copy of the file that names its epoch.
+    epoch = epoch_from_name(path)
+    return (epoch is None, epoch or 0, str(path))
+
+
+def _check_weights_kind(name: str, versions: Sequence[RegisteredCheckpoint], weights: str) -> None:
+    other = sorted({c.tags.get(WEIGHTS_TAG, "model") for c in versions} - {weights})
+    if other:
+        raise ValueError(
+            f"registered model {name!r} holds {other[0]} weights, not {weights}: import the {weights} "
+            f"weights under their own name, e.g. --model-name {name}-{weights}"
+        )
 
 
 def import_checkpoints(
@@ -223,43 +249,64 @@ def import_checkpoints(
     architecture: str,
     width_mult: float | None = None,
     num_classes: int | None = None,
+    weights: str = "model",
     progress: bool = True,
 ) -> ImportSummary:
     """Read, check, fingerprint, log and register each checkpoint file on the active run.
 
-    The architecture's args come from each file's ``args`` when present (width_mult, num_classes),
-    else from the arguments, else num_classes from the state dict. A bad file is skipped with one
-    warning naming it; the others still import.
+    The architecture's hyper-parameters come from each file's ``args``, else the arguments, else
+    the weights (``model_shape``). ``weights="ema"`` registers the files' ``model_ema`` weights
+    (tag ``clipprobe.weights``); a model holds one kind only. One version per epoch and file
+    set: a file whose name carries no epoch (torchvision's ``checkpoint.pth``, a copy of the
+    latest ``model_N.pth``) with the same epoch and weights as another is counted as its copy,
+    with other weights it is skipped. A bad file is skipped with one warning naming it; the
+    others still import.
     """
     summary = ImportSummary()
-    known = {(c.fingerprint, c.epoch): c for c in _all_versions(name)}
+    versions = _all_versions(name)
+    _check_weights_kind(name, versions, weights)
+    known = {(c.fingerprint, c.epoch): c for c in versions}
+    read_now: dict[int, tuple[str, Path]] = {}  # epoch -> (fingerprint, file) of this import's files
     models: dict[tuple, nn.Module] = {}  # one module per shape, reused: building one costs more than loading
-    for path in tqdm(sorted(map(Path, paths)), desc="import", unit="ckpt", disable=not progress):
+    for path in tqdm(sorted(map(Path, paths), key=_import_order), desc="import", unit="ckpt",
+                     disable=not progress):
         try:
-            ckpt = read_checkpoint(path)
+            ckpt = read_checkpoint(path, weights=weights)
             saved_arch = ckpt.args.get("model") or ckpt.args.get("architecture")
             if saved_arch and saved_arch != architecture:
                 raise CheckpointError(
                     f"{path}: saved from {saved_arch!r} (its args), not {architecture!r}; "
                     f"import it with --arch {saved_arch} under its own model name"
                 )
-            wm = float(ckpt.args.get("width_mult") or width_mult or 1.0)
-            nc = int(ckpt.args.get("num_classes") or num_classes or num_classes_of(ckpt.state_dict))
-            key = (architecture, wm, nc)
+            shape = model_shape(ckpt, architecture, width_mult=width_mult, num_classes=num_classes)
+            key = (shape.architecture, shape.width_mult, shape.num_classes)
             if key not in models:
-                models[key] = build_model(architecture, num_classes=nc, width_mult=wm)
+                models[key] = shape.build()
             model = models[key]
-            load_into(model, ckpt, f"{architecture}(width_mult={wm}, num_classes={nc})", assign=True)
+            load_into(model, ckpt, shape.label, assign=True)
             digest = fingerprint(ckpt.state_dict)
+            same_epoch = read_now.get(ckpt.epoch)
+            if same_epoch is not None and same_epoch[0] != digest:
+                raise CheckpointError(
+                    f"{path}: epoch {ckpt.epoch} like {same_epoch[1].name} but with other weights; one "
+                    "version per epoch: move the stale file out of the folder"
+                )
         except (CheckpointError, ValueError) as err:
             log.warning("skipped %s", err)
             summary.skipped.append((path, str(err)))
             continue
+        if same_epoch is not None:
+            log.info("%s: the copy of %s (epoch %d, same weights): not registered twice",
+                     path, same_epoch[1].name, ckpt.epoch)
+            summary.copies.append((path, same_epoch[1]))
+            continue
+        read_now[ckpt.epoch] = (digest, path)
         if (digest, ckpt.epoch) in known:
             summary.already.append(known[(digest, ckpt.epoch)])
             log.debug("%s: already registered as %s version %s", path, name, known[(digest, ckpt.epoch)].version)
             continue
-        meta = {**ckpt.args, "architecture": architecture, "width_mult": wm, "num_classes": nc}
+        meta = {**ckpt.args, "architecture": shape.architecture, "width_mult": shape.width_mult,
+                "num_classes": shape.num_classes, "weights": weights}
         registered = log_checkpoint(model, name=name, epoch=ckpt.epoch, source=path.resolve(), metadata=meta,
                                     fingerprint_=digest)
         known[(digest, ckpt.epoch)] = registered
