@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-IDENTITY = ("concept", "group", "module", "module_path", "probe", "epoch", "model_name",
+IDENTITY = ("concept", "group", "module", "module_index", "module_path", "probe", "epoch", "model_name",
             "model_version", "fingerprint", "hparams_source", "hparams")
 METRICS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balanced_acc", "test_auroc",
            "train_acc", "test_majority_acc", "test_acc_resplit_mean", "test_acc_resplit_ci_low",
@@ -60,7 +60,7 @@ def synthetic_results(seed: int = 0, *, epochs=EPOCHS, concepts=CONCEPTS, module
                     lo, hi = _exact(k, N_TEST)
                     control = 60 / N_TEST + rng.integers(-4, 5) / N_TEST
                     rows.append({
-                        "concept": concept, "group": group, "module": f"module:{m}",
+                        "concept": concept, "group": group, "module": f"module:{m}", "module_index": m,
                         "module_path": f"features.{m}", "probe": probe, "epoch": e,
                         "model_name": model_name, "model_version": "1",
                         "fingerprint": f"fp{e:04d}", "hparams_source": "default",

@@ -49,7 +49,7 @@ def test_accuracy_lines_png_and_module_choice(tmp_path):
 
 
 def test_unknown_module_or_probe_is_one_clear_line(tmp_path):
-    with pytest.raises(ValueError, match=r"^unknown module 'module:30': the sweep has module:0 .. module:10$"):
+    with pytest.raises(ValueError, match=r"^unknown module 'module:30': the sweep has module:0, module:1, module:2, module:10$"):
         check_modules(synthetic_results(), ["module:1", "module:30"])
     with pytest.raises(ValueError, match=r"^probe 'linear_non_gap' is not in the sweep"):
         what_where_when(synthetic_results(), "linear_non_gap", tmp_path / "x.png")

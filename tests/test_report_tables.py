@@ -18,6 +18,7 @@ from clipprobe.report.sanity import (
 )
 from clipprobe.report.tables import (
     build_tables,
+    normalize_results,
     tables_long,
     tables_wide,
     to_html,
@@ -53,11 +54,22 @@ def test_epoch_not_in_the_sweep_is_one_clear_line():
         build_tables(synthetic_results(), epoch=7)
 
 
-def test_missing_columns_and_bad_module_names_are_refused():
+def test_missing_columns_are_refused():
     with pytest.raises(ValueError, match=r"lacks column\(s\) test_acc_ci_low, test_acc_ci_high"):
         build_tables(synthetic_results().drop(columns=["test_acc_ci_low", "test_acc_ci_high"]))
-    with pytest.raises(ValueError, match="bad module name 'features.3'"):
-        build_tables(synthetic_results().assign(module="features.3"))
+
+
+def test_modules_follow_the_module_index_column_whatever_their_names():
+    """ResNet-style names (no module:N to parse): rows follow module_index, not the alphabet."""
+    renamed = {"module:0": "conv1", "module:1": "layer1", "module:2": "layer2", "module:10": "layer10"}
+    results = synthetic_results().assign(module=lambda d: d["module"].map(renamed))
+    assert build_tables(results)[0].modules == ("conv1", "layer1", "layer2", "layer10")
+    backwards = results.assign(module_index=lambda d: 20 - d["module_index"])
+    assert build_tables(backwards)[0].modules == ("layer10", "layer2", "layer1", "conv1")
+    # results made before the column: natural order of the names (layer2 before layer10)
+    old = synthetic_results().drop(columns="module_index")
+    assert build_tables(old)[0].modules == ("module:0", "module:1", "module:2", "module:10")
+    assert normalize_results(old)["module_index"].max() == 3
 
 
 def test_text_markdown_html_show_intervals_selectivity_majority_and_test_size():

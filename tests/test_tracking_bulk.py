@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from clipprobe.tracking import fits
 
 ROW = {
-    "concept": "red", "group": "colours", "module": "module:3", "module_path": "features.3", "probe": "linear_gap",
+    "concept": "red", "group": "colours", "module": "module:3", "module_index": 3, "module_path": "features.3", "probe": "linear_gap",
     "epoch": 4, "model_name": "toy", "model_version": "2", "fingerprint": "ab" * 32, "precision": "fp32", "hparams_source": "defaults",
     "hparams": '{"weight_decay": 0.005}', "test_acc": 0.9, "test_acc_ci_low": 0.82, "test_acc_ci_high": 0.95,
     "test_balanced_acc": 0.88, "test_auroc": float("nan"), "train_acc": 1.0, "test_majority_acc": 0.667,

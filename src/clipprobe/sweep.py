@@ -206,6 +206,8 @@ class Sweep:
         acts = self.cache.get(backbone.module, needed, self.images(backbone.transform), fingerprint=backbone.fingerprint,
                               options=self.extract, device=self.device, progress=self.progress,
                               native_bf16=self.native_bf16)
+        # module_index: place in the backbone's probe-module order (its defaults, then any other asked-for module)
+        order = list(dict.fromkeys([*(backbone.probe_modules or {}), *modules]))
         del backbone  # only the cached activations are needed from here on
         rows: list[dict[str, Any]] = []
         pairs = [(m, p) for (m, p), cs in todo.items() if cs]
@@ -221,6 +223,7 @@ class Sweep:
             for task, result in zip(tasks, results, strict=True):
                 row = {
                     "concept": task.concept, "group": self.groups[task.concept], "module": module,
+                    "module_index": order.index(module),
                     "module_path": path, "probe": probe, "epoch": int(ref.epoch),
                     "model_name": ref.name or "", "model_version": ref.version or "",
                     "fingerprint": ref.fingerprint, "precision": acts.precision_of(path),

@@ -38,8 +38,9 @@ def _modules(value: str) -> list[str] | None:
 @click.option("--epoch", default="last", show_default=True,
               help="Checkpoint epoch the tables show; it must be in every sweep.")
 @click.option("--modules", default="",
-              help="Modules for the accuracy-over-epoch lines, comma-separated "
-              "(e.g. module:1,module:10); default: four spread from first to last.")
+              help="Modules for the accuracy-over-epoch lines, comma-separated, as the sweep names them "
+              "(module:1,module:10 for MobileNetV2, layer1,layer4 for a ResNet); default: four spread "
+              "from first to last.")
 @click.option("--reference", default="",
               help="CSV in the seed's table shape (group, concept, module, one column per probe) "
               "to print ours beside, e.g. tests/fixtures/seed_tables.csv.")

@@ -73,7 +73,7 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                   _write(folder / "tables.md", tables.to_markdown(built)),
                   _write(folder / "tables.txt", tables.to_text(built)),
                   _write(folder / "sanity.txt", _flags_text(flags))]
-        data.drop(columns="module_index").to_parquet(folder / "results.parquet", index=False)
+        data.to_parquet(folder / "results.parquet", index=False)
         files.append(folder / "results.parquet")
         images = []
         for probe in tables.probes_in(data):

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from clipprobe.report.tables import epochs_of, module_index, normalize_results
+from clipprobe.report.tables import epochs_of, normalize_results
 
 VMIN, VMAX = 0.5, 1.0
 PANEL_INCHES = (3.4, 3.2)
@@ -61,7 +61,8 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
     data = _check_probe(normalize_results(results), probe)
     concepts = concept_order(data)
     epochs = epochs_of(data)
-    modules = sorted(data["module_index"].unique())
+    names = modules_in_order(data)
+    modules = [int(data.loc[data["module"] == m, "module_index"].iloc[0]) for m in names]
     rows, cols = grid_shape(len(concepts))
     fig = Figure(figsize=_figsize(rows, cols), dpi=dpi, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -73,7 +74,7 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
         image = ax.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="viridis",
                           vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(f"{concept} ({sub['group'].iloc[0]})", fontsize=10)
-        ax.set_yticks(range(len(modules)), [f"module:{m}" for m in modules], fontsize=7)
+        ax.set_yticks(range(len(modules)), names, fontsize=7)
         step = max(1, len(epochs) // 8)
         ax.set_xticks(range(0, len(epochs), step), [str(e) for e in epochs[::step]], fontsize=7)
         ax.set_xlabel("epoch (when)", fontsize=8)
@@ -85,22 +86,33 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
     return _save(fig, path)
 
 
+def modules_in_order(results: pd.DataFrame) -> list[str]:
+    """The sweep's module names in the backbone's order (the results' ``module_index``)."""
+    data = normalize_results(results)
+    first = data.drop_duplicates("module").sort_values(["module_index", "module"])
+    return list(first["module"])
+
+
 def default_modules(results: pd.DataFrame, k: int = 4) -> list[str]:
     """Up to ``k`` modules spread evenly from the first to the last."""
-    indices = sorted(normalize_results(results)["module_index"].unique())
-    picks = np.unique(np.linspace(0, len(indices) - 1, min(k, len(indices))).round().astype(int))
-    return [f"module:{indices[i]}" for i in picks]
+    names = modules_in_order(results)
+    picks = np.unique(np.linspace(0, len(names) - 1, min(k, len(names))).round().astype(int))
+    return [names[i] for i in picks]
 
 
 def check_modules(results: pd.DataFrame, modules: Sequence[str]) -> list[str]:
     """The modules asked for, each checked against the sweep."""
-    have = sorted(normalize_results(results)["module_index"].unique())
+    have = modules_in_order(results)
     out = []
     for name in modules:
-        if module_index(name) not in have:
-            raise ValueError(f"unknown module {name!r}: the sweep has module:{have[0]} .. module:{have[-1]}")
+        if name not in have:
+            raise ValueError(f"unknown module {name!r}: the sweep has {_span(have)}")
         out.append(name)
     return out
+
+
+def _span(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 8 else f"{names[0]}, {names[1]} .. {names[-1]} ({len(names)} modules)"
 
 
 def accuracy_over_epochs(results: pd.DataFrame, probe: str, modules: Sequence[str], path: str | Path,

@@ -47,6 +47,7 @@ def uniform_high_modules(results: pd.DataFrame, epoch: int | None = None, *, hig
     data = normalize_results(results)
     at = data[data["epoch"] == select_epoch(data, epoch)]
     stats = at.groupby("module_index")["test_acc"].agg(["min", "max", "mean", "count"]).sort_index()
+    name_of = dict(zip(at["module_index"], at["module"], strict=False))
     index = list(stats.index)
     candidates = []
     for i, m in enumerate(index):
@@ -78,7 +79,7 @@ def uniform_high_modules(results: pd.DataFrame, epoch: int | None = None, *, hig
     for m, _, s, lead in candidates:
         mine = [(t, q) for t, q in zip(tests, adjusted, strict=True) if t[0] == m]
         tested = [(t, q) for t, q in mine if not math.isnan(q)]
-        text = (f"module:{m} scores {s['min']:.3f}-{s['max']:.3f} for every concept and probe "
+        text = (f"{name_of[m]} scores {s['min']:.3f}-{s['max']:.3f} for every concept and probe "
                 f"({int(s['count'])} fits), {lead:.3f} above its neighbours")
         if tested:
             by_cell: dict[tuple[str, str], bool] = {}

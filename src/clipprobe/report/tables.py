@@ -33,15 +33,30 @@ COUNTS = ("n_test", "n_test_pos", "repeats")
 CELL = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_control_acc", "test_selectivity",
         "test_majority_acc", "test_permutation_p", "n_test", "n_test_pos", "repeats")
 CHANGE = ("change_from", "change_p", "change")  # vs the previous epoch: its epoch, adjusted p, mark
-_MODULE = re.compile(r"^module:(\d+)$")
+_DIGITS = re.compile(r"(\d+)")
 
 
-def module_index(name: str) -> int:
-    """``"module:7"`` -> 7."""
-    m = _MODULE.match(str(name))
-    if m is None:
-        raise ValueError(f"bad module name {name!r}: expected 'module:<index>' such as 'module:7'")
-    return int(m.group(1))
+def natural_key(name: str) -> tuple:
+    """Sort key that reads digit runs as numbers (``module:2`` before ``module:10``, ``layer2`` before
+    ``layer10``); only for results without a ``module_index`` column (sweeps made before it)."""
+    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(str(name)))
+
+
+def module_order(results: pd.DataFrame) -> dict[str, int]:
+    """Module name -> its place in the backbone's probe-module order.
+
+    Read from the results' ``module_index`` column (written by the sweep from the backbone's module
+    order, so it is right for any architecture: ``conv1 .. layer4`` as well as ``module:0 .. module:18``);
+    for results without it, the names in natural order. Module names are never parsed otherwise.
+    """
+    names = list(dict.fromkeys(results["module"].astype(str)))
+    if "module_index" in results.columns:
+        index = pd.to_numeric(results["module_index"], errors="coerce")
+        if index.notna().all():
+            pairs = dict(zip(results["module"].astype(str), index.astype(int), strict=True))
+            ranked = sorted(names, key=lambda m: (pairs[m], natural_key(m)))
+            return {m: pairs[m] for m in ranked}
+    return {m: i for i, m in enumerate(sorted(names, key=natural_key))}
 
 
 def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -65,7 +80,7 @@ def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
         out[col] = out[col].astype(str)
     for col in PREDICTIONS:
         out[col] = out[col].fillna("").astype(str) if col in out.columns else ""
-    out["module_index"] = out["module"].map(module_index)
+    out["module_index"] = out["module"].map(module_order(out)).astype(int)
     return out
 
 

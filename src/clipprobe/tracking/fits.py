@@ -38,14 +38,14 @@ EPOCH_METRICS_TAG = "clipprobe.epoch_metrics_logged"  # on a checkpoint run once
 RESULTS_ARTIFACT = "probe/results.parquet"
 
 # The results columns of docs/architecture.md, in order; also the fit runs' params and metrics.
-IDENTITY_COLUMNS = ("concept", "group", "module", "module_path", "probe", "epoch", "model_name",
+IDENTITY_COLUMNS = ("concept", "group", "module", "module_index", "module_path", "probe", "epoch", "model_name",
                     "model_version", "fingerprint", "precision", "hparams_source", "hparams")
 METRIC_COLUMNS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balanced_acc", "test_auroc",
                   "train_acc", "test_majority_acc", "test_acc_resplit_mean", "test_acc_resplit_ci_low",
                   "test_acc_resplit_ci_high", "test_permutation_acc", "test_permutation_p", "test_control_acc",
                   "test_selectivity", "n_train", "n_test", "n_test_pos", "repeats", "permutations",
                   "n_dropped_features")
-INT_COLUMNS = ("epoch", "n_train", "n_test", "n_test_pos", "repeats", "permutations", "n_dropped_features")
+INT_COLUMNS = ("epoch", "module_index", "n_train", "n_test", "n_test_pos", "repeats", "permutations", "n_dropped_features")
 # Per-image results for paired tests: strings, so Parquet columns and fit-run params, never metrics.
 # `test_correct`: '0'/'1' per stored test image; `test_images`: hash of those images (same hash = same test set).
 PREDICTION_COLUMNS = ("test_correct", "test_images")
@@ -320,11 +320,11 @@ def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         if c not in INT_COLUMNS:
             frame[c] = pd.to_numeric(frame[c]).astype("float64")
     for c in IDENTITY_COLUMNS:
-        if c != "epoch":
+        if c not in INT_COLUMNS:
             frame[c] = frame[c].astype(str)
     known = (*IDENTITY_COLUMNS, *METRIC_COLUMNS, *PREDICTION_COLUMNS)
     frame = frame[[*known, *(c for c in frame.columns if c not in known)]]
-    return frame.sort_values(["epoch", "module", "concept", "probe"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["epoch", "module_index", "module", "concept", "probe"], kind="stable").reset_index(drop=True)
 
 
 def reopen_sweep(run_id: str, *, step: str = "probe"):
