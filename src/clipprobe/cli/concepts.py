@@ -19,11 +19,12 @@ from clipprobe.concepts.annotations import (
     image_classes,
     positive_precision,
 )
+from clipprobe.concepts.classes import FOLDERS, read_image_classes
 from clipprobe.concepts.parquet import write_table
 from clipprobe.concepts.pool import list_images, pool_fingerprint
 from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
 from clipprobe.concepts.sheets import write_contact_sheets
-from clipprobe.concepts.splits import select_splits, split_sizes, write_splits
+from clipprobe.concepts.splits import NEGATIVES_MATCHING, select_splits, split_sizes, write_splits
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, check_prompt, load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | Non
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labels table (path + label columns, e.g. the world's truth.parquet); paths relative to "
               "its folder. Default: the world's truth when the pool is the world's.")
+@click.option("--class-labels", default=None,
+              help="Each pool image's class (the class control task, --negatives-matching class): ImageNet's "
+              "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt (a meta.mat beside it gives "
+              f"WordNet ids), or '{FOLDERS}' for class subfolders (ImageFolder layout).")
 @click.option("--source", type=click.Choice(["clip", "annotations"]), default="clip", show_default=True,
               help="Score images with CLIP, or take positives from the --truth labels.")
 @click.option("--clip-model", default="ViT-B-32", show_default=True,
@@ -87,6 +92,10 @@ def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | Non
               help="Positives per concept: the top-k images by probability.")
 @click.option("--negatives", type=int, default=_default(select_splits, "negatives"), show_default=True,
               help="Random negatives per concept, drawn outside its positives.")
+@click.option("--negatives-matching", type=click.Choice(NEGATIVES_MATCHING),
+              default=_default(select_splits, "negatives_matching"), show_default=True,
+              help="class: draw negatives with the positives' class distribution where the pool allows "
+              "(a striped probe must not just find zebras); needs image classes.")
 @click.option("--test-fraction", type=float, default=_default(select_splits, "test_fraction"), show_default=True,
               help="Share of each class stored as the test part (stratified).")
 @click.option("--seed", type=int, default=_default(select_splits, "seed"), show_default=True)
@@ -97,9 +106,9 @@ def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | Non
               help="Where score chunks are kept for resuming. Default: $CLIPPROBE_CACHE_DIR or ~/.cache/clipprobe.")
 @options.device
 @options.experiment_name
-def concepts(pool, truth, source, clip_model, clip_pretrained, clip_weights, precision, batch_size,
-             num_workers, chunk_size, top_k, negatives, test_fraction, seed, vocabulary, prompt, cache_dir,
-             device, experiment_name) -> None:
+def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, clip_weights, precision,
+             batch_size, num_workers, chunk_size, top_k, negatives, negatives_matching, test_fraction, seed,
+             vocabulary, prompt, cache_dir, device, experiment_name) -> None:
     """Concept datasets: per concept the top-k images as positives, random negatives, a stored test part.
 
     Logs concepts/scores.parquet, concepts/splits.parquet (also as MLflow dataset inputs), a contact
@@ -129,6 +138,15 @@ def concepts(pool, truth, source, clip_model, clip_pretrained, clip_weights, pre
             if on_world:
                 classes = image_classes(truth_table, WORLD_CLASS_COLUMN, labels_root=labels_root,
                                         pool_root=pool_root)
+        class_kind = WORLD_CLASS_COLUMN if classes is not None else None
+        if class_labels:
+            found = read_image_classes(class_labels, paths)
+            classes, class_kind = found.classes, found.kind
+            log.info("image classes from %s: %d of %d images, %d classes", found.source, found.n_known,
+                     len(paths), classes.nunique())
+        if negatives_matching == "class" and classes is None:
+            raise ValueError("--negatives-matching class needs each image's class: pass --class-labels "
+                             f"FILE (LOC_val_solution.csv, ILSVRC2012_validation_ground_truth.txt) or {FOLDERS}")
         scorer = None
         if source == "clip":
             scorer = ClipScorer.create(clip_model, clip_weights or clip_pretrained,
@@ -146,7 +164,9 @@ def concepts(pool, truth, source, clip_model, clip_pretrained, clip_weights, pre
         meta.update(scorer.provenance(), probability=SCALE_NOTE)
     params = {"source": source, "pool": str(pool_root), "truth": truth_path, "vocabulary": vocab.source,
               "prompt": prompt, "top_k": top_k, "negatives": negatives, "test_fraction": test_fraction,
-              "seed": seed, "pool_fingerprint": fingerprint}
+              "seed": seed, "pool_fingerprint": fingerprint, "negatives_matching": negatives_matching,
+              "class_labels": str(Path(class_labels).resolve()) if class_labels and class_labels != FOLDERS
+              else class_labels}
     if scorer is not None:
         params.update(clip_model=clip_model, clip_pretrained=meta["clip_pretrained"],
                       clip_weights_sha256=scorer.weights_sha256, precision=precision,
@@ -175,12 +195,13 @@ def concepts(pool, truth, source, clip_model, clip_pretrained, clip_weights, pre
                 known = labels
             table = select_splits(scores, vocab, top_k=top_k, negatives=negatives,
                                   test_fraction=test_fraction, seed=seed, known_labels=known,
-                                  image_classes=classes)
+                                  image_classes=classes, negatives_matching=negatives_matching)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
         sizes = split_sizes(table)
         split_meta = {**meta, "top_k": top_k, "negatives": negatives, "test_fraction": test_fraction,
-                      "image_class_column": WORLD_CLASS_COLUMN if classes is not None else None,
+                      "negatives_matching": negatives_matching, "image_class_column": class_kind,
+                      "class_labels": params["class_labels"],
                       "sizes": sizes.to_dict(orient="index")}
         write_table(scores, out / "scores.parquet", {**meta, "n_unreadable": len(unreadable)})
         write_splits(table, out / "splits.parquet", split_meta)

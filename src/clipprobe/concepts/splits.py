@@ -16,6 +16,8 @@ from clipprobe.concepts.vocabulary import Vocabulary
 SPLIT_COLUMNS = ("concept", "group", "path", "rank", "probability", "label", "part")
 # Written when the images' classes are known (the concept world's shape); older files lack it.
 IMAGE_CLASS_COLUMN = "image_class"
+# How negatives are drawn: uniformly outside the positives, or matching the positives' classes.
+NEGATIVES_MATCHING = ("none", "class")
 
 
 def concept_rng(seed: int, concept: str) -> np.random.Generator:
@@ -50,6 +52,7 @@ def select_splits(
     seed: int = 0,
     known_labels: pd.DataFrame | None = None,
     image_classes: pd.Series | None = None,
+    negatives_matching: str = "none",
 ) -> pd.DataFrame:
     """Rows ``concept, group, path, rank, probability, label, part`` for every concept.
 
@@ -58,8 +61,17 @@ def select_splits(
     outside the concept's positives; given ``known_labels`` (``path`` + a bool column per concept,
     same row order) images known to hold the concept are never drawn as negatives. Given
     ``image_classes`` (class name by path, e.g. the world's shape), each row also gets an
-    ``image_class`` column (missing for a path the series lacks); the draws do not depend on it.
+    ``image_class`` column (missing for a path the series lacks); the draws do not depend on it,
+    unless ``negatives_matching="class"``: then the negatives follow the positives' class
+    distribution where the pool allows (a striped probe must not just find zebras; see
+    :func:`class_matched_negatives`).
     """
+    if negatives_matching not in NEGATIVES_MATCHING:
+        raise ValueError(f"unknown negatives_matching {negatives_matching!r}: expected one of "
+                         f"{', '.join(NEGATIVES_MATCHING)}")
+    if negatives_matching == "class" and image_classes is None:
+        raise ValueError("negatives matching class needs each image's class: give class labels "
+                         "(--class-labels FILE or folders)")
     if top_k < 1 or negatives < 1:
         raise ValueError(f"top_k and negatives must be at least 1, got top_k={top_k}, negatives={negatives}")
     n = len(scores)
@@ -72,6 +84,10 @@ def select_splits(
     if missing:
         raise ValueError(f"scores table has no column for concept(s) {', '.join(missing)}: rescore the pool")
     paths = scores["path"].to_numpy()
+    classes = None
+    if image_classes is not None:
+        mapped = pd.Series(paths).map(image_classes)
+        classes = np.where(mapped.notna(), mapped.astype(str), None).astype(object)
     frames = []
     for concept in vocabulary.concepts:
         rng = concept_rng(seed, concept)
@@ -91,7 +107,10 @@ def select_splits(
                 f"{' and lack it' if known_labels is not None else ''}, fewer than negatives={negatives}: "
                 "lower --negatives or add images"
             )
-        chosen = np.sort(rng.choice(candidates, size=negatives, replace=False))
+        if negatives_matching == "class":
+            chosen = np.sort(class_matched_negatives(classes, positives, candidates, negatives, rng))
+        else:
+            chosen = np.sort(rng.choice(candidates, size=negatives, replace=False))
         rows = np.concatenate([positives, chosen[np.argsort(rank[chosen], kind="stable")]])
         labels = np.r_[np.ones(top_k, dtype=np.int64), np.zeros(negatives, dtype=np.int64)]
         frames.append(pd.DataFrame({
@@ -107,6 +126,33 @@ def select_splits(
     if image_classes is not None:
         table[IMAGE_CLASS_COLUMN] = table["path"].map(image_classes)
     return table
+
+
+def class_matched_negatives(
+    classes: np.ndarray, positives: np.ndarray, candidates: np.ndarray, negatives: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``negatives`` rows of ``candidates`` whose classes follow those of ``positives``.
+
+    Each class of the positives gets its share of the negatives (largest remainders), drawn from
+    the candidates of that class; what a class cannot fill (too few candidates) and the share of
+    positives without a class are drawn uniformly from the remaining candidates.
+    """
+    known = pd.notna(classes[positives])
+    values, counts = np.unique(classes[positives][known].astype(str), return_counts=True)
+    exact = counts * negatives / len(positives)
+    quota = np.floor(exact).astype(int)
+    short = int(round(negatives * known.mean())) - int(quota.sum())
+    quota[np.argsort(-(exact - quota), kind="stable")[:max(short, 0)]] += 1
+    candidate_classes = classes[candidates]
+    taken: list[np.ndarray] = []
+    for value, want in zip(values, quota, strict=True):
+        pool = candidates[candidate_classes == value]
+        taken.append(rng.choice(pool, size=min(want, len(pool)), replace=False))
+    chosen = np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
+    rest = np.setdiff1d(candidates, chosen)
+    fill = rng.choice(rest, size=negatives - len(chosen), replace=False)
+    return np.concatenate([chosen, fill]).astype(np.int64)
 
 
 def split_sizes(table: pd.DataFrame) -> pd.DataFrame:
