@@ -149,3 +149,31 @@ def test_train_without_data_names_the_fix(tracking_store):
     assert "no --train-dir given and no finished `world` run found" in result.output
     result = CliRunner().invoke(main, ["train", "--train-dir", "nowhere", "--width-mult", "0.5", "--arch", "resnet18"])
     assert result.exit_code == 2 and "'resnet18' takes no width_mult" in result.output
+
+
+def test_registered_checkpoints_show_as_registered_and_link_to_the_sweeps_that_probed_them(tracking_store):
+    """What the UI reads: the logged model's mlflow.modelVersions tag (as mlflow.register_model sets it),
+    the version's run; and links version <-> sweep, kept once per sweep."""
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", num_classes=3, width_mult=0.25)
+    with runs.step_run("checkpoints") as ckpt_run:
+        first = registry.log_checkpoint(model, name="tiny", epoch=0, source="model_0.pth", metadata=ARGS)
+        second = registry.log_checkpoint(model, name="tiny", epoch=1, source="model_1.pth", metadata=ARGS)
+    client = MlflowClient()
+    for ckpt in (first, second):
+        mv = client.get_model_version("tiny", ckpt.version)
+        assert mv.run_id == ckpt_run.info.run_id
+        logged = client.get_logged_model(mv.source.removeprefix("models:/"))
+        assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "tiny", "version": ckpt.version}]
+        assert "Not probed yet" in mv.description
+    sweeps = []
+    for _ in range(2):
+        with runs.step_run("probe", run_name="probe tiny epochs 0-1") as sweep:
+            sweeps.append(sweep.info.run_id)
+        registry.link_sweep(sweep.info.run_id, "tiny", [first.version, second.version])
+    registry.link_sweep(sweeps[0], "tiny", [first.version])  # again: no duplicate link
+    mv = client.get_model_version("tiny", first.version)
+    assert mv.tags[registry.PROBED_BY_TAG] == ",".join(sweeps)
+    assert mv.description.count("#/experiments/0/runs/") == 2 and "probe tiny epochs 0-1" in mv.description
+    assert client.get_run(sweeps[1]).data.tags[registry.SWEEP_VERSIONS_TAG] == "tiny/1,tiny/2"
+    assert client.get_run(sweeps[0]).data.tags[registry.SWEEP_VERSIONS_TAG] == "tiny/1"

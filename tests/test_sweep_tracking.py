@@ -75,7 +75,7 @@ def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp
         for c in fits.IDENTITY_COLUMNS:
             assert str(row[c]) == run.data.params[c], c
     # the "when" chart: one point per epoch on the sweep run
-    history = client.get_metric_history(sweep.info.run_id, "test_acc/red/module:0/linear_gap")
+    history = client.get_metric_history(sweep.info.run_id, "test_acc_red/00_module:0/linear_gap")
     assert sorted(m.step for m in history) == [0, 2]
     acc = {m.step: m.value for m in history}
     red = table[(table.concept == "red") & (table.module == "module:0") & (table.probe == "linear_gap")]
@@ -121,7 +121,7 @@ def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp
     assert client.get_run(sweep_id).info.status == "FINISHED"
     table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
     assert len(table) == 16
-    for key in ("test_acc/red/module:0/linear_gap", "test_acc/blue/module:1/non_linear_gap"):
+    for key in ("test_acc_red/00_module:0/linear_gap", "test_acc_blue/01_module:1/non_linear_gap"):
         assert sorted(m.step for m in client.get_metric_history(sweep_id, key)) == [0, 1]
 
 

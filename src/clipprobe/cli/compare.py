@@ -12,6 +12,7 @@ import click
 from clipprobe.cli import options
 from clipprobe.report.build import write_report
 from clipprobe.report.reference import read_reference_csv
+from clipprobe.tracking import fits
 from clipprobe.tracking import results as sweep_results
 from clipprobe.tracking.runs import log_artifacts, set_tags, step_run
 
@@ -69,6 +70,8 @@ def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, 
                       "reference": reference, "out": str(out)}
             with step_run("compare", experiment_name=experiment_name, params=params) as run:
                 set_tags({"clipprobe.compare.sweeps": ",".join(ids)})
+                for sweep_id in ids:  # each sweep's description points to this report
+                    fits.link_report(sweep_id, run.info.run_id, run.info.experiment_id)
                 log_artifacts(tmp, artifact_path="compare")
             shutil.copytree(tmp, out, dirs_exist_ok=True)
     except ValueError as exc:

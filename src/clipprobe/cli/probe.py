@@ -232,7 +232,7 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
     imported model of the chosen experiment (--experiment-name, or the one `mlflow run` uses), all modules
     and concepts, the seed's three probe kinds, an exact fp32 forward pass. The sweep run gets
     probe/config.json (every setting that changes the numbers), probe/results.parquet (one row per fit)
-    and test_acc/<concept>/<module>/<probe> over epochs.
+    and test_acc_<concept>/<NN>_<module>/<probe> over epochs (on the sweep and each checkpoint run).
     """
     from clipprobe.tracking import fits, runs
 
@@ -256,12 +256,14 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
         run_cm = fits.reopen_sweep(resume)  # the run opens here: nothing above may leave it open
     else:
         run_cm = runs.step_run("probe", experiment_name=experiment_name, params=_run_params(config),
-                               tags={"clipprobe.model_name": config.model_name})
+                               tags={"clipprobe.model_name": config.model_name},
+                               run_name=fits.sweep_run_name(config.model_name, config.epochs, config.splits_run))
     with run_cm as run:
         if not resume:
             _log_config(config)
         n_new, seconds = _sweep(run.info.run_id, setup, config.extract_options(batch_size), cache_dir, keep_cache,
                                 device)
+        fits.describe_sweep(run.info.run_id)  # findings, links to the model versions and the report
     click.echo(f"probe sweep {run.info.run_id}: {n_new} new fits in {seconds:.1f} s; "
                f"results in probe/results.parquet")
 

@@ -62,9 +62,77 @@ def fit_key(row: Mapping[str, Any]) -> tuple[str, str, str, int]:
     return (str(row["concept"]), str(row["module"]), str(row["probe"]), int(row["epoch"]))
 
 
-def epoch_metric_name(concept: str, module: str, probe: str) -> str:
-    """``test_acc/<concept>/<module>/<probe>``: logged on the sweep run with step=epoch (the "when" chart)."""
-    return _BAD_NAME_CHARS.sub("_", f"test_acc/{concept}/{module}/{probe}")
+def epoch_metric_name(concept: str, module: str, probe: str, module_index: Any = None) -> str:
+    """``test_acc_<concept>/<NN>_<module>/<probe>`` (``test_acc_red/07_module:7/linear_gap``): logged on the
+    sweep run with step=epoch (the "when" chart) and on the checkpoint run.
+
+    The MLflow UI makes one chart section per key prefix (before the first ``/``), so each concept gets
+    its own section; the zero-padded module index sorts the charts in the backbone's order
+    (``module:2`` before ``module:10``, ``conv1`` before ``layer1``). Without an index (fits logged
+    before it existed) the module name stands alone.
+    """
+    index = None if module_index is None or pd.isna(module_index) else int(module_index)
+    where = module if index is None else f"{index:02d}_{module}"
+    return _BAD_NAME_CHARS.sub("_", f"test_acc_{concept}/{where}/{probe}")
+
+
+def summary_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean test accuracy and selectivity per probe kind, over all concepts and per concept group:
+    ``mean_test_acc/all/<probe>``, ``mean_test_acc/<group>/<probe>``, ``mean_test_selectivity/all/<probe>``;
+    and ``fits_above_majority/<probe>``: the share of fits whose exact 95% interval lies above the
+    majority baseline. What a checkpoint run shows when two checkpoints are compared in the UI."""
+    frame = pd.DataFrame(list(rows))
+    out: dict[str, float] = {}
+    if frame.empty:
+        return out
+    for probe, sub in frame.groupby("probe", sort=True):
+        acc = pd.to_numeric(sub["test_acc"], errors="coerce")
+        out[f"mean_test_acc/all/{probe}"] = float(acc.mean())
+        if "test_selectivity" in sub:
+            sel = pd.to_numeric(sub["test_selectivity"], errors="coerce")
+            if sel.notna().any():
+                out[f"mean_test_selectivity/all/{probe}"] = float(sel.mean())
+        if {"test_acc_ci_low", "test_majority_acc"} <= set(sub.columns):
+            low = pd.to_numeric(sub["test_acc_ci_low"], errors="coerce")
+            majority = pd.to_numeric(sub["test_majority_acc"], errors="coerce")
+            out[f"fits_above_majority/{probe}"] = float((low > majority).mean())
+        if "group" in sub:
+            for group, part in sub.groupby("group", sort=True):
+                key = _BAD_NAME_CHARS.sub("_", f"mean_test_acc/{group}/{probe}")
+                out[key] = float(pd.to_numeric(part["test_acc"], errors="coerce").mean())
+    return {k: v for k, v in out.items() if v == v}  # drop NaN means
+
+
+def span(values: Iterable[int]) -> str:
+    """``0,1,2,5`` -> ``0-2,5``: epochs as a person writes them."""
+    items = sorted({int(v) for v in values})
+    parts: list[str] = []
+    start = prev = None
+    for v in items:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = prev = v
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+    return ",".join(parts)
+
+
+def sweep_run_name(model_name: str, epochs: Iterable[int], splits_run: str | None) -> str:
+    """``probe rn18 @0-2,5 · concepts 1a2b3c4d``: model, epochs and concepts run of a sweep."""
+    epochs = list(epochs)
+    what = f"epoch {span(epochs)}" if len(epochs) == 1 else f"epochs {span(epochs)}"
+    concepts = f" · concepts {splits_run[:8]}" if splits_run else ""
+    return f"probe {model_name} {what}{concepts}"
+
+
+def checkpoint_run_name(model_name: str, version: str | None, epoch: int) -> str:
+    """``rn18 v3 · epoch 7``: the checkpoint a run below a sweep holds."""
+    v = f" v{version}" if version else ""
+    return f"{model_name}{v} · epoch {int(epoch)}" if model_name else f"epoch {int(epoch)}"
 
 
 def _now_ms() -> int:
@@ -217,7 +285,9 @@ class FitLogger:
                 self.client.update_run(run_id, status="RUNNING")
         else:
             all_tags = {PARENT_TAG: self.sweep_run_id, LEVEL_TAG: "checkpoint", EPOCH_TAG: str(epoch),
-                        RUN_NAME_TAG: f"epoch {epoch}", SWEEP_TAG: self.sweep_run_id,
+                        RUN_NAME_TAG: checkpoint_run_name(str((params or {}).get("model_name") or ""),
+                                                          (params or {}).get("model_version"), epoch),
+                        SWEEP_TAG: self.sweep_run_id,
                         **{k: str(v) for k, v in (tags or {}).items()}}
             run = self.client.create_run(self.experiment_id, start_time=_now_ms(), tags=all_tags)
             run_id = run.info.run_id
@@ -265,18 +335,23 @@ class FitLogger:
         return insert_finished_runs(self._sql, self.experiment_id, records)
 
     def finish_checkpoint(self, epoch: int, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Log ``test_acc/<concept>/<module>/<probe>`` (step=epoch) on the sweep run for this epoch's
-        fits, once (a tag on the checkpoint run remembers it), and mark the checkpoint run FINISHED.
+        """Log this epoch's ``test_acc_<concept>/<NN>_<module>/<probe>`` and ``summary_metrics`` (step=epoch)
+        on the sweep run (the "when" charts) and on the checkpoint run (what comparing two checkpoints
+        shows), once (a tag on the checkpoint run remembers it), and mark the checkpoint run FINISHED.
         Waits for the fits submitted so far."""
         self.flush()
         run_id = self.checkpoint_run(epoch)
         run = self.client.get_run(run_id)
         if run.data.tags.get(EPOCH_METRICS_TAG) != "true":
             now = _now_ms()
-            metrics = [Metric(epoch_metric_name(r["concept"], r["module"], r["probe"]), float(r["test_acc"]),
-                              now, int(epoch)) for r in rows if int(r["epoch"]) == int(epoch)]
+            mine = [r for r in rows if int(r["epoch"]) == int(epoch)]
+            values = {epoch_metric_name(r["concept"], r["module"], r["probe"], r.get("module_index")):
+                      float(r["test_acc"]) for r in mine}
+            values.update(summary_metrics(mine))
+            metrics = [Metric(k, v, now, int(epoch)) for k, v in values.items()]
             if metrics:
                 self.client.log_batch(self.sweep_run_id, metrics=metrics)
+                self.client.log_batch(run_id, metrics=metrics)
             self.client.set_tag(run_id, EPOCH_METRICS_TAG, "true")
         self.client.set_terminated(run_id, "FINISHED", end_time=_now_ms())
 
@@ -340,3 +415,82 @@ def reopen_sweep(run_id: str, *, step: str = "probe"):
                        f"This `mlflow run` resumed the {step} sweep run {run_id}: its fits and results are logged there.")
     return mlflow.start_run(run_id=run_id)
 
+
+
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+REPORT_MARK = "\n\n**Report:**"
+
+
+def _link(experiment_id: str, run_id: str, label: str) -> str:
+    return f"[{label}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def sweep_findings(table: pd.DataFrame, limit: int = 12) -> list[str]:
+    """Markdown bullets: per concept, its best cell at the last epoch with its interval and the majority
+    baseline, and how many fits there beat that baseline (exact 95% interval above it)."""
+    if table.empty:
+        return ["- no fit finished"]
+    last = int(pd.to_numeric(table["epoch"]).max())
+    at = table[pd.to_numeric(table["epoch"]) == last]
+    lines = []
+    for concept, sub in at.groupby("concept", sort=False):
+        best = sub.loc[pd.to_numeric(sub["test_acc"]).idxmax()]
+        lines.append(f"- **{concept}** ({best['group']}): best {best['probe']} at {best['module']}, test accuracy "
+                     f"{best['test_acc']:.3f} [{best['test_acc_ci_low']:.3f}, {best['test_acc_ci_high']:.3f}] "
+                     f"(majority baseline {best['test_majority_acc']:.3f})")
+    more = len(lines) - limit
+    lines = lines[:limit] + ([f"- ... and {more} more concepts (see the report)"] if more > 0 else [])
+    above = int((at["test_acc_ci_low"] > at["test_majority_acc"]).sum())
+    lines.append(f"- {above} of {len(at)} fits at epoch {last} have an exact 95% interval above the majority baseline")
+    return lines
+
+
+def describe_sweep(sweep_run_id: str, table: pd.DataFrame | None = None, *, client: MlflowClient | None = None) -> str:
+    """Link the sweep with the model versions it probed (both ways: ``registry.link_sweep``) and write
+    its description: what it probed, the findings at its last epoch, where the fits are and how to get
+    the report. Returns the description."""
+    from clipprobe.tracking import registry
+    from clipprobe.tracking.results import load_sweep_results
+
+    client = client or MlflowClient()
+    run = client.get_run(sweep_run_id)
+    table = load_sweep_results(sweep_run_id) if table is None else table
+    exp = run.info.experiment_id
+    versions = (table[["model_name", "model_version", "epoch"]].drop_duplicates()
+                .sort_values("epoch") if not table.empty else pd.DataFrame())
+    links = []
+    for name, part in versions.groupby("model_name", sort=False) if not versions.empty else []:
+        given = [str(v) for v in part["model_version"] if str(v)]
+        if name and given:
+            registry.link_sweep(sweep_run_id, str(name), given)
+            links += [f"[{name} v{v}](#/models/{name}/versions/{v}) (epoch {int(e)})"
+                      for v, e in zip(part["model_version"], part["epoch"], strict=True)]
+    params = run.data.params
+    splits = params.get("splits_run", "")
+    probes = ", ".join(dict.fromkeys(table["probe"])) if not table.empty else ""
+    lines = [f"**{run.info.run_name}**: what each module of `{params.get('model_name', '?')}` encodes (where) at "
+             f"each epoch (when), probed with {probes}: {len(table)} fits.",
+             "",
+             "Model versions: " + (", ".join(links) if links else "none registered") + ".",
+             f"Concepts run: {_link(exp, splits, splits[:8]) if splits else '?'}.",
+             "",
+             "**Findings** (test accuracy on the stored split; [95% exact interval]):",
+             *sweep_findings(table),
+             "",
+             "**Fits**: nested runs below this run, one per checkpoint and below it one per fit; in the runs table "
+             f"filter `tags.clipprobe.sweep_run_id = '{sweep_run_id}'`. Charts: `test_acc_<concept>` sections, "
+             "step = epoch."]
+    text = "\n".join(lines) + REPORT_MARK + (f" `clipprobe compare {sweep_run_id}` (or `mlflow run . -e compare -P "
+                                             f"run_ids={sweep_run_id}`) writes tables, plots and report.html.")
+    client.set_tag(sweep_run_id, NOTE_TAG, text)
+    return text
+
+
+def link_report(sweep_run_id: str, compare_run_id: str, experiment_id: str, *, client: MlflowClient | None = None) -> None:
+    """Point the sweep's description at a report made from it (``compare/report.html`` of that run)."""
+    client = client or MlflowClient()
+    note = client.get_run(sweep_run_id).data.tags.get(NOTE_TAG, "")
+    head = note.split(REPORT_MARK)[0] if REPORT_MARK in note else note
+    link = _link(experiment_id, compare_run_id, f"compare run {compare_run_id[:8]}")
+    client.set_tag(sweep_run_id, NOTE_TAG, f"{head}{REPORT_MARK} {link}, artifact `compare/report.html` "
+                   "(open it from the run's Artifacts tab).")

@@ -8,6 +8,7 @@ and the alias ``epoch-007``; ``models:/<name>@epoch-007`` loads an eager ``nn.Mo
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from collections import defaultdict
@@ -43,6 +44,11 @@ FINGERPRINT_TAG = "clipprobe.fingerprint"
 DUPLICATE_TAG = "clipprobe.duplicate_of"
 ARCHITECTURE_TAG = "clipprobe.architecture"
 MODEL_NAME_TAG = "clipprobe.model_name"  # on the train / checkpoints run, so `probe` finds the model
+PROBED_BY_TAG = "clipprobe.probed_by"  # on a version: the sweep runs that probed it, oldest first
+SWEEP_VERSIONS_TAG = "clipprobe.model_versions"  # on a sweep run: name/version of every version it probed
+# What the MLflow UI reads to show a logged model as registered (mlflow.register_model sets it too).
+LOGGED_MODEL_VERSIONS_TAG = "mlflow.modelVersions"
+_TAG_LIMIT = 5000  # registry tag values: MLflow's limit
 # Everything the loader needs besides the weights; stored as version tags and in the MLmodel file.
 METADATA_KEYS = ("architecture", "width_mult", "num_classes", "val_resize_size", "val_crop_size", "classes",
                  "weights")
@@ -185,8 +191,69 @@ def log_checkpoint(
     mv = client.create_model_version(name, source=info.model_uri, run_id=active.info.run_id if active else None,
                                      tags=tags, model_id=info.model_id)
     client.set_registered_model_alias(name, epoch_alias(epoch), mv.version)
+    mark_registered(client, info.model_id, name, str(mv.version))
+    client.update_model_version(name, mv.version, description=_version_description(name, epoch, str(source), []))
     return RegisteredCheckpoint(name=name, version=str(mv.version), epoch=int(epoch), fingerprint=digest,
                                 source=str(source), tags=tags)
+
+
+def mark_registered(client: MlflowClient, model_id: str, name: str, version: str) -> None:
+    """Record the version on its logged model, as ``mlflow.register_model`` does, so the UI shows the
+    logged model as registered (with a link to the version) instead of offering "Register model"."""
+    model = client.get_logged_model(model_id)
+    known = json.loads(model.tags.get(LOGGED_MODEL_VERSIONS_TAG) or "[]")
+    entry = {"name": name, "version": str(version)}
+    if entry not in known:
+        client.set_logged_model_tags(model_id, {LOGGED_MODEL_VERSIONS_TAG: json.dumps([*known, entry])})
+
+
+def _run_link(run_id: str, experiment_id: str | None, label: str) -> str:
+    """A Markdown link the MLflow UI follows (its pages live under ``#/``)."""
+    return f"[{label}](#/experiments/{experiment_id}/runs/{run_id})" if experiment_id else f"{label} ({run_id})"
+
+
+def _version_description(name: str, epoch: int, source: str, sweeps: Sequence[tuple[str, str | None, str]]) -> str:
+    """A version's description: what it is, and the sweeps that probed it (newest last)."""
+    lines = [f"Epoch {int(epoch)} of `{name}` (alias `{epoch_alias(epoch)}`), registered by clipprobe from "
+             f"`{source}`. Load it with `models:/{name}@{epoch_alias(epoch)}`."]
+    if sweeps:
+        lines += ["", "Probed by:"] + [f"- {_run_link(run_id, exp, label)}" for run_id, exp, label in sweeps]
+    else:
+        lines += ["", "Not probed yet: `clipprobe probe --model-name " + name + "`."]
+    return "\n".join(lines)
+
+
+def _kept(ids: Sequence[str]) -> str:
+    """Comma-joined ids, dropping the oldest while the value passes the tag limit."""
+    ids = list(ids)
+    while ids and len(",".join(ids)) > _TAG_LIMIT:
+        ids.pop(0)
+    return ",".join(ids)
+
+
+def link_sweep(sweep_run_id: str, name: str, versions: Sequence[str]) -> None:
+    """Point each probed version to the sweep (tag ``clipprobe.probed_by``, a link in its description)
+    and the sweep to the versions (tag ``clipprobe.model_versions`` = ``name/version,...``)."""
+    client = MlflowClient()
+    sweep = client.get_run(sweep_run_id)
+    for version in versions:
+        mv = client.get_model_version(name, str(version))
+        tags = dict(mv.tags or {})
+        probed = [s for s in tags.get(PROBED_BY_TAG, "").split(",") if s]
+        if sweep_run_id not in probed:
+            probed.append(sweep_run_id)
+            client.set_model_version_tag(name, str(version), PROBED_BY_TAG, _kept(probed))
+        sweeps = []
+        for run_id in probed:
+            try:
+                run = sweep if run_id == sweep_run_id else client.get_run(run_id)
+            except MlflowException:
+                continue  # a deleted sweep: no link
+            sweeps.append((run_id, run.info.experiment_id, f"{run.info.run_name} ({run_id[:8]})"))
+        epoch = int(tags.get(EPOCH_TAG, 0))
+        client.update_model_version(name, str(version), description=_version_description(
+            name, epoch, tags.get(SOURCE_TAG, ""), sweeps))
+    client.set_tag(sweep_run_id, SWEEP_VERSIONS_TAG, ",".join(f"{name}/{v}" for v in versions)[:_TAG_LIMIT])
 
 
 def mark_duplicates(name: str) -> list[list[RegisteredCheckpoint]]:
