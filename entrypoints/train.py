@@ -15,4 +15,4 @@ if __name__ == "__main__":
         else:
             out.append(argv[i])
             i += 1
-    run("train", out)
+    run("train", out, flags=("zero-init-residual",))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint
-from clipprobe.backbones.training import TrainConfig, train
+from clipprobe.backbones.training import TrainConfig, train, zero_init_residual
 from clipprobe.world import WorldSpec, generate_world
 
 TINY = TrainConfig(width_mult=0.25, epochs=2, batch_size=8, lr=0.05, seed=3)
@@ -80,10 +81,37 @@ def test_adamw_with_a_cosine_schedule(world, tmp_path):
         train(TrainConfig(**{**config.__dict__, "epochs": 3}), world / "train", tmp_path / "ck", progress=False)
 
 
+def test_onecycle_steps_per_batch(world, tmp_path):
+    config = TrainConfig(**{**TINY.__dict__, "opt": "adamw", "lr": 0.01, "lr_scheduler": "onecycle",
+                            "lr_warmup_pct": 0.5})
+    train(config, world / "train", tmp_path / "ck", progress=False)
+    first = torch.load(tmp_path / "ck" / "model_1.pth", weights_only=True)["lr_scheduler"]
+    last = torch.load(tmp_path / "ck" / "model_2.pth", weights_only=True)
+    assert first["total_steps"] == 5 and first["last_epoch"] == 2  # 12 images in batches of 8: 2 steps an epoch
+    assert last["lr_scheduler"]["last_epoch"] == 4
+    assert last["optimizer"]["param_groups"][0]["lr"] < 1e-6  # annealed to about zero at the end
+
+
+def test_zero_init_residual_starts_blocks_as_the_identity(world, tmp_path):
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    config = TrainConfig(**{**TINY.__dict__, "epochs": 0, "zero_init_residual": True})
+    (report,) = train(config, world / "train", tmp_path / "ck", progress=False)
+    blocks = [m for m in report.model.modules() if isinstance(m, InvertedResidual) and m.use_res_connect]
+    assert len(blocks) >= 10 and all((b.conv[-1].weight == 0).all() for b in blocks)
+    block = blocks[1].eval()
+    x = torch.randn(2, block.conv[0][0].in_channels, 6, 6)
+    assert torch.equal(block(x), x)  # the block passes its input through unchanged
+    with pytest.raises(ValueError, match="SqueezeNet has no residual block this recipe knows"):
+        zero_init_residual(build_model("squeezenet1_0", num_classes=3))
+
+
 def test_unknown_optimizer_and_schedule_name_the_choices():
     with pytest.raises(ValueError, match="unknown optimizer 'adam': choose one of sgd, adamw"):
         TrainConfig(opt="adam").validate()
-    with pytest.raises(ValueError, match="unknown lr scheduler 'cosine': choose one of steplr, cosineannealinglr"):
+    with pytest.raises(ValueError, match="unknown lr scheduler 'cosine': choose one of steplr, cosineannealinglr, onecycle"):
         TrainConfig(lr_scheduler="cosine").validate()
     with pytest.raises(ValueError, match=r"lr_min must lie in \[0, lr=0.01\)"):
         TrainConfig(lr=0.01, lr_min=0.02).validate()
+    with pytest.raises(ValueError, match="lr_warmup_pct must lie strictly between 0 and 1, got 1.0"):
+        TrainConfig(lr_scheduler="onecycle", lr_warmup_pct=1.0).validate()

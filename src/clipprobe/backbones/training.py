@@ -42,10 +42,13 @@ log = logging.getLogger(__name__)
 REFERENCE_BATCH_SIZE = 256
 # Optimisers and learning-rate schedules by their names in torchvision's references (--opt, --lr-scheduler).
 OPTIMIZERS = ("sgd", "adamw")
-LR_SCHEDULERS = ("steplr", "cosineannealinglr")
+LR_SCHEDULERS = ("steplr", "cosineannealinglr", "onecycle")
+# Schedules stepped after every batch rather than every epoch (their length is part of the recipe).
+_PER_BATCH = ("onecycle",)
 # Args that must match for a folder's checkpoints to be resumed.
 _RESUME_KEYS = ("model", "width_mult", "num_classes", "batch_size", "opt", "lr", "momentum", "weight_decay",
-                "lr_scheduler", "lr_step_size", "lr_gamma", "lr_min", "label_smoothing", "seed")
+                "lr_scheduler", "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_pct", "zero_init_residual",
+                "label_smoothing", "seed")
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,12 @@ class TrainConfig:
 
     ``opt`` and ``lr_scheduler`` take the reference's names: ``sgd`` (with ``momentum``) or
     ``adamw``; ``steplr`` (x ``lr_gamma`` every ``lr_step_size`` epochs) or ``cosineannealinglr``
-    (from ``lr`` down to ``lr_min`` over ``epochs``, stepped per epoch like the reference).
+    (from ``lr`` down to ``lr_min`` over ``epochs``, stepped per epoch like the reference), or
+    ``onecycle`` (torch's OneCycleLR on the learning rate alone, stepped per batch: up from ``lr / 25``
+    to ``lr`` over the first ``lr_warmup_pct`` of all steps, then a cosine down to about zero).
+    ``zero_init_residual`` starts every residual block as the identity (its last BatchNorm scale at
+    zero, as torchvision's ResNet option of that name does), which shortens the plateau at chance
+    that a narrow network trained from scratch sits on.
     """
 
     architecture: str = "mobilenet_v2"
@@ -74,6 +82,8 @@ class TrainConfig:
     lr_step_size: int = 1
     lr_gamma: float = 0.98
     lr_min: float = 0.0
+    lr_warmup_pct: float = 0.3
+    zero_init_residual: bool = False
     label_smoothing: float = 0.0
     train_crop_size: int | None = None
     val_resize_size: int | None = None
@@ -102,10 +112,16 @@ class TrainConfig:
             raise ValueError(f"unknown lr scheduler {self.lr_scheduler!r}: choose one of {', '.join(LR_SCHEDULERS)}")
         if not 0 <= self.lr_min < self.scaled_lr():
             raise ValueError(f"lr_min must lie in [0, lr={self.scaled_lr()}), got {self.lr_min}")
+        if not 0 < self.lr_warmup_pct < 1:
+            raise ValueError(f"lr_warmup_pct must lie strictly between 0 and 1, got {self.lr_warmup_pct}")
 
     def resume_keys(self) -> tuple[str, ...]:
         """Args a resumed run must share with the saved one (a cosine schedule's length is one)."""
-        return _RESUME_KEYS + (("epochs",) if self.lr_scheduler == "cosineannealinglr" else ())
+        return _RESUME_KEYS + (("epochs",) if self.lr_scheduler in ("cosineannealinglr", "onecycle") else ())
+
+    @property
+    def per_batch_schedule(self) -> bool:
+        return self.lr_scheduler in _PER_BATCH
 
 
 @dataclass(frozen=True)
@@ -158,8 +174,8 @@ def _rgb(image):
     return image.convert("RGB")
 
 
-def _run_epoch(model, loader, criterion, device, optimizer=None) -> tuple[float, float]:
-    """Mean loss and accuracy over one pass; trains when an optimizer is given."""
+def _run_epoch(model, loader, criterion, device, optimizer=None, batch_scheduler=None) -> tuple[float, float]:
+    """Mean loss and accuracy over one pass; trains when an optimizer is given (stepping a per-batch schedule)."""
     model.train(optimizer is not None)
     total, loss_sum, correct = 0, 0.0, 0
     with torch.set_grad_enabled(optimizer is not None):
@@ -171,6 +187,8 @@ def _run_epoch(model, loader, criterion, device, optimizer=None) -> tuple[float,
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if batch_scheduler is not None:
+                    batch_scheduler.step()
             n = targets.shape[0]
             total += n
             loss_sum += float(loss.detach()) * n
@@ -178,6 +196,29 @@ def _run_epoch(model, loader, criterion, device, optimizer=None) -> tuple[float,
     if total == 0:
         return math.nan, math.nan
     return loss_sum / total, correct / total
+
+
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the last BatchNorm scale of every residual block (MobileNetV2, ResNet); returns how many."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    zeroed = 0
+    for block in model.modules():
+        if isinstance(block, InvertedResidual) and block.use_res_connect:
+            bn = block.conv[-1]
+        elif isinstance(block, Bottleneck):
+            bn = block.bn3
+        elif isinstance(block, BasicBlock):
+            bn = block.bn2
+        else:
+            continue
+        nn.init.zeros_(bn.weight)
+        zeroed += 1
+    if zeroed == 0:
+        raise ValueError(f"zero_init_residual: {type(model).__name__} has no residual block this recipe knows "
+                         "(MobileNetV2's inverted residuals, ResNet's blocks): leave it off")
+    return zeroed
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -188,8 +229,16 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                            weight_decay=config.weight_decay)
 
 
-def build_lr_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """The reference's ``--lr-scheduler``, stepped once per epoch."""
+def build_lr_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The reference's ``--lr-scheduler`` (stepped once per epoch), or OneCycle (stepped per batch)."""
+    if config.lr_scheduler == "onecycle":
+        # One step more than the batches: the step after the last batch lands on the schedule's end.
+        # The learning rate only: momentum (SGD's, AdamW's beta1) stays what the optimizer was given.
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.scaled_lr(), pct_start=config.lr_warmup_pct,
+                                                   total_steps=max(config.epochs, 1) * steps_per_epoch + 1,
+                                                   cycle_momentum=False)
     if config.lr_scheduler == "cosineannealinglr":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1), eta_min=config.lr_min)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
@@ -236,9 +285,12 @@ def train(
             "train_dir": str(Path(train_dir).resolve()),
             "val_dir": str(Path(val_dir).resolve()) if val_dir else None}
     torch.manual_seed(config.seed)
-    model = build_model(config.architecture, num_classes=args["num_classes"], width_mult=config.width_mult).to(device)
+    model = build_model(config.architecture, num_classes=args["num_classes"], width_mult=config.width_mult)
+    if config.zero_init_residual:
+        zero_init_residual(model)
+    model = model.to(device)
     optimizer = build_optimizer(config, model)
-    scheduler = build_lr_scheduler(config, optimizer)
+    scheduler = build_lr_scheduler(config, optimizer, steps_per_epoch=math.ceil(len(train_set) / config.batch_size))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     val_loader = (DataLoader(val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
                   if val_set is not None else None)
@@ -289,8 +341,10 @@ def train(
         loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
                             num_workers=config.workers,
                             generator=torch.Generator().manual_seed(config.seed + epoch))
-        train_loss, train_acc = _run_epoch(model, loader, criterion, device, optimizer)
-        scheduler.step()
+        train_loss, train_acc = _run_epoch(model, loader, criterion, device, optimizer,
+                                           batch_scheduler=scheduler if config.per_batch_schedule else None)
+        if not config.per_batch_schedule:
+            scheduler.step()
         metrics = {"train_loss": train_loss, "train_acc": train_acc, **validate_metrics()}
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         save(epoch, metrics)

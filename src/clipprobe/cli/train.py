@@ -46,11 +46,16 @@ def default_train_dir() -> Path:
 @click.option("--momentum", default=_D.momentum, show_default=True, type=float)
 @click.option("--weight-decay", default=_D.weight_decay, show_default=True, type=float)
 @click.option("--lr-scheduler", default=_D.lr_scheduler, show_default=True, type=click.Choice(LR_SCHEDULERS),
-              help="steplr: x lr-gamma every lr-step-size epochs; cosineannealinglr: down to lr-min over the epochs.")
+              help="steplr: x lr-gamma every lr-step-size epochs; cosineannealinglr: down to lr-min over the "
+              "epochs; onecycle: per batch, up to lr over the first lr-warmup-pct of the steps, then down.")
 @click.option("--lr-step-size", default=_D.lr_step_size, show_default=True, type=int)
 @click.option("--lr-gamma", default=_D.lr_gamma, show_default=True, type=float)
 @click.option("--lr-min", default=_D.lr_min, show_default=True, type=float,
               help="Last learning rate of cosineannealinglr.")
+@click.option("--lr-warmup-pct", default=_D.lr_warmup_pct, show_default=True, type=float,
+              help="Share of all steps onecycle spends warming up.")
+@click.option("--zero-init-residual/--no-zero-init-residual", default=_D.zero_init_residual, show_default=True,
+              help="Start each residual block as the identity (its last BatchNorm scale at zero).")
 @click.option("--label-smoothing", default=_D.label_smoothing, show_default=True, type=float)
 @click.option("--train-crop-size", default=None, type=int, help="Omitted or 0: the data's image size.")
 @click.option("--val-resize-size", default=None, type=int, help="Omitted or 0: the data's image size.")
@@ -66,9 +71,9 @@ def default_train_dir() -> Path:
 @options.experiment_name
 @options.device
 def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_size, opt, lr, base_lr, momentum,
-          weight_decay, lr_scheduler, lr_step_size, lr_gamma, lr_min, label_smoothing, train_crop_size, val_resize_size,
-          val_crop_size, min_crop_scale, hflip_prob, seed, workers, model_name, resume, experiment_name,
-          device) -> None:
+          weight_decay, lr_scheduler, lr_step_size, lr_gamma, lr_min, lr_warmup_pct, zero_init_residual,
+          label_smoothing, train_crop_size, val_resize_size, val_crop_size, min_crop_scale, hflip_prob, seed, workers, model_name,
+          resume, experiment_name, device) -> None:
     """Train a backbone with the torchvision reference recipe (MobileNetV2 row).
 
     Saves model_<epoch>.pth for epochs 0 (random init) .. EPOCHS, logs train/val loss and accuracy
@@ -81,7 +86,8 @@ def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_s
     config = replace(
         _D, architecture=architecture, width_mult=width_mult, epochs=epochs, batch_size=batch_size, opt=opt,
         lr=lr or None, base_lr=base_lr, momentum=momentum, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
-        lr_step_size=lr_step_size, lr_gamma=lr_gamma, lr_min=lr_min, label_smoothing=label_smoothing,
+        lr_step_size=lr_step_size, lr_gamma=lr_gamma, lr_min=lr_min, lr_warmup_pct=lr_warmup_pct,
+        zero_init_residual=zero_init_residual, label_smoothing=label_smoothing,
         train_crop_size=train_crop_size or None, val_resize_size=val_resize_size or None,
         val_crop_size=val_crop_size or None, min_crop_scale=min_crop_scale, hflip_prob=hflip_prob,
         seed=seed, workers=workers,
