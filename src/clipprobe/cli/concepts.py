@@ -80,7 +80,8 @@ def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | Non
 @click.option("--clip-pretrained", default="openai", show_default=True,
               help="open_clip pretrained tag (ignored for hf-hub: names).")
 @click.option("--clip-weights", type=click.Path(dir_okay=False), default=None,
-              help="Local CLIP weights file; replaces --clip-pretrained.")
+              help="Local CLIP weights file, replaces --clip-pretrained: a state dict, an open_clip training "
+              "checkpoint (epoch_N.pt), OpenAI's TorchScript archive (ViT-B-32.pt) or .safetensors.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="bf16 on CPU or fp16 on GPU halve memory and time.")
 @click.option("--batch-size", type=int, default=_default(score_pool, "batch_size"), show_default=True)
@@ -169,11 +170,15 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
               else class_labels}
     if scorer is not None:
         params.update(clip_model=clip_model, clip_pretrained=meta["clip_pretrained"],
-                      clip_weights_sha256=scorer.weights_sha256, precision=precision,
+                      clip_weights_sha256=scorer.weights_sha256, clip_weights_form=scorer.weights_form,
+                      precision=precision,
                       logit_scale=round(scorer.logit_scale, 4), batch_size=batch_size, num_workers=num_workers)
 
-    with runs.step_run("concepts", experiment_name=experiment_name, params=params,
-                       tags={"clipprobe.pool_root": str(pool_root)}) as run, \
+    tags = {"clipprobe.pool_root": str(pool_root)}
+    if scorer is not None:
+        tags.update({"clipprobe.clip_weights_form": scorer.weights_form,
+                     "clipprobe.clip_weights_sha256": scorer.weights_sha256 or ""})
+    with runs.step_run("concepts", experiment_name=experiment_name, params=params, tags=tags) as run, \
             tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "concepts"
         unreadable: list[str] = []

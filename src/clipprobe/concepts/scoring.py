@@ -1,12 +1,18 @@
-"""CLIP zero-shot scoring of an image pool: per image, a softmax over each group's concepts."""
+"""CLIP zero-shot scoring of an image pool: per image, a softmax over each group's concepts.
+
+CLIP weights come in the forms people have them: an open_clip pretrained tag, an ``hf-hub:`` name,
+a plain state dict, an open_clip training checkpoint (``epoch_N.pt``) or OpenAI's TorchScript
+archive; each scorer records the form and the sha256 of the file it loaded."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +21,13 @@ import numpy as np
 import open_clip
 import pandas as pd
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import get_input_dtype
+from open_clip.pretrained import (
+    download_pretrained,
+    download_pretrained_from_hf,
+    get_pretrained_cfg,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -27,6 +39,110 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+# How CLIP weights were given: nothing (random), a pretrained tag, an hf-hub name, or a local file
+# as a state dict, an open_clip training checkpoint, OpenAI's TorchScript archive, safetensors, npz.
+WEIGHT_FORMS = ("random", "tag", "hf-hub", "state_dict", "training_checkpoint", "torchscript",
+                "safetensors", "npz")
+_FILE_FORMS = WEIGHT_FORMS[3:]
+
+
+@dataclass(frozen=True)
+class ClipWeights:
+    """Where a scorer's weights came from: their form, the local file (downloaded or given), its sha256."""
+
+    form: str
+    path: Path | None = None
+    sha256: str | None = None
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        pass
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def _download_failed(what: str, fetch: str, err: BaseException) -> RuntimeError:
+    why = "HF_HUB_OFFLINE is set and they are not in the cache" if _offline() else _first_line(err)
+    return RuntimeError(
+        f"CLIP weights {what} could not be fetched ({why}): on a machine with network run "
+        f"`python -c \"import open_clip; {fetch}\"` and copy its cache (HF_HOME) here, or pass the "
+        "weights file with --clip-weights"
+    )
+
+
+def weights_file_form(path: str | Path) -> str:
+    """The form of a local CLIP weights file; ValueError (one line naming the file) when it is none.
+
+    ``torchscript``: OpenAI's archive (``torch.jit.save``); ``training_checkpoint``: a dict with
+    ``state_dict`` (open_clip's ``epoch_N.pt``, keys maybe ``module.``-prefixed by DDP);
+    ``state_dict``: tensors by name; ``safetensors`` and ``npz`` by their suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in (".npz", ".npy"):
+        return "npz"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist()):
+                return "torchscript"
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # no copy of the tensors
+        except RuntimeError:
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # the legacy, non-zip format
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ValueError(
+            f"{path}: not a readable CLIP weights file ({_first_line(err, 120)}): expected a state dict, an "
+            "open_clip training checkpoint (epoch_N.pt) or OpenAI's TorchScript archive"
+        ) from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        return "training_checkpoint"
+    if isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "state_dict"
+    raise ValueError(
+        f"{path}: holds a {type(obj).__name__} without tensors, not CLIP weights: expected a state dict, "
+        "an open_clip training checkpoint (a dict with 'state_dict') or OpenAI's TorchScript archive"
+    )
+
+
+def resolve_clip_weights(model_name: str, pretrained: str | None, *, cache_dir: str | None = None) -> ClipWeights:
+    """The local file behind ``model_name``/``pretrained`` and its form, downloading a tag's or an
+    hf-hub repo's weights into open_clip's cache when they are not there yet.
+
+    RuntimeError (one line, naming the fix) when a download is needed and fails, e.g. offline.
+    """
+    if model_name.startswith("hf-hub:"):
+        model_id = model_name.removeprefix("hf-hub:")
+        try:
+            path = Path(download_pretrained_from_hf(model_id, cache_dir=cache_dir))
+        except Exception as err:
+            raise _download_failed(model_name, f"open_clip.create_model('{model_name}')", err) from None
+        return ClipWeights("hf-hub", path, file_sha256(path))
+    if not pretrained:
+        return ClipWeights("random")
+    cfg = get_pretrained_cfg(model_name, pretrained)
+    if cfg:
+        try:
+            path = Path(download_pretrained(cfg, cache_dir=cache_dir))
+        except Exception as err:
+            raise _download_failed(f"{model_name} pretrained {pretrained!r}",
+                                   f"open_clip.create_model('{model_name}', pretrained='{pretrained}')",
+                                   err) from None
+        return ClipWeights("tag", path, file_sha256(path))
+    path = Path(pretrained).expanduser()
+    return ClipWeights(weights_file_form(path), path, file_sha256(path))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -65,6 +181,7 @@ class ClipScorer:
     weights_sha256: str | None
     device: torch.device
     precision: str = "fp32"
+    weights_form: str = "random"  # one of WEIGHT_FORMS
     _text_cache: dict[tuple[str, str, tuple[str, ...]], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -77,14 +194,14 @@ class ClipScorer:
         precision: str = "fp32",
         cache_dir: str | None = None,
     ) -> ClipScorer:
-        """Like ``open_clip.create_model_and_transforms``: ``pretrained`` is a tag, a local file, or
-        ignored for an ``hf-hub:org/repo`` name. Errors name what was asked for and what exists."""
+        """Like ``open_clip.create_model_and_transforms``: ``pretrained`` is a tag, a local file (a
+        state dict, an open_clip training checkpoint, OpenAI's TorchScript archive), or ignored for
+        an ``hf-hub:org/repo`` name. Errors name what was asked for, what exists and the fix."""
         device = torch.device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device: use bf16 on CPU (or fp32)")
-        sha = None
         if model_name.startswith("hf-hub:"):
             pretrained = None
         else:
@@ -99,7 +216,6 @@ class ClipScorer:
                 path = Path(pretrained).expanduser()
                 if path.is_file():
                     pretrained = str(path)
-                    sha = file_sha256(path)
                 elif _looks_like_path(pretrained):
                     raise FileNotFoundError(
                         f"CLIP weights file not found: {pretrained} (give an existing weights file, "
@@ -112,19 +228,34 @@ class ClipScorer:
                     )
             if not pretrained:
                 log.warning("no CLIP weights given for %s: the model is randomly initialised", model_name)
+        weights = resolve_clip_weights(model_name, pretrained, cache_dir=cache_dir)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=device, precision=precision, cache_dir=cache_dir
-            )
-        except RuntimeError as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if weights.form == "torchscript":
+                # OpenAI's archive: the architecture is read from its weights (open_clip's own loader).
+                model = open_clip.load_openai_model(str(weights.path), precision=precision, device=device)
+                preprocess = open_clip.image_transform(model.visual.image_size, is_train=False,
+                                                       mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+            else:
+                # A tag trained with QuickGELU (OpenAI's) needs it in the model too; open_clip only warns.
+                quick_gelu = weights.form == "tag" and bool(get_pretrained_cfg(model_name, pretrained).get("quick_gelu"))
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained, device=device, precision=precision, cache_dir=cache_dir,
+                    force_quick_gelu=quick_gelu,
+                )
+        except (RuntimeError, KeyError) as err:
+            if weights.form in ("tag", "hf-hub"):
+                raise _download_failed(model_name if pretrained is None else f"{model_name} pretrained "
+                                       f"{pretrained!r}", f"open_clip.create_model('{model_name}'"
+                                       + (f", pretrained='{pretrained}')" if pretrained else ")"), err) from err
             raise RuntimeError(
-                f"could not load CLIP {model_name} with pretrained={pretrained!r}: {first} "
-                "(offline? download the weights elsewhere and pass the local file)"
+                f"could not load CLIP {model_name} from {pretrained} ({weights.form}): {_first_line(err)}; "
+                "check that --clip-model names the architecture these weights were saved from"
             ) from err
         model.eval()
-        tokenizer = open_clip.get_tokenizer(model_name)
-        return cls(model, preprocess, tokenizer, model_name, pretrained, sha, device, precision)
+        tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+        return cls(model=model, preprocess=preprocess, tokenizer=tokenizer, model_name=model_name,
+                   pretrained=pretrained, weights_sha256=weights.sha256, device=device, precision=precision,
+                   weights_form=weights.form)
 
     @property
     def logit_scale(self) -> float:
@@ -134,7 +265,8 @@ class ClipScorer:
     def provenance(self) -> dict[str, Any]:
         return {
             "clip_model": self.model_name,
-            "clip_pretrained": self.pretrained if self.weights_sha256 is None else Path(self.pretrained).name,
+            "clip_pretrained": Path(self.pretrained).name if self.weights_form in _FILE_FORMS else self.pretrained,
+            "clip_weights_form": self.weights_form,
             "clip_weights_sha256": self.weights_sha256,
             "precision": self.precision,
             "logit_scale": self.logit_scale,
