@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from clipprobe.tracking import fits, runs
@@ -34,3 +35,23 @@ def test_a_run_mlflow_run_opened_for_a_resume_points_at_the_sweep(logger, monkey
     tags = client.get_run(made).data.tags
     assert tags[fits.RESUMES_TAG] == sweep_id and tags["mlflow.runName"] == f"probe: resumes {sweep_id}"
     assert sweep_id in tags["mlflow.note.content"] and runs.STEP_TAG not in tags
+
+
+def test_params_end_up_resolved_under_mlflow_run_as_from_the_cli(tracking_store, monkeypatch):
+    """`mlflow run` logs the entry point's parameters as typed ('' = the command's default, 'false');
+    the step's resolved values replace them, so a sweep compares with a CLI sweep on real differences."""
+    client = MlflowClient()
+    resolved = {"model_name": "toy", "epochs": "0,1,2", "allow_duplicate_weights": False, "seed": 0}
+    with runs.step_run("probe", params=resolved) as cli_run:
+        pass
+    made = client.create_run("0", tags={"mlflow.project.entryPoint": "probe"}).info.run_id
+    client.log_batch(made, params=[Param("model_name", ""), Param("epochs", ""), Param("cache_dir", ""),
+                                   Param("allow_duplicate_weights", "false"), Param("seed", "0"),
+                                   Param("device", "auto")])
+    monkeypatch.setenv("MLFLOW_RUN_ID", made)
+    with runs.step_run("probe", params=resolved):
+        pass
+    by_cli, by_project = client.get_run(cli_run.info.run_id).data.params, client.get_run(made).data.params
+    assert by_cli == {"model_name": "toy", "epochs": "0,1,2", "allow_duplicate_weights": "False", "seed": "0"}
+    assert by_project == {**by_cli, "device": "auto"}  # a value the step does not log stays as given
+    assert not [k for k in by_project if k.endswith("_resolved")]

@@ -120,21 +120,50 @@ def _param_value(value: Any) -> str:
 def log_params(params: Mapping[str, Any]) -> None:
     """Log parameters on the active run (values stringified, long ones cut to MLflow's limit).
 
-    Under ``mlflow run`` the entry point's parameters are already logged as the user typed them
-    (``colours=all``); a value the command resolved differently is kept as ``<name>_resolved``
-    instead of failing on MLflow's immutable params.
+    Under ``mlflow run`` the entry point's parameters are already logged as typed on the command line
+    (``model_name=''``, ``allow_duplicate_weights=false``), while a step run started from the CLI logs
+    the values it resolved: two sweeps would then compare on spelling. So the run ends up with the
+    resolved values either way: on a SQL store (sqlite, PostgreSQL, ...) the values ``mlflow run`` logged
+    are replaced by the resolved ones and its empty ("" = the command's default) parameters that the
+    step does not log are removed; elsewhere a differing value is kept as ``<name>_resolved``
+    (MLflow's params are immutable through its API).
     """
     run_id = active_run_id()
-    existing = MlflowClient().get_run(run_id).data.params
+    client = MlflowClient()
+    existing = client.get_run(run_id).data.params
     new: dict[str, str] = {}
+    changed: dict[str, str] = {}
     for key, value in params.items():
         text = _param_value(value)
         if key not in existing:
             new[key] = text
         elif existing[key].strip("'\"") != text:
-            new[f"{key}_resolved"] = text
+            changed[key] = text
+    from_project = {k for k, v in existing.items() if v == "" and k not in params}
+    if (changed or from_project) and not _rewrite_params(client, run_id, changed, from_project):
+        new.update({f"{key}_resolved": text for key, text in changed.items()})
     if new:
         mlflow.log_params(new)
+
+
+def _rewrite_params(client: MlflowClient, run_id: str, values: Mapping[str, str], drop: set[str]) -> bool:
+    """Replace logged param values and drop params, in the tables of a SQL store; False elsewhere."""
+    from clipprobe.tracking.bulk import sql_store
+
+    store = sql_store(client)
+    if store is None:
+        return False
+    from mlflow.store.tracking.dbmodels.models import SqlParam
+
+    with store.ManagedSessionMaker() as session:
+        for key, value in values.items():
+            session.query(SqlParam).filter(SqlParam.run_uuid == run_id, SqlParam.key == key).update(
+                {"value": value}, synchronize_session=False)
+        if drop:
+            session.query(SqlParam).filter(SqlParam.run_uuid == run_id, SqlParam.key.in_(sorted(drop))).delete(
+                synchronize_session=False)
+    log.debug("run %s: params as resolved (%d replaced, %d unset removed)", run_id, len(values), len(drop))
+    return True
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
