@@ -181,6 +181,8 @@ def test_ema_weights_are_a_choice_recorded_on_the_version(tracking_store, tmp_pa
     assert ckpts[1].tags[registry.WEIGHTS_TAG] == "ema"
     loaded = load_backbone("models:/mobilenet_v2-ema@epoch-001")
     assert all(torch.equal(v, ema[k]) for k, v in loaded.module.state_dict().items())
+    assert load_backbone(folder / "model_1.pth", weights="ema").fingerprint == fingerprint(ema)
+    assert load_backbone(folder / "model_1.pth").fingerprint == fingerprint(raw[1])
 
     plain = _import(folder)  # the raw model: its own registered model, its own fingerprints
     assert plain.exit_code == 0, plain.output

@@ -43,12 +43,14 @@ def load_backbone(
     device: str | torch.device = "cpu",
     architecture: str = "mobilenet_v2",
     width_mult: float | None = None,
+    weights: str = "model",
 ) -> Backbone:
     """Load a backbone, trying ``source`` in this order:
 
     1. a ``models:/`` URI (``models:/mobilenet_v2@epoch-007``, ``models:/mobilenet_v2/3``);
     2. a checkpoint file (``model_7.pth``; ``architecture``/``width_mult`` apply when its args lack
-       them; the width multiplier is otherwise read from the weights);
+       them; the width multiplier is otherwise read from the weights; ``weights="ema"`` takes
+       the file's ``model_ema``);
     3. a registered model name with ``epoch`` (None: the highest registered epoch).
     The weights' fingerprint is recomputed and must match the registered one.
     """
@@ -56,7 +58,7 @@ def load_backbone(
     if text.startswith("models:/"):
         backbone = _from_registry(text)
     elif text.endswith((".pth", ".pt")) or Path(text).is_file():
-        backbone = _from_file(Path(text), architecture=architecture, width_mult=width_mult)
+        backbone = _from_file(Path(text), architecture=architecture, width_mult=width_mult, weights=weights)
     else:
         from clipprobe.tracking.registry import epoch_alias, latest_epoch
 
@@ -72,11 +74,11 @@ def load_backbone(
     )
 
 
-def _from_file(path: Path, *, architecture: str, width_mult: float | None) -> Backbone:
+def _from_file(path: Path, *, architecture: str, width_mult: float | None, weights: str) -> Backbone:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist: give a .pth file, a models:/ URI "
                                 "or a registered model name")
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, weights=weights)
     arch = ckpt.args.get("model") or architecture
     shape = model_shape(ckpt, arch, width_mult=width_mult)
     model = load_into(shape.build(), ckpt, shape.label)
