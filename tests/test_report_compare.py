@@ -151,3 +151,39 @@ def test_bad_input_is_one_clear_line_each(sweep, tmp_path):
     assert not MlflowClient().search_runs(
         [mlflow.get_experiment_by_name("Default").experiment_id],
         filter_string="tags.`clipprobe.step` = 'compare'")
+
+
+def test_report_reads_for_a_newcomer_intro_provenance_plots_then_tables(sweep, tmp_path):
+    """Intro (what/where/when, probe kinds, intervals, selectivity), provenance with links to the UI, the
+    what-where-when plots before the tables, and the sweep's description pointing at the report."""
+    import re
+
+    from clipprobe.tracking.fits import NOTE_TAG, describe_sweep
+
+    run_id, results = sweep
+    describe_sweep(run_id, results)
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["compare", run_id, "--out", str(out), "--ui-url", "http://127.0.0.1:5000/"])
+    assert res.exit_code == 0, res.output
+    page = (out / "report.html").read_text()
+    order = [page.index(marker) for marker in (
+        "<h2>What this report shows", "<h2>Where the numbers come from", 'alt="what-where-when linear_gap"',
+        'alt="accuracy over epochs linear_gap"', ": when concepts emerge</h2>", ": sanity flags</h2>",
+        '<table data-concept="red">')]
+    assert order == sorted(order)
+    for words in ("WHAT concepts", "WHERE", "WHEN", "linear_gap</code>: a linear classifier (logistic regression) on "
+                  "the globally average-pooled", "non_linear_gap</code>: a small MLP", "Clopper-Pearson",
+                  "majority baseline (0.667)", "sel. (selectivity)", "control task"):
+        assert words in page, words
+    sweep_url = f"http://127.0.0.1:5000/#/experiments/0/runs/{run_id}"
+    assert f'<a href="{sweep_url}">' in page
+    assert "mobilenet_v2" in page and "v1 = epoch 1" in page
+    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", page)
+    assert "Lines for all modules" in page
+    text = (out / "report.txt").read_text()
+    assert text.startswith("This report answers three questions") and f"sweep {run_id[:8]}: run {run_id}" in text
+    note = MlflowClient().get_run(run_id).data.tags[NOTE_TAG]
+    compare_run = MlflowClient().search_runs(["0"], "tags.`clipprobe.step` = 'compare'")[0]
+    assert compare_run.info.run_name == f"compare mobilenet_v2 {run_id[:8]}"
+    assert note.startswith("**probe**: what each module") and "**Findings**" in note
+    assert f"#/experiments/0/runs/{compare_run.info.run_id}" in note and "compare/report.html" in note

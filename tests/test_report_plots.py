@@ -53,3 +53,18 @@ def test_unknown_module_or_probe_is_one_clear_line(tmp_path):
         check_modules(synthetic_results(), ["module:1", "module:30"])
     with pytest.raises(ValueError, match=r"^probe 'linear_non_gap' is not in the sweep"):
         what_where_when(synthetic_results(), "linear_non_gap", tmp_path / "x.png")
+
+
+def _red_pixels(path) -> int:
+    with Image.open(path) as img:
+        return sum(n for n, (r, g, b) in img.convert("RGB").getcolors(maxcolors=1_000_000)
+                   if r > 200 and g < 60 and b < 60)
+
+
+def test_the_majority_baseline_is_marked_on_the_colour_scale(tmp_path):
+    """A red line across the colour bar (viridis has no red) at the baseline, only when it is known."""
+    results = synthetic_results()
+    marked = what_where_when(results, "linear_gap", tmp_path / "marked.png")
+    plain = what_where_when(results.assign(test_majority_acc=float("nan")), "linear_gap", tmp_path / "plain.png")
+    assert _red_pixels(plain) == 0
+    assert _red_pixels(marked) > 25  # a line about 3 px high across the bar

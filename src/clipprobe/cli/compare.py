@@ -40,15 +40,18 @@ def _modules(value: str) -> list[str] | None:
               help="Checkpoint epoch the tables show; it must be in every sweep.")
 @click.option("--modules", default="",
               help="Modules for the accuracy-over-epoch lines, comma-separated, as the sweep names them "
-              "(module:1,module:10 for MobileNetV2, layer1,layer4 for a ResNet); default: four spread "
-              "from first to last.")
+              "(module:1,module:10 for MobileNetV2, layer1,layer4 for a ResNet); default: all, or eight "
+              "spread from first to last.")
 @click.option("--reference", default="",
               help="CSV in the seed's table shape (group, concept, module, one column per probe) "
               "to print ours beside, e.g. tests/fixtures/seed_tables.csv.")
 @click.option("--out", default="outputs/compare", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Folder for the report files.")
+@click.option("--ui-url", default="",
+              help="Address of the MLflow UI showing this store (e.g. http://127.0.0.1:5000), for links to the "
+              "runs in the report. Default: the tracking URI when it is an http(s) server, else no links.")
 @options.experiment_name
-def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, out: Path,
+def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, out: Path, ui_url: str,
             experiment_name: str | None) -> None:
     """Tables, plots and sanity flags for probe sweep RUN_IDS (default: the latest sweep).
 
@@ -61,14 +64,19 @@ def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, 
             ids = [sweep_results.find_latest_sweep(experiment_name).info.run_id]
             log.info("comparing the latest probe sweep %s", ids[0])
         sweeps = [(run_id[:8], sweep_results.load_sweep_results(run_id)) for run_id in ids]
+        ui = ui_url.strip() or sweep_results.ui_address()
+        provenance = [sweep_results.provenance(run_id, name, table, ui_url=ui) for (name, table), run_id
+                      in zip(sweeps, ids, strict=True)]
         ref = read_reference_csv(reference) if reference.strip() else None
         # Built in a fresh folder so the run logs this report only, never stale files in --out.
         with tempfile.TemporaryDirectory(prefix="clipprobe-compare-") as tmp:
             report = write_report(sweeps, tmp, epoch=_epoch(epoch), modules=_modules(modules),
-                                  reference_table=ref)
-            params = {"sweep_run_ids": ",".join(ids), "epoch": epoch, "modules": modules,
-                      "reference": reference, "out": str(out)}
-            with step_run("compare", experiment_name=experiment_name, params=params) as run:
+                                  reference_table=ref, provenance=provenance,
+                                  title=f"clipprobe: what, where and when ({', '.join(p.model for p in provenance)})")
+            params = {"sweep_run_ids": ",".join(ids), "epoch": epoch, "modules": modules or "default",
+                      "reference": reference or "none", "out": str(out)}
+            name = "compare " + " vs ".join(f"{p.model} {p.name}" for p in provenance)
+            with step_run("compare", experiment_name=experiment_name, params=params, run_name=name) as run:
                 set_tags({"clipprobe.compare.sweeps": ",".join(ids)})
                 for sweep_id in ids:  # each sweep's description points to this report
                     fits.link_report(sweep_id, run.info.run_id, run.info.experiment_id)

@@ -1,5 +1,7 @@
 """Write the whole comparison report for one or more sweeps into a folder (no MLflow, no CLI).
 
+The report opens with an introduction (what/where/when, the probe kinds, how to read intervals,
+baselines and selectivity) and the sweeps' provenance, then the plots, then the tables.
 Layout of ``out``: ``report.html`` (self-contained) and ``report.txt`` (what the terminal shows);
 per sweep (at the root for one sweep, in ``<name>/`` for several) ``tables.md``, ``tables.csv``,
 ``tables.txt``, ``sanity.txt``, ``emergences.csv``, ``results.parquet`` and ``plots/*.png``;
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipprobe.report import diff, page, plots, reference, sanity, tables
+from clipprobe.report import diff, intro, page, plots, reference, sanity, tables
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,17 @@ def _prepare(sweeps: Sequence[tuple[str, pd.DataFrame]], epoch: int | None,
     return prepared
 
 
+def _baseline(data: pd.DataFrame) -> float | None:
+    majority = data["test_majority_acc"].dropna()
+    return float(majority.mean()) if not majority.empty else None
+
+
 def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                  epoch: int | None = None, modules: Sequence[str] | None = None,
-                 reference_table: pd.DataFrame | None = None, title: str = "clipprobe comparison") -> Report:
-    """Tables, plots, sanity flags, diffs (later sweeps vs the first) and the reference comparison."""
+                 reference_table: pd.DataFrame | None = None, title: str = "clipprobe comparison",
+                 provenance: Sequence[intro.Provenance] = ()) -> Report:
+    """Introduction and provenance, then per sweep the what-where-when plots, accuracy over epochs,
+    emergences, sanity flags and tables; then diffs (later sweeps vs the first) and the reference."""
     prepared = _prepare(sweeps, epoch, modules)
     diffs = [(name, diff.diff_sweeps(prepared[0][1], data, epoch_a=epoch, epoch_b=epoch))
              for name, data, _, _ in prepared[1:]]
@@ -59,8 +68,13 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    text: list[str] = []
-    sections: list[tuple[str, str]] = []
+    all_probes = list(dict.fromkeys(p for _, data, _, _ in prepared for p in tables.probes_in(data)))
+    baseline = _baseline(prepared[0][1])
+    text: list[str] = ["\n\n".join(intro.intro_lines(all_probes, baseline)), ""]
+    if provenance:
+        text += ["where the numbers come from:", *intro.provenance_lines(provenance), ""]
+    sections: list[tuple[str, str]] = [("What this report shows and how to read it", intro.intro_html(all_probes, baseline)),
+                                       ("Where the numbers come from", intro.provenance_html(provenance))]
     several = len(prepared) > 1
     for name, data, built, chosen in prepared:
         folder = out / name if several else out
@@ -75,22 +89,31 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                   _write(folder / "sanity.txt", _flags_text(flags))]
         data.to_parquet(folder / "results.parquet", index=False)
         files.append(folder / "results.parquet")
-        images = []
+        heatmaps, lines = [], []
         for probe in tables.probes_in(data):
             files.append(plots.what_where_when(data, probe, folder / "plots" / f"what_where_when_{probe}.png"))
-            images.append((f"what-where-when {probe}", files[-1]))
+            heatmaps.append((f"what-where-when {probe}", files[-1]))
             files.append(plots.accuracy_over_epochs(data, probe, chosen,
                                                     folder / "plots" / f"accuracy_over_epochs_{probe}.png"))
-            images.append((f"accuracy over epochs {probe}", files[-1]))
+            lines.append((f"accuracy over epochs {probe}", files[-1]))
         heading = f"sweep {name}"
+        all_modules = plots.modules_in_order(data)
+        shown = ("all modules" if len(chosen) == len(all_modules) else
+                 f"{len(chosen)} of {len(all_modules)} modules ({', '.join(chosen)}); pick others with --modules")
         text += [f"#### {heading}: {len(data)} fits, epoch {built[0].epoch}", tables.to_text(built), "",
                  "sanity flags:", _flags_text(flags), "",
                  "when (paired tests between consecutive epochs):", sanity.emergence_text(emerged), ""]
-        sections += [(f"{heading}: sanity flags", page.flags_html(flags)),
+        sections += [(f"{heading}: what-where-when (test accuracy, module x epoch)",
+                      "<p>Each panel is one concept: rows are modules from the input (bottom) to the head (top), "
+                      "columns are epochs. The line on the colour scale marks the majority baseline.</p>"
+                      + "\n".join(page.embed_png(p, alt) for alt, p in heatmaps)),
+                     (f"{heading}: accuracy over epochs",
+                      f"<p>Lines for {html.escape(shown)}; bands are 95% intervals, the dashed line the majority "
+                      "baseline.</p>" + "\n".join(page.embed_png(p, alt) for alt, p in lines)),
                      (f"{heading}: when concepts emerge",
                       f"<pre>{html.escape(sanity.emergence_text(emerged))}</pre>"),
-                     (f"{heading}: tables at epoch {built[0].epoch}", tables.to_html(built)),
-                     (f"{heading}: plots", "\n".join(page.embed_png(p, alt) for alt, p in images))]
+                     (f"{heading}: sanity flags", page.flags_html(flags)),
+                     (f"{heading}: tables at epoch {built[0].epoch}", tables.to_html(built))]
     first = prepared[0][0]
     for name, d in diffs:
         path = out / f"diff_{first}_vs_{name}.csv"

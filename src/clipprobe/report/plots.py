@@ -82,7 +82,13 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
         ax.set_axis_off()
     fig.suptitle(f"what-where-when: {probe} test accuracy (module = where, epoch = when)", fontsize=11)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label=f"test accuracy ({vmin:g}..{vmax:g})")
+        bar = fig.colorbar(image, ax=axes, shrink=0.8, label=f"test accuracy ({vmin:g}..{vmax:g})")
+        majority = data["test_majority_acc"].dropna()
+        if not majority.empty and vmin <= float(majority.mean()) <= vmax:
+            base = float(majority.mean())
+            bar.ax.axhline(base, color="red", lw=3)
+            ticks = [t for t in bar.get_ticks() if vmin <= t <= vmax and abs(t - base) > 0.04]
+            bar.set_ticks([*ticks, base], labels=[f"{t:g}" for t in ticks] + [f"majority {base:.3f}"])
     return _save(fig, path)
 
 
@@ -93,7 +99,7 @@ def modules_in_order(results: pd.DataFrame) -> list[str]:
     return list(first["module"])
 
 
-def default_modules(results: pd.DataFrame, k: int = 4) -> list[str]:
+def default_modules(results: pd.DataFrame, k: int = 8) -> list[str]:
     """Up to ``k`` modules spread evenly from the first to the last."""
     names = modules_in_order(results)
     picks = np.unique(np.linspace(0, len(names) - 1, min(k, len(names))).round().astype(int))

@@ -461,10 +461,10 @@ def describe_sweep(sweep_run_id: str, table: pd.DataFrame | None = None, *, clie
     links = []
     for name, part in versions.groupby("model_name", sort=False) if not versions.empty else []:
         given = [str(v) for v in part["model_version"] if str(v)]
-        if name and given:
-            registry.link_sweep(sweep_run_id, str(name), given)
-            links += [f"[{name} v{v}](#/models/{name}/versions/{v}) (epoch {int(e)})"
-                      for v, e in zip(part["model_version"], part["epoch"], strict=True)]
+        linked = registry.link_sweep(sweep_run_id, str(name), given) if name and given else []
+        links += [f"[{name} v{v}](#/models/{name}/versions/{v}) (epoch {int(e)})" if str(v) in linked
+                  else f"{name} v{v} (epoch {int(e)}; not in the registry)"
+                  for v, e in zip(part["model_version"], part["epoch"], strict=True) if str(v)]
     params = run.data.params
     splits = params.get("splits_run", "")
     probes = ", ".join(dict.fromkeys(table["probe"])) if not table.empty else ""

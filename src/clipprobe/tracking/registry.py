@@ -231,13 +231,21 @@ def _kept(ids: Sequence[str]) -> str:
     return ",".join(ids)
 
 
-def link_sweep(sweep_run_id: str, name: str, versions: Sequence[str]) -> None:
+def link_sweep(sweep_run_id: str, name: str, versions: Sequence[str]) -> list[str]:
     """Point each probed version to the sweep (tag ``clipprobe.probed_by``, a link in its description)
-    and the sweep to the versions (tag ``clipprobe.model_versions`` = ``name/version,...``)."""
+    and the sweep to the versions (tag ``clipprobe.model_versions`` = ``name/version,...``). Returns the
+    versions linked: one no longer in the registry is skipped with a warning."""
     client = MlflowClient()
     sweep = client.get_run(sweep_run_id)
+    linked = []
     for version in versions:
-        mv = client.get_model_version(name, str(version))
+        try:
+            mv = client.get_model_version(name, str(version))
+        except MlflowException:
+            log.warning("sweep %s probed %s version %s, which is not in the registry: not linked",
+                        sweep_run_id, name, version)
+            continue
+        linked.append(str(version))
         tags = dict(mv.tags or {})
         probed = [s for s in tags.get(PROBED_BY_TAG, "").split(",") if s]
         if sweep_run_id not in probed:
@@ -253,7 +261,9 @@ def link_sweep(sweep_run_id: str, name: str, versions: Sequence[str]) -> None:
         epoch = int(tags.get(EPOCH_TAG, 0))
         client.update_model_version(name, str(version), description=_version_description(
             name, epoch, tags.get(SOURCE_TAG, ""), sweeps))
-    client.set_tag(sweep_run_id, SWEEP_VERSIONS_TAG, ",".join(f"{name}/{v}" for v in versions)[:_TAG_LIMIT])
+    if linked:
+        client.set_tag(sweep_run_id, SWEEP_VERSIONS_TAG, ",".join(f"{name}/{v}" for v in linked)[:_TAG_LIMIT])
+    return linked
 
 
 def mark_duplicates(name: str) -> list[list[RegisteredCheckpoint]]:

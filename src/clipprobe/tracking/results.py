@@ -133,3 +133,26 @@ def iter_fit_runs(sweep: Run) -> Iterator[Run]:
 def fit_row(run: Run) -> dict[str, object]:
     """A fit run as a results row: its params (identity columns) and metrics, plus its run id."""
     return {**run.data.params, **run.data.metrics, "fit_run_id": run.info.run_id}
+
+
+def ui_address() -> str:
+    """The MLflow UI's address when the tracking URI is an http(s) server (the UI runs there), else ""."""
+    uri = MlflowClient().tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else ""
+
+
+def provenance(run_id: str, name: str, table: pd.DataFrame, *, ui_url: str = ""):
+    """Where a sweep's numbers come from, for the report: run, model and versions, concepts run, date."""
+    from datetime import UTC, datetime
+
+    from clipprobe.report.intro import Provenance
+
+    run = get_sweep(run_id)
+    pairs = table[["model_version", "epoch"]].drop_duplicates().sort_values("epoch") if not table.empty else table
+    versions = ", ".join(f"v{v} = epoch {int(e)}" if str(v) else f"epoch {int(e)}"
+                         for v, e in zip(pairs.get("model_version", []), pairs.get("epoch", []), strict=True))
+    models = ", ".join(dict.fromkeys(str(m) for m in table.get("model_name", []) if str(m)))
+    started = datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return Provenance(name=name, run_id=run_id, run_name=run.info.run_name or "", experiment_id=run.info.experiment_id,
+                      model=models or run.data.params.get("model_name", ""), versions=versions,
+                      concepts_run=run.data.params.get("splits_run", ""), date=started, ui_url=ui_url)
