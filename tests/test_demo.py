@@ -1,4 +1,4 @@
-"""The demo end to end: world -> train -> concepts -> probe -> compare, and "when" shows up."""
+"""The demo end to end: world -> train -> concepts -> probe -> compare, and it recovers the world's known truths."""
 
 from __future__ import annotations
 
@@ -8,16 +8,25 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from clipprobe.cli import main
-from clipprobe.cli.demo import DEMO_MODEL
+from clipprobe.cli.demo import DEMO_MODEL, probe_epochs
+from clipprobe.concepts.vocabulary import load_vocabulary
 from clipprobe.tracking.runs import STEP_TAG, download_artifact, find_latest_run
+
+WORLD = load_vocabulary("world")
+
+
+def test_probed_epochs_are_early_middle_and_late():
+    assert probe_epochs(10) == [0, 2, 5, 10]
+    assert probe_epochs(2) == [0, 1, 2]
 
 
 @pytest.mark.slow
-def test_demo_chains_every_step_and_epochs_differ(tracking_store, tmp_path):
+def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
+    """With the demo's own defaults (fewer modules): the backbone learns its shapes, shape concepts
+    appear at a late module with training beyond their intervals, colour is decodable at module:0 throughout."""
     modules = "module:0,module:9,module:18"
-    result = CliRunner().invoke(
-        main, ["demo", "--out", str(tmp_path / "world"), "--epochs", "1", "--repeats", "1",
-               "--modules", modules, "--experiment-name", "demo"])
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "world"), "--modules", modules,
+                                       "--experiment-name", "demo"])
     assert result.exit_code == 0, result.output[-3000:]
 
     client = MlflowClient()
@@ -26,24 +35,52 @@ def test_demo_chains_every_step_and_epochs_differ(tracking_store, tmp_path):
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(r.data.tags[STEP_TAG] for r in children) == ["compare", "concepts", "probe", "train", "world"]
 
+    # Every epoch is registered, each with its own weights.
     versions = client.search_model_versions(f"name = '{DEMO_MODEL}'")
-    epochs = sorted(int(v.tags["clipprobe.epoch"]) for v in versions)
-    assert epochs == [0, 1]
-    assert len({v.tags["clipprobe.fingerprint"] for v in versions}) == 2
+    last = int(parent.data.params["epochs"])
+    assert sorted(int(v.tags["clipprobe.epoch"]) for v in versions) == list(range(last + 1))
+    assert len({v.tags["clipprobe.fingerprint"] for v in versions}) == last + 1
+
+    # Truth 1: the backbone learns its task (the world's 10 shapes).
+    trained = find_latest_run("train")
+    val_acc = {m.step: m.value for m in client.get_metric_history(trained.info.run_id, "val_acc")}
+    assert val_acc[0] < 0.3, f"the random init already tells shapes apart: {val_acc}"
+    assert val_acc[last] >= 0.9, f"the demo's backbone did not learn its shapes: val_acc by epoch {val_acc}"
+
+    # Every shape concept in the splits knows its image's class (what a control task needs).
+    concepts = find_latest_run("concepts")
+    splits = pd.read_parquet(download_artifact(concepts.info.run_id, "concepts/splits.parquet", tmp_path / "dl"))
+    assert splits["image_class"].notna().all()
+    shapes = [g for g in WORLD.groups if g.name == "shapes"][0].concepts
+    positives = splits[splits["concept"].isin(shapes) & (splits["label"] == 1)]
+    assert (positives["image_class"] == positives["concept"]).all()
 
     sweep = find_latest_run("probe")
     results = pd.read_parquet(download_artifact(sweep.info.run_id, "probe/results.parquet", tmp_path / "dl"))
-    assert len(results) == 7 * 3 * 3 * 2  # concepts x modules x probe kinds x epochs
+    epochs = probe_epochs(last)
+    assert sorted(results["epoch"].unique()) == epochs
     assert set(results["module"]) == set(modules.split(","))
+    assert len(results) == len(WORLD.concepts) * 3 * 3 * len(epochs)  # concepts x modules x probe kinds x epochs
     assert (results["n_test"] == 90).all() and (results["n_test_pos"] == 30).all()
     assert results["test_majority_acc"].round(3).eq(0.667).all()
+    cell = results.set_index(["concept", "module", "probe", "epoch"]).sort_index()
 
-    # "When": some (concept, module, probe) moves beyond its 95% interval between epoch 0 and 1.
-    key = ["concept", "module", "probe"]
-    e0 = results[results["epoch"] == 0].set_index(key)
-    e1 = results[results["epoch"] == 1].set_index(key).loc[e0.index]
-    apart = (e1["test_acc_ci_low"] > e0["test_acc_ci_high"]) | (e1["test_acc_ci_high"] < e0["test_acc_ci_low"])
-    assert apart.any(), "no fit changed beyond its interval between epoch 0 and epoch 1"
+    # Truth 2: shape concepts at the last module rise with training beyond their intervals.
+    for shape in shapes:
+        before, after = cell.loc[(shape, "module:18", "linear_gap", 0)], cell.loc[(shape, "module:18", "linear_gap", last)]
+        assert after["test_acc_ci_low"] > before["test_acc_ci_high"], (
+            f"{shape} at module:18 did not rise beyond its interval: epoch 0 {before['test_acc']:.3f} "
+            f"[{before['test_acc_ci_low']:.3f}, {before['test_acc_ci_high']:.3f}], epoch {last} "
+            f"{after['test_acc']:.3f} [{after['test_acc_ci_low']:.3f}, {after['test_acc_ci_high']:.3f}]")
+
+    # Truth 3: colour is in the pixels, so module:0 decodes it at every epoch, above the majority baseline.
+    colours = [g for g in WORLD.groups if g.name == "colours"][0].concepts
+    for colour in colours:
+        for epoch in epochs:
+            row = cell.loc[(colour, "module:0", "linear_gap", epoch)]
+            assert row["test_acc_ci_low"] > row["test_majority_acc"], (
+                f"{colour} at module:0, epoch {epoch}: {row['test_acc']:.3f} "
+                f"[{row['test_acc_ci_low']:.3f}, {row['test_acc_ci_high']:.3f}] is not above the baseline")
 
     report = find_latest_run("compare")
     names = {a.path for a in client.list_artifacts(report.info.run_id, "compare")}
