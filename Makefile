@@ -31,7 +31,9 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the HTML rendering test will be skipped"
 
+# Opens on every pipeline step and sweep (experiment 0 = Default; use your experiment's id otherwise).
 ui: $(VENV)/.installed
+	@echo "open http://127.0.0.1:5000/#/experiments/0/runs?workflowType=machine_learning&searchFilter=tags.%60clipprobe.level%60%20IS%20NULL"
 	$(ACTIVATE) && mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
 clean-runs:

@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from clipprobe.tracking.bulk import FinishedRun, insert_finished_runs, sql_store
-from clipprobe.tracking.runs import LEVEL_TAG, enable_sqlite_wal, get_step_run
+from clipprobe.tracking.runs import LEVEL_TAG, enable_sqlite_wal, get_step_run, runs_table_url
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +445,11 @@ def sweep_findings(table: pd.DataFrame, limit: int = 12) -> list[str]:
     return lines
 
 
+def fits_filter(sweep_run_id: str) -> str:
+    """The runs-table filter that shows a sweep's checkpoint and fit runs."""
+    return f"tags.`{SWEEP_TAG}` = '{sweep_run_id}'"
+
+
 def describe_sweep(sweep_run_id: str, table: pd.DataFrame | None = None, *, client: MlflowClient | None = None) -> str:
     """Link the sweep with the model versions it probed (both ways: ``registry.link_sweep``) and write
     its description: what it probed, the findings at its last epoch, where the fits are and how to get
@@ -477,9 +482,9 @@ def describe_sweep(sweep_run_id: str, table: pd.DataFrame | None = None, *, clie
              "**Findings** (test accuracy on the stored split; [95% exact interval]):",
              *sweep_findings(table),
              "",
-             "**Fits**: nested runs below this run, one per checkpoint and below it one per fit; in the runs table "
-             f"filter `tags.clipprobe.sweep_run_id = '{sweep_run_id}'`. Charts: `test_acc_<concept>` sections, "
-             "step = epoch."]
+             f"**Fits**: [open this sweep's checkpoint and fit runs]({runs_table_url(exp, fits_filter(sweep_run_id))}) "
+             f"(nested runs below this run; filter `{fits_filter(sweep_run_id)}`). Charts: one "
+             "`test_acc_<concept>` section per concept, step = epoch; `mean_test_acc` per probe kind."]
     text = "\n".join(lines) + REPORT_MARK + (f" `clipprobe compare {sweep_run_id}` (or `mlflow run . -e compare -P "
                                              f"run_ids={sweep_run_id}`) writes tables, plots and report.html.")
     client.set_tag(sweep_run_id, NOTE_TAG, text)

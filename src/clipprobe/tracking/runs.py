@@ -22,6 +22,7 @@ LEVEL_TAG = "clipprobe.level"
 # Without this tag MLflow 3 opens an experiment on its GenAI overview instead of the runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
 STEPS = ("world", "train", "checkpoints", "concepts", "probe", "tune", "compare", "main")
 
 
@@ -52,14 +53,50 @@ def enable_sqlite_wal(uri: str | None = None) -> bool:
     return str(mode).lower() == "wal"
 
 
+NOTE_TAG = "mlflow.note.content"  # a run's or an experiment's description in the MLflow UI (Markdown)
+_EXPERIMENT_NOTE_MARK = "<!-- clipprobe -->"  # our description; a user's own is never overwritten
+# The filter that shows one row per pipeline step and per sweep (fits and checkpoint runs carry a level tag).
+STEPS_AND_SWEEPS_FILTER = f"tags.`{LEVEL_TAG}` IS NULL"
+
+
+def runs_table_url(experiment_id: str, search_filter: str = "") -> str:
+    """The runs table of an experiment in the MLflow UI (a ``#/`` link, "Model training" mode), optionally
+    with a search filter: ``runs_table_url("0", STEPS_AND_SWEEPS_FILTER)`` lists every step and sweep on one page."""
+    from urllib.parse import quote
+
+    # MLflow 3.17 opens experiments in its GenAI mode unless the URL (or the user's last toggle) asks
+    # for "Model training"; the experiment kind tag alone does not switch it.
+    query = "?workflowType=machine_learning" + (f"&searchFilter={quote(search_filter, safe='')}" if search_filter else "")
+    return f"#/experiments/{experiment_id}/runs{query}"
+
+
+def experiment_description(experiment_id: str) -> str:
+    """What the experiment page says: how the runs are laid out and the filters that find them."""
+    steps = runs_table_url(experiment_id, STEPS_AND_SWEEPS_FILTER)
+    sweeps = runs_table_url(experiment_id, f"tags.`{STEP_TAG}` = 'probe'")
+    return "\n".join([
+        _EXPERIMENT_NOTE_MARK,
+        "**clipprobe**: what a vision backbone encodes, where (module) and when (epoch). Each pipeline step "
+        "(world, train or checkpoints, concepts, probe, tune, compare) is a top-level run; a probe sweep holds one "
+        "nested run per checkpoint and below it one per fit, so its fits fill most of the runs table.",
+        "",
+        f"- [Steps and sweeps only]({steps}): `{STEPS_AND_SWEEPS_FILTER}`",
+        f"- [Probe sweeps]({sweeps}): `tags.{STEP_TAG} = 'probe'`",
+        "- The fits of one sweep: `tags.clipprobe.sweep_run_id = '<sweep run id>'` (linked from each sweep's description)",
+        "- One cell across sweeps: `params.concept = 'red' and params.module = 'module:7' and params.probe = 'linear_gap'`",
+        f"- Checkpoint runs (compare two checkpoints): `tags.{LEVEL_TAG} = 'checkpoint'`",
+    ])
+
+
 def _experiment_id(experiment_name: str | None) -> str | None:
-    """Resolve (creating if needed) the experiment; tag it so the UI shows the runs table."""
+    """Resolve (creating if needed) the experiment, MLflow's default one when nothing names another; tag it so
+    the UI opens on its runs table, and describe the filters that find the work in it."""
     client = MlflowClient()
     if experiment_name is None:
         exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
         if exp_id is None and name is None:
-            return None
+            exp_id = DEFAULT_EXPERIMENT_ID
         exp = client.get_experiment(exp_id) if exp_id else client.get_experiment_by_name(name)
     else:
         exp = client.get_experiment_by_name(experiment_name)
@@ -67,9 +104,19 @@ def _experiment_id(experiment_name: str | None) -> str | None:
             exp = client.get_experiment(client.create_experiment(experiment_name))
     if exp is None:
         return None
+    prepare_experiment(client, exp)
+    return exp.experiment_id
+
+
+def prepare_experiment(client: MlflowClient, exp: Any) -> None:
+    """The experiment kind that makes the UI open on the runs table (not the GenAI overview) and our
+    description (unless the user wrote one)."""
     if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    return exp.experiment_id
+    note = exp.tags.get(NOTE_TAG, "")
+    wanted = experiment_description(exp.experiment_id)
+    if note != wanted and (not note or note.startswith(_EXPERIMENT_NOTE_MARK)):
+        client.set_experiment_tag(exp.experiment_id, NOTE_TAG, wanted)
 
 
 @contextmanager
@@ -97,8 +144,10 @@ def step_run(
         # Children live in the parent's experiment (the fluent default would be experiment 0).
         run_cm = mlflow.start_run(experiment_id=active.info.experiment_id, run_name=run_name or step, nested=True)
     elif os.environ.get("MLFLOW_RUN_ID"):
-        exp_id = _experiment_id(None)
-        run_cm = mlflow.start_run(experiment_id=exp_id)
+        client = MlflowClient()
+        made = client.get_run(os.environ["MLFLOW_RUN_ID"])  # the run `mlflow run` opened, in its experiment
+        prepare_experiment(client, client.get_experiment(made.info.experiment_id))
+        run_cm = mlflow.start_run(run_id=made.info.run_id)
     else:
         exp_id = _experiment_id(experiment_name)
         run_cm = mlflow.start_run(experiment_id=exp_id, run_name=run_name or step)
