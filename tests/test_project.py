@@ -42,6 +42,68 @@ def test_entry_point_turns_true_false_into_flags(monkeypatch):
         run_entry("world", ["--overwrite", "maybe"], flags=["overwrite"])
 
 
+def _command(entry_point: str):
+    import click
+
+    from clipprobe.cli import main
+
+    return main.get_command(click.Context(main), "demo" if entry_point == "main" else entry_point)
+
+
+def _mlproject_name(param) -> str:
+    """The MLproject parameter of a click parameter: its long option's name (``--arch`` -> arch), or the
+    argument's name."""
+    import click
+
+    if isinstance(param, click.Argument):
+        return param.name
+    return next(o for o in param.opts if o.startswith("--"))[2:].replace("-", "_")
+
+
+ENTRY_POINTS = list(yaml.safe_load((REPO / "MLproject").read_text())["entry_points"])
+IN_PROGRESS = {"main", "train"}  # the demo/train change being made beside this one; the lead aligns them after
+
+
+@pytest.mark.parametrize("entry_point", [
+    pytest.param(e, marks=pytest.mark.xfail(reason="main/train blocks are being changed with the demo", strict=False))
+    if e in IN_PROGRESS else e for e in ENTRY_POINTS])
+def test_mlproject_exposes_every_option_of_its_command_as_the_command_spells_it(entry_point):
+    """Same names as the options (``--keep-cache/--no-keep-cache`` -> keep_cache = true|false), every one
+    passed through, and "" as the default so the command's own default (one definition) applies."""
+    import click
+
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry_point]
+    command = " ".join(entry["command"].split())
+    params = entry.get("parameters", {})
+    cmd = _command(entry_point)
+    assert cmd is not None, f"{entry_point}: no clipprobe command of that name"
+    # --experiment-name is mlflow run's own (`mlflow run --experiment-name`), not a parameter
+    wanted = {_mlproject_name(p): p for p in cmd.params if p.name != "experiment_name"}
+    assert sorted(params) == sorted(wanted)
+    for name, param in wanted.items():
+        spec = params[name]
+        if isinstance(param, click.Argument) and param.required:
+            assert spec == {"type": "path"}, name
+            assert f"{{{name}}}" in command.split(), name
+            continue
+        assert spec == {"type": "string", "default": ""}, (name, spec)
+        if isinstance(param, click.Argument):
+            assert f"{{{name}}}" in command.split(), name
+        else:
+            option = next(o for o in param.opts if o.startswith("--"))
+            assert f"{option} {{{name}}}" in command, name
+
+
+def test_entry_point_spells_on_off_flags_like_the_command(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("clipprobe.cli.entry.main", lambda args, prog_name: seen.update(args=args))
+    run_entry("probe", ["--keep-cache", "false", "--channels-last", "true", "--allow-duplicate-weights", "",
+                        "--fold-batchnorm", ""])
+    assert seen["args"] == ["probe", "--no-keep-cache", "--channels-last"]
+    run_entry("probe", ["--keep-cache", "TRUE", "--allow-duplicate-weights", "true"])
+    assert seen["args"] == ["probe", "--keep-cache", "--allow-duplicate-weights"]
+
+
 @pytest.mark.slow
 def test_mlflow_run_world_creates_a_run_with_the_truth_artifact(tmp_path):
     from mlflow.tracking import MlflowClient
