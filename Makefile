@@ -7,10 +7,11 @@ ACTIVATE := . $(VENV)/bin/activate
 
 .PHONY: demo test test-fast lint chromium ui clean-runs
 
-$(VENV)/.installed: pyproject.toml
+# pyproject.toml declares ranges; constraints.txt holds the exact versions this project is tested with.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed

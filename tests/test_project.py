@@ -126,3 +126,51 @@ def test_mlflow_run_world_creates_a_run_with_the_truth_artifact(tmp_path):
     assert [a.path for a in client.list_artifacts(run.info.run_id, "world")] == [
         "world/preview.png", "world/truth.parquet"]
     assert len(list((tmp_path / "w" / "pool").iterdir())) == 6
+
+
+def _pins(lines) -> dict[str, str]:
+    from packaging.requirements import Requirement
+
+    out = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", line
+            out[req.name.lower().replace("_", "-")] = spec.version
+    return out
+
+
+def test_package_declares_ranges_and_the_exact_versions_live_in_constraints():
+    """pip install -e . works beside another stack (Python 3.11-3.13, any torch >= 2.1); the versions tested
+    here are in constraints.txt, which the Makefile installs with and conda.yaml repeats."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    python = SpecifierSet(project["requires-python"])
+    assert all(v in python for v in ("3.11", "3.12", "3.13")) and "3.14" not in python and "3.10" not in python
+    reqs = [Requirement(r) for r in project["dependencies"]
+            + [r for extra in project.get("optional-dependencies", {}).values() for r in extra]]
+    exact = [str(r) for r in reqs if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert exact == [], f"pinned exactly in the package metadata: {exact}"
+    ranges = {r.name.lower().replace("_", "-"): r.specifier for r in reqs}
+    assert ranges["torch"] == SpecifierSet(">=2.1") and ranges["torchvision"] == SpecifierSet(">=0.16")
+    assert ranges["mlflow"] == SpecifierSet(">=3.17,<4") and ranges["optuna"] == SpecifierSet(">=5,<6")
+
+    pins = _pins((REPO / "constraints.txt").read_text().splitlines())
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    for name, version in pins.items():  # every pin satisfies the declared range
+        if name in ranges:
+            assert version in ranges[name], (name, version, ranges[name])
+    assert "-c constraints.txt -e '.[test]'" in (REPO / "Makefile").read_text()
+    assert (REPO / ".ci" / "run").read_text().strip().splitlines()[-1] == "make test"
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip_lines = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    conda_pins = _pins(pip_lines)
+    assert conda_pins and all(pins[name] == version for name, version in conda_pins.items())
+    (conda_python,) = [d.split("=", 1)[1] for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python=")]
+    assert conda_python in python
