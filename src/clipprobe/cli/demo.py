@@ -16,6 +16,9 @@ DEMO_TRAINING = {"width_mult": 0.5, "batch_size": 16, "opt": "adamw", "lr": 0.01
                  "lr_scheduler": "onecycle", "lr_warmup_pct": 0.1, "zero_init_residual": True,
                  "min_crop_scale": 1.0}
 
+# Every third of MobileNetV2's 19 modules, first and last included: "where" at a third of the cost.
+DEMO_MODULES = ",".join(f"module:{i}" for i in range(0, 19, 3))
+
 
 def probe_epochs(epochs: int) -> list[int]:
     """Early, middle and late epochs to probe out of 0..``epochs``: the random init, a quarter, half, the end."""
@@ -35,13 +38,18 @@ def probe_epochs(epochs: int) -> list[int]:
 @click.option("--probe-epochs", default="auto", show_default=True,
               help="Epochs to probe: auto (0, a quarter, half and the last), all, or a list like 0,2,10.")
 @click.option("--repeats", default=1, show_default=True, type=int, help="Extra stratified re-splits per probe fit.")
-@click.option("--modules", default="all", show_default=True, help="Modules to probe: all, or a list like module:0,module:18.")
+@click.option("--modules", default=DEMO_MODULES, show_default=True,
+              help="Modules to probe: all (19: several times slower), or a list like module:0,module:18.")
+@click.option("--permutations", default=0, show_default=True, type=int,
+              help="Permutation-baseline refits per probe fit; 0 (off) keeps the demo within minutes, the probe "
+                   "step's own default is 19.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @options.device
 @options.experiment_name
 @click.pass_context
 def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: int, pool_size: int, epochs: int,
-         probe_epochs: str, repeats: int, modules: str, seed: int, device: str, experiment_name: str | None) -> None:
+         probe_epochs: str, repeats: int, modules: str, permutations: int, seed: int, device: str,
+         experiment_name: str | None) -> None:
     """Run world -> train -> concepts -> probe -> compare on the concept world, each step a child run.
 
     The concepts come from the world's exact annotations (CLIP weights would need a download): its
@@ -59,7 +67,7 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
     probed = ",".join(map(str, probe_epochs_of(probe_epochs, epochs)))
     params = {"out": out_dir, "train_per_class": train_per_class, "val_per_class": val_per_class,
               "pool_size": pool_size, "epochs": epochs, "probe_epochs": probed, "repeats": repeats,
-              "modules": modules, "seed": seed}
+              "modules": modules, "permutations": permutations, "seed": seed}
     train_args = [_option(k, v) for k, v in DEMO_TRAINING.items()]
     with runs.step_run("main", experiment_name=experiment_name, params=params):
         click.echo("== world: the built-in concept world")
@@ -72,7 +80,7 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
         _step(ctx, concepts, "--source", "annotations", "--seed", seed)
         click.echo(f"== probe: epochs {probed} x every module, concept and probe kind, each fit a nested run")
         _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", probed, "--repeats", repeats,
-              "--modules", modules, "--seed", seed, "--device", device)
+              "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device)
         click.echo("== compare: the seed's tables and the what-where-when plot")
         _step(ctx, compare)
 
