@@ -174,3 +174,49 @@ def test_package_declares_ranges_and_the_exact_versions_live_in_constraints():
     assert conda_pins and all(pins[name] == version for name, version in conda_pins.items())
     (conda_python,) = [d.split("=", 1)[1] for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python=")]
     assert conda_python in python
+
+
+def _mlflow_run(tmp_path, uri: str, step: str, **params: object) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", step, "--env-manager", "local"]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, f"mlflow run -e {step}: {done.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_every_entry_point_runs_through_mlflow_run_with_its_defaults(tmp_path):
+    """world -> concepts -> checkpoints -> probe -> tune -> compare under `mlflow run`, each with the MLproject's
+    defaults except where a step needs small data; later steps find earlier runs in the experiment.
+    (main and train: the demo's own test.)"""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from clipprobe.backbones.architectures import build_model
+    from clipprobe.backbones.checkpoints import write_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _mlflow_run(tmp_path, uri, "world", out=tmp_path / "w", pool_size=150, train_per_class=1, val_per_class=0, size=24)
+    _mlflow_run(tmp_path, uri, "concepts", source="annotations", top_k=4, negatives=8)
+    for epoch in (0, 1):
+        torch.manual_seed(epoch)
+        model = build_model("mobilenet_v2", num_classes=3, width_mult=0.25)
+        write_checkpoint(tmp_path / "ck" / f"model_{epoch}.pth", model=model, epoch=epoch,
+                         args={"model": "mobilenet_v2", "width_mult": 0.25, "val_resize_size": 24, "val_crop_size": 24})
+    _mlflow_run(tmp_path, uri, "checkpoints", folder=tmp_path / "ck")
+    small = {"modules": "module:0,module:1", "probes": "linear_gap"}
+    _mlflow_run(tmp_path, uri, "probe", repeats=0, permutations=0, keep_cache="false", **small)
+    _mlflow_run(tmp_path, uri, "tune", n_trials=1, folds=2, **small)
+    _mlflow_run(tmp_path, uri, "compare", out=tmp_path / "report")
+    client = MlflowClient(tracking_uri=uri)
+    made = {r.data.tags.get("clipprobe.step"): r for r in client.search_runs(["0"], "tags.`clipprobe.level` IS NULL")}
+    assert set(made) == {"world", "concepts", "checkpoints", "probe", "tune", "compare"}
+    assert all(r.info.status == "FINISHED" for r in made.values())
+    sweep = made["probe"].data.params
+    assert sweep["model_name"] == "mobilenet_v2" and sweep["epochs"] == "0,1"  # resolved, not the "" typed
+    assert sweep["allow_duplicate_weights"] == "False" and sweep["precision"] == "fp32"
+    assert "" not in sweep.values() and not [k for k in sweep if k.endswith("_resolved")]
+    assert (tmp_path / "report" / "report.html").is_file()
