@@ -274,7 +274,9 @@ def _run_params(config: SweepConfig) -> dict[str, Any]:
     for key, value in config.to_dict().items():
         if key in ("hparams", "hparams_source", "format"):
             continue
-        out[key] = "all" if value is None else ",".join(map(str, value)) if isinstance(value, list) else value
+        if value is None:
+            value = "all" if key in ("epochs", "modules", "concepts") else "none"
+        out[key] = ",".join(map(str, value)) if isinstance(value, list) else value
     for probe_name, params in config.hparams.items():
         out.update({f"{probe_name}.{k}": v for k, v in params.items()})
     return out
