@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--model-name", default="demo_mobilenet_v2")
     parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parser.add_argument("--splits-run", default=None, help="concepts run (default: the latest)")
+    parser.add_argument("--epochs", default=None, help="epochs to check, e.g. 0,2,5,10 (default: all registered)")
     parser.add_argument("--out", default=str(RESULTS / "bench_trust.md"))
     args = parser.parse_args()
     if args.tracking_uri:
@@ -105,10 +106,13 @@ def main() -> None:
     splits_run = args.splits_run or runs.find_latest_run("concepts").info.run_id
     splits = load_splits(runs.download_artifact(splits_run, "concepts/splits.parquet"))
     checkpoints = list_checkpoints(args.model_name)
+    if args.epochs:
+        wanted = {int(e) for e in args.epochs.split(",")}
+        checkpoints = [c for c in checkpoints if c.epoch in wanted]
     if not checkpoints:
         raise SystemExit(f"model {args.model_name!r} has no registered checkpoints: run `make demo` first")
     precisions = ["fp32", "bf16", "auto"]
-    lin = SweepPlan(probes=("linear_gap",), repeats=0)
+    lin = SweepPlan(probes=("linear_gap",), repeats=0, permutations=0)
     wd = lin.params_of("linear_gap")["weight_decay"]
     lines = [
         "# Trust on trained weights: each forward precision against an independent pipeline",
@@ -117,7 +121,8 @@ def main() -> None:
         f"`{splits_run}`, `linear_gap` on the stored split (weight_decay {wd}). Cells: mean / max test images "
         "moved per concept against the independent pipeline (PIL, plain hooks, fp32, scikit-learn).",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}; one run. "
-        f"Command: `python benchmarks/bench_trust.py --model-name {args.model_name}`.",
+        f"Command: `python benchmarks/bench_trust.py --model-name {args.model_name}"
+        f"{f' --epochs {args.epochs}' if args.epochs else ''}`.",
         "",
     ]
     tmp = Path(tempfile.mkdtemp(prefix="bench_trust-"))
@@ -149,8 +154,8 @@ def main() -> None:
             print("\n".join(lines[-len(backbone.probe_modules) - 5:]), flush=True)
 
         # the MLP's noise floor and the default's cost, on the last (trained) checkpoint
-        mlp = SweepPlan(probes=("non_linear_gap",), repeats=0)
-        reseeded = SweepPlan(probes=("non_linear_gap",), repeats=0, seed=1)
+        mlp = SweepPlan(probes=("non_linear_gap",), repeats=0, permutations=0)
+        reseeded = SweepPlan(probes=("non_linear_gap",), repeats=0, permutations=0, seed=1)
         exact = correct(Sweep(splits, mlp, cache_dir=tmp / "fp32", progress=False).run([ref]), "non_linear_gap")
         floor = moved(correct(Sweep(splits, reseeded, cache_dir=tmp / "fp32", progress=False).run([ref]),
                               "non_linear_gap"), exact)
@@ -164,9 +169,9 @@ def main() -> None:
         # the full-map MLP's bf16 Gram products (on by default where bf16 is native), forced on here
         import clipprobe.probes.design as design
 
-        full = SweepPlan(probes=("non_linear_non_gap",), repeats=0)
+        full = SweepPlan(probes=("non_linear_non_gap",), repeats=0, permutations=0)
         exact_full = correct(Sweep(splits, full, cache_dir=tmp / "fp32", progress=False).run([ref]), "non_linear_non_gap")
-        floor_full = moved(correct(Sweep(splits, SweepPlan(probes=("non_linear_non_gap",), repeats=0, seed=1),
+        floor_full = moved(correct(Sweep(splits, SweepPlan(probes=("non_linear_non_gap",), repeats=0, permutations=0, seed=1),
                                          cache_dir=tmp / "fp32", progress=False).run([ref]), "non_linear_non_gap"),
                            exact_full)
         native = design.native_bf16
@@ -185,11 +190,11 @@ def main() -> None:
         timed = {}
         for p in ("fp32", "bf16"):
             t0 = time.perf_counter()
-            Sweep(splits, SweepPlan(repeats=0), cache_dir=tmp / f"time-{p}", extract=ExtractOptions(precision=p),
+            Sweep(splits, SweepPlan(repeats=0, permutations=0), cache_dir=tmp / f"time-{p}", extract=ExtractOptions(precision=p),
                   progress=False).run([ref])
             timed[p] = time.perf_counter() - t0
         lines += [f"## Cost of one checkpoint (epoch {ref.epoch}), all three probe kinds, repeats 0, one run", "",
-                  f"fp32 (the default): {timed['fp32']:.1f} s; bf16: {timed['bf16']:.1f} s "
+                  f"fp32 (the default): {timed['fp32']:.1f} s; bf16: {timed['bf16']:.1f} s; permutations 0 "
                   "(this CPU emulates bf16 unless it has AVX512-BF16 or AMX).", ""]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
