@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "world": "world",
     "train": "train",
     "checkpoints": "checkpoints",
+    "clip": "clip",
     "concepts": "concepts",
     "probe": "probe",
     "tune": "tune",

@@ -17,9 +17,14 @@ from clipprobe.concepts.annotations import (
     annotation_scores,
     concept_labels,
     image_classes,
-    positive_precision,
 )
 from clipprobe.concepts.classes import FOLDERS, read_image_classes
+from clipprobe.concepts.label_quality import (
+    label_quality,
+    quality_metrics,
+    quality_text,
+    with_truth,
+)
 from clipprobe.concepts.parquet import write_table
 from clipprobe.concepts.pool import list_images, pool_fingerprint
 from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
@@ -201,6 +206,10 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
             table = select_splits(scores, vocab, top_k=top_k, negatives=negatives,
                                   test_fraction=test_fraction, seed=seed, known_labels=known,
                                   image_classes=classes, negatives_matching=negatives_matching)
+            quality = None
+            if labels is not None:  # the truth beside each mined label, and how often they agree
+                table = with_truth(table, labels)
+                quality = label_quality(table)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
         sizes = split_sizes(table)
@@ -210,6 +219,8 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
                       "sizes": sizes.to_dict(orient="index")}
         write_table(scores, out / "scores.parquet", {**meta, "n_unreadable": len(unreadable)})
         write_splits(table, out / "splits.parquet", split_meta)
+        if quality is not None:
+            write_table(quality, out / "label_quality.parquet", {"source": source, "prompt": prompt})
         write_contact_sheets(table, pool_root, out / "contact_sheets")
         if unreadable:
             (out / "unreadable.txt").write_text("\n".join(unreadable) + "\n")
@@ -220,12 +231,14 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
         metrics = {"n_pool_images": len(paths), "n_unreadable": len(unreadable), "n_scored": len(scores)}
         for concept, row in sizes.iterrows():
             metrics.update({f"{k}.{concept}": v for k, v in row.items()})
-        if scorer is not None and labels is not None:
-            precision_by = positive_precision(table, labels)
-            metrics.update({f"positive_precision.{c}": p for c, p in precision_by.items()})
-            metrics["positive_precision_mean"] = sum(precision_by.values()) / len(precision_by)
+        if scorer is not None and quality is not None:  # annotation labels are the truth: nothing to measure
+            metrics.update(quality_metrics(quality))
         runs.log_metrics(metrics)
     click.echo(sizes.to_string())
+    if scorer is not None and quality is not None:
+        click.echo("CLIP's labels against the truth (precision of the top-k positives, of the negatives; "
+                   "share of test labels that are right):")
+        click.echo(quality_text(quality))
     if unreadable:
         click.echo(f"{len(unreadable)} unreadable image(s) skipped (listed in concepts/unreadable.txt)")
     click.echo(f"concept splits of {len(paths)} images logged to run {run.info.run_id}")

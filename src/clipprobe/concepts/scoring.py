@@ -165,6 +165,17 @@ def group_probabilities(
     return torch.cat([(scale * image @ t.double().T).softmax(dim=-1) for t in text_features], dim=1)
 
 
+def config_beside_weights(model_name: str, weights: str | None) -> Path | None:
+    """``<model_name>.json`` in the weights file's folder, when both exist: an open_clip model config
+    (``embed_dim``, ``vision_cfg``, ``text_cfg``) that travels with its weights, as the ``clip`` step
+    saves them. Registered with ``open_clip.add_model_config`` it makes ``model_name`` a known
+    architecture, so the file loads like any other."""
+    if not weights or not Path(weights).expanduser().is_file():
+        return None
+    config = Path(weights).expanduser().with_name(f"{model_name}.json")
+    return config if config.is_file() else None
+
+
 def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or value.lower().endswith(WEIGHTS_SUFFIXES)
 
@@ -205,11 +216,16 @@ class ClipScorer:
         if model_name.startswith("hf-hub:"):
             pretrained = None
         else:
+            beside = config_beside_weights(model_name, pretrained)
+            if beside is not None:
+                open_clip.add_model_config(beside)  # the user's own architecture, as open_clip reads it
             if model_name not in open_clip.list_models():
                 close = [m for m in open_clip.list_models() if model_name.lower()[:4] in m.lower()][:8]
                 raise ValueError(
                     f"unknown CLIP architecture {model_name!r}: open_clip has e.g. "
-                    f"{', '.join(close or open_clip.list_models()[:8])} (see open_clip.list_models())"
+                    f"{', '.join(close or open_clip.list_models()[:8])} (see open_clip.list_models()); "
+                    f"for your own architecture put its open_clip config as {model_name}.json next to the "
+                    "weights file"
                 )
             tags = open_clip.list_pretrained_tags_by_model(model_name)
             if pretrained and pretrained not in tags:

@@ -23,7 +23,7 @@ LEVEL_TAG = "clipprobe.level"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
-STEPS = ("world", "train", "checkpoints", "concepts", "probe", "tune", "compare", "main")
+STEPS = ("world", "train", "checkpoints", "clip", "concepts", "probe", "tune", "compare", "main")
 
 
 def tracking_uri() -> str:

@@ -1,0 +1,96 @@
+"""`clipprobe clip`: train a small CLIP on the concept world, report its zero-shot accuracy, register it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from clipprobe.cli import options
+from clipprobe.concepts.vocabulary import DEFAULT_PROMPT
+from clipprobe.concepts.world_clip import WorldClipConfig
+
+_DEFAULT = WorldClipConfig()
+DEFAULT_REGISTERED_NAME = "world_clip"
+
+
+@click.command()
+@click.option("--world", "world_root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Concept world folder (with truth.parquet). Default: the latest world run's.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for <model>.pt and <model>.json. Default: <world>/clip.")
+@click.option("--epochs", default=_DEFAULT.epochs, show_default=True, type=int)
+@click.option("--batch-size", default=_DEFAULT.batch_size, show_default=True, type=int,
+              help="Image-caption pairs per step (the contrastive loss's negatives).")
+@click.option("--lr", default=_DEFAULT.lr, show_default=True, type=float, help="Peak AdamW learning rate.")
+@click.option("--weight-decay", default=_DEFAULT.weight_decay, show_default=True, type=float)
+@click.option("--warmup-pct", default=_DEFAULT.warmup_pct, show_default=True, type=float,
+              help="Share of the steps warming the learning rate up before its cosine decay.")
+@click.option("--seed", default=_DEFAULT.seed, show_default=True, type=int)
+@click.option("--clip-model", default=_DEFAULT.model_name, show_default=True,
+              help="Architecture name: the open_clip config is saved as <name>.json beside the weights.")
+@click.option("--prompt", default=DEFAULT_PROMPT, show_default=True,
+              help="Prompt template of the zero-shot evaluation on the world's validation images.")
+@click.option("--model-name", default=DEFAULT_REGISTERED_NAME, show_default=True,
+              help="Registered model the CLIP becomes a version of.")
+@options.device
+@options.experiment_name
+def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, seed, clip_model, prompt,
+         model_name, device, experiment_name) -> None:
+    """Train a small open_clip CLIP on the concept world's training images, captioned from their attributes.
+
+    Saves <out>/<clip-model>.pt (a state dict) and <clip-model>.json (its open_clip config), logs and
+    registers the model, and reports zero-shot accuracy per attribute (colour, pattern, shape) on the
+    world's validation images. Use it with `concepts --clip-model NAME --clip-weights <out>/NAME.pt`.
+    """
+    from clipprobe.cli.concepts import WORLD_ROOT_TAG
+    from clipprobe.concepts import world_clip
+    from clipprobe.concepts.scoring import file_sha256
+    from clipprobe.devices import resolve_device
+    from clipprobe.tracking import clip_models, runs
+    from clipprobe.world import read_truth
+
+    if world_root is None:
+        found = runs.find_latest_run("world", experiment_name=experiment_name)
+        if found is None or WORLD_ROOT_TAG not in found.data.tags:
+            raise click.UsageError("no --world given and no finished world run found: run `clipprobe world` first")
+        world_root = found.data.tags[WORLD_ROOT_TAG]
+    world_root = Path(world_root).resolve()
+    config = WorldClipConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                             warmup_pct=warmup_pct, seed=seed, model_name=clip_model, prompt=prompt)
+    try:
+        config.validate()
+        _, spec = read_truth(world_root)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    out = Path(out_dir) if out_dir else world_root / "clip"
+    values = {"colour": list(spec.colours), "pattern": list(spec.patterns), "shape": list(spec.shapes)}
+    params = {**dataclasses.asdict(config), "world": str(world_root), "out": str(out.resolve()),
+              "registered_model": model_name}
+    with runs.step_run("clip", experiment_name=experiment_name, params=params) as run:
+        try:
+            trained = world_clip.train_world_clip(
+                world_root, out, config, device=resolve_device(device),
+                on_epoch=lambda epoch, loss: runs.log_metrics({"train_loss": loss}, step=epoch))
+            val = world_clip.load_world_images(world_root, "val", trained.preprocess)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from None
+        accuracy = world_clip.zero_shot_accuracy(trained.model, trained.tokenizer, val, prompt=prompt, values=values)
+        weights, config_file = world_clip.save_world_clip(trained, out)
+        sha = file_sha256(weights)
+        metrics = {"train_seconds": trained.seconds, "n_parameters": world_clip.training_summary(trained)["n_parameters"]}
+        for row in accuracy.itertuples():
+            metrics[f"val_zero_shot_acc.{row.group}"] = row.accuracy
+            metrics[f"val_zero_shot_chance.{row.group}"] = row.chance
+        runs.log_metrics(metrics)
+        runs.set_tags({"clipprobe.clip_weights": str(weights.resolve()), "clipprobe.clip_model": clip_model,
+                       "clipprobe.clip_weights_sha256": sha})
+        registered = clip_models.log_clip_model(trained.model, name=model_name, clip_model=clip_model,
+                                                weights=weights, config=config_file, sha256=sha, metrics=metrics)
+    click.echo(f"world CLIP trained in {trained.seconds:.0f} s on {trained.n_train_images} images "
+               f"({config.epochs} epochs); zero-shot accuracy on {len(val.pixels)} validation images "
+               f"with {prompt!r}:")
+    click.echo(accuracy.set_index("group")[["accuracy", "chance", "n_values"]].to_string(float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"weights {weights} (+ {config_file.name}), registered as {registered.uri}, run {run.info.run_id}")
+    click.echo(f"use it: clipprobe concepts --clip-model {clip_model} --clip-weights {weights}")
