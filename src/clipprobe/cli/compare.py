@@ -11,8 +11,9 @@ import click
 
 from clipprobe.cli import options
 from clipprobe.report.build import write_report
+from clipprobe.report.labels import LabelSources
 from clipprobe.report.reference import read_reference_csv
-from clipprobe.tracking import fits
+from clipprobe.tracking import fits, label_sources
 from clipprobe.tracking import results as sweep_results
 from clipprobe.tracking.runs import log_artifacts, set_tags, step_run
 
@@ -68,10 +69,12 @@ def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, 
         provenance = [sweep_results.provenance(run_id, name, table, ui_url=ui) for (name, table), run_id
                       in zip(sweeps, ids, strict=True)]
         ref = read_reference_csv(reference) if reference.strip() else None
+        truth, mined = label_sources.label_sources(ids, [name for name, _ in sweeps])  # CLIP vs true labels
         # Built in a fresh folder so the run logs this report only, never stale files in --out.
         with tempfile.TemporaryDirectory(prefix="clipprobe-compare-") as tmp:
             report = write_report(sweeps, tmp, epoch=_epoch(epoch), modules=_modules(modules),
                                   reference_table=ref, provenance=provenance,
+                                  label_sources=LabelSources(truth, mined) if mined else None,
                                   title=f"clipprobe: what, where and when ({', '.join(p.model for p in provenance)})")
             params = {"sweep_run_ids": ",".join(ids), "epoch": epoch, "modules": modules or "default",
                       "reference": reference or "none", "out": str(out)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli import options
+from clipprobe.concepts.world_clip import WorldClipConfig
 
 DEMO_MODEL = "demo_mobilenet_v2"
 # The demo's recipe: MobileNetV2 (width 0.5) learns the world's 10 shapes at 64 px in ten epochs with
@@ -44,19 +45,28 @@ def probe_epochs(epochs: int) -> list[int]:
               help="Permutation-baseline refits per probe fit; 0 (off) keeps the demo within minutes, the probe "
                    "step's own default is 19.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--clip/--no-clip", "with_clip", default=True, show_default=True,
+              help="Also train the world CLIP, mine concepts with it and probe the last epoch on its labels; "
+                   "--no-clip runs the annotation path only.")
+@click.option("--clip-epochs", default=WorldClipConfig().epochs, show_default=True, type=int,
+              help="Training epochs of the world CLIP.")
 @options.device
 @options.experiment_name
 @click.pass_context
 def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: int, pool_size: int, epochs: int,
-         probe_epochs: str, repeats: int, modules: str, permutations: int, seed: int, device: str,
-         experiment_name: str | None) -> None:
-    """Run world -> train -> concepts -> probe -> compare on the concept world, each step a child run.
+         probe_epochs: str, repeats: int, modules: str, permutations: int, seed: int, with_clip: bool,
+         clip_epochs: int, device: str, experiment_name: str | None) -> None:
+    """Run world -> train -> concepts -> probe, then clip -> concepts (CLIP) -> probe, then compare,
+    on the concept world, each step a child run.
 
-    The concepts come from the world's exact annotations (CLIP weights would need a download): its
-    colours, patterns and some of its shapes. The backbone is a MobileNetV2 (width 0.5) trained on the
-    shapes, registered per epoch; a few epochs are probed, so "when" has a known answer: shape concepts
-    appear at late modules as the network learns them.
+    The first concepts come from the world's exact annotations: its colours, patterns and some of its
+    shapes. The backbone is a MobileNetV2 (width 0.5) trained on the shapes, registered per epoch; a few
+    epochs are probed, so "when" has a known answer: shape concepts appear at late modules as the
+    network learns them. Then a small CLIP trained on the world mines the same concepts the seed's way
+    (its prompt, a softmax per group); the last epoch is probed on CLIP's labels, and compare shows both
+    sweeps side by side with CLIP's label precision and how much of the difference label noise explains.
     """
+    from clipprobe.cli.clip import clip
     from clipprobe.cli.compare import compare
     from clipprobe.cli.concepts import concepts
     from clipprobe.cli.probe import probe
@@ -67,7 +77,8 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
     probed = ",".join(map(str, probe_epochs_of(probe_epochs, epochs)))
     params = {"out": out_dir, "train_per_class": train_per_class, "val_per_class": val_per_class,
               "pool_size": pool_size, "epochs": epochs, "probe_epochs": probed, "repeats": repeats,
-              "modules": modules, "permutations": permutations, "seed": seed}
+              "modules": modules, "permutations": permutations, "seed": seed, "clip": with_clip,
+              "clip_epochs": clip_epochs}
     train_args = [_option(k, v) for k, v in DEMO_TRAINING.items()]
     with runs.step_run("main", experiment_name=experiment_name, params=params):
         click.echo("== world: the built-in concept world")
@@ -81,8 +92,32 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
         click.echo(f"== probe: epochs {probed} x every module, concept and probe kind, each fit a nested run")
         _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", probed, "--repeats", repeats,
               "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device)
-        click.echo("== compare: the seed's tables and the what-where-when plot")
-        _step(ctx, compare)
+        sweeps = [_latest(runs, "probe")]
+        if with_clip:
+            click.echo("== clip: a small CLIP learns the world from captions of its known attributes")
+            _step(ctx, clip, "--world", out_dir, "--out", f"{out_dir}/clip", "--epochs", clip_epochs,
+                  "--seed", seed, "--device", device)
+            clip_run = _latest(runs, "clip")
+            click.echo("== concepts: top-k splits mined by the world CLIP (the seed's prompt, softmax per group)")
+            _step(ctx, concepts, "--source", "clip", "--clip-model", clip_run.data.tags["clipprobe.clip_model"],
+                  "--clip-weights", clip_run.data.tags["clipprobe.clip_weights"], "--num-workers", 0,
+                  "--seed", seed, "--device", device)
+            click.echo(f"== probe: epoch {epochs} on CLIP's labels (same modules and probe kinds)")
+            _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", epochs, "--repeats", repeats,
+                  "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device,
+                  "--splits-run", _latest(runs, "concepts").info.run_id)
+            sweeps.append(_latest(runs, "probe"))
+        click.echo("== compare: the seed's tables, the what-where-when plot"
+                   + (", CLIP's labels beside the truth" if with_clip else ""))
+        _step(ctx, compare, *(r.info.run_id for r in sweeps))
+
+
+def _latest(runs, step: str):
+    """The step's run just finished under this demo (the newest finished run of the step)."""
+    found = runs.find_latest_run(step)
+    if found is None:  # pragma: no cover - the step above raised instead
+        raise click.ClickException(f"the demo's {step} step left no finished run")
+    return found
 
 
 def _option(name: str, value: object) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-TRUTH_COLUMN = "truth"
+from clipprobe.concepts.splits import TRUTH_COLUMN
+
 QUALITY_COLUMNS = ("concept", "group", "n_positives", "n_negatives", "positive_precision", "negative_precision",
                    "n_test_positives", "n_test_negatives", "test_positive_precision", "test_negative_precision",
                    "test_label_agreement")

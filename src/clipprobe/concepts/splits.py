@@ -16,6 +16,8 @@ from clipprobe.concepts.vocabulary import Vocabulary
 SPLIT_COLUMNS = ("concept", "group", "path", "rank", "probability", "label", "part")
 # Written when the images' classes are known (the concept world's shape); older files lack it.
 IMAGE_CLASS_COLUMN = "image_class"
+# Written when ground truth is known: whether the image truly holds the concept (the label may be CLIP's).
+TRUTH_COLUMN = "truth"
 # How negatives are drawn: uniformly outside the positives, or matching the positives' classes.
 NEGATIVES_MATCHING = ("none", "class")
 
@@ -219,7 +221,7 @@ class ConceptSplits:
 def write_splits(table: pd.DataFrame, path: str | Path, metadata: dict[str, Any]) -> Path:
     if "pool_root" not in metadata:
         raise ValueError("splits metadata needs pool_root (the folder image paths are relative to)")
-    columns = [*SPLIT_COLUMNS, *([IMAGE_CLASS_COLUMN] if IMAGE_CLASS_COLUMN in table.columns else [])]
+    columns = [*SPLIT_COLUMNS, *(c for c in (IMAGE_CLASS_COLUMN, TRUTH_COLUMN) if c in table.columns)]
     return write_table(table[columns], path, metadata)
 
 

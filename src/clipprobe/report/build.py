@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipprobe.report import diff, intro, page, plots, reference, sanity, tables
+from clipprobe.report import diff, intro, labels, page, plots, reference, sanity, tables
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,11 @@ def _baseline(data: pd.DataFrame) -> float | None:
 def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                  epoch: int | None = None, modules: Sequence[str] | None = None,
                  reference_table: pd.DataFrame | None = None, title: str = "clipprobe comparison",
-                 provenance: Sequence[intro.Provenance] = ()) -> Report:
+                 provenance: Sequence[intro.Provenance] = (),
+                 label_sources: labels.LabelSources | None = None) -> Report:
     """Introduction and provenance, then per sweep the what-where-when plots, accuracy over epochs,
-    emergences, sanity flags and tables; then diffs (later sweeps vs the first) and the reference."""
+    emergences, sanity flags and tables; then diffs (later sweeps vs the first), mined vs true labels
+    (``label_sources``: ``labels.csv`` per mined sweep) and the reference."""
     prepared = _prepare(sweeps, epoch, modules)
     diffs = [(name, diff.diff_sweeps(prepared[0][1], data, epoch_a=epoch, epoch_b=epoch))
              for name, data, _, _ in prepared[1:]]
@@ -121,6 +123,14 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
         files.append(path)
         text += [diff.diff_text(d, first, name), ""]
         sections.append((f"{first} vs {name}", diff.diff_html(d, first, name)))
+    if label_sources is not None:
+        by_name = {name: data for name, data, _, _ in prepared}
+        for name, table, text_part, html_part in labels.label_sections(by_name, label_sources, epoch):
+            path = out / (f"{name}/labels.csv" if several else "labels.csv")
+            table.to_csv(path, index=False)
+            files.append(path)
+            text += [text_part, ""]
+            sections.append((f"CLIP-mined labels ({name}) beside true labels", html_part))
     if beside is not None:
         path = out / "reference.csv"
         beside.to_csv(path, index=False)
