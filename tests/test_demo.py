@@ -33,7 +33,8 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
     parent = find_latest_run("main")
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted(r.data.tags[STEP_TAG] for r in children) == ["compare", "concepts", "probe", "train", "world"]
+    assert sorted(r.data.tags[STEP_TAG] for r in children) == ["clip", "compare", "concepts", "concepts", "probe",
+                                                                "probe", "train", "world"]
 
     # Every epoch is registered, each with its own weights.
     versions = client.search_model_versions(f"name = '{DEMO_MODEL}'")
@@ -48,14 +49,14 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
     assert val_acc[last] >= 0.9, f"the demo's backbone did not learn its shapes: val_acc by epoch {val_acc}"
 
     # Every shape concept in the splits knows its image's class (what a control task needs).
-    concepts = find_latest_run("concepts")
+    concepts = _step_child(children, "concepts", source="annotations")
     splits = pd.read_parquet(download_artifact(concepts.info.run_id, "concepts/splits.parquet", tmp_path / "dl"))
     assert splits["image_class"].notna().all()
     shapes = [g for g in WORLD.groups if g.name == "shapes"][0].concepts
     positives = splits[splits["concept"].isin(shapes) & (splits["label"] == 1)]
     assert (positives["image_class"] == positives["concept"]).all()
 
-    sweep = find_latest_run("probe")
+    sweep = _step_child(children, "probe", splits_run=concepts.info.run_id)
     results = pd.read_parquet(download_artifact(sweep.info.run_id, "probe/results.parquet", tmp_path / "dl"))
     epochs = probe_epochs(last)
     assert sorted(results["epoch"].unique()) == epochs
@@ -82,6 +83,35 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
                 f"{colour} at module:0, epoch {epoch}: {row['test_acc']:.3f} "
                 f"[{row['test_acc_ci_low']:.3f}, {row['test_acc_ci_high']:.3f}] is not above the baseline")
 
+    # CLIP in the loop: the world CLIP names colours, its colour positives are mostly right, and the
+    # last epoch probed on its labels sits beside the true-label sweep in the report.
+    clip_run = _step_child(children, "clip")
+    assert clip_run.data.metrics["val_zero_shot_acc.colour"] >= 0.9, clip_run.data.metrics
+    assert client.search_model_versions("name = 'world_clip'")
+    mined = _step_child(children, "concepts", source="clip")
+    for colour in colours:
+        assert mined.data.metrics[f"positive_precision.{colour}"] >= 0.9, mined.data.metrics
+    clip_sweep = _step_child(children, "probe", splits_run=mined.info.run_id)
+    clip_results = pd.read_parquet(download_artifact(clip_sweep.info.run_id, "probe/results.parquet", tmp_path / "dl2"))
+    assert sorted(clip_results["epoch"].unique()) == [last]
+    assert len(clip_results) == len(WORLD.concepts) * 3 * 3
+
     report = find_latest_run("compare")
+    assert report.data.params["sweep_run_ids"] == f"{sweep.info.run_id},{clip_sweep.info.run_id}"
     names = {a.path for a in client.list_artifacts(report.info.run_id, "compare")}
     assert "compare/report.html" in names
+    labels = pd.read_csv(download_artifact(report.info.run_id, f"compare/{clip_sweep.info.run_id[:8]}/labels.csv",
+                                           tmp_path / "dl3"))
+    assert len(labels) == len(clip_results) and labels["acc_true"].notna().all()
+    row = labels.iloc[0]
+    assert row["expected_from_noise"] == pytest.approx(
+        row["acc_true"] * row["label_agreement"] + (1 - row["acc_true"]) * (1 - row["label_agreement"]))
+    assert "CLIP-mined labels" in result.output and "expected = A * a + (1 - A) * (1 - a)" in result.output
+
+
+def _step_child(children, step: str, **params):
+    """The one child run of ``step`` whose params include ``params``."""
+    found = [r for r in children if r.data.tags[STEP_TAG] == step
+             and all(r.data.params.get(k) == v for k, v in params.items())]
+    assert len(found) == 1, (step, params, [r.data.params for r in children if r.data.tags[STEP_TAG] == step])
+    return found[0]
