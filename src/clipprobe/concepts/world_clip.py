@@ -59,9 +59,12 @@ def caption(template: str, attributes: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class WorldClipConfig:
-    """How the world CLIP is trained; the one place its defaults live (the ``clip`` command reads them)."""
+    """How the world CLIP is trained; the one place its defaults live (the ``clip`` command reads them).
 
-    epochs: int = 5
+    15 epochs of 2,000 world images: colours at 5 epochs already, patterns only later (measured on the
+    demo's world: zero-shot colour 1.000, pattern 0.665, shape 0.080 on its 200 validation images)."""
+
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.1
