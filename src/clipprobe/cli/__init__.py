@@ -36,6 +36,16 @@ class StepGroup(click.Group):
         module = importlib.import_module(f"clipprobe.cli.{COMMANDS[cmd_name]}")
         return getattr(module, cmd_name)
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Every command ends the same way on an interrupt: one line, exit 130 (Ctrl-C) or 143 (SIGTERM);
+        its run ends KILLED (``tracking.runs.ended_killed_on_interrupt``)."""
+        from clipprobe.cli.failures import interrupted
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            raise interrupted(err) from None
+
 
 @click.group(cls=StepGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="clipprobe")
@@ -47,7 +57,11 @@ def main(verbose: bool) -> None:
     Runs go to MLFLOW_TRACKING_URI, by default the embedded store sqlite:///mlflow.db with
     artifacts under ./mlruns. `clipprobe demo` chains the steps on the built-in concept world.
     """
+    from clipprobe.cli.failures import check_tracking_server, terminate_as_interrupt
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    terminate_as_interrupt()
+    check_tracking_server()
