@@ -127,9 +127,15 @@ def resume_config(run_id: str, given: dict[str, Any]) -> SweepConfig:
 
 def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str]) -> dict[str, Any]:
     """Turn a config into checkpoints and splits; the returned config names exactly what runs."""
+    from clipprobe.backbones.architectures import resolve_probe_modules
     from clipprobe.backbones.loader import load_backbone
     from clipprobe.concepts.splits import load_splits
-    from clipprobe.sweep import CheckpointRef, check_distinct_weights, select_checkpoints
+    from clipprobe.sweep import (
+        CheckpointRef,
+        check_distinct_weights,
+        concept_tasks,
+        select_checkpoints,
+    )
     from clipprobe.tracking import runs
     from clipprobe.tracking.registry import list_checkpoints
 
@@ -143,6 +149,10 @@ def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str
         check_distinct_weights(refs, allow_duplicate_weights=config.allow_duplicate_weights)
         split_id = config.splits_run or splits_run_id(None, exp_id, exp_name)
         splits = load_splits(runs.download_artifact(split_id, SPLITS_ARTIFACT))
+        # bad --modules / --concepts are usage errors here, before any run exists
+        concept_tasks(splits, config.concepts)
+        if config.modules is not None:
+            resolve_probe_modules(refs[0].load().module, config.modules)
         hparams, source = dict(config.hparams), dict(config.hparams_source)
         if config.params_from and not hparams:
             hparams = best_params(config.params_from, list(config.probes))

@@ -13,7 +13,9 @@ from typing import Any
 import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
+from mlflow.utils import get_results_from_paginated_fn
 
 log = logging.getLogger(__name__)
 
@@ -322,15 +324,15 @@ def chosen_experiment(experiment_name: str | None = None) -> tuple[str | None, s
     return (exp.experiment_id if exp else None), experiment_name
 
 
-def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
-    """Every run matching ``filter_string``, through MLflow's own pagination (its largest page size)."""
-    from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
-    from mlflow.utils import get_results_from_paginated_fn
+SEARCH_PAGE = SEARCH_MAX_RESULTS_THRESHOLD  # runs per search page: MLflow's largest
 
+
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every run matching ``filter_string``, through MLflow's own pagination (``SEARCH_PAGE`` per page)."""
     return get_results_from_paginated_fn(
         lambda n, token: client.search_runs(experiment_ids, filter_string=filter_string, max_results=n,
                                             page_token=token),
-        SEARCH_MAX_RESULTS_THRESHOLD)
+        SEARCH_PAGE)
 
 
 def get_run(run_id: str) -> Run:
