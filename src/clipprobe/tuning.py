@@ -166,11 +166,11 @@ def open_storage(url: str | Path | None, *, default_dir: str | Path = ".",
         reason = f"SQLAlchemy knows no database {text.split('://', 1)[0]!r}; check the URL"
     except ArgumentError as err:
         reason = f"{err}; check the URL"
-    except ImportError as err:
+    except ImportError:
         driver, package = storage_driver(text)
         dialect = make_url(text).get_backend_name()
-        reason = (f"SQLAlchemy's driver for {text.split('://', 1)[0]}:// is {driver}, which is not installed "
-                  f"({err}): pip install '{package}', or name an installed driver ({dialect}+<driver>://...)")
+        reason = (f"SQLAlchemy's driver for {text.split('://', 1)[0]}:// is {driver}, which is not installed: "
+                  f"pip install '{package}', or name an installed driver ({dialect}+<driver>://...)")
     except Exception as err:  # noqa: BLE001 - refused, timed out, bad file: the driver's own words, in one line
         reason = " ".join(str(getattr(err, "orig", None) or err).split())
         reason = reason.replace(text, masked)  # the URL, if quoted, with its password hidden

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -35,6 +36,13 @@ def interrupted(err: KeyboardInterrupt) -> click.exceptions.Exit:
     click.echo(("terminated (SIGTERM)" if term else "interrupted (Ctrl-C)")
                + ": the run ends KILLED; a probe sweep resumes with `clipprobe probe --resume RUN_ID`", err=True)
     return click.exceptions.Exit(128 + (signal.SIGTERM if term else signal.SIGINT))
+
+
+def expected_error(err: BaseException) -> bool:
+    """A user's, data's or environment's error rather than a bug: a file or folder (``OSError``) or the
+    tracking store refusing something (``MlflowException``)."""
+    mlflow_errors = sys.modules.get("mlflow.exceptions")  # never imported just to check
+    return isinstance(err, OSError) or (mlflow_errors is not None and isinstance(err, mlflow_errors.MlflowException))
 
 
 def check_tracking_server(uri: str | None = None, timeout: float = REACH_TIMEOUT_S) -> None:
