@@ -15,7 +15,6 @@ from sweep_fakes import mobilenet, plant_red
 from test_sweep_tracking import log_splits, register
 
 from clipprobe.cli import main
-from clipprobe.tracking import runs
 
 
 def _error_lines(result) -> list[str]:
@@ -47,18 +46,19 @@ def test_every_command_fails_in_one_line_with_its_exit_code(tracking_store, args
     _fails_in_one_line(CliRunner().invoke(main, args), code, *words)
 
 
+@pytest.mark.parametrize("command", ["probe", "tune"])
 @pytest.mark.parametrize(("option", "value", "words"), [
     ("--modules", "module:99", ["unknown module 'module:99'", "the model has features.0 .. features.18"]),
     ("--concepts", "plaid", ["unknown concept(s) plaid", "the splits hold red, blue"]),
 ])
-def test_bad_modules_and_concepts_are_usage_errors_before_any_run(tracking_store, tmp_path, option, value, words):
+def test_bad_modules_and_concepts_are_usage_errors_before_any_run(tracking_store, tmp_path, command, option, value,
+                                                                 words):
     register({0: plant_red(mobilenet())})
     log_splits(tmp_path)
-    result = CliRunner().invoke(main, ["probe", option, value, "--cache-dir", "cache", "--device", "cpu"])
+    result = CliRunner().invoke(main, [command, option, value, "--cache-dir", "cache", "--device", "cpu"])
     _fails_in_one_line(result, 2, *words)
-    assert runs.find_latest_run("probe") is None
     client = MlflowClient()
-    assert client.search_runs(["0"], "tags.`clipprobe.step` = 'probe'") == []  # not even a FAILED one
+    assert client.search_runs(["0"], f"tags.`clipprobe.step` = '{command}'") == []  # not even a FAILED one
 
 
 def test_an_unreachable_tracking_server_fails_fast_naming_it(tmp_path):
