@@ -34,7 +34,8 @@ def interrupted(err: KeyboardInterrupt) -> click.exceptions.Exit:
     """One line on stderr and the shell's exit code for the signal (128 + its number)."""
     term = isinstance(err, Terminated)
     click.echo(("terminated (SIGTERM)" if term else "interrupted (Ctrl-C)")
-               + ": the run ends KILLED; a probe sweep resumes with `clipprobe probe --resume RUN_ID`", err=True)
+               + ": a run it opened ends KILLED; a probe sweep resumes with `clipprobe probe --resume RUN_ID`",
+               err=True)
     return click.exceptions.Exit(128 + (signal.SIGTERM if term else signal.SIGINT))
 
 

@@ -236,9 +236,9 @@ def log_params(params: Mapping[str, Any]) -> None:
 
 def _rewrite_params(client: MlflowClient, run_id: str, values: Mapping[str, str], drop: set[str]) -> bool:
     """Replace logged param values and drop params, in the tables of a SQL store; False elsewhere."""
-    from clipprobe.tracking.bulk import sql_store
+    from clipprobe.tracking.bulk import fast_store
 
-    store = sql_store(client)
+    store = fast_store(client)  # MLflow's private tables: only on a schema revision this was tested on
     if store is None:
         return False
     from mlflow.store.tracking.dbmodels.models import SqlParam
