@@ -22,9 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from clipprobe.tracking.fit_records import (  # noqa: F401 - the names a sweep's runs are read by
     BAD_NAME_CHARS,
-    FIT_KEY,
     IDENTITY_COLUMNS,
-    INT_COLUMNS,
     MAX_PARAM_CHARS,
     METRIC_COLUMNS,
     PARENT_TAG,
@@ -35,7 +33,6 @@ from clipprobe.tracking.fit_records import (  # noqa: F401 - the names a sweep's
     fit_key,
     now_ms,
     param_text,
-    results_frame,
 )
 from clipprobe.tracking.runs import (
     LEVEL_TAG,
