@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import sys
 import threading
 import urllib.error
@@ -59,6 +60,8 @@ def check_tracking_server(uri: str | None = None, timeout: float = REACH_TIMEOUT
         return  # it answered
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
+        if isinstance(reason, ssl.SSLError):  # it answered; TLS settings are MLflow's (MLFLOW_TRACKING_INSECURE_TLS)
+            return
         raise click.ClickException(
             f"tracking server {uri} is unreachable ({reason}): start it (`mlflow server ...`) or point "
             "MLFLOW_TRACKING_URI at a running one (unset, runs go to sqlite:///mlflow.db)") from None
