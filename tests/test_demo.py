@@ -115,3 +115,45 @@ def _step_child(children, step: str, **params):
              and all(r.data.params.get(k) == v for k, v in params.items())]
     assert len(found) == 1, (step, params, [r.data.params for r in children if r.data.tags[STEP_TAG] == step])
     return found[0]
+
+
+@pytest.mark.slow
+def test_demo_clip_half_runs_end_to_end(tracking_store, tmp_path):
+    """A small demo (a world of 20 training images per shape, 1 epoch, 2 modules, a 1-epoch CLIP): the
+    CLIP-mined sweep runs, and the report sets it beside the true-label sweep with the noise formula.
+    What the demo recovers at full size is the test above's."""
+    result = CliRunner().invoke(main, [
+        "demo", "--out", str(tmp_path / "world"), "--train-per-class", "20", "--val-per-class", "4",
+        "--pool-size", "1500", "--epochs", "1", "--modules", "module:0,module:18", "--clip-epochs", "1",
+        "--experiment-name", "demo"])
+    assert result.exit_code == 0, result.output[-3000:]
+    client = MlflowClient()
+    parent = find_latest_run("main")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags[STEP_TAG] for r in children) == ["clip", "compare", "concepts", "concepts", "probe",
+                                                                "probe", "train", "world"]
+    clip_run = _step_child(children, "clip")
+    assert 0 <= clip_run.data.metrics["val_zero_shot_acc.colour"] <= 1
+    assert clip_run.data.metrics["val_zero_shot_chance.colour"] == pytest.approx(1 / 7)
+    mined = _step_child(children, "concepts", source="clip")
+    truth_concepts = _step_child(children, "concepts", source="annotations")
+    quality = pd.read_parquet(download_artifact(mined.info.run_id, "concepts/label_quality.parquet", tmp_path / "q"))
+    assert list(quality["concept"]) == WORLD.concepts
+    for row in quality.itertuples():
+        assert mined.data.metrics[f"positive_precision.{row.concept}"] == pytest.approx(row.positive_precision)
+    sweep = _step_child(children, "probe", splits_run=truth_concepts.info.run_id)
+    clip_sweep = _step_child(children, "probe", splits_run=mined.info.run_id)
+    clip_results = pd.read_parquet(download_artifact(clip_sweep.info.run_id, "probe/results.parquet", tmp_path / "r"))
+    assert sorted(clip_results["epoch"].unique()) == [1] and len(clip_results) == len(WORLD.concepts) * 2 * 3
+
+    report = find_latest_run("compare")
+    assert report.data.params["sweep_run_ids"] == f"{sweep.info.run_id},{clip_sweep.info.run_id}"
+    labels = pd.read_csv(download_artifact(report.info.run_id, f"compare/{clip_sweep.info.run_id[:8]}/labels.csv",
+                                           tmp_path / "l"))
+    assert len(labels) == len(clip_results) and labels["acc_true"].notna().all()
+    agreement = quality.set_index("concept")["test_label_agreement"]
+    assert labels["label_agreement"].tolist() == pytest.approx(labels["concept"].map(agreement).tolist())
+    expected = labels["acc_true"] * labels["label_agreement"] + (1 - labels["acc_true"]) * (1 - labels["label_agreement"])
+    assert labels["expected_from_noise"].tolist() == pytest.approx(expected.tolist())
+    assert "CLIP-mined labels" in result.output and "expected = A * a + (1 - A) * (1 - a)" in result.output
