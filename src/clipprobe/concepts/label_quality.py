@@ -4,7 +4,7 @@ stored test part.
 
 On the test part, a probe that predicts the truth perfectly scores the *label agreement*
 ``a = (n_pos * p_pos + n_neg * p_neg) / n`` against the mined labels (``p_pos``, ``p_neg``: the
-test positives' and negatives' precision): that is the ceiling the labels allow.
+test positives' and negatives' precision): knowing the truth is worth no more than that against them.
 """
 
 from __future__ import annotations

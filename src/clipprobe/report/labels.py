@@ -8,7 +8,7 @@ noise scores, in expectation,
 
     expected = A * a + (1 - A) * (1 - a)
 
-against the mined labels: ``a`` itself for a perfect probe (the ceiling the labels allow), 0.5 for a
+against the mined labels: ``a`` itself for a probe that knows the truth, 0.5 for a
 coin. With ``A`` the true-label sweep's accuracy of the same concept, module and probe kind, the
 noise explains ``A - expected`` of the gap ``A - acc_mined``; the rest (``acc_mined - expected``) is
 what training on mined labels changed beyond noisy scoring (a different concept, fewer informative
@@ -68,16 +68,25 @@ def label_noise_table(truth: pd.DataFrame | None, mined: pd.DataFrame, quality: 
     return cells[list(COLUMNS)].reset_index(drop=True)
 
 
-def concept_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per concept, means over its modules and probe kinds (concepts in the table's order)."""
+READING = ("mined above expected: the probes decode what CLIP labelled (its own notion of the concept, e.g. a "
+           "colour it takes for it), not the concept the truth names; mined below expected: training on noisy "
+           "labels cost accuracy beyond the noisy scoring.")
+
+
+def concept_summary(table: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """Per concept, means over its modules and probe kinds (concepts in ``order``, default the table's)."""
     numeric = ["label_agreement", "acc_true", "acc_mined", "expected_from_noise", "gap", "explained_by_noise"]
     out = table.groupby(["concept", "group"], sort=False)[numeric].mean().reset_index()
-    return out
+    if order:
+        rank = {c: i for i, c in enumerate(order)}
+        out = out.sort_values("concept", key=lambda s: s.map(rank).fillna(len(rank)), kind="stable")
+    return out.reset_index(drop=True)
 
 
-def summary_text(table: pd.DataFrame, truth_name: str | None, mined_name: str) -> str:
+def summary_text(table: pd.DataFrame, truth_name: str | None, mined_name: str,
+                 order: list[str] | None = None) -> str:
     """The terminal's view: the formula, then per concept true vs mined accuracy and the noise's share."""
-    summary = concept_summary(table)
+    summary = concept_summary(table, order)
     head = (f"labels: sweep {mined_name} (CLIP-mined labels) beside "
             + (f"sweep {truth_name} (true labels)" if truth_name else "no true-label sweep")
             + f", epoch {int(table['epoch'].iloc[0])}, means over modules and probe kinds.\n"
@@ -85,12 +94,13 @@ def summary_text(table: pd.DataFrame, truth_name: str | None, mined_name: str) -
             f"{FORMULA} is what a probe as good as A scores against labels of agreement a.")
     shown = summary.set_index("concept")[["label_agreement", "acc_true", "acc_mined", "expected_from_noise",
                                           "explained_by_noise", "gap"]]
-    shown.columns = ["a (ceiling)", "A true", "mined", "expected", "noise explains", "gap"]
-    return head + "\n" + shown.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-")
+    shown.columns = ["a", "A true", "mined", "expected", "noise explains", "gap"]
+    return head + "\n" + shown.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-") + "\n" + READING
 
 
-def summary_html(table: pd.DataFrame, truth_name: str | None, mined_name: str) -> str:
-    summary = concept_summary(table)
+def summary_html(table: pd.DataFrame, truth_name: str | None, mined_name: str,
+                 order: list[str] | None = None) -> str:
+    summary = concept_summary(table, order)
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" if i < 2 else f"<td>{v:.3f}</td>"
                          for i, v in enumerate(r)) + "</tr>"
@@ -99,13 +109,14 @@ def summary_html(table: pd.DataFrame, truth_name: str | None, mined_name: str) -
     return (f"<p>Probe accuracy at epoch {int(table['epoch'].iloc[0])} with CLIP-mined labels (sweep "
             f"{html.escape(mined_name)}) beside true labels (sweep {html.escape(truth_name or 'none')}), "
             "means over modules and probe kinds. <i>a</i> is the share of the mined test labels that agree with "
-            "the truth (the ceiling: a probe that knows the truth scores <i>a</i> against them); <i>A</i> the "
+            "the truth (a probe that knows the truth scores <i>a</i> against them; one that learnt CLIP's labels can score more); <i>A</i> the "
             f"accuracy with true labels; <code>{html.escape(FORMULA)}</code> is what a probe as good as <i>A</i> "
             "scores against labels of agreement <i>a</i> when its errors are independent of the label noise. "
             "&ldquo;noise explains&rdquo; = <i>A</i> &minus; expected; the rest of the gap is what training on "
             "mined labels changed. Per cell: <code>labels.csv</code>.</p>"
-            "<table><tr><th>concept</th><th>group</th><th>a (ceiling)</th><th>A true</th><th>mined</th>"
-            f"<th>expected</th><th>noise explains</th><th>gap</th></tr>{rows}</table>")
+            "<table><tr><th>concept</th><th>group</th><th>a</th><th>A true</th><th>mined</th>"
+            f"<th>expected</th><th>noise explains</th><th>gap</th></tr>{rows}</table>"
+            f"<p>{html.escape(READING)}</p>")
 
 
 def label_sections(sweeps: Mapping[str, pd.DataFrame], sources: LabelSources,
@@ -119,5 +130,7 @@ def label_sections(sweeps: Mapping[str, pd.DataFrame], sources: LabelSources,
         table = label_noise_table(truth, sweeps[name], quality, epoch)
         if table.empty:
             continue
-        out.append((name, table, summary_text(table, sources.truth, name), summary_html(table, sources.truth, name)))
+        order = list(quality["concept"])  # the vocabulary's order, as the concepts step wrote it
+        out.append((name, table, summary_text(table, sources.truth, name, order),
+                    summary_html(table, sources.truth, name, order)))
     return out
