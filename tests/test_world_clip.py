@@ -73,3 +73,29 @@ def test_unknown_architecture_names_the_config_fix(tmp_path):
     torch.save({"x": torch.zeros(1)}, weights)
     with pytest.raises(ValueError, match=r"put its open_clip config as NoSuchCLIP.json next to the weights file"):
         ClipScorer.create("NoSuchCLIP", str(weights))
+
+
+def test_clip_command_logs_registers_and_reports(tracking_store, tmp_path):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from clipprobe.cli import main
+    from clipprobe.tracking.runs import find_latest_run
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["world", "--out", str(tmp_path / "w"), "--size", "32", "--train-per-class", "3",
+                                "--val-per-class", "1", "--pool-size", "0"])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(main, ["clip", "--epochs", "1", "--batch-size", "8"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = find_latest_run("clip")
+    assert {"val_zero_shot_acc.colour", "val_zero_shot_acc.pattern", "val_zero_shot_acc.shape"} <= set(run.data.metrics)
+    assert run.data.metrics["val_zero_shot_chance.shape"] == pytest.approx(0.1)
+    weights = tmp_path / "w" / "clip" / "WorldCLIP-ViT-T-8.pt"
+    assert run.data.tags["clipprobe.clip_weights"] == str(weights.resolve()) and weights.with_suffix(".json").is_file()
+    (version,) = MlflowClient().search_model_versions("name = 'world_clip'")
+    assert version.tags["clipprobe.clip_weights_sha256"] == run.data.tags["clipprobe.clip_weights_sha256"]
+    files = MlflowClient().list_logged_model_artifacts(version.source.removeprefix("models:/"), "extra_files")
+    assert sorted(f.path.rsplit("/", 1)[-1] for f in files) == ["WorldCLIP-ViT-T-8.json", "WorldCLIP-ViT-T-8.pt"]
+    too_big = runner.invoke(main, ["clip", "--epochs", "1"])
+    assert too_big.exit_code == 1 and "fewer than a batch of 64" in too_big.output
