@@ -84,7 +84,7 @@ def test_clip_command_logs_registers_and_reports(tracking_store, tmp_path):
 
     runner = CliRunner()
     made = runner.invoke(main, ["world", "--out", str(tmp_path / "w"), "--size", "32", "--train-per-class", "3",
-                                "--val-per-class", "1", "--pool-size", "0"])
+                                "--val-per-class", "1", "--pool-size", "40"])
     assert made.exit_code == 0, made.output
     result = runner.invoke(main, ["clip", "--epochs", "1", "--batch-size", "8"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -97,5 +97,13 @@ def test_clip_command_logs_registers_and_reports(tracking_store, tmp_path):
     assert version.tags["clipprobe.clip_weights_sha256"] == run.data.tags["clipprobe.clip_weights_sha256"]
     files = MlflowClient().list_logged_model_artifacts(version.source.removeprefix("models:/"), "extra_files")
     assert sorted(f.path.rsplit("/", 1)[-1] for f in files) == ["WorldCLIP-ViT-T-8.json", "WorldCLIP-ViT-T-8.pt"]
+    # On the world, concepts with no CLIP option scores with the world's CLIP, by its weights file.
+    mined = runner.invoke(main, ["concepts", "--top-k", "4", "--negatives", "8", "--num-workers", "0",
+                                 "--cache-dir", str(tmp_path / "cache")], catch_exceptions=False)
+    assert mined.exit_code == 0, mined.output
+    concepts = find_latest_run("concepts")
+    assert concepts.data.params["clip_model"] == "WorldCLIP-ViT-T-8"
+    assert concepts.data.params["clip_weights_form"] == "state_dict"
+    assert concepts.data.params["clip_weights_sha256"] == run.data.tags["clipprobe.clip_weights_sha256"]
     too_big = runner.invoke(main, ["clip", "--epochs", "1"])
     assert too_big.exit_code == 1 and "fewer than a batch of 64" in too_big.output

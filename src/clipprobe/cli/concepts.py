@@ -69,6 +69,17 @@ def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | Non
     return Path(pool), Path(truth), Path(truth).parent, kind == "world_truth"
 
 
+def _world_clip(world_root: Path) -> tuple[str, str] | None:
+    """(architecture, weights file) of the latest finished clip run trained on ``world_root``, if its file exists."""
+    from clipprobe.tracking import runs
+
+    run = runs.find_latest_run("clip")
+    if run is None or run.data.params.get("world") != str(world_root):
+        return None
+    weights = run.data.tags.get("clipprobe.clip_weights", "")
+    return (run.data.tags["clipprobe.clip_model"], weights) if weights and Path(weights).is_file() else None
+
+
 @click.command()
 @click.option("--pool", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of images, searched recursively. Default: the pool of the latest world run.")
@@ -82,7 +93,8 @@ def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | Non
 @click.option("--source", type=click.Choice(["clip", "annotations"]), default="clip", show_default=True,
               help="Score images with CLIP, or take positives from the --truth labels.")
 @click.option("--clip-model", default="ViT-B-32", show_default=True,
-              help="open_clip architecture name, or hf-hub:org/repo.")
+              help="open_clip architecture name, or hf-hub:org/repo. On the concept world, with no CLIP option "
+              "given: the CLIP the latest `clip` run trained on it.")
 @click.option("--clip-pretrained", default="openai", show_default=True,
               help="open_clip pretrained tag (ignored for hf-hub: names).")
 @click.option("--clip-weights", type=click.Path(dir_okay=False), default=None,
@@ -156,6 +168,13 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
                              f"FILE (LOC_val_solution.csv, ILSVRC2012_validation_ground_truth.txt) or {FOLDERS}")
         scorer = None
         if source == "clip":
+            ctx = click.get_current_context()
+            untouched = all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT
+                            for p in ("clip_model", "clip_pretrained", "clip_weights"))
+            found = _world_clip(pool_root.parent) if on_world and untouched else None
+            if found is not None:  # the CLIP the clip step trained on this world, not a download
+                clip_model, clip_weights = found
+                log.info("CLIP of the latest clip run on this world: %s, %s", clip_model, clip_weights)
             scorer = ClipScorer.create(clip_model, clip_weights or clip_pretrained,
                                        device=resolve_device(device), precision=precision)
     except (ValueError, FileNotFoundError) as err:
