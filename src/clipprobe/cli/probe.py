@@ -131,14 +131,14 @@ def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str
     from clipprobe.concepts.splits import load_splits
     from clipprobe.sweep import CheckpointRef, check_distinct_weights, select_checkpoints
     from clipprobe.tracking import runs
-    from clipprobe.tracking.registry import list_checkpoints
+    from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 
     exp_id, exp_name = experiment
     name = config.model_name or latest_model_name(exp_id, exp_name)
     try:
         registered = list_checkpoints(name)
         refs = [CheckpointRef(c.epoch, c.fingerprint, name=name, version=c.version,
-                              load=lambda uri=c.uri: load_backbone(uri, device=device)) for c in registered]
+                              load=lambda uri=c.uri: load_backbone(uri, device=device, registry=MLFLOW_REGISTRY)) for c in registered]
         refs = select_checkpoints(refs, config.epochs)
         check_distinct_weights(refs, allow_duplicate_weights=config.allow_duplicate_weights)
         split_id = config.splits_run or splits_run_id(None, exp_id, exp_name)

@@ -160,7 +160,7 @@ def _prepare(model_name: str | None, splits_run: str | None, epochs: str, module
     from clipprobe.probes.kinds import probe_kind
     from clipprobe.sweep import Sweep, SweepPlan, parse_epochs, parse_names
     from clipprobe.tracking import runs
-    from clipprobe.tracking.registry import list_checkpoints
+    from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 
     name = model_name or latest_model_name(*experiment)
     try:
@@ -183,7 +183,7 @@ def _prepare(model_name: str | None, splits_run: str | None, epochs: str, module
         tasks: dict[str, list[tuning.TuneTask]] = {k: [] for k in kinds}
         module_names: list[str] = []
         for epoch in wanted:
-            backbone = load_backbone(by_epoch[epoch].uri, device=device)
+            backbone = load_backbone(by_epoch[epoch].uri, device=device, registry=MLFLOW_REGISTRY)
             available = backbone.probe_modules
             spec = parse_names(modules) if modules is not None else sample_modules(list(available))
             picked = resolve_probe_modules(backbone.module, spec)

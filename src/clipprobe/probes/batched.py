@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipprobe.probes.design import Design, build_design
+from clipprobe.probes.design import Design, build_design, init_first_layer, standardise
 from clipprobe.probes.kinds import ProbeKind, probe_kind
 from clipprobe.probes.solvers import (
     MLPState,
@@ -185,8 +185,6 @@ def first_layer_weights(fit: BatchedFit, X: np.ndarray | torch.Tensor, probe: in
 
     Needs ``fit_many(..., keep_stats=True)``. Gram form: one more pass over the training rows of X.
     """
-    from clipprobe.probes.design import init_first_layer, standardise
-
     design = fit.design
     if design is None or design.stats is None:
         raise ValueError("first_layer_weights needs a fit made with keep_stats=True")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,14 @@ from sklearn.exceptions import NotFittedError
 
 from clipprobe.probes.batched import first_layer_weights, fit_many
 from clipprobe.probes.design import standardise
-from clipprobe.probes.kinds import LINEAR_HPARAMS, MLP_HPARAMS, HParam, validate
+from clipprobe.probes.kinds import (
+    LINEAR_HPARAMS,
+    MLP_HPARAMS,
+    HParam,
+    ProbeKind,
+    probe_kind,
+    validate,
+)
 
 _L, _M = LINEAR_HPARAMS, MLP_HPARAMS
 
@@ -145,3 +153,13 @@ class MLPProbe(_Probe):
         z = self._standardised(X).to(self.coefs1_.dtype)
         hidden = torch.relu(z @ self.coefs1_.T + self.intercepts1_)
         return (hidden @ self.coefs2_ + self.intercept2_).double().numpy()
+
+
+ESTIMATORS: dict[str, type[_Probe]] = {"linear": LinearProbe, "mlp": MLPProbe}
+"""The probe registry: a kind's ``estimator`` name -> its class."""
+
+
+def make_probe(kind: str | ProbeKind, overrides: Mapping[str, Any] | None = None) -> _Probe:
+    """A fresh, unfitted estimator of probe ``kind`` with its defaults, then ``overrides``; validated."""
+    pk = probe_kind(kind)
+    return ESTIMATORS[pk.estimator](**pk.params(overrides))

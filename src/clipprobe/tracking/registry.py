@@ -35,6 +35,7 @@ from clipprobe.backbones.checkpoints import (
     model_shape,
     read_checkpoint,
 )
+from clipprobe.backbones.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -393,16 +394,6 @@ def import_checkpoints(
     return summary
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A module loaded from the registry (or a logged model) with what clipprobe stored beside it."""
-
-    module: nn.Module
-    metadata: dict[str, Any]
-    name: str | None
-    version: str | None
-
-
 def resolve_version(uri: str) -> ModelVersion | None:
     """The registry version a ``models:/name@alias`` or ``models:/name/version`` URI names, else None
     (a ``models:/<model_id>`` logged model)."""
@@ -444,3 +435,18 @@ def latest_epoch(name: str) -> int:
         raise ValueError(f"registered model {name!r} has no clipprobe checkpoints: run `clipprobe train` "
                          "or `clipprobe checkpoints FOLDER` first")
     return ckpts[-1].epoch
+
+
+class MlflowRegistry:
+    """MLflow's model registry as ``backbones.loader.ModelRegistry``: what ``load_backbone`` receives."""
+
+    def uri(self, name: str, epoch: int | None) -> str:
+        """``models:/<name>@epoch-007``; epoch None: the highest registered epoch."""
+        return f"models:/{name}@{epoch_alias(latest_epoch(name) if epoch is None else epoch)}"
+
+    def load(self, uri: str) -> LoadedModel:
+        """``load_model(uri)``."""
+        return load_model(uri)
+
+
+MLFLOW_REGISTRY = MlflowRegistry()
