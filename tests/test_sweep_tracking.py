@@ -10,6 +10,7 @@ from sweep_fakes import blind, make_splits, mobilenet, plant_red
 
 from clipprobe.cli import main
 from clipprobe.concepts.splits import write_splits
+from clipprobe.parquet import read_metadata
 from clipprobe.tracking import fits, registry, runs
 
 META = {"architecture": "mobilenet_v2", "width_mult": 0.25, "num_classes": 4, "val_resize_size": 32,
@@ -63,7 +64,12 @@ def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp
     assert set(fits.METRIC_COLUMNS) <= set(one.data.metrics)
     assert "clipprobe.step" not in one.data.tags  # fits never pass for a "latest probe run"
 
-    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, fits.RESULTS_ARTIFACT))
+    results_file = runs.download_artifact(sweep.info.run_id, fits.RESULTS_ARTIFACT)
+    table = pd.read_parquet(results_file)
+    # the concept files' provenance scheme: what made the table
+    made_by = read_metadata(results_file)
+    assert (made_by["kind"], made_by["sweep_run_id"]) == ("probe_results", sweep.info.run_id)
+    assert made_by["params"]["model_name"] == "toy" and made_by["params"]["epochs"] == "0,2"
     n_cols = len(fits.IDENTITY_COLUMNS) + len(fits.METRIC_COLUMNS)
     assert list(table.columns[:n_cols]) == [*fits.IDENTITY_COLUMNS, *fits.METRIC_COLUMNS]
     assert len(table) == 16

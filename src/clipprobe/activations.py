@@ -32,6 +32,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from clipprobe.concepts.pool import pool_fingerprint
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = ".cache/activations"
@@ -118,16 +120,6 @@ class PooledFeatures(np.ndarray):
 # ---------------------------------------------------------------- images: decoded and transformed once
 
 
-def image_set_hash(root: str | Path, paths: Sequence[str]) -> str:
-    """sha256 (16 hex) over each image's relative path, byte size and modification time."""
-    digest = hashlib.sha256()
-    root = Path(root)
-    for rel in paths:
-        st = (root / rel).stat()
-        digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -161,7 +153,7 @@ def load_images(
     paths = tuple(paths)
     if not paths:
         raise ValueError("no images to load: the concept splits select none")
-    key = f"{image_set_hash(root, paths)}-{_short(repr(transform))}"
+    key = f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform))}"
     target = None
     if cache_dir is not None:
         target = Path(cache_dir) / "images" / f"{key}.npy"

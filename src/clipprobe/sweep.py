@@ -30,11 +30,11 @@ from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import Backbone
 from clipprobe.concepts.splits import ConceptSplits
 from clipprobe.probes.evaluation import DEFAULT_PERMUTATIONS, ConceptTask, evaluate_concepts
-from clipprobe.probes.kinds import probe_kind
+from clipprobe.probes.kinds import SEED_PROBE_KINDS, probe_kind
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROBES = ("linear_gap", "non_linear_gap", "non_linear_non_gap")  # the seed's three
+DEFAULT_PROBES = SEED_PROBE_KINDS
 DEFAULT_REPEATS = 3
 FitKey = tuple[str, str, str, int]  # (concept, module, probe, epoch)
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from clipprobe.backbones.architectures import (
+    DEFAULT_ARCHITECTURE,
     ImageTransform,
     resolve_probe_modules,
     transform_from_args,
@@ -65,7 +66,7 @@ def load_backbone(
     epoch: int | None = None,
     modules: Sequence[str] | Mapping[str, str] | None = None,
     device: str | torch.device = "cpu",
-    architecture: str = "mobilenet_v2",
+    architecture: str = DEFAULT_ARCHITECTURE,
     width_mult: float | None = None,
     weights: str = "model",
     registry: ModelRegistry | None = None,

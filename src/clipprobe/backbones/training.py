@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from clipprobe.backbones.architectures import (
+    DEFAULT_ARCHITECTURE,
     DEFAULT_VAL_CROP_SIZE,
     DEFAULT_VAL_RESIZE_SIZE,
     IMAGENET_MEAN,
@@ -69,7 +70,7 @@ class TrainConfig:
     that a narrow network trained from scratch sits on.
     """
 
-    architecture: str = "mobilenet_v2"
+    architecture: str = DEFAULT_ARCHITECTURE
     width_mult: float = 1.0
     epochs: int = 10
     batch_size: int = 64

@@ -256,7 +256,7 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
         run_cm = fits.reopen_sweep(resume)  # the run opens here: nothing above may leave it open
     else:
         run_cm = runs.step_run("probe", experiment_name=experiment_name, params=_run_params(config),
-                               tags={"clipprobe.model_name": config.model_name},
+                               tags={runs.MODEL_NAME_TAG: config.model_name},
                                run_name=fits.sweep_run_name(config.model_name, config.epochs, config.splits_run))
     with run_cm as run:
         if not resume:

@@ -97,7 +97,7 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
               "storage": tuning.mask_url(str(storage)) if storage else "default",
               "study_name": study_name or "", "splits_run": data["splits_run"], "model_name": data["model_name"]}
     with runs.step_run("tune", experiment_name=experiment_name, params=params,
-                       tags={"clipprobe.model_name": data["model_name"]}) as run:
+                       tags={runs.MODEL_NAME_TAG: data["model_name"]}) as run:
         try:
             results = run_studies(run.info.run_id, [(k, data["tasks"][k.name]) for k in kinds], storage=store,
                                   study_name=study_name, n_trials=n_trials if n_trials > 0 else None,

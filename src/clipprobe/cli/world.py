@@ -73,7 +73,7 @@ def world(out_dir, seed, size, train_per_class, val_per_class, pool_size, shapes
             made = generate_world(out_dir, spec, overwrite=overwrite, progress=True)
         except WorldError as err:
             raise click.UsageError(str(err)) from None
-        runs.set_tags({"clipprobe.world_root": str(made.root)})
+        runs.set_tags({runs.WORLD_ROOT_TAG: str(made.root)})
         runs.log_metrics({f"n_{split}": n for split, n in made.n_images.items()})
         runs.log_artifact(made.truth_path, "world")
         with tempfile.TemporaryDirectory() as tmp:

@@ -163,17 +163,19 @@ class ProbeKind:
         return {dim.name: dim.suggest(trial) for dim in self.search_space}
 
 
+# In display order: the seed's three, then the linear probe on the whole map.
 PROBE_KINDS: dict[str, ProbeKind] = {
     k.name: k
     for k in (
         ProbeKind("linear_gap", "linear", "gap", {},
                   (SearchDim("weight_decay", "float", 1e-6, 1.0, log=True),)),
-        ProbeKind("linear_non_gap", "linear", "map", {},
-                  (SearchDim("weight_decay", "float", 1e-6, 1.0, log=True),)),
         ProbeKind("non_linear_gap", "mlp", "gap", {}, _MLP_SPACE + (SearchDim("dropout", "float", 0.0, 0.5),)),
         ProbeKind("non_linear_non_gap", "mlp", "map", {}, _MLP_SPACE + (SearchDim("dropout", "float", 0.0, 0.5),)),
+        ProbeKind("linear_non_gap", "linear", "map", {},
+                  (SearchDim("weight_decay", "float", 1e-6, 1.0, log=True),)),
     )
 }
+SEED_PROBE_KINDS = ("linear_gap", "non_linear_gap", "non_linear_non_gap")  # the seed's three: a sweep's default
 
 
 def probe_kind(name: str | ProbeKind) -> ProbeKind:

@@ -24,18 +24,23 @@ import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
 
+from clipprobe.parquet import provenance, write_table
 from clipprobe.tracking.bulk import FinishedRun, insert_finished_runs, sql_store
-from clipprobe.tracking.runs import LEVEL_TAG, enable_sqlite_wal, get_step_run, runs_table_url
+from clipprobe.tracking.runs import (
+    EPOCH_TAG,
+    LEVEL_TAG,
+    PARENT_TAG,
+    RUN_NAME_TAG,
+    enable_sqlite_wal,
+    get_step_run,
+    runs_table_url,
+)
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
 SWEEP_TAG = "clipprobe.sweep_run_id"
-EPOCH_TAG = "clipprobe.epoch"
 RESUMES_TAG = "clipprobe.resumes"  # on a run `mlflow run` opened for a resume: the sweep it resumed
 EPOCH_METRICS_TAG = "clipprobe.epoch_metrics_logged"  # on a checkpoint run once its parent metrics are logged
-RESULTS_ARTIFACT = "probe/results.parquet"
 
 # The results columns of docs/architecture.md, in order; also the fit runs' params and metrics.
 IDENTITY_COLUMNS = ("concept", "group", "module", "module_index", "module_path", "probe", "epoch", "model_name",
@@ -375,7 +380,7 @@ class FitLogger:
         """Write ``probe/results.parquet`` on the sweep run (replacing an earlier one)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "results.parquet"
-            table.to_parquet(path, index=False)
+            write_table(table, path, provenance("probe_results", sweep_run_id=self.sweep_run_id, params=self.client.get_run(self.sweep_run_id).data.params))
             self.client.log_artifact(self.sweep_run_id, str(path), "probe")
 
 

@@ -36,15 +36,14 @@ from clipprobe.backbones.checkpoints import (
     read_checkpoint,
 )
 from clipprobe.backbones.loader import LoadedModel
+from clipprobe.tracking.runs import EPOCH_TAG, MODEL_NAME_TAG  # noqa: F401 (registry.MODEL_NAME_TAG, as before)
 
 log = logging.getLogger(__name__)
 
-EPOCH_TAG = "clipprobe.epoch"
 SOURCE_TAG = "clipprobe.source"
 FINGERPRINT_TAG = "clipprobe.fingerprint"
 DUPLICATE_TAG = "clipprobe.duplicate_of"
 ARCHITECTURE_TAG = "clipprobe.architecture"
-MODEL_NAME_TAG = "clipprobe.model_name"  # on the train / checkpoints run, so `probe` finds the model
 PROBED_BY_TAG = "clipprobe.probed_by"  # on a version: the sweep runs that probed it, oldest first
 SWEEP_VERSIONS_TAG = "clipprobe.model_versions"  # on a sweep run: name/version of every version it probed
 # What the MLflow UI reads to show a logged model as registered (mlflow.register_model sets it too).

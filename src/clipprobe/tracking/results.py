@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from clipprobe.tracking.fits import results_frame
 from clipprobe.tracking.runs import (
     LEVEL_TAG,
+    PARENT_TAG,
+    RESULTS_ARTIFACT,
     download_artifact,
     find_latest_run,
     get_step_run,
@@ -24,8 +26,6 @@ from clipprobe.tracking.runs import (
 log = logging.getLogger(__name__)
 
 PROBE_STEP = "probe"
-RESULTS_ARTIFACT = "probe/results.parquet"
-PARENT_TAG = "mlflow.parentRunId"
 PAGE_SIZE = 10_000
 
 

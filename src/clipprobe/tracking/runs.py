@@ -14,11 +14,18 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 log = logging.getLogger(__name__)
 
 STEP_TAG = "clipprobe.step"
 LEVEL_TAG = "clipprobe.level"
+EPOCH_TAG = "clipprobe.epoch"  # on a checkpoint run of a sweep and on a registered model version
+WORLD_ROOT_TAG = "clipprobe.world_root"  # on a world run: the absolute path of the generated world
+MODEL_NAME_TAG = "clipprobe.model_name"  # on train / checkpoints / probe / tune runs: the registered model
+PARENT_TAG = MLFLOW_PARENT_RUN_ID  # MLflow's own names for a nested run's parent and a run's name
+RUN_NAME_TAG = MLFLOW_RUN_NAME
+RESULTS_ARTIFACT = "probe/results.parquet"  # a probe sweep's results table
 # Without this tag MLflow 3 opens an experiment on its GenAI overview instead of the runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -154,7 +161,7 @@ def step_run(
     with run_cm as run:
         enable_sqlite_wal()
         # `mlflow run` names its run at random; name it after the step, as runs started here are.
-        named = {"mlflow.runName": run_name or step} if active is None and under_mlflow_run else {}
+        named = {RUN_NAME_TAG: run_name or step} if active is None and under_mlflow_run else {}
         mlflow.set_tags({STEP_TAG: step, **named, **(tags or {})})
         if params:
             log_params(params)
@@ -302,7 +309,7 @@ def get_step_run(run_id: str, step: str, *, source: str, fix: str, error: type[E
     level = run.data.tags.get(LEVEL_TAG)
     found = run.data.tags.get(STEP_TAG)
     if level:
-        parent = run.data.tags.get("mlflow.parentRunId")
+        parent = run.data.tags.get(PARENT_TAG)
         raise error(f"{source}: that is a nested {level} run, not a {step} run; {fix}"
                     + (f" (its parent run is {parent})" if parent else ""))
     if found != step:
