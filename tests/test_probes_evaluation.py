@@ -105,6 +105,21 @@ def test_probes_resplit_and_permutation_keep_counts_and_true_test_labels() -> No
     assert not np.array_equal(permutation_labels(task, 0, 3), permutation_labels(task, 1, 3))
 
 
+def test_resplits_keep_the_stored_class_counts_where_stratified_shuffle_split_would_not() -> None:
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    labels = np.array([1] * 10 + [0] * 20)
+    train = np.zeros(30, bool)
+    train[:8] = True  # 8 of 10 positives
+    train[10:22] = True  # 12 of 20 negatives: not proportional (the pool's share would give 7 and 13)
+    task = ConceptTask("c", np.arange(30), labels, train)
+    for s in range(1, 6):
+        tr = resplit(task, s, seed=0)
+        assert (labels[tr].sum(), (tr & (labels == 0)).sum()) == (8, 12)
+    sss_train, _ = next(StratifiedShuffleSplit(1, train_size=20, random_state=0).split(np.zeros(30), labels))
+    assert labels[sss_train].sum() == 7  # the library's split would probe another task
+
+
 def test_control_task_labels_are_one_per_class_same_in_train_and_test() -> None:
     rng = np.random.default_rng(5)
     X = np.zeros((400, 2))

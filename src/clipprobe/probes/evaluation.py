@@ -162,7 +162,8 @@ def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test
 
     The J splits share images, so their accuracies are correlated; the variance of the mean is taken
     as ``(1/J + n_test/n_train) * s^2`` (s^2 the sample variance over splits), with J - 1 degrees of
-    freedom. NaN for fewer than two splits.
+    freedom. NaN for fewer than two splits. (Neither scipy nor statsmodels has this correction; the
+    t quantile is scipy's.)
     """
     v = np.asarray(values, float)
     J = len(v)
@@ -173,7 +174,11 @@ def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test
 
 
 def permutation_p_value(real: float, permuted: Sequence[float]) -> float:
-    """``(1 + #{permuted >= real}) / (1 + P)``; NaN without permutations."""
+    """``(1 + #{permuted >= real}) / (1 + P)``; NaN without permutations.
+
+    The formula of ``sklearn.model_selection.permutation_test_score``, which cannot be called here: it
+    refits one probe per permutation, where ``evaluate_concepts`` fits them all in one batched pass.
+    """
     permuted = np.asarray(permuted, float)
     if len(permuted) == 0:
         return float("nan")
@@ -185,7 +190,13 @@ def _rng(seed: int, concept: str, split: int, purpose: int) -> np.random.Generat
 
 
 def resplit(task: ConceptTask, split: int, seed: int) -> np.ndarray:
-    """Train mask of re-split ``split`` (0 = the stored part): stratified, same class counts as stored."""
+    """Train mask of re-split ``split`` (0 = the stored part): stratified, same class counts as stored.
+
+    Not ``sklearn.model_selection.StratifiedShuffleSplit``: it sets each class's train count from the
+    class's share of all images, so a stored part that is not exactly proportional (a user's own
+    split, rounding per class) would get re-splits of other class counts, and the J accuracies would
+    not measure the same task (tests/test_probes_evaluation.py shows the difference).
+    """
     train = np.asarray(task.train, bool)
     if split == 0:
         return train
