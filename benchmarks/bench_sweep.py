@@ -15,6 +15,7 @@ Usage: python benchmarks/bench_sweep.py [--small] [--repeats R] [--no-exact-chec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -240,7 +241,6 @@ def main() -> None:
     from clipprobe.backbones.loader import Backbone
     from clipprobe.probes.design import (
         FAST_PRODUCTS_MIN_FEATURES,
-        exact_products,
         gram_product_dtype,
     )
     from clipprobe.probes.kinds import probe_kind
@@ -340,21 +340,21 @@ def main() -> None:
         exact_options = ExtractOptions(precision="fp32")
         exact_cache = workdir / "cache-exact"
         shutil.rmtree(exact_cache, ignore_errors=True)
-        exact_sweep = Sweep(splits, plan, cache_dir=exact_cache, extract=exact_options)
+        exact_sweep = Sweep(splits, dataclasses.replace(plan, fast_gram=False), cache_dir=exact_cache,
+                            extract=exact_options)
         # the noise floor: the same exact path with another seed for the MLPs' init (linear probes have none)
         seeded = [p for p in plan.probes if "seed" in probe_kind(p).hparams]
         reseeded = Sweep(splits, SweepPlan(concepts=plan.concepts, probes=seeded, repeats=plan.repeats,
-                                           seed=plan.seed + 1), cache_dir=exact_cache, extract=exact_options)
-        with exact_products():
-            t_exact, exact_rows = _timed(lambda: exact_sweep.run([ref]))
-            reseeded_rows = reseeded.run([ref])
+                                           seed=plan.seed + 1, fast_gram=False), cache_dir=exact_cache, extract=exact_options)
+        t_exact, exact_rows = _timed(lambda: exact_sweep.run([ref]))
+        reseeded_rows = reseeded.run([ref])
         shutil.rmtree(exact_cache, ignore_errors=True)
         diffs = exact_check(rows, exact_rows)
         floor = exact_check([r for r in exact_rows if r["probe"] in seeded], reseeded_rows)
         exact_lines = [
             "",
             f"Fast defaults vs the exact path (forward {exact_options.precision}, Gram products in float32 via "
-            f"`exact_products()`; same splits, run after the timings and timed by none, {t_exact:.0f} s): "
+            f"`SweepPlan(fast_gram=False)`; same splits, run after the timings and timed by none, {t_exact:.0f} s): "
             f"|test_acc difference| x n_test per (concept, module), in test images. The noise floor: the exact "
             f"path against itself with the MLPs' init seed {plan.seed + 1} instead of {plan.seed}.",
             "",

@@ -278,13 +278,6 @@ class _StopForward(Exception):
     """Raised by the last hook to fire: layers after the deepest probed module are never computed."""
 
 
-class ForwardCounter:
-    """Counts forward passes (batches) of the extractor: lets tests prove a cache was read."""
-
-    batches = 0
-    images = 0
-
-
 @contextlib.contextmanager
 def ieee_fp32(device: torch.device) -> Iterator[None]:
     """fp32 means fp32 on a GPU too: cuDNN convolutions default to TF32 on compute capability 8.0+ (a 10-bit
@@ -360,8 +353,6 @@ def forward_activations(
                         model(batch)
                 except _StopForward:
                     pass
-                ForwardCounter.batches += 1
-                ForwardCounter.images += len(batch)
                 if len(captured) != len(targets):
                     lost = [p for p in targets if p not in captured]
                     raise RuntimeError(f"modules {lost} never ran in the forward pass: probe other modules")

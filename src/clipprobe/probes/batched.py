@@ -84,6 +84,7 @@ def fit_many(
     form: str = "auto",
     keep_stats: bool = False,
     computed_in: str | None = None,
+    fast_gram: bool = True,
 ) -> BatchedFit:
     """Fit B probes of ``kind`` on X ``(N, d)``: probe b learns ``labels[b]`` (0/1) on rows ``train_mask[b]``.
 
@@ -94,6 +95,7 @@ def fit_many(
     The near-constant-feature rule (``drop_rtol``) judges the precision X was computed in: ``computed_in``
     ("fp32" or "bf16"), by default X's own ``computed_in`` attribute (``CheckpointActivations.features``
     sets it), else fp32; a ``Bf16Matrix`` adds the resolution of its storage (``design.precision_rule``).
+    ``fast_gram=False`` computes float32 Gram-form products in float32 (``design.gram_product_dtype``).
     """
     pk = probe_kind(kind)
     hp = pk.params(params)
@@ -125,7 +127,7 @@ def fit_many(
     design = build_design(
         X, rows, ntrain, form=form, hidden=hp["hidden"] if mlp else None, seed=hp.get("seed", 0),
         drop_rtol=hp["drop_rtol"], unit_norm=mlp, device=dev, dtype=dtype, keep_stats=keep_stats,
-        computed_in=computed_in,
+        computed_in=computed_in, fast_gram=fast_gram,
     )
     g = inverse.to(dev)
     Fb = design.features[g]  # (B, n, r)

@@ -38,7 +38,7 @@ class _Probe(ClassifierMixin, BaseEstimator):
     _kind = ""
 
     def _check_params(self) -> dict[str, Any]:
-        params = {k: v for k, v in self.get_params().items() if k not in ("device", "form")}
+        params = {k: v for k, v in self.get_params().items() if k not in ("device", "form", "fast_gram")}
         if self.form not in ("auto", "explicit", "gram"):
             raise ValueError(f"{type(self).__name__}: form={self.form!r} is not allowed: expected auto, explicit or gram")
         return validate(type(self).__name__, self._table, params)
@@ -54,7 +54,7 @@ class _Probe(ClassifierMixin, BaseEstimator):
         if len(classes) != 2:
             raise ValueError(f"y has classes {classes.tolist()}: a probe needs exactly two")
         fit = fit_many(self._kind, Xt, encoded[None], np.ones((1, len(y)), bool), None, params,
-                       device=self.device, form=self.form, keep_stats=True)
+                       device=self.device, form=self.form, keep_stats=True, fast_gram=self.fast_gram)
         mean, std, keep = fit.design.stats[0]
         self.classes_ = classes
         self.n_features_in_ = Xt.shape[1]
@@ -98,13 +98,14 @@ class LinearProbe(_Probe):
 
     def __init__(self, weight_decay: float = _L["weight_decay"].default, max_iter: int = _L["max_iter"].default,
                  tol: float = _L["tol"].default, drop_rtol: float = _L["drop_rtol"].default,
-                 device: str = "cpu", form: str = "auto") -> None:
+                 device: str = "cpu", form: str = "auto", fast_gram: bool = True) -> None:
         self.weight_decay = weight_decay
         self.max_iter = max_iter
         self.tol = tol
         self.drop_rtol = drop_rtol
         self.device = device
         self.form = form
+        self.fast_gram = fast_gram
 
     def _set_weights(self, fit: Any, X: torch.Tensor) -> None:
         self.coef_ = first_layer_weights(fit, X).double().cpu()
@@ -129,7 +130,8 @@ class MLPProbe(_Probe):
                  momentum: float = _M["momentum"].default, weight_decay: float = _M["weight_decay"].default,
                  steps: int = _M["steps"].default, dropout: float = _M["dropout"].default,
                  optimizer: str = _M["optimizer"].default, seed: int = _M["seed"].default,
-                 drop_rtol: float = _M["drop_rtol"].default, device: str = "cpu", form: str = "auto") -> None:
+                 drop_rtol: float = _M["drop_rtol"].default, device: str = "cpu", form: str = "auto",
+                 fast_gram: bool = True) -> None:
         self.hidden = hidden
         self.lr = lr
         self.momentum = momentum
@@ -141,6 +143,7 @@ class MLPProbe(_Probe):
         self.drop_rtol = drop_rtol
         self.device = device
         self.form = form
+        self.fast_gram = fast_gram
 
     def _set_weights(self, fit: Any, X: torch.Tensor) -> None:
         self.coefs1_ = first_layer_weights(fit, X).cpu()  # (hidden, d) on standardised features

@@ -262,6 +262,7 @@ def evaluate_concepts(
     device: str | torch.device = "cpu",
     confidence: float = 0.95,
     form: str = "auto",
+    fast_gram: bool = True,
 ) -> list[ProbeResult]:
     """Fit and score every concept of one module at once; one ``ProbeResult`` per task, in order.
 
@@ -296,7 +297,7 @@ def evaluate_concepts(
         Y[b, rows] = labels
         train[b, rows[tr]] = True
         evaluate[b, rows] = True
-    fit = fit_many(kind, X, Y, train, evaluate, params, device=device, form=form)
+    fit = fit_many(kind, X, Y, train, evaluate, params, device=device, form=form, fast_gram=fast_gram)
     scores = fit.scores.double().numpy()
 
     by_task: dict[int, dict[str, list[int]]] = {t: {"split": [], "permutation": [], "control": []}

@@ -53,7 +53,7 @@ _TAG_LIMIT = 5000  # registry tag values: MLflow's limit
 METADATA_KEYS = ("architecture", "width_mult", "num_classes", "val_resize_size", "val_crop_size", "classes",
                  "weights")
 WEIGHTS_TAG = "clipprobe.weights"  # model or ema: which weights of the file the version holds
-# Explicit requirements: inferring them costs ~10 s per logged model instead of ~0.1 s.
+# Explicit requirements: inferring them costs seconds per logged model (benchmarks/results/code_timings.md).
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
     f"torchvision=={torchvision.__version__.split('+')[0]}",
