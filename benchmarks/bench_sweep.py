@@ -235,7 +235,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
     import clipprobe.sweep as sweep_mod
-    from clipprobe.activations import ActivationCache, ExtractOptions, ForwardCounter
+    from clipprobe.activations import ActivationCache, ExtractOptions
     from clipprobe.backbones.architectures import ImageTransform, build_model, default_probe_modules
     from clipprobe.backbones.checkpoints import fingerprint
     from clipprobe.backbones.loader import Backbone
@@ -253,6 +253,8 @@ def main() -> None:
     modules = default_probe_modules(model)
     transform = ImageTransform(resize_size=cfg["size"], crop_size=cfg["size"])
     digest = fingerprint(model.state_dict())
+    forwards = {"batches": 0}  # forward passes, counted by a hook of our own
+    model.register_forward_pre_hook(lambda module, args: forwards.__setitem__("batches", forwards["batches"] + 1))
     backbone = Backbone(model, modules, transform, digest, 0, "bench", "1", "mobilenet_v2")
     ref = CheckpointRef(0, digest, load=lambda: backbone, name="bench", version="1")
     cache_dir = workdir / "cache"
@@ -289,7 +291,7 @@ def main() -> None:
             t, _ = _timed(lambda: logger.finish_checkpoint(r.epoch, rows))
             parts["logging"] += t
 
-        batches = ForwardCounter.batches
+        batches = forwards["batches"]
         t_sweep, rows = _timed(lambda: sweep.run([ref], on_fit=on_fit, on_checkpoint=on_checkpoint))
         t_close, _ = _timed(logger.close)
         t_results, table = _timed(logger.results)
@@ -298,10 +300,10 @@ def main() -> None:
         parts["logging"] += t_results + t_artifact
         t_sweep += t_results + t_artifact
     sweep_mod.evaluate_concepts, ActivationCache.get = real_eval, real_get
-    assert ForwardCounter.batches - batches == -(-n_images // sweep.extract.batch_size), "one pass per checkpoint"
+    assert forwards["batches"] - batches == -(-n_images // sweep.extract.batch_size), "one pass per checkpoint"
     acts = ActivationCache(cache_dir).get(model, modules, images, fingerprint=digest, options=sweep.extract,
                                           progress=False)
-    assert ForwardCounter.batches - batches == -(-n_images // sweep.extract.batch_size), "read from the cache"
+    assert forwards["batches"] - batches == -(-n_images // sweep.extract.batch_size), "read from the cache"
     tasks = sweep.tasks
     n_fits = len(rows)
     per_kind = n_fits // len(plan.probes)
