@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint, write_checkpoint
 from clipprobe.backbones.loader import load_backbone
+from clipprobe.backbones.training import TrainConfig
 from clipprobe.cli import main
 from clipprobe.tracking import registry, runs
 from clipprobe.tracking.registry import MLFLOW_REGISTRY
@@ -52,6 +53,9 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
         assert c.fingerprint == fingerprint(read_checkpoint(tmp_path / "ck" / f"model_{c.epoch}.pth").state_dict)
         assert c.source == str(tmp_path / "ck" / f"model_{c.epoch}.pth") and not c.duplicate
     assert len({c.fingerprint for c in ckpts}) == 4
+    # the train run's params rebuild the config it trained with
+    logged = TrainConfig.from_params(runs.find_latest_run("train").data.params)
+    assert logged == TrainConfig(width_mult=0.25, epochs=3, batch_size=8, lr=0.05)
     client = MlflowClient()
     mv = client.get_model_version_by_alias("tinynet", "epoch-002")
     assert mv.tags[registry.EPOCH_TAG] == "2" and mv.tags[registry.FINGERPRINT_TAG] == ckpts[2].fingerprint
@@ -65,6 +69,7 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
     code = textwrap.dedent("""
         import json, mlflow.pytorch, torch
         from clipprobe.backbones.loader import load_backbone
+from clipprobe.backbones.training import TrainConfig
         from clipprobe.tracking.registry import MLFLOW_REGISTRY
         m = mlflow.pytorch.load_model("models:/tinynet@epoch-002")
         saved = torch.load("ck/model_2.pth", weights_only=True)["model"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -103,7 +103,7 @@ def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_s
         raise click.UsageError(f"train folder {train_path} does not exist: pass --train-dir")
     out_path = Path(out_dir) if out_dir else Path("checkpoints") / model_name
 
-    params = {**asdict(config), "lr": config.scaled_lr(), "train_dir": str(train_path.resolve()),
+    params = {**config.to_params(), "train_dir": str(train_path.resolve()),
               "val_dir": val_dir or "", "out_dir": str(out_path.resolve()), "model_name": model_name,
               "resume": resume}
     tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture}

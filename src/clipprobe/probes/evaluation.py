@@ -150,12 +150,6 @@ def exact_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[floa
     return float(ci.low), float(ci.high)
 
 
-def wilson_interval(correct: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``correct / n``."""
-    ci = stats.binomtest(int(round(correct)), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test: int,
                                    confidence: float = 0.95) -> tuple[float, float]:
     """Nadeau-Bengio corrected resampled t interval of the mean of J split accuracies, clipped to [0, 1].
