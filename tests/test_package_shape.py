@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("clipprobe.backbones",),
     ("clipprobe.activations",),
     ("clipprobe.probes",),
-    ("clipprobe.sweep", "clipprobe.sweep_config", "clipprobe.tuning", "clipprobe.steps"),
+    ("clipprobe.sweep", "clipprobe.sweep_config", "clipprobe.tuning"),
     ("clipprobe.report",),
     ("clipprobe.tracking",),
     ("clipprobe.executors",),
