@@ -32,7 +32,10 @@ def _as_tensor(X: Any, name: str = "X") -> torch.Tensor:
 
 
 class _Probe(ClassifierMixin, BaseEstimator):
-    """Shared face: validation, label encoding, standardisation, predict/score."""
+    """Shared face: validation, label encoding, standardisation, predict/score.
+
+    ``device``, ``form`` and ``fast_gram`` say how a fit computes, not what it fits (``fit_many``).
+    """
 
     _table: dict[str, HParam] = {}
     _kind = ""
