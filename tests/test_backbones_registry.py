@@ -69,7 +69,6 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
     code = textwrap.dedent("""
         import json, mlflow.pytorch, torch
         from clipprobe.backbones.loader import load_backbone
-from clipprobe.backbones.training import TrainConfig
         from clipprobe.tracking.registry import MLFLOW_REGISTRY
         m = mlflow.pytorch.load_model("models:/tinynet@epoch-002")
         saved = torch.load("ck/model_2.pth", weights_only=True)["model"]
