@@ -127,9 +127,15 @@ def resume_config(run_id: str, given: dict[str, Any]) -> SweepConfig:
 
 def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str]) -> dict[str, Any]:
     """Turn a config into checkpoints and splits; the returned config names exactly what runs."""
+    from clipprobe.backbones.architectures import resolve_probe_modules
     from clipprobe.backbones.loader import load_backbone
     from clipprobe.concepts.splits import load_splits
-    from clipprobe.sweep import CheckpointRef, check_distinct_weights, select_checkpoints
+    from clipprobe.sweep import (
+        CheckpointRef,
+        check_distinct_weights,
+        concept_tasks,
+        select_checkpoints,
+    )
     from clipprobe.tracking import runs
     from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 
@@ -143,6 +149,10 @@ def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str
         check_distinct_weights(refs, allow_duplicate_weights=config.allow_duplicate_weights)
         split_id = config.splits_run or splits_run_id(None, exp_id, exp_name)
         splits = load_splits(runs.download_artifact(split_id, SPLITS_ARTIFACT))
+        # bad --modules / --concepts are usage errors here, before any run exists
+        concept_tasks(splits, config.concepts)
+        if config.modules is not None:
+            resolve_probe_modules(refs[0].load().module, config.modules)
         hparams, source = dict(config.hparams), dict(config.hparams_source)
         if config.params_from and not hparams:
             hparams = best_params(config.params_from, list(config.probes))
@@ -297,41 +307,56 @@ def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_di
     from clipprobe.devices import resolve_device
     from clipprobe.sweep import DuplicateWeightsError, Sweep, rows_by_epoch
     from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.sweep_fits import SweepFits
 
-    logger = fits.FitLogger(run_id)
-    done = logger.finished_fits()
-    before = rows_by_epoch(logger.results().to_dict("records")) if done else {}
+    reader = SweepFits(run_id)
+    done = reader.finished(delete_unfinished=True)  # a resume: drop half-written fits, keep the rest
+    before = rows_by_epoch(reader.table().to_dict("records")) if done else {}
     if done:
         click.echo(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
     sweep = Sweep(setup["splits"], config.plan(), cache_dir=cache_dir, extract=extract,
                   device=resolve_device(device), keep_cache=keep_cache)
+    writer = FitWriter(run_id)
+    checkpoints = fits.CheckpointRuns(run_id)
+    attempt = fits.start_attempt(run_id)
+
+    def checkpoint_params(epoch: int, name: str, version: str, fingerprint: str) -> dict[str, Any]:
+        return {"epoch": epoch, "model_name": name, "model_version": version, "fingerprint": fingerprint}
 
     def on_fit(row: dict[str, Any]) -> None:
-        ckpt = logger.checkpoint_run(row["epoch"], params={"epoch": row["epoch"], "model_name": row["model_name"],
-                                                          "model_version": row["model_version"],
-                                                          "fingerprint": row["fingerprint"]})
-        logger.submit(ckpt, row, hparams=json.loads(row["hparams"]))
+        ckpt = checkpoints.run_id(row["epoch"], params=checkpoint_params(
+            row["epoch"], row["model_name"], row["model_version"], row["fingerprint"]))
+        writer.submit(ckpt, row, hparams=json.loads(row["hparams"]))
 
     def on_checkpoint(ref, rows) -> None:
-        logger.checkpoint_run(ref.epoch, params={"epoch": ref.epoch, "model_name": ref.name or "",
-                                                 "model_version": ref.version or "", "fingerprint": ref.fingerprint})
-        logger.finish_checkpoint(ref.epoch, [*before.get(ref.epoch, []), *rows])
+        checkpoints.run_id(ref.epoch, params=checkpoint_params(ref.epoch, ref.name or "", ref.version or "",
+                                                               ref.fingerprint))
+        writer.flush()
+        checkpoints.finish(ref.epoch, [*before.get(ref.epoch, []), *rows])
 
     start = time.perf_counter()
+    new: list[dict[str, Any]] = []
     try:
         new = sweep.run(setup["refs"], done=done, allow_duplicate_weights=config.allow_duplicate_weights,
                         on_fit=on_fit, on_checkpoint=on_checkpoint)
     except BaseException as err:
         with contextlib.suppress(Exception):
-            logger.close()  # what was submitted before the failure still gets logged
+            writer.close()  # what was submitted before the failure still gets logged
+        if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the open checkpoint runs end KILLED too
+            with contextlib.suppress(Exception):
+                checkpoints.end_open("KILLED")
+                fits.log_attempt(run_id, attempt, n_new_fits=len(reader.finished()) - len(done),
+                                 seconds=time.perf_counter() - start)
         if isinstance(err, DuplicateWeightsError):
             raise click.UsageError(str(err)) from None
         raise
-    logger.close()
+    writer.close()
     seconds = time.perf_counter() - start
-    table = logger.results()
-    logger.log_results(table)
-    runs.log_metrics({"n_fits": len(table), "n_new_fits": len(new), "sweep_seconds": seconds})
+    table = reader.table()
+    fits.log_results(run_id, table)
+    fits.log_attempt(run_id, attempt, n_new_fits=len(new), seconds=seconds)
+    runs.log_metrics({"n_fits": len(table)})
     if new:
         ran = Counter(r["precision"] for r in new)
         click.echo("forward pass as run: " + ", ".join(f"{p} for {n} fits" for p, n in sorted(ran.items())))

@@ -87,7 +87,9 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
             raise ValueError(f"--n-trials {n_trials}: expected 1 or more")
         dev = str(resolve_device(device))
         store = tuning.open_storage(storage, default_dir=trials.default_journal_dir())
-    except (ValueError, tuning.StorageError) as err:
+    except tuning.StorageError as err:  # the URL may be right and the database down: not a usage error
+        raise click.ClickException(str(err)) from None
+    except ValueError as err:
         raise click.UsageError(str(err)) from None
     data = _prepare(model_name, splits_run, epochs, modules, concepts, [k.name for k in kinds], cache_dir, dev,
                     runs.chosen_experiment(experiment_name))
