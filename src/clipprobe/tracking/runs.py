@@ -370,7 +370,9 @@ def get_step_run(run_id: str, step: str, *, source: str, fix: str, error: type[E
 
 def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path | None = None) -> Path:
     """Local path of one artifact of a run (a no-copy path for a local artifact store)."""
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=artifact_path, dst_path=None if dst_dir is None else str(dst_dir)
-    )
-    return Path(local)
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    # The run's own repository: a local one answers with the file's path (no copy, no progress bar); a remote
+    # one downloads, with MLflow's bar unless the user turned it off (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR).
+    repository = get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri)
+    return Path(repository.download_artifacts(artifact_path, None if dst_dir is None else str(dst_dir)))
