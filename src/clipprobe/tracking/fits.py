@@ -250,15 +250,17 @@ class FitLogger:
             if not token:
                 return out
 
-    def fit_runs(self) -> list[Run]:
-        """Every fit run of this sweep, whatever its status."""
-        return self._search(f"tags.`{SWEEP_TAG}` = '{self.sweep_run_id}' and tags.`{LEVEL_TAG}` = 'fit'")
+    def fit_runs(self, epoch: int | None = None) -> list[Run]:
+        """Every fit run of this sweep (of one checkpoint's ``epoch`` when given), whatever its status."""
+        only = "" if epoch is None else f" and params.epoch = '{int(epoch)}'"
+        return self._search(f"tags.`{SWEEP_TAG}` = '{self.sweep_run_id}' and tags.`{LEVEL_TAG}` = 'fit'{only}")
 
-    def finished_fits(self, *, delete_unfinished: bool = True) -> set[tuple[str, str, str, int]]:
+    def finished_fits(self, *, delete_unfinished: bool = True, epoch: int | None = None) -> set[tuple[str, str, str, int]]:
         """Identities of the fits already logged (FINISHED). A fit run left RUNNING by a killed
-        process is deleted (its fit is redone), so every fit ends with exactly one run."""
+        process is deleted (its fit is redone), so every fit ends with exactly one run. ``epoch``:
+        only that checkpoint's fits (a worker owning one checkpoint leaves the others' runs alone)."""
         done: set[tuple[str, str, str, int]] = set()
-        for run in self.fit_runs():
+        for run in self.fit_runs(epoch):
             if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
                 key = fit_key(run.data.params)
                 if key in done:  # two writers raced: keep the first, drop the copy
@@ -356,11 +358,12 @@ class FitLogger:
         self.client.set_terminated(run_id, "FINISHED", end_time=_now_ms())
 
     # ---------------------------------------------------------------- reading back
-    def results(self) -> pd.DataFrame:
-        """One typed row per FINISHED fit run of the sweep, in the columns of docs/architecture.md."""
+    def results(self, epoch: int | None = None) -> pd.DataFrame:
+        """One typed row per FINISHED fit run of the sweep (of one ``epoch`` when given), in the columns
+        of docs/architecture.md."""
         self.flush()
         rows = []
-        for run in self.fit_runs():
+        for run in self.fit_runs(epoch):
             if run.info.status != "FINISHED":
                 continue
             p, m = run.data.params, run.data.metrics

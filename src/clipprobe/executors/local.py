@@ -1,0 +1,100 @@
+"""The in-process executor, and the unit of work every executor runs: one checkpoint's fits, logged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipprobe.activations import ExtractOptions
+from clipprobe.concepts.splits import ConceptSplits
+from clipprobe.sweep import (
+    CheckpointRef,
+    FitKey,
+    Sweep,
+    SweepPlan,
+    check_distinct_weights,
+    rows_by_epoch,
+)
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """Everything needed to run a sweep's checkpoints under its run; picklable, so Ray ships it to workers.
+
+    ``device`` is the option as given (``auto`` is resolved where the work runs)."""
+
+    sweep_run_id: str
+    tracking_uri: str
+    registry_uri: str
+    splits: ConceptSplits = field(repr=False)
+    plan: SweepPlan
+    refs: tuple[CheckpointRef, ...]
+    cache_dir: str
+    extract: ExtractOptions
+    device: str = "cpu"
+    keep_cache: bool = True
+    allow_duplicate_weights: bool = False
+    progress: bool = True
+
+    def sweep(self, *, progress: bool | None = None) -> Sweep:
+        from clipprobe.devices import resolve_device
+
+        return Sweep(self.splits, self.plan, cache_dir=self.cache_dir, extract=self.extract,
+                     device=resolve_device(self.device), keep_cache=self.keep_cache,
+                     progress=self.progress if progress is None else progress)
+
+    def ref(self, epoch: int) -> CheckpointRef:
+        return next(r for r in self.refs if r.epoch == epoch)
+
+
+def checkpoint_params(ref: CheckpointRef) -> dict[str, Any]:
+    return {"epoch": ref.epoch, "model_name": ref.name or "", "model_version": ref.version or "",
+            "fingerprint": ref.fingerprint}
+
+
+def probe_checkpoint(sweep: Sweep, logger: Any, ref: CheckpointRef, *, done: Collection[FitKey],
+                     before: Sequence[Mapping[str, Any]] = (), tags: Mapping[str, str] | None = None
+                     ) -> list[dict[str, Any]]:
+    """The fits of ``ref`` not in ``done``, each handed to ``logger`` (a ``tracking.fits.FitLogger``) as a
+    nested run of its checkpoint run as soon as it exists; then the checkpoint's epoch metrics over
+    ``before`` (its fits already logged) and the new ones. Returns the new rows. ``tags`` go on the
+    checkpoint run (which worker ran it)."""
+    ckpt = logger.checkpoint_run(ref.epoch, params=checkpoint_params(ref))
+    for key, value in (tags or {}).items():
+        logger.client.set_tag(ckpt, key, value)
+
+    def on_fit(row: dict[str, Any]) -> None:
+        logger.submit(ckpt, row, hparams=json.loads(row["hparams"]))
+
+    rows = sweep.run_checkpoint(ref, done=done, on_fit=on_fit)
+    logger.finish_checkpoint(ref.epoch, [*before, *rows])
+    return rows
+
+
+class LocalExecutor:
+    """Checkpoint after checkpoint in this process, with one background fit writer."""
+
+    name = "local"
+
+    def run(self, job: SweepJob, done: Collection[FitKey]) -> list[dict[str, Any]]:
+        """Every fit of ``job`` not in ``done``; returns the new rows."""
+        from clipprobe.tracking.fits import FitLogger
+
+        logger = FitLogger(job.sweep_run_id)
+        check_distinct_weights(job.refs, allow_duplicate_weights=job.allow_duplicate_weights)
+        before = rows_by_epoch(logger.results().to_dict("records")) if done else {}
+        sweep = job.sweep()
+        done = set(done)
+        out: list[dict[str, Any]] = []
+        try:
+            for ref in sorted(job.refs, key=lambda c: c.epoch):
+                out.extend(probe_checkpoint(sweep, logger, ref, done=done, before=before.get(ref.epoch, [])))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                logger.close()  # what was submitted before the failure still gets logged
+            raise
+        logger.close()
+        return out
