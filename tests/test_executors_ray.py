@@ -124,3 +124,27 @@ def test_resume_with_ray_workers_fits_only_the_missing(tracking_store, tmp_path,
 def test_usage_errors_name_the_executor_options(tracking_store):
     out = CliRunner().invoke(main, ["probe", "--gpus-per-task", "1"])
     assert out.exit_code == 2 and "--ray-address and --gpus-per-task need --executor ray" in out.output
+
+
+@slow
+@on_ray
+def test_two_ray_workers_share_one_study_through_an_rdb_storage(tracking_store, tmp_path):
+    from test_tune_tracking import BAD_LR, _trial_runs
+    from tune_synthetic import concept_data
+
+    from clipprobe import tuning
+    from clipprobe.cli.tune import run_studies
+    from clipprobe.executors.ray import RayExecutor
+
+    tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with runs.step_run("tune") as run:
+        results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=storage, n_trials=6, seed=0,
+                              runner=RayExecutor(), workers=2)
+    res = results["non_linear_gap"]
+    study = tuning.optuna.load_study(storage=storage, study_name=res.study_name)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(6))  # 3 + 3 trials of the two workers, one study, the defaults queued once
+    nested = _trial_runs(run.info.run_id)
+    assert sorted(int(r.data.tags["clipprobe.trial"]) for r in nested) == numbers
+    assert res.best_params["lr"] >= 1e-3 and res.counts["complete"] + res.counts["pruned"] == 6

@@ -98,3 +98,14 @@ class LocalExecutor:
             raise
         logger.close()
         return out
+
+    def tune_study(self, run_id: str, kind: Any, tasks: Sequence[Any], *, storage: Any, study_name: str | None,
+                   n_trials: int | None, timeout: float | None, seed: int, folds: int, device: str) -> Any:
+        """One probe kind's study (a kind name or ``ProbeKind``) in this process, every trial a nested run of
+        ``run_id``."""
+        from clipprobe import tuning
+        from clipprobe.tracking.trials import TrialLogger
+
+        logger = TrialLogger(run_id, tuning.check_kind(kind).name)
+        return tuning.tune(kind, tasks, storage=storage, name=study_name, n_trials=n_trials, timeout=timeout,
+                           seed=seed, folds=folds, on_trial=logger, device=device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from clipprobe.executors.local import SweepJob, probe_checkpoint
@@ -30,12 +30,10 @@ def worker_name() -> str:
 
 def run_checkpoint_task(job: SweepJob, epoch: int) -> list[dict[str, Any]]:
     """What one Ray task runs: the missing fits of checkpoint ``epoch``, logged; returns the new rows."""
-    import mlflow
-
     from clipprobe.tracking.fits import FitLogger
+    from clipprobe.tracking.runs import use_stores
 
-    mlflow.set_tracking_uri(job.tracking_uri)
-    mlflow.set_registry_uri(job.registry_uri)
+    use_stores(job.tracking_uri, job.registry_uri)
     logger = FitLogger(job.sweep_run_id)
     done = logger.finished_fits(epoch=epoch)  # this checkpoint's only: other workers' runs are theirs
     before = logger.results(epoch).to_dict("records") if done else []
@@ -45,6 +43,34 @@ def run_checkpoint_task(job: SweepJob, epoch: int) -> list[dict[str, Any]]:
     finally:
         logger.close()
     return rows
+
+
+def tune_task(tracking_uri: str, run_id: str, kind: Any, tasks: Sequence[Any], storage: str, study_name: str,
+              n_trials: int | None, timeout: float | None, seed: int, folds: int, device: str) -> int:
+    """What one Ray task of a shared study runs: its share of trials, each a nested run of ``run_id``."""
+    from clipprobe import tuning
+    from clipprobe.devices import resolve_device
+    from clipprobe.tracking.runs import use_stores
+    from clipprobe.tracking.trials import TrialLogger
+
+    use_stores(tracking_uri)
+    pk = tuning.check_kind(kind)
+    logger = TrialLogger(run_id, pk.name)
+    store = tuning.open_storage(storage)
+    sname, _ = tuning.open_study(kind, tasks, storage=store, name=study_name, folds=folds)
+    study = tuning.optuna.load_study(storage=store, study_name=sname,
+                                     sampler=tuning.optuna.samplers.TPESampler(seed=seed),
+                                     pruner=tuning.optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
+    objective = tuning.make_objective(pk, tasks, folds, device=str(resolve_device(device)))
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=tuning.CATCH, callbacks=[logger])
+    return len(logger.run_ids)
+
+
+def shares(total: int | None, workers: int) -> list[int | None]:
+    """``total`` trials spread over ``workers`` (first ones get the remainder); None stays None (timeout only)."""
+    if total is None:
+        return [None] * workers
+    return [n for n in (total // workers + (i < total % workers) for i in range(workers)) if n > 0]
 
 
 class RayExecutor:
@@ -99,3 +125,35 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+    def tune_study(self, run_id: str, kind: Any, tasks: Sequence[Any], *, storage: Any, study_name: str | None,
+                   n_trials: int | None, timeout: float | None, seed: int, folds: int, device: str,
+                   workers: int | None = None, tracking_uri: str = "") -> Any:
+        """One probe kind's study shared by ``workers`` Ray tasks (default: one per CPU of the cluster, or
+        per ``gpus_per_task`` share of its GPUs), each with its own sampler seed, all on one storage:
+        an RDB URL (PostgreSQL across machines) or a journal file path (one machine)."""
+        import optuna
+        import ray
+
+        from clipprobe import tuning
+
+        if not isinstance(storage, str):
+            raise ValueError("--executor ray needs --storage as a URL or a journal file path its workers can open")
+        store = tuning.open_storage(storage)
+        sname, _ = tuning.open_study(kind, tasks, storage=store, name=study_name, folds=folds)  # defaults queued once
+        started = self._connect()
+        try:
+            if not workers:
+                have = ray.cluster_resources()
+                workers = int(have.get("GPU", 0) // self.gpus_per_task) if self.gpus_per_task else int(have.get("CPU", 1))
+            task = ray.remote(tune_task).options(num_gpus=self.gpus_per_task, max_retries=self.max_retries,
+                                                 retry_exceptions=False, name="clipprobe-trials")
+            shared = ray.put(list(tasks))
+            refs = [task.remote(tracking_uri, run_id, kind, shared, storage, study_name, n, timeout, seed + i,
+                                folds, device) for i, n in enumerate(shares(n_trials, max(1, workers)))]
+            logged = sum(ray.get(refs))
+            log.info("study %s: %d trials logged by %d workers", sname, logged, len(refs))
+        finally:
+            if started:
+                ray.shutdown()
+        return tuning.summarise(tuning.check_kind(kind).name, optuna.load_study(storage=store, study_name=sname))

@@ -31,6 +31,12 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def use_stores(tracking: str, registry: str | None = None) -> None:
+    """Point this process at a tracking store and model registry (a worker joining a driver's sweep)."""
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry or tracking)
+
+
 def registry_uri() -> str:
     """The model registry URI in force (the tracking URI unless ``MLFLOW_REGISTRY_URI`` says otherwise)."""
     return mlflow.get_registry_uri()
