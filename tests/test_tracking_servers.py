@@ -1,0 +1,56 @@
+"""The tracking side on real servers: the direct SQL fit writer on PostgreSQL (the same checks as on
+sqlite, tests/test_tracking_bulk.py), and a sweep by two Ray workers against `mlflow server` backed by
+PostgreSQL with served artifacts: every fit exactly once, the results file complete."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from ray_cluster import ray_cluster  # noqa: F401 - the fixture, used by name
+from servers import postgres, postgres_store, server_store  # noqa: F401 - fixtures, used by name
+from test_tracking_bulk import (  # noqa: F401 - collected here again, on PostgreSQL
+    test_a_batch_with_a_bad_fit_lands_not_at_all,
+    test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow,
+    test_per_image_strings_too_long_for_a_param_stay_out_of_the_run,
+)
+
+from clipprobe.tracking import fits, runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def logger(postgres_store):  # noqa: F811 - the fixture imported above
+    """conftest's FitLogger, on a fresh PostgreSQL database: the bulk tests imported above run on it."""
+    with runs.step_run("probe", run_name="sweep") as parent:
+        log = fits.FitLogger(parent.info.run_id)
+        assert log._sql is not None and log._sql.engine.dialect.name == "postgresql"
+        yield log
+        log.close()
+
+
+def test_a_sweep_of_two_ray_workers_against_mlflow_server_on_postgresql(ray_cluster, server_store, tmp_path):  # noqa: F811
+    from click.testing import CliRunner
+    from sweep_fakes import blind, mobilenet, plant_red
+    from test_executors_ray import OPTS, PER_EPOCH, finished_keys, sweep_run
+    from test_sweep_tracking import log_splits, register
+
+    from clipprobe.cli import main
+
+    register({0: blind(mobilenet()), 1: plant_red(mobilenet())})
+    log_splits(tmp_path)
+    out = CliRunner().invoke(main, ["probe", *OPTS, "--executor", "ray", "--epochs", "0-1"])
+    assert out.exit_code == 0, out.output
+    client = MlflowClient()
+    sweep_id = sweep_run(client)
+    keys = finished_keys(client, sweep_id)
+    assert len(keys) == 2 * PER_EPOCH and len(set(keys)) == len(keys)
+    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
+    assert len(table) == 2 * PER_EPOCH and set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
+    assert table["test_acc"].notna().all()
+    ckpts = client.search_runs([client.get_run(sweep_id).info.experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{sweep_id}'")
+    workers = {r.data.tags["clipprobe.worker"] for r in ckpts}
+    assert len(ckpts) == 2 and all(r.info.status == "FINISHED" for r in ckpts)
+    assert len(workers) == 2  # two worker processes, one checkpoint each
