@@ -32,9 +32,13 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the HTML rendering test will be skipped"
 
-# Opens on every pipeline step and sweep (experiment 0 = Default; use your experiment's id otherwise).
+# Lands on the runs table with every pipeline step and sweep (experiment 0 = Default; use your experiment's id
+# otherwise): MLflow 3.17 opens experiments in GenAI mode unless the link asks for workflowType=machine_learning.
+UI_URL := http://127.0.0.1:5000/\#/experiments/0/runs?workflowType=machine_learning&searchFilter=tags.%60clipprobe.level%60%20IS%20NULL
 ui: $(VENV)/.installed
-	@echo "open http://127.0.0.1:5000/#/experiments/0/runs?workflowType=machine_learning&searchFilter=tags.%60clipprobe.level%60%20IS%20NULL"
+	@echo "open $(UI_URL)"
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ]; then \
+	  (sleep 4; $(VENV)/bin/python -m webbrowser -t "$(UI_URL)" >/dev/null 2>&1) & fi
 	$(ACTIVATE) && mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
 clean-runs:
