@@ -317,7 +317,8 @@ def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_di
         click.echo(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
     job = SweepJob(sweep_run_id=run_id, tracking_uri=runs.absolute_uri(runs.tracking_uri()),
                    registry_uri=runs.absolute_uri(runs.registry_uri()),
-                   splits=setup["splits"], plan=config.plan(), refs=tuple(setup["refs"]), cache_dir=str(cache_dir),
+                   splits=setup["splits"], plan=config.plan(), refs=tuple(setup["refs"]),
+                   cache_dir=str(Path(cache_dir).resolve()),  # workers start elsewhere: no relative paths
                    extract=extract, device=device, keep_cache=keep_cache,
                    allow_duplicate_weights=config.allow_duplicate_weights)
     start = time.perf_counter()
