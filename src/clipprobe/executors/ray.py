@@ -92,7 +92,10 @@ class RayExecutor:
             raise ValueError("--executor ray needs Ray: pip install 'clipprobe[ray]'") from None
         if ray.is_initialized():
             return False
-        ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
+        if self.address is None and not os.environ.get("RAY_ADDRESS"):  # a new cluster on this machine
+            ray.init(include_dashboard=False)
+        else:
+            ray.init(address=self.address)
         return True
 
     def run(self, job: SweepJob, done: Collection[FitKey]) -> list[dict[str, Any]]:
