@@ -116,7 +116,8 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
         try:
             results = run_studies(run.info.run_id, [(k, data["tasks"][k.name]) for k in kinds], storage=store,
                                   study_name=study_name, n_trials=n_trials if n_trials > 0 else None,
-                                  timeout=timeout, seed=seed, folds=folds, device=dev, runner=runner,
+                                  timeout=timeout, seed=seed, folds=folds, runner=runner,
+                                  device=dev if executor == "local" else device,  # "auto": each worker's own GPU
                                   workers=workers)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
