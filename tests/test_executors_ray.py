@@ -148,3 +148,14 @@ def test_two_ray_workers_share_one_study_through_an_rdb_storage(tracking_store, 
     nested = _trial_runs(run.info.run_id)
     assert sorted(int(r.data.tags["clipprobe.trial"]) for r in nested) == numbers
     assert res.best_params["lr"] >= 1e-3 and res.counts["complete"] + res.counts["pruned"] == 6
+
+
+def test_trials_are_spread_over_workers_and_bad_executor_options_refused():
+    from clipprobe.executors import make_executor
+    from clipprobe.executors.ray import RayExecutor, shares
+
+    assert shares(6, 4) == [2, 2, 1, 1] and shares(1, 3) == [1] and shares(None, 2) == [None, None]
+    with pytest.raises(ValueError, match="unknown executor 'dask': expected one of local, ray"):
+        make_executor("dask")
+    with pytest.raises(ValueError, match="--gpus-per-task -1"):
+        RayExecutor(gpus_per_task=-1)
