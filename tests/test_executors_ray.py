@@ -159,3 +159,22 @@ def test_trials_are_spread_over_workers_and_bad_executor_options_refused():
         make_executor("dask")
     with pytest.raises(ValueError, match="--gpus-per-task -1"):
         RayExecutor(gpus_per_task=-1)
+
+
+@slow
+@on_ray
+def test_tune_cli_with_two_ray_workers_on_the_default_journal(tracking_store, tmp_path):
+    register({0: plant_red(mobilenet())})
+    log_splits(tmp_path)
+    out = CliRunner().invoke(main, ["tune", "--probes", "linear_gap", "--modules", "module:0,module:1",
+                                    "--n-trials", "4", "--executor", "ray", "--workers", "2", "--cache-dir", "cache",
+                                    "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "linear_gap: best val_acc" in out.output and (tmp_path / "optuna.journal").is_file()
+    run = runs.find_latest_run("tune")
+    assert run.data.metrics["linear_gap.n_complete"] + run.data.metrics["linear_gap.n_pruned"] == 4
+    client = MlflowClient()
+    nested = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert sorted(int(r.data.tags["clipprobe.trial"]) for r in nested) == [0, 1, 2, 3]
+    bad = CliRunner().invoke(main, ["tune", "--workers", "2"])
+    assert bad.exit_code == 2 and "--workers 2: expected 1 or more, with --executor ray" in bad.output
