@@ -186,10 +186,11 @@ def bench_logging(rows: list[dict], n_fast: int, n_fluent: int) -> tuple[float, 
     import mlflow
 
     from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_writer import FitWriter
 
     with runs.step_run("probe", run_name="logging-bench") as parent:
-        logger = fits.FitLogger(parent.info.run_id)
-        ckpt = logger.checkpoint_run(0)
+        logger = FitWriter(parent.info.run_id)
+        ckpt = fits.CheckpointRuns(parent.info.run_id).run_id(0)
 
         def writer():
             for i in range(n_fast):
@@ -246,6 +247,8 @@ def main() -> None:
     from clipprobe.probes.kinds import probe_kind
     from clipprobe.sweep import DEFAULT_PROBES, CheckpointRef, Sweep, SweepPlan
     from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.sweep_fits import SweepFits
 
     splits = make_world(workdir.parent, cfg)
     torch.manual_seed(0)
@@ -279,22 +282,22 @@ def main() -> None:
     t_decode, images = _timed(lambda: sweep.images(transform))
     n_images = len(images)
     with runs.step_run("probe", run_name="bench sweep") as parent:
-        logger = fits.FitLogger(parent.info.run_id)
+        logger, checkpoints = FitWriter(parent.info.run_id), fits.CheckpointRuns(parent.info.run_id)
 
         def on_fit(row):  # as the CLI does: the background writer logs while the next probes fit
-            t, _ = _timed(lambda: logger.submit(logger.checkpoint_run(row["epoch"]), row))
+            t, _ = _timed(lambda: logger.submit(checkpoints.run_id(row["epoch"]), row))
             parts["logging"] += t
 
         def on_checkpoint(r, rows):
-            t, _ = _timed(lambda: logger.finish_checkpoint(r.epoch, rows))
+            t, _ = _timed(lambda: (logger.flush(), checkpoints.finish(r.epoch, rows)))
             parts["logging"] += t
 
         batches = ForwardCounter.batches
         t_sweep, rows = _timed(lambda: sweep.run([ref], on_fit=on_fit, on_checkpoint=on_checkpoint))
         t_close, _ = _timed(logger.close)
-        t_results, table = _timed(logger.results)
+        t_results, table = _timed(SweepFits(parent.info.run_id).table)
         t_results += t_close
-        t_artifact, _ = _timed(lambda: logger.log_results(table))
+        t_artifact, _ = _timed(lambda: fits.log_results(parent.info.run_id, table))
         parts["logging"] += t_results + t_artifact
         t_sweep += t_results + t_artifact
     sweep_mod.evaluate_concepts, ActivationCache.get = real_eval, real_get
@@ -403,7 +406,7 @@ def main() -> None:
         f"| **whole sweep** (after decoding) | **{t_sweep:.1f}** | "
         f"{naive_extract + t_sk_lin + naive_mlp + naive_map + n_fits / fluent_rate:.1f} | | sum of the naive parts |",
         "",
-        f"- Logging alone: {fast_rate:.0f} nested runs/s through the sweep's writer (FitLogger.submit + flush: "
+        f"- Logging alone: {fast_rate:.0f} nested runs/s through the sweep's writer (FitWriter.submit + flush: "
         f"finished runs in batched transactions on this sqlite store, {cfg['logging_runs']} runs); "
         f"{calls_rate:.0f} runs/s with three public MLflow calls per run (create_run + log_batch + "
         f"set_terminated, the path for a tracking server); {fluent_rate:.1f} runs/s fluent ({cfg['fluent_runs']} runs).",

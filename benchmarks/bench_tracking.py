@@ -5,7 +5,7 @@ wall time, store size, `clipprobe compare` time, and the MLflow UI's first runs 
 UI makes: POST ajax-api/2.0/mlflow/runs/search, max_results 100) at that size.
 
 Fits are synthetic rows with every column of a real fit (docs/architecture.md); writers use the same
-FitLogger the sweep uses (batches of up to 256 fits per transaction on SQL stores, MLflow's public calls
+fit writer the sweep uses (batches of up to 256 fits per transaction on SQL stores, MLflow's public calls
 over REST). PostgreSQL is started by tests/servers.py (PostgreSQL 15 binaries and psycopg2 needed).
 
 Writes benchmarks/results/bench_tracking_writers.md and bench_tracking_scale.md.
@@ -58,14 +58,15 @@ def fit_row(i: int, epoch: int) -> dict:
 
 
 def _writer(uri: str, sweep_id: str, epoch: int, n: int, start, out) -> None:
-    """One writer process: ``n`` fits of checkpoint ``epoch`` through FitLogger, timed after a common start."""
+    """One writer process: ``n`` fits of checkpoint ``epoch`` through FitWriter, timed after a common start."""
     import mlflow
 
-    from clipprobe.tracking.fits import FitLogger
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.fits import CheckpointRuns
 
     mlflow.set_tracking_uri(uri)
-    logger = FitLogger(sweep_id)
-    ckpt = logger.checkpoint_run(epoch, params={"epoch": epoch})
+    logger = FitWriter(sweep_id)
+    ckpt = CheckpointRuns(sweep_id).run_id(epoch, params={"epoch": epoch})
     rows = [fit_row(i, epoch) for i in range(n)]
     start.wait()
     t = time.perf_counter()
@@ -96,9 +97,9 @@ def writers_rate(uri: str, writers: int, fits_each: int) -> tuple[float, float]:
         wall = time.perf_counter() - t
         if any(p.exitcode for p in procs):
             raise RuntimeError(f"a writer failed on {uri}")
-        from clipprobe.tracking.fits import FitLogger
+        from clipprobe.tracking.sweep_fits import SweepFits
 
-        n = len(FitLogger(run.info.run_id).finished_fits(delete_unfinished=False))
+        n = len(SweepFits(run.info.run_id).finished())
         assert n == writers * fits_each, (n, writers * fits_each)
     return writers * fits_each / wall, wall
 
@@ -148,6 +149,8 @@ def bench_scale(args, work: Path) -> str:
     from servers import mlflow_server
 
     from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.sweep_fits import SweepFits
 
     db = work / "scale.db"
     for p in work.glob("scale.db*"):
@@ -158,18 +161,19 @@ def bench_scale(args, work: Path) -> str:
     n_fits = args.checkpoints * FITS_PER_CHECKPOINT
     t = time.perf_counter()
     with runs.step_run("probe", run_name="bench scale", params={"model_name": "bench"}) as run:
-        logger = fits.FitLogger(run.info.run_id)
+        writer, checkpoints = FitWriter(run.info.run_id), fits.CheckpointRuns(run.info.run_id)
         for epoch in range(args.checkpoints):
-            ckpt = logger.checkpoint_run(epoch, params={"epoch": epoch, "model_name": "bench"})
+            ckpt = checkpoints.run_id(epoch, params={"epoch": epoch, "model_name": "bench"})
             rows = [fit_row(i, epoch) for i in range(FITS_PER_CHECKPOINT)]
             for r in rows:
-                logger.submit(ckpt, r, hparams={"weight_decay": 0.005})
-            logger.finish_checkpoint(epoch, rows)
-        logger.close()
+                writer.submit(ckpt, r, hparams={"weight_decay": 0.005})
+            writer.flush()
+            checkpoints.finish(epoch, rows)
+        writer.close()
         write_s = time.perf_counter() - t
         t2 = time.perf_counter()
-        table = logger.results()
-        logger.log_results(table)
+        table = SweepFits(run.info.run_id).table()
+        fits.log_results(run.info.run_id, table)
         results_s = time.perf_counter() - t2
         assert len(table) == n_fits, (len(table), n_fits)
     sweep_id, exp = run.info.run_id, run.info.experiment_id
@@ -186,7 +190,7 @@ def bench_scale(args, work: Path) -> str:
     with mlflow_server(uri, work / "served-scale", timeout=600) as url:
         first = ui_first_page(url, exp)
         again = ui_first_page(url, exp)
-    lines = ["| checkpoints | fit runs | write (sweep's FitLogger, in-process) | fit runs/s | results table read + logged | "
+    lines = ["| checkpoints | fit runs | write (the sweep's fit writer, in-process) | fit runs/s | results table read + logged | "
              "store size (sqlite + WAL) | `clipprobe compare` | UI first runs page (1st / 2nd call) |",
              "|---|---|---|---|---|---|---|---|",
              f"| {args.checkpoints} | {n_fits:,} | {write_s:.0f} s | {n_fits / write_s:.0f} | {results_s:.0f} s | "

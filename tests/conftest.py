@@ -34,12 +34,19 @@ def tracking_store(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def logger(tracking_store):
-    """A FitLogger on a fresh probe sweep run of the temporary store (closed after the test)."""
+def sweep(tracking_store):
+    """A fresh probe sweep run of the temporary store with its writer, reader and checkpoint runs
+    (the writer closed after the test)."""
+    from types import SimpleNamespace
+
     from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.sweep_fits import SweepFits
 
     with runs.step_run("probe", run_name="sweep") as parent:
-        log = fits.FitLogger(parent.info.run_id)
-        assert log._sql is not None  # the test store is sqlite: the bulk path is the one in use
-        yield log
-        log.close()
+        run_id = parent.info.run_id
+        writer = FitWriter(run_id)
+        assert writer.fast is not None  # the test store is sqlite: the bulk path is the one in use
+        yield SimpleNamespace(run_id=run_id, experiment_id=parent.info.experiment_id, writer=writer,
+                              reader=SweepFits(run_id), checkpoints=fits.CheckpointRuns(run_id))
+        writer.close()

@@ -89,6 +89,7 @@ def log_fake_sweep(results: pd.DataFrame, tmp: Path, *, with_parquet: bool = Tru
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from clipprobe.tracking.fit_records import SWEEP_TAG
     from clipprobe.tracking.runs import enable_sqlite_wal
 
     client = MlflowClient()
@@ -106,12 +107,12 @@ def log_fake_sweep(results: pd.DataFrame, tmp: Path, *, with_parquet: bool = Tru
     if via_checkpoints:
         for e in sorted(results["epoch"].unique()):
             ck = client.create_run(exp_id, tags={"mlflow.parentRunId": parent_id,
-                                                 "clipprobe.level": "checkpoint"})
+                                                 "clipprobe.level": "checkpoint", SWEEP_TAG: parent_id})
             client.set_terminated(ck.info.run_id)
             parents[int(e)] = ck.info.run_id
     for _, row in results.iterrows():
         pid = parents[int(row["epoch"])] if via_checkpoints else parent_id
-        run = client.create_run(exp_id, tags={"mlflow.parentRunId": pid, "clipprobe.level": "fit"})
+        run = client.create_run(exp_id, tags={"mlflow.parentRunId": pid, "clipprobe.level": "fit", SWEEP_TAG: parent_id})
         client.log_batch(
             run.info.run_id,
             params=[Param(c, str(row[c])) for c in (*IDENTITY, *PREDICTIONS)],

@@ -224,3 +224,44 @@ def test_default_fast_forward_moves_activations_by_rounding_only(tmp_path):
         ga, gb = a.gap(path), b.gap(path)
         assert np.abs(ga - gb).max() <= 1e-4 * np.abs(ga).max() + 1e-30, path
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the caller's model is untouched
+
+
+def _fill_cache(root: str, paths: list[str], barrier, out) -> None:
+    """One process of test_processes_sharing_a_cache_never_crash: the same entry, started together."""
+    torch.set_num_threads(1)
+    model, images = tiny_net(), FakeImages(tiny_images(n=300, size=16))
+    barrier.wait()
+    acts = ActivationCache(root).get(model, {p: p for p in paths}, images, fingerprint="9" * 64,
+                                     options=ExtractOptions(batch_size=20, precision="fp32"), progress=False)
+    out.put({p: acts.gap(p).sum(dtype=np.float64) for p in paths})
+
+
+def test_processes_sharing_a_cache_never_crash(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    jobs = [["features.1", "features.3"], ["features.1", "features.3"], ["features.0"]]
+    barrier, out = ctx.Barrier(len(jobs)), ctx.Queue()
+    procs = [ctx.Process(target=_fill_cache, args=(str(tmp_path), paths, barrier, out)) for paths in jobs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    sums = [out.get(timeout=5) for _ in procs]
+    [folder] = [f for f in tmp_path.iterdir() if f.is_dir()]
+    assert not list(folder.glob("*.tmp"))  # every process's own temporary file was renamed into place
+    meta = json.loads((folder / "meta.json").read_text())
+    # each process merged meta.json with the others' records: no module's files are forgotten
+    assert meta["stored"] == {"features.0": ["fp32"], "features.1": ["fp32"], "features.3": ["fp32"]}
+    # what the processes read equals what one process alone computes
+    alone = ActivationCache(tmp_path / "alone").get(
+        tiny_net(), {p: p for p in ("features.0", "features.1", "features.3")}, FakeImages(tiny_images(n=300, size=16)),
+        fingerprint="9" * 64, options=ExtractOptions(batch_size=20, precision="fp32"), progress=False)
+    for got in sums:
+        for path, total in got.items():
+            assert total == pytest.approx(alone.gap(path).sum(dtype=np.float64), rel=1e-6)
+    shared = ActivationCache(tmp_path).get(tiny_net(), {"m": "features.3"}, FakeImages(tiny_images(n=300, size=16)),
+                                           fingerprint="9" * 64, options=ExtractOptions(batch_size=20, precision="fp32"),
+                                           progress=False)
+    np.testing.assert_allclose(shared.map("features.3")[:, :], alone.map("features.3")[:, :], rtol=2**-7, atol=1e-6)

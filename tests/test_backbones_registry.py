@@ -121,8 +121,15 @@ def test_bad_files_are_named_and_skipped(tracking_store, tmp_path, caplog):
     bad_only.mkdir()
     (bad_only / "model_1.pth").write_bytes(b"not a checkpoint")
     result = CliRunner().invoke(main, ["checkpoints", str(bad_only), "--model-name", "m2"])
-    assert result.exit_code != 0
+    assert result.exit_code == 1 and "Traceback" not in result.output
     assert "nothing imported" in result.output and "all 1 files were skipped" in result.output
+    # the empty import's run ends FAILED: the next `probe` keeps the model that was imported ("m")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    [empty] = client.search_runs(["0"], "tags.`clipprobe.model_name` = 'm2'")
+    assert empty.info.status == "FAILED" and f"run {empty.info.run_id} FAILED" in result.output
+    assert runs.find_latest_run("checkpoints").data.tags[registry.MODEL_NAME_TAG] == "m"
 
 
 def test_same_weights_at_two_epochs_are_flagged(tracking_store, tmp_path, caplog):

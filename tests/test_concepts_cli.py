@@ -86,3 +86,20 @@ def test_bad_inputs_are_one_line(world, tmp_path):
 def test_no_pool_and_no_world_run(tracking_store):
     result = _concepts("--source", "annotations")
     assert result.exit_code == 2 and "no --pool given and no finished world run found" in result.output
+
+
+def test_annotations_skip_unreadable_images_as_the_clip_path_does(world, caplog):
+    truth = pd.read_parquet(world / "truth.parquet")
+    broken = sorted(p for p in truth["path"] if p.startswith("pool/"))[0]
+    (world / broken).write_bytes(b"not an image")
+    with caplog.at_level("WARNING"):
+        result = _concepts("--source", "annotations", "--top-k", "10", "--negatives", "30")
+    assert result.exit_code == 0, result.output
+    rel = broken.removeprefix("pool/")
+    assert "1 unreadable image(s) skipped (listed in concepts/unreadable.txt)" in result.output
+    assert any(f"1 unreadable image(s) skipped, e.g. {rel}" in r.getMessage() for r in caplog.records)
+    run = find_latest_run("concepts")
+    assert run.data.metrics["n_unreadable"] == 1 and run.data.metrics["n_scored"] == 159
+    assert download_artifact(run.info.run_id, "concepts/unreadable.txt").read_text() == rel + "\n"
+    splits = load_splits(download_artifact(run.info.run_id, "concepts/splits.parquet"))
+    assert rel not in set(splits.table["path"])

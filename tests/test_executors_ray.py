@@ -90,7 +90,9 @@ def test_a_worker_killed_mid_checkpoint_is_retried_and_every_fit_lands_once(trac
 def test_resume_with_ray_workers_fits_only_the_missing(tracking_store, tmp_path, monkeypatch):
     register({0: blind(mobilenet()), 1: plant_red(mobilenet()), 2: plant_red(mobilenet(1))})
     log_splits(tmp_path)
-    real = fits.FitLogger.log_fits
+    from clipprobe.tracking.fit_writer import FitWriter
+
+    real = FitWriter.log_fits
     calls = {"n": 0}
 
     def dying(self, items):
@@ -102,10 +104,10 @@ def test_resume_with_ray_workers_fits_only_the_missing(tracking_store, tmp_path,
             ids += real(self, [item])
         return ids
 
-    monkeypatch.setattr(fits.FitLogger, "log_fits", dying)
+    monkeypatch.setattr(FitWriter, "log_fits", dying)
     first = CliRunner().invoke(main, ["probe", *OPTS, "--epochs", "0-2"])
     assert isinstance(first.exception, RuntimeError)
-    monkeypatch.setattr(fits.FitLogger, "log_fits", real)
+    monkeypatch.setattr(FitWriter, "log_fits", real)
     client = MlflowClient()
     sweep_id = sweep_run(client)
     assert len(fit_runs(client, sweep_id)) == 11

@@ -74,9 +74,9 @@ def test_results_from_parquet_and_nested_runs_agree_and_tables_equal_logged_metr
 def test_nested_fits_under_checkpoint_runs_are_found_page_by_page(tracking_store, tmp_path, monkeypatch):
     from report_fakes import log_fake_sweep
 
-    import clipprobe.tracking.results as mod
+    import clipprobe.tracking.runs as mod
 
-    monkeypatch.setattr(mod, "PAGE_SIZE", 2)  # force several pages per parent
+    monkeypatch.setattr(mod, "SEARCH_PAGE", 2)  # force several pages
     results = synthetic_results(concepts=(("red", "colour"),), modules=(0, 1), probes=("linear_gap",))
     run_id = log_fake_sweep(results, tmp_path, with_parquet=False, via_checkpoints=True)
     back = load_sweep_results(run_id)

@@ -11,6 +11,7 @@ from sweep_fakes import blind, make_splits, mobilenet, plant_red
 from clipprobe.cli import main
 from clipprobe.concepts.splits import write_splits
 from clipprobe.tracking import fits, registry, runs
+from clipprobe.tracking.fit_writer import FitWriter
 
 META = {"architecture": "mobilenet_v2", "width_mult": 0.25, "num_classes": 4, "val_resize_size": 32,
         "val_crop_size": 32}
@@ -86,7 +87,7 @@ def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp
 def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp_path, monkeypatch):
     register({0: blind(mobilenet()), 1: plant_red(mobilenet())})
     log_splits(tmp_path)
-    real = fits.FitLogger.log_fits
+    real = FitWriter.log_fits
     calls = {"n": 0}
 
     def dying(self, items):  # fit by fit, so the kill lands at the same fit however the writer batches
@@ -98,7 +99,7 @@ def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp
             ids += real(self, [item])
         return ids
 
-    monkeypatch.setattr(fits.FitLogger, "log_fits", dying)
+    monkeypatch.setattr(FitWriter, "log_fits", dying)
     result = probe("--epochs", "0-1")
     assert isinstance(result.exception, RuntimeError)
     client = MlflowClient()
@@ -107,9 +108,9 @@ def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp
     assert client.get_run(sweep_id).info.status == "FAILED"
     assert len(fit_runs(client, sweep_id)) == 11
     # a fit whose process died between create_run and set_terminated
-    ckpt = fits.FitLogger(sweep_id).checkpoint_run(1)
+    ckpt = fits.CheckpointRuns(sweep_id).run_id(1)
     client.create_run(exp, tags={"mlflow.parentRunId": ckpt, "clipprobe.level": "fit", fits.SWEEP_TAG: sweep_id})
-    monkeypatch.setattr(fits.FitLogger, "log_fits", real)
+    monkeypatch.setattr(FitWriter, "log_fits", real)
 
     result = CliRunner().invoke(main, ["probe", "--resume", sweep_id, "--cache-dir", "cache", "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -140,12 +141,12 @@ def test_probe_refuses_equal_weights_and_bad_resume_ids(tracking_store, tmp_path
     assert result.exit_code == 2 and "epoch(s) 7 not registered: the model has epochs 0, 1" in result.output
 
 
-def test_fit_logger_relaxes_sqlite_sync_in_wal_mode(tracking_store):
+def test_fit_writer_relaxes_sqlite_sync_in_wal_mode(tracking_store):
     from sqlalchemy import text
 
     with runs.step_run("probe") as run:
-        logger = fits.FitLogger(run.info.run_id)
-        engine = logger.client._tracking_client.store.engine
+        writer = FitWriter(run.info.run_id)
+        engine = writer.client._tracking_client.store.engine
         with engine.connect() as con:
             assert con.execute(text("PRAGMA journal_mode")).scalar().lower() == "wal"
             assert con.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL

@@ -8,7 +8,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from clipprobe.tracking import fits
+from clipprobe.tracking import bulk, fits
+from clipprobe.tracking.fit_writer import FitWriter
 
 ROW = {
     "concept": "red", "group": "colours", "module": "module:3", "module_index": 3, "module_path": "features.3", "probe": "linear_gap",
@@ -27,12 +28,12 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow(logger):
+def test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow(sweep):
     client = MlflowClient()
-    ckpt = logger.checkpoint_run(4)
+    ckpt = sweep.checkpoints.run_id(4)
     kw = {"hparams": {"weight_decay": 0.005}, "tags": {"note": "x"}}
-    public = client.get_run(logger.log_fit(ckpt, ROW, **kw))
-    bulk_ids = logger.log_fits([(ckpt, {**ROW, "concept": "blue"}, kw), (ckpt, {**ROW, "concept": "green"}, kw)])
+    public = client.get_run(sweep.writer.log_fit(ckpt, ROW, **kw))
+    bulk_ids = sweep.writer.log_fits([(ckpt, {**ROW, "concept": "blue"}, kw), (ckpt, {**ROW, "concept": "green"}, kw)])
     bulk = client.get_run(bulk_ids[0])
 
     for field in ("status", "lifecycle_stage", "experiment_id", "user_id"):
@@ -57,10 +58,10 @@ def test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow(logger):
     assert [(m.step, m.value) for m in history] == [(4, 0.9)]
 
     # MLflow's search, our resume bookkeeping and the results table all see the three runs alike
-    found = client.search_runs([logger.experiment_id], "params.concept = 'blue' and metrics.test_acc > 0.85")
+    found = client.search_runs([sweep.experiment_id], "params.concept = 'blue' and metrics.test_acc > 0.85")
     assert [r.info.run_id for r in found] == [bulk_ids[0]]
-    assert logger.finished_fits() == {(c, "module:3", "linear_gap", 4) for c in ("red", "blue", "green")}
-    table = logger.results().sort_values("concept")
+    assert sweep.reader.finished() == {(c, "module:3", "linear_gap", 4) for c in ("red", "blue", "green")}
+    table = sweep.reader.table().sort_values("concept")
     assert list(table["concept"]) == ["blue", "green", "red"]
     assert table["test_acc"].tolist() == [0.9] * 3 and table["n_dropped_features"].tolist() == [2] * 3
     assert table["test_correct"].tolist() == [ROW["test_correct"]] * 3 and table["permutations"].dtype == "int64"
@@ -68,33 +69,70 @@ def test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow(logger):
     assert list(table.columns[:len(known)]) == known
 
 
-def test_per_image_strings_too_long_for_a_param_stay_out_of_the_run(logger):
-    ckpt = logger.checkpoint_run(5)
+def test_per_image_strings_too_long_for_a_param_stay_out_of_the_run(sweep):
+    ckpt = sweep.checkpoints.run_id(5)
     long = {**ROW, "epoch": 5, "test_correct": "1" * (fits.MAX_PARAM_CHARS + 1)}
-    run = MlflowClient().get_run(logger.log_fit(ckpt, long))
+    run = MlflowClient().get_run(sweep.writer.log_fit(ckpt, long))
     assert "test_correct" not in run.data.params and run.data.params["test_images"] == ROW["test_images"]
-    assert logger.results()["test_correct"].tolist() == [""]  # unknown when read back from the runs
+    assert sweep.reader.table()["test_correct"].tolist() == [""]  # unknown when read back from the runs
 
 
-def test_a_batch_with_a_bad_fit_lands_not_at_all(logger):
-    ckpt = logger.checkpoint_run(0)
+def test_a_batch_with_a_bad_fit_lands_not_at_all(sweep):
+    ckpt = sweep.checkpoints.run_id(0)
     with pytest.raises(MlflowException, match="bad"):  # a param name MLflow refuses
-        logger.log_fits([(ckpt, {**ROW, "epoch": 0}, {}), (ckpt, {**ROW, "epoch": 0}, {"hparams": {"bad!?": 1}})])
-    assert logger.fit_runs() == []
-    logger.log_fits([(ckpt, {**ROW, "epoch": 0}, {})])
-    assert len(logger.fit_runs()) == 1
+        sweep.writer.log_fits([(ckpt, {**ROW, "epoch": 0}, {}), (ckpt, {**ROW, "epoch": 0}, {"hparams": {"bad!?": 1}})])
+    assert sweep.reader.runs() == []
+    sweep.writer.log_fits([(ckpt, {**ROW, "epoch": 0}, {})])
+    assert len(sweep.reader.runs()) == 1
 
 
-def test_the_background_writer_batches_and_stores_without_sql_use_the_public_calls(logger, monkeypatch):
-    ckpt = logger.checkpoint_run(1)
+def test_the_background_writer_batches_and_stores_without_sql_use_the_public_calls(sweep, monkeypatch):
+    ckpt = sweep.checkpoints.run_id(1)
     batches = []
-    real = fits.FitLogger.log_fits
-    monkeypatch.setattr(fits.FitLogger, "log_fits", lambda self, items: batches.append(len(items)) or real(self, items))
+    real = FitWriter.log_fits
+    monkeypatch.setattr(FitWriter, "log_fits", lambda self, items: batches.append(len(items)) or real(self, items))
     for concept in ("a", "b", "c", "d", "e"):
-        logger.submit(ckpt, {**ROW, "epoch": 1, "concept": concept})
-    logger.flush()
-    assert sum(batches) == 5 and len(logger.fit_runs()) == 5
-    logger._sql = None  # as with a tracking server over REST
+        sweep.writer.submit(ckpt, {**ROW, "epoch": 1, "concept": concept})
+    sweep.writer.flush()
+    assert sum(batches) == 5 and len(sweep.reader.runs()) == 5
+    sweep.writer.fast = None  # as with a tracking server over REST
     public = []
-    monkeypatch.setattr(fits.FitLogger, "log_fit", lambda self, *a, **k: public.append(a) or "id")
-    assert real(logger, [(ckpt, {**ROW, "concept": "f"}, {})]) == ["id"] and len(public) == 1
+    monkeypatch.setattr(FitWriter, "log_fit", lambda self, *a, **k: public.append(a) or "id")
+    assert real(sweep.writer, [(ckpt, {**ROW, "concept": "f"}, {})]) == ["id"] and len(public) == 1
+
+
+def test_the_fast_writer_runs_only_on_a_tested_schema_and_else_writes_the_same_rows_publicly(sweep, caplog):
+    from mlflow.store.db.utils import _get_latest_schema_revision
+    from sqlalchemy import text
+
+    store = sweep.writer.fast
+    assert bulk.schema_revision(store) == _get_latest_schema_revision() in bulk.TESTED_SCHEMA_REVISIONS
+    ckpt = sweep.checkpoints.run_id(4)
+    kw = {"hparams": {"weight_decay": 0.005}, "tags": {"note": "x"}}
+    [fast_id] = sweep.writer.log_fits([(ckpt, {**ROW, "concept": "blue"}, kw)])
+
+    with store.engine.begin() as con:  # a store migrated to a revision the writer has never seen
+        con.execute(text("UPDATE alembic_version SET version_num = 'ffffffffffff'"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clipprobe.tracking.bulk"):
+        guarded = FitWriter(sweep.run_id)
+    assert guarded.fast is None
+    [line] = [r.getMessage() for r in caplog.records if r.name == "clipprobe.tracking.bulk"]
+    assert "schema revision ffffffffffff" in line and "public calls" in line
+    calls = []
+    real_create = guarded.client.create_run
+    guarded.client.create_run = lambda *a, **k: calls.append(a) or real_create(*a, **k)
+    [public_id] = guarded.log_fits([(ckpt, {**ROW, "concept": "green"}, kw)])
+    assert len(calls) == 1  # MLflow's public create_run, not the bulk insert
+
+    client = MlflowClient()
+    fast, public = client.get_run(fast_id), client.get_run(public_id)
+    assert {**fast.data.params, "concept": "green"} == public.data.params
+    assert fast.data.metrics.keys() == public.data.metrics.keys() == set(fits.METRIC_COLUMNS)
+    assert all(_same(fast.data.metrics[k], public.data.metrics[k]) for k in fits.METRIC_COLUMNS)
+    strip = {"mlflow.runName"}
+    assert {k: v for k, v in fast.data.tags.items() if k not in strip} == {
+        k: v for k, v in public.data.tags.items() if k not in strip}
+    for field in ("status", "lifecycle_stage", "experiment_id", "user_id"):
+        assert getattr(fast.info, field) == getattr(public.info, field), field
+    assert sweep.reader.finished() == {("blue", "module:3", "linear_gap", 4), ("green", "module:3", "linear_gap", 4)}

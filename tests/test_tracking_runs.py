@@ -9,26 +9,26 @@ from mlflow.tracking import MlflowClient
 from clipprobe.tracking import fits, runs
 
 
-def test_a_step_run_is_found_or_refused_in_one_line(tracking_store, logger):
+def test_a_step_run_is_found_or_refused_in_one_line(tracking_store, sweep):
     source, fix = "--resume X", "pass a sweep"
-    assert runs.get_step_run(logger.sweep_run_id, "probe", source=source, fix=fix).info.run_id == logger.sweep_run_id
-    ckpt = logger.checkpoint_run(2)
+    assert runs.get_step_run(sweep.run_id, "probe", source=source, fix=fix).info.run_id == sweep.run_id
+    ckpt = sweep.checkpoints.run_id(2)
     with pytest.raises(ValueError, match=rf"^--resume X: that is a nested checkpoint run, not a probe run; "
-                                         rf"pass a sweep \(its parent run is {logger.sweep_run_id}\)$"):
+                                         rf"pass a sweep \(its parent run is {sweep.run_id}\)$"):
         runs.get_step_run(ckpt, "probe", source=source, fix=fix)
     with pytest.raises(LookupError, match=r"^--resume X: that is a 'probe' run, not a tune run; pass a sweep$"):
-        runs.get_step_run(logger.sweep_run_id, "tune", source=source, fix=fix, error=LookupError)
+        runs.get_step_run(sweep.run_id, "tune", source=source, fix=fix, error=LookupError)
     with pytest.raises(ValueError, match=r"^--resume X: no such run in sqlite:///.*; pass a sweep$"):
         runs.get_step_run("0" * 32, "probe", source=source, fix=fix)
 
 
-def test_a_run_mlflow_run_opened_for_a_resume_points_at_the_sweep(logger, monkeypatch):
+def test_a_run_mlflow_run_opened_for_a_resume_points_at_the_sweep(sweep, monkeypatch):
     import mlflow
 
     client = MlflowClient()
-    sweep_id = logger.sweep_run_id
+    sweep_id = sweep.run_id
     mlflow.end_run()  # the sweep run ends (as an interrupted one has) before it is resumed
-    made = client.create_run(logger.experiment_id).info.run_id  # what `mlflow run -P resume=...` opens
+    made = client.create_run(sweep.experiment_id).info.run_id  # what `mlflow run -P resume=...` opens
     monkeypatch.setenv("MLFLOW_RUN_ID", made)
     with fits.reopen_sweep(sweep_id) as run:
         assert run.info.run_id == sweep_id

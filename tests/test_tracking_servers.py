@@ -21,13 +21,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def logger(postgres_store):  # noqa: F811 - the fixture imported above
-    """conftest's FitLogger, on a fresh PostgreSQL database: the bulk tests imported above run on it."""
+def sweep(postgres_store):  # noqa: F811 - the fixture imported above
+    """conftest's sweep fixture, on a fresh PostgreSQL database: the bulk tests imported above run on it."""
+    from types import SimpleNamespace
+
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.sweep_fits import SweepFits
+
     with runs.step_run("probe", run_name="sweep") as parent:
-        log = fits.FitLogger(parent.info.run_id)
-        assert log._sql is not None and log._sql.engine.dialect.name == "postgresql"
-        yield log
-        log.close()
+        run_id = parent.info.run_id
+        writer = FitWriter(run_id)
+        assert writer.fast is not None and writer.fast.engine.dialect.name == "postgresql"
+        yield SimpleNamespace(run_id=run_id, experiment_id=parent.info.experiment_id, writer=writer,
+                              reader=SweepFits(run_id), checkpoints=fits.CheckpointRuns(run_id))
+        writer.close()
 
 
 def test_a_sweep_of_two_ray_workers_against_mlflow_server_on_postgresql(ray_cluster, server_store, tmp_path):  # noqa: F811

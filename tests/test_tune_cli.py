@@ -60,12 +60,13 @@ def test_tune_on_the_world_twice_resumes_and_feeds_probe(tracking_store, tmp_pat
 
 
 def test_bad_input_is_one_line(tracking_store):
-    for args, message in (
-        (["--probes", "nope"], "unknown probe kind 'nope'"),
-        (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], "postgresql://user:***@127.0.0.1:1/db"),
-        (["--storage", "sqlite:////no/such/dir/o.db"], "cannot open Optuna storage sqlite:////no/such/dir/o.db"),
+    for args, code, message in (
+        (["--probes", "nope"], 2, "unknown probe kind 'nope'"),  # a usage error
+        # a storage that cannot be opened: the URL may be right and the database down (a user/data error)
+        (["--storage", "postgresql://user:secret@127.0.0.1:1/db"], 1, "postgresql://user:***@127.0.0.1:1/db"),
+        (["--storage", "sqlite:////no/such/dir/o.db"], 1, "cannot open Optuna storage sqlite:////no/such/dir/o.db"),
     ):
         result = CliRunner().invoke(main, ["tune", *args])
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == code, result.output
         error = [line for line in result.output.splitlines() if line.startswith("Error:")]
         assert len(error) == 1 and message in error[0] and "secret" not in result.output, result.output

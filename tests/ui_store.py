@@ -1,6 +1,6 @@
 """A tracking store like a researcher's after the demo and two more sweeps, built fast (no training, no
 forward passes): steps, three registered checkpoints, three sweeps of 216 fits each through the real
-FitLogger, descriptions and registry links as `clipprobe probe` writes them."""
+FitWriter, descriptions and registry links as `clipprobe probe` writes them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from report_fakes import synthetic_results
 
 from clipprobe.backbones.architectures import build_model
 from clipprobe.tracking import fits, registry, runs
+from clipprobe.tracking.fit_writer import FitWriter
+from clipprobe.tracking.sweep_fits import SweepFits
 
 MODEL = "mobilenet_v2"
 ARGS = {"architecture": "mobilenet_v2", "width_mult": 0.25, "num_classes": 3, "val_resize_size": 24,
@@ -37,15 +39,14 @@ def build_store(tmp) -> dict[str, object]:
         name = fits.sweep_run_name(MODEL, [1, 2, 3], concepts_run) + f" #{seed}"
         with runs.step_run("probe", run_name=name, params={"model_name": MODEL, "splits_run": concepts_run,
                                                             "seed": seed}) as sweep:
-            logger = fits.FitLogger(sweep.info.run_id)
+            writer, checkpoints = FitWriter(sweep.info.run_id), fits.CheckpointRuns(sweep.info.run_id)
             for epoch, rows in table.groupby("epoch"):
                 records = rows.to_dict("records")
-                ckpt = logger.checkpoint_run(int(epoch), params={"epoch": int(epoch), "model_name": MODEL,
+                ckpt = checkpoints.run_id(int(epoch), params={"epoch": int(epoch), "model_name": MODEL,
                                                                  "model_version": str(epoch), "fingerprint": "f"})
-                logger.log_fits([(ckpt, r, {}) for r in records])
-                logger.finish_checkpoint(int(epoch), records)
-            logger.log_results(logger.results())
-            logger.close()
+                writer.log_fits([(ckpt, r, {}) for r in records])
+                checkpoints.finish(int(epoch), records)
+            fits.log_results(sweep.info.run_id, SweepFits(sweep.info.run_id).table())
         fits.describe_sweep(sweep.info.run_id, pd.DataFrame(table))
         out["sweeps"].append((sweep.info.run_id, name))
     with runs.step_run("compare", run_name="compare") as run:

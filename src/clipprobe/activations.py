@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,7 @@ def load_images(
     shape = (len(paths), *first.shape)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        tmp = _temporary(target)
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
     else:
         pixels = np.empty(shape, dtype=np.float32)
@@ -185,6 +186,20 @@ def load_images(
         os.replace(tmp, target)
         pixels = np.load(target, mmap_mode="r")
     return ImageSet(root, paths, pixels, key)
+
+
+def _temporary(target: Path) -> Path:
+    """A name beside ``target`` no other process or thread uses (pid + uuid): processes sharing a cache
+    each write their own file and ``os.replace`` it onto ``target`` in one atomic step, so a reader sees
+    a whole file or none, whoever wins."""
+    return target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _save_atomic(target: Path, array: np.ndarray) -> None:
+    tmp = _temporary(target)
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, target)
 
 
 def _decode(root: Path, rel: str, transform: Callable) -> torch.Tensor:
@@ -512,6 +527,25 @@ class CheckpointActivations:
         raise ValueError(f"unknown feature kind {kind!r}: expected gap or map")
 
 
+def _merge_meta(meta_path: Path, mine: dict[str, Any]) -> dict[str, Any]:
+    """``mine`` plus what another process sharing the folder recorded in meta.json since it was read (its
+    stored modules, shapes and calibration decisions), so neither process's work is forgotten."""
+    try:
+        theirs = json.loads(meta_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return mine
+    if theirs.get("format") != mine.get("format"):
+        return mine
+    merged = {**mine, "stored": {}, "shapes": {**theirs.get("shapes", {}), **mine["shapes"]},
+              "calibration": {k: {**theirs.get("calibration", {}).get(k, {}), **v}
+                              for k, v in {**theirs.get("calibration", {}), **mine["calibration"]}.items()}}
+    for source in (theirs.get("stored", {}), mine["stored"]):
+        for path, precisions in source.items():
+            merged["stored"].setdefault(path, [])
+            merged["stored"][path] += [p for p in precisions if p not in merged["stored"][path]]
+    return merged
+
+
 class ActivationCache:
     """Folders of per-module activation files under ``root``, one per (checkpoint, images, transform, layout);
     in a folder, each module's files per precision it was computed in."""
@@ -578,7 +612,8 @@ class ActivationCache:
                 meta["stored"].setdefault(p, []).append(precision)
             changed = True
         if changed:
-            tmp = meta_path.with_name(f"meta.json.{os.getpid()}.tmp")
+            meta = _merge_meta(meta_path, meta)
+            tmp = _temporary(meta_path)
             tmp.write_text(json.dumps(meta, indent=1))
             os.replace(tmp, meta_path)
         else:
@@ -602,7 +637,7 @@ class ActivationCache:
                 shapes[path] = list(out.shape[1:])
                 gaps[path] = np.empty((n, out.shape[1]), dtype=np.float32)
                 maps[path] = np.lib.format.open_memmap(
-                    folder / f"{path}.{precision}.map.npy.tmp", mode="w+", dtype=np.uint16, shape=(n, out[0].numel()))
+                    _temporary(folder / f"{path}.{precision}.map.npy"), mode="w+", dtype=np.uint16, shape=(n, out[0].numel()))
                 offsets[path] = map_offset(values)
             stop = start + out.shape[0]
             gaps[path][start:stop] = values.mean((2, 3)).cpu().numpy()
@@ -613,8 +648,8 @@ class ActivationCache:
         forward_activations(model, {p: p for p in todo}, images.pixels, sink, options=options,
                             device=device, progress=progress)
         for path in todo:
-            np.save(folder / f"{path}.{precision}.gap.npy", gaps[path])
-            np.save(folder / f"{path}.{precision}.map_offset.npy", offsets[path].reshape(-1).cpu().numpy())
+            _save_atomic(folder / f"{path}.{precision}.gap.npy", gaps[path])
+            _save_atomic(folder / f"{path}.{precision}.map_offset.npy", offsets[path].reshape(-1).cpu().numpy())
             maps[path].flush()
             tmp = maps[path].filename
             del maps[path]

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import re
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.model_selection import StratifiedKFold
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from clipprobe.probes.batched import fit_many
 from clipprobe.probes.evaluation import ConceptTask, accuracy
@@ -105,18 +106,35 @@ def study_name(kind: str, fingerprint: str, prefix: str | None = None) -> str:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``)."""
-    return re.sub(r"^([\w+.-]+://[^/:@]*:)[^@/]*@", r"\1***@", url)
+    """``url`` with only its password hidden (``postgresql://user:***@host/db``), as SQLAlchemy renders it;
+    text that is no database URL (a journal file path) is returned as it is."""
+    if "://" not in url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"^([\w+.-]+://[^/:@]*:)[^@/]*@", r"\1***@", url)  # unparsable: SQLAlchemy refuses it anyway
 
 
-def _password(url: str) -> str | None:
-    found = re.match(r"^[\w+.-]+://[^/:@]*:([^@/]*)@", url)
-    return found.group(1) if found and found.group(1) else None
+# The pip package of each DBAPI driver module SQLAlchemy 2 may pick (``make_url(url).get_dialect().driver``).
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+                   "asyncpg": "asyncpg", "mysqldb": "mysqlclient", "pymysql": "PyMySQL", "mysqlconnector":
+                   "mysql-connector-python", "mariadbconnector": "mariadb", "pyodbc": "pyodbc",
+                   "pymssql": "pymssql", "oracledb": "oracledb", "cx_oracle": "cx_Oracle"}
+
+
+def storage_driver(url: str) -> tuple[str, str]:
+    """``(driver, pip package)`` SQLAlchemy uses for ``url``: ``postgresql://`` -> ``("psycopg",
+    "psycopg[binary]")`` under SQLAlchemy 2 (its default PostgreSQL driver), ``postgresql+psycopg2://`` ->
+    psycopg2. The dialect class is loaded, the driver itself is not imported."""
+    driver = make_url(url).get_dialect().driver
+    return driver, DRIVER_PACKAGES.get(driver, driver)
 
 
 def _connect_args(url: str, timeout: float) -> dict[str, Any]:
-    dialect = url.split("://", 1)[0].split("+", 1)[0]
-    if dialect in ("postgresql", "postgres", "mysql", "mariadb"):
+    """The driver's own connect timeout: a server that does not answer fails the connect, nothing hangs."""
+    dialect = make_url(url).get_backend_name()
+    if dialect in ("postgresql", "mysql", "mariadb"):
         return {"connect_timeout": max(1, int(timeout))}
     if dialect == "sqlite":
         return {"timeout": timeout}
@@ -129,7 +147,8 @@ def open_storage(url: str | Path | None, *, default_dir: str | Path = ".",
     RDB (PostgreSQL for many machines); any other text -> a journal file at that path.
 
     Journal files suit several worker processes on one machine (file lock, append-only, no server).
-    Opening an RDB runs under a wall-clock ``timeout``; every failure is one ``StorageError`` line.
+    An RDB connects with the driver's own ``timeout`` (``connect_timeout``); every failure is one
+    ``StorageError`` line naming the URL with its password hidden.
     """
     if url is None or str(url) == "":
         url = Path(default_dir) / JOURNAL_FILE
@@ -141,32 +160,21 @@ def open_storage(url: str | Path | None, *, default_dir: str | Path = ".",
             raise StorageError(f"cannot open Optuna storage {masked}: folder {path.parent} does not exist; "
                                "create it or pass another --storage")
         return JournalStorage(JournalFileBackend(str(path)))
-    result: dict[str, Any] = {}
-
-    def connect() -> None:
-        try:
-            result["storage"] = RDBStorage(text, engine_kwargs={"connect_args": _connect_args(text, timeout)})
-        except Exception as err:  # driver missing, refused, bad file: all reported below
-            result["error"] = err
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise StorageError(f"cannot open Optuna storage {masked}: no answer within {timeout:g} s; "
-                           "check the host and port, or pass another --storage")
-    if "storage" in result:
-        return result["storage"]
-    err = result["error"]
-    if isinstance(err, ImportError):
-        reason = (f"the database driver for {text.split('://', 1)[0]} is missing ({err}); "
-                  "install it (e.g. pip install psycopg2-binary) or pass another --storage")
-    else:
+    try:
+        return RDBStorage(text, engine_kwargs={"connect_args": _connect_args(text, timeout)})
+    except NoSuchModuleError:
+        reason = f"SQLAlchemy knows no database {text.split('://', 1)[0]!r}; check the URL"
+    except ArgumentError as err:
+        reason = f"{err}; check the URL"
+    except ImportError:
+        driver, package = storage_driver(text)
+        dialect = make_url(text).get_backend_name()
+        reason = (f"SQLAlchemy's driver for {text.split('://', 1)[0]}:// is {driver}, which is not installed: "
+                  f"pip install '{package}', or name an installed driver ({dialect}+<driver>://...)")
+    except Exception as err:  # noqa: BLE001 - refused, timed out, bad file: the driver's own words, in one line
         reason = " ".join(str(getattr(err, "orig", None) or err).split())
+        reason = reason.replace(text, masked)  # the URL, if quoted, with its password hidden
         reason = f"{reason}; check the URL and that the database is reachable"
-    secret = _password(text)
-    if secret:
-        reason = reason.replace(secret, "***")
     raise StorageError(f"cannot open Optuna storage {masked}: {reason}")
 
 

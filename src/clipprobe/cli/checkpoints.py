@@ -65,15 +65,16 @@ def checkpoints(folder, architecture, width_mult, num_classes, weights, model_na
         runs.log_metrics({"n_files": len(files), "n_imported": len(summary.imported),
                           "n_already_registered": len(summary.already), "n_copies": len(summary.copies),
                           "n_skipped": len(summary.skipped), "n_duplicate_groups": len(summary.duplicates)})
-    epochs = sorted(c.epoch for c in summary.imported)
-    span = f" (epochs {epochs[0]}..{epochs[-1]})" if epochs else ""
-    click.echo(f"{folder}: imported {len(summary.imported)}{span} as '{model_name}', "
-               f"{len(summary.already)} already registered, {len(summary.skipped)} skipped as bad files "
-               f"({weights} weights; run {run.info.run_id})")
-    for copy, original in summary.copies:
-        click.echo(f"{copy.name}: the copy of {original.name} (same epoch and weights), not registered twice")
-    if summary.duplicates:
-        click.echo(f"WARNING: {len(summary.duplicates)} group(s) of epochs share identical weights: "
-                   "see the clipprobe.duplicate_of version tags", err=True)
-    if not summary.imported and not summary.already:
-        raise click.ClickException(f"nothing imported from {folder}: all {len(files)} files were skipped")
+        epochs = sorted(c.epoch for c in summary.imported)
+        span = f" (epochs {epochs[0]}..{epochs[-1]})" if epochs else ""
+        click.echo(f"{folder}: imported {len(summary.imported)}{span} as '{model_name}', "
+                   f"{len(summary.already)} already registered, {len(summary.skipped)} skipped as bad files "
+                   f"({weights} weights; run {run.info.run_id})")
+        for copy, original in summary.copies:
+            click.echo(f"{copy.name}: the copy of {original.name} (same epoch and weights), not registered twice")
+        if summary.duplicates:
+            click.echo(f"WARNING: {len(summary.duplicates)} group(s) of epochs share identical weights: "
+                       "see the clipprobe.duplicate_of version tags", err=True)
+        if not summary.imported and not summary.already:  # inside the run: it ends FAILED, never a default model
+            raise click.ClickException(f"nothing imported from {folder}: all {len(files)} files were skipped "
+                                       f"as bad files (run {run.info.run_id} FAILED)")

@@ -18,6 +18,7 @@ from clipprobe.concepts.annotations import (
     concept_labels,
     image_classes,
     positive_precision,
+    unreadable_images,
 )
 from clipprobe.concepts.classes import FOLDERS, read_image_classes
 from clipprobe.concepts.parquet import write_table
@@ -196,8 +197,11 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
                     runs.log_metrics({"images_per_second": scored.images_scored_now / scored.seconds})
                 known = None
             else:
-                scores = annotation_scores(labels, vocab, top_k)
-                known = labels
+                unreadable = unreadable_images(pool_root, labels["path"])
+                if unreadable:
+                    log.warning("%d unreadable image(s) skipped, e.g. %s", len(unreadable), unreadable[0])
+                known = labels[~labels["path"].isin(set(unreadable))].reset_index(drop=True)
+                scores = annotation_scores(known, vocab, top_k)
             table = select_splits(scores, vocab, top_k=top_k, negatives=negatives,
                                   test_fraction=test_fraction, seed=seed, known_labels=known,
                                   image_classes=classes, negatives_matching=negatives_matching)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -126,9 +127,15 @@ def resume_config(run_id: str, given: dict[str, Any]) -> SweepConfig:
 
 def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str]) -> dict[str, Any]:
     """Turn a config into checkpoints and splits; the returned config names exactly what runs."""
+    from clipprobe.backbones.architectures import resolve_probe_modules
     from clipprobe.backbones.loader import load_backbone
     from clipprobe.concepts.splits import load_splits
-    from clipprobe.sweep import CheckpointRef, check_distinct_weights, select_checkpoints
+    from clipprobe.sweep import (
+        CheckpointRef,
+        check_distinct_weights,
+        concept_tasks,
+        select_checkpoints,
+    )
     from clipprobe.tracking import runs
     from clipprobe.tracking.registry import list_checkpoints
 
@@ -142,6 +149,10 @@ def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str
         check_distinct_weights(refs, allow_duplicate_weights=config.allow_duplicate_weights)
         split_id = config.splits_run or splits_run_id(None, exp_id, exp_name)
         splits = load_splits(runs.download_artifact(split_id, SPLITS_ARTIFACT))
+        # bad --modules / --concepts are usage errors here, before any run exists
+        concept_tasks(splits, config.concepts)
+        if config.modules is not None:
+            resolve_probe_modules(refs[0].load().module, config.modules)
         hparams, source = dict(config.hparams), dict(config.hparams_source)
         if config.params_from and not hparams:
             hparams = best_params(config.params_from, list(config.probes))
@@ -306,30 +317,42 @@ def _log_config(config: SweepConfig) -> None:
 
 def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_dir: str, keep_cache: bool,
            device: str, runner: Any) -> tuple[int, float]:
+    """Every missing fit of the sweep, by ``runner`` (an executor); then the results table and the attempt's stats."""
     config: SweepConfig = setup["config"]
     from clipprobe.executors import SweepJob
     from clipprobe.sweep import DuplicateWeightsError
     from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.sweep_fits import SweepFits
 
-    logger = fits.FitLogger(run_id)
-    done = logger.finished_fits()
+    reader = SweepFits(run_id)
+    done = reader.finished(delete_unfinished=True)  # a resume: drop half-written fits, keep the rest
     if done:
         click.echo(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
     job = SweepJob(sweep_run_id=run_id, tracking_uri=runs.absolute_uri(runs.tracking_uri()),
-                   registry_uri=runs.absolute_uri(runs.registry_uri()),
-                   splits=setup["splits"], plan=config.plan(), refs=tuple(setup["refs"]),
+                   registry_uri=runs.absolute_uri(runs.registry_uri()), splits=setup["splits"], plan=config.plan(),
+                   refs=tuple(setup["refs"]),
                    cache_dir=str(Path(cache_dir).resolve()),  # workers start elsewhere: no relative paths
                    extract=extract, device=device, keep_cache=keep_cache,
                    allow_duplicate_weights=config.allow_duplicate_weights)
+    attempt = fits.start_attempt(run_id)
     start = time.perf_counter()
+    new: list[dict[str, Any]] = []
     try:
         new = runner.run(job, done)
-    except DuplicateWeightsError as err:
-        raise click.UsageError(str(err)) from None
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the open checkpoint runs end KILLED too
+            with contextlib.suppress(Exception):
+                fits.CheckpointRuns(run_id).end_open("KILLED")
+                fits.log_attempt(run_id, attempt, n_new_fits=len(reader.finished()) - len(done),
+                                 seconds=time.perf_counter() - start)
+        if isinstance(err, DuplicateWeightsError):
+            raise click.UsageError(str(err)) from None
+        raise
     seconds = time.perf_counter() - start
-    table = logger.results()
-    logger.log_results(table)
-    runs.log_metrics({"n_fits": len(table), "n_new_fits": len(new), "sweep_seconds": seconds})
+    table = reader.table()
+    fits.log_results(run_id, table)
+    fits.log_attempt(run_id, attempt, n_new_fits=len(new), seconds=seconds)
+    runs.log_metrics({"n_fits": len(table)})
     if new:
         ran = Counter(r["precision"] for r in new)
         click.echo("forward pass as run: " + ", ".join(f"{p} for {n} fits" for p, n in sorted(ran.items())))

@@ -102,7 +102,9 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
             raise ValueError(f"--workers {workers}: expected 1 or more, with --executor ray")
         if executor == "ray":  # workers open the storage themselves: hand them its address
             store = storage or str((trials.default_journal_dir() / tuning.JOURNAL_FILE).resolve())
-    except (ValueError, tuning.StorageError) as err:
+    except tuning.StorageError as err:  # the URL may be right and the database down: not a usage error
+        raise click.ClickException(str(err)) from None
+    except ValueError as err:
         raise click.UsageError(str(err)) from None
     data = _prepare(model_name, splits_run, epochs, modules, concepts, [k.name for k in kinds], cache_dir, dev,
                     runs.chosen_experiment(experiment_name))

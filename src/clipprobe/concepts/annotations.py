@@ -4,10 +4,13 @@ the precision of CLIP-chosen positives against it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from tqdm import tqdm
 
 from clipprobe.concepts.vocabulary import Vocabulary
 
@@ -63,6 +66,20 @@ def image_classes(
     rel, inside = _pool_paths(labels, labels_root, pool_root)
     return pd.Series(labels[column].astype(str).to_numpy()[inside], index=pd.Index(rel[inside], name="path"),
                      name="image_class")
+
+
+def unreadable_images(root: str | Path, paths: Iterable[str], *, progress: bool = True) -> list[str]:
+    """The images among ``paths`` (relative to ``root``) that cannot be decoded, as the CLIP path finds them
+    (``pool.PoolImages``: open, decode, convert to RGB): annotations alone never open an image, and the probe
+    step would die on one later."""
+    root, bad = Path(root), []
+    for rel in tqdm(list(paths), desc="check images", unit="img", disable=not progress):
+        try:
+            with Image.open(root / rel) as image:
+                image.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            bad.append(str(rel))
+    return bad
 
 
 def annotation_scores(labels: pd.DataFrame, vocabulary: Vocabulary, top_k: int) -> pd.DataFrame:

@@ -55,22 +55,24 @@ def checkpoint_params(ref: CheckpointRef) -> dict[str, Any]:
             "fingerprint": ref.fingerprint}
 
 
-def probe_checkpoint(sweep: Sweep, logger: Any, ref: CheckpointRef, *, done: Collection[FitKey],
+def probe_checkpoint(sweep: Sweep, writer: Any, checkpoints: Any, ref: CheckpointRef, *, done: Collection[FitKey],
                      before: Sequence[Mapping[str, Any]] = (), tags: Mapping[str, str] | None = None
                      ) -> list[dict[str, Any]]:
-    """The fits of ``ref`` not in ``done``, each handed to ``logger`` (a ``tracking.fits.FitLogger``) as a
-    nested run of its checkpoint run as soon as it exists; then the checkpoint's epoch metrics over
-    ``before`` (its fits already logged) and the new ones. Returns the new rows. ``tags`` go on the
-    checkpoint run (which worker ran it)."""
-    ckpt = logger.checkpoint_run(ref.epoch, params=checkpoint_params(ref))
+    """The fits of ``ref`` not in ``done``, each handed to ``writer`` (a ``tracking.fit_writer.FitWriter``) as
+    a nested run of its checkpoint run as soon as it exists; then, once they are written, the checkpoint's
+    epoch metrics over ``before`` (its fits already logged) and the new ones (``checkpoints``: the sweep's
+    ``tracking.fits.CheckpointRuns``). Returns the new rows. ``tags`` go on the checkpoint run (which
+    worker ran it)."""
+    ckpt = checkpoints.run_id(ref.epoch, params=checkpoint_params(ref))
     for key, value in (tags or {}).items():
-        logger.client.set_tag(ckpt, key, value)
+        checkpoints.client.set_tag(ckpt, key, value)
 
     def on_fit(row: dict[str, Any]) -> None:
-        logger.submit(ckpt, row, hparams=json.loads(row["hparams"]))
+        writer.submit(ckpt, row, hparams=json.loads(row["hparams"]))
 
     rows = sweep.run_checkpoint(ref, done=done, on_fit=on_fit)
-    logger.finish_checkpoint(ref.epoch, [*before, *rows])
+    writer.flush()
+    checkpoints.finish(ref.epoch, [*before, *rows])
     return rows
 
 
@@ -81,22 +83,25 @@ class LocalExecutor:
 
     def run(self, job: SweepJob, done: Collection[FitKey]) -> list[dict[str, Any]]:
         """Every fit of ``job`` not in ``done``; returns the new rows."""
-        from clipprobe.tracking.fits import FitLogger
+        from clipprobe.tracking.fit_writer import FitWriter
+        from clipprobe.tracking.fits import CheckpointRuns
+        from clipprobe.tracking.sweep_fits import SweepFits
 
-        logger = FitLogger(job.sweep_run_id)
         check_distinct_weights(job.refs, allow_duplicate_weights=job.allow_duplicate_weights)
-        before = rows_by_epoch(logger.results().to_dict("records")) if done else {}
+        before = rows_by_epoch(SweepFits(job.sweep_run_id).table().to_dict("records")) if done else {}
         sweep = job.sweep()
+        writer, checkpoints = FitWriter(job.sweep_run_id), CheckpointRuns(job.sweep_run_id)
         done = set(done)
         out: list[dict[str, Any]] = []
         try:
             for ref in sorted(job.refs, key=lambda c: c.epoch):
-                out.extend(probe_checkpoint(sweep, logger, ref, done=done, before=before.get(ref.epoch, [])))
+                out.extend(probe_checkpoint(sweep, writer, checkpoints, ref, done=done,
+                                            before=before.get(ref.epoch, [])))
         except BaseException:
             with contextlib.suppress(Exception):
-                logger.close()  # what was submitted before the failure still gets logged
+                writer.close()  # what was submitted before the failure still gets logged
             raise
-        logger.close()
+        writer.close()
         return out
 
     def tune_study(self, run_id: str, kind: Any, tasks: Sequence[Any], *, storage: Any, study_name: str | None,

@@ -9,6 +9,7 @@ checkpoints, the registry; ``pip install 'clipprobe[ray]'`` brings Ray.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -30,18 +31,22 @@ def worker_name() -> str:
 
 def run_checkpoint_task(job: SweepJob, epoch: int) -> list[dict[str, Any]]:
     """What one Ray task runs: the missing fits of checkpoint ``epoch``, logged; returns the new rows."""
-    from clipprobe.tracking.fits import FitLogger
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.fits import CheckpointRuns
     from clipprobe.tracking.runs import use_stores
+    from clipprobe.tracking.sweep_fits import SweepFits
 
     use_stores(job.tracking_uri, job.registry_uri)
-    logger = FitLogger(job.sweep_run_id)
-    done = logger.finished_fits(epoch=epoch)  # this checkpoint's only: other workers' runs are theirs
-    before = logger.results(epoch).to_dict("records") if done else []
+    reader = SweepFits(job.sweep_run_id)
+    # this checkpoint's only: a retry drops what its killed attempt left half-written; other workers' runs are theirs
+    done = reader.finished(delete_unfinished=True, epoch=epoch)
+    before = reader.table(epoch).to_dict("records") if done else []
+    writer = FitWriter(job.sweep_run_id)
     try:
-        rows = probe_checkpoint(job.sweep(progress=False), logger, job.ref(epoch), done=done, before=before,
-                                tags={WORKER_TAG: worker_name()})
+        rows = probe_checkpoint(job.sweep(progress=False), writer, CheckpointRuns(job.sweep_run_id), job.ref(epoch),
+                                done=done, before=before, tags={WORKER_TAG: worker_name()})
     finally:
-        logger.close()
+        writer.close()
     return rows
 
 
@@ -104,6 +109,7 @@ class RayExecutor:
 
         check_distinct_weights(job.refs, allow_duplicate_weights=job.allow_duplicate_weights)
         started = self._connect()
+        pending: dict[Any, int] = {}
         try:
             task = ray.remote(run_checkpoint_task).options(
                 num_gpus=self.gpus_per_task, max_retries=self.max_retries, retry_exceptions=False,
@@ -116,15 +122,15 @@ class RayExecutor:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     epoch = pending.pop(ref)
-                    try:
-                        rows = ray.get(ref)
-                    except Exception:
-                        for other in pending:
-                            ray.cancel(other)
-                        raise
+                    rows = ray.get(ref)
                     log.info("epoch %d: %d new fits", epoch, len(rows))
                     out.extend(rows)
             return out
+        except BaseException:  # a task failed, or Ctrl-C / SIGTERM here: stop the others (a resume redoes them)
+            for other in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(other, force=True)
+            raise
         finally:
             if started:
                 ray.shutdown()

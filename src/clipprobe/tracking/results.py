@@ -13,20 +13,13 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from clipprobe.tracking.fits import results_frame
-from clipprobe.tracking.runs import (
-    LEVEL_TAG,
-    download_artifact,
-    find_latest_run,
-    get_step_run,
-)
+from clipprobe.tracking.fit_records import RESULTS_ARTIFACT
+from clipprobe.tracking.runs import download_artifact, find_latest_run, get_step_run
+from clipprobe.tracking.sweep_fits import SweepFits
 
 log = logging.getLogger(__name__)
 
 PROBE_STEP = "probe"
-RESULTS_ARTIFACT = "probe/results.parquet"
-PARENT_TAG = "mlflow.parentRunId"
-PAGE_SIZE = 10_000
 
 
 class NotAProbeSweepError(ValueError):
@@ -54,23 +47,22 @@ def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataF
     """One row per fit of the sweep ``run_id`` (columns as in docs/architecture.md).
 
     The parent's ``probe/results.parquet`` is read when present; otherwise (or with
-    ``prefer_artifact=False``) the finished nested fit runs are paged through, so fits logged
-    by other workers under the same sweep are included; those rows are typed like the Parquet
-    (``fits.results_frame``: ints, floats, per-image strings with "" where a run has none).
+    ``prefer_artifact=False``) the finished nested fit runs are read (``SweepFits.table``: the rows
+    the Parquet was written from, typed alike), so fits logged by other workers are included.
     """
-    run = get_sweep(run_id)
+    get_sweep(run_id)
     if prefer_artifact and _has_results_artifact(run_id):
         with _quiet_download():
             path = download_artifact(run_id, RESULTS_ARTIFACT)
         log.info("sweep %s: reading %s", run_id, RESULTS_ARTIFACT)
         return pd.read_parquet(path)
-    rows = [fit_row(r) for r in iter_fit_runs(run)]
-    if not rows:
+    table = SweepFits(run_id).table()
+    if table.empty:
         raise NotAProbeSweepError(
             f"probe sweep {run_id} has neither {RESULTS_ARTIFACT} nor finished nested fit runs"
         )
-    log.info("sweep %s: read %d nested fit runs", run_id, len(rows))
-    return results_frame(rows)
+    log.info("sweep %s: read %d nested fit runs", run_id, len(table))
+    return table
 
 
 @contextmanager
@@ -94,45 +86,6 @@ def _has_results_artifact(run_id: str) -> bool:
         return any(f.path == RESULTS_ARTIFACT for f in MlflowClient().list_artifacts(run_id, folder))
     except (MlflowException, OSError):
         return False
-
-
-def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> Iterator[Run]:
-    """All runs whose parent is ``parent_id``, page by page."""
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-            max_results=PAGE_SIZE,
-            page_token=token,
-        )
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def iter_fit_runs(sweep: Run) -> Iterator[Run]:
-    """Finished fit runs below a sweep, directly or under per-checkpoint runs."""
-    client = MlflowClient()
-    exp_id = sweep.info.experiment_id
-    frontier = [sweep.info.run_id]
-    skipped = 0
-    while frontier:
-        for child in _children(client, exp_id, frontier.pop()):
-            if child.data.tags.get(LEVEL_TAG) != "fit":
-                frontier.append(child.info.run_id)
-            elif child.info.status == "FINISHED":
-                yield child
-            else:
-                skipped += 1
-    if skipped:
-        log.warning("sweep %s: skipped %d fit runs that are not FINISHED", sweep.info.run_id, skipped)
-
-
-def fit_row(run: Run) -> dict[str, object]:
-    """A fit run as a results row: its params (identity columns) and metrics, plus its run id."""
-    return {**run.data.params, **run.data.metrics, "fit_run_id": run.info.run_id}
 
 
 def ui_address() -> str:

@@ -1,0 +1,114 @@
+"""The one writer of fit runs: finished nested runs below a checkpoint run, in a background thread.
+
+Public interface (what a sweep driver or a remote worker calls)::
+
+    writer = FitWriter(sweep_run_id)           # MlflowClient() unless one is given
+    writer.submit(checkpoint_run_id, row, hparams={...})   # returns at once
+    writer.flush()                             # wait for everything submitted; re-raise a write error
+    writer.close()                             # flush and stop the thread
+    writer.log_fits([(checkpoint_run_id, row, {"hparams": ...}), ...])   # synchronous, whole batch
+
+A row is a results row (``fit_records.IDENTITY_COLUMNS`` + ``METRIC_COLUMNS`` + the per-image strings).
+On a SQL store of a tested schema revision (``bulk.fast_store``) a batch is one transaction
+(``bulk.insert_finished_runs``); elsewhere each fit takes MLflow's three public calls.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+
+from clipprobe.tracking.bulk import fast_store, insert_finished_runs
+from clipprobe.tracking.fit_records import fit_record, now_ms
+from clipprobe.tracking.runs import enable_sqlite_wal, relax_sqlite_sync
+
+BATCH = 256  # fit runs per transaction at most
+FitItem = tuple[str, Mapping[str, Any], Mapping[str, Any]]  # (checkpoint run id, row, fit_record keywords)
+
+
+class FitWriter:
+    """Writes the fit runs of one sweep run; ``submit`` overlaps logging with the probes' computation."""
+
+    def __init__(self, sweep_run_id: str, client: MlflowClient | None = None) -> None:
+        self.client = client or MlflowClient()
+        self.sweep_run_id = sweep_run_id
+        self.experiment_id = self.client.get_run(sweep_run_id).info.experiment_id
+        if enable_sqlite_wal(self.client.tracking_uri):
+            relax_sqlite_sync(self.client)
+        self.fast = fast_store(self.client)  # None: MLflow's public calls
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # ---------------------------------------------------------------- synchronous
+    def log_fit(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
+                hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> str:
+        """One fit run through MLflow's public calls (create_run, log_batch, set_terminated); its run id."""
+        rec = fit_record(self.sweep_run_id, checkpoint_run_id, row, hparams=hparams, tags=tags)
+        run_id = self.client.create_run(self.experiment_id, start_time=rec.start_time, tags=dict(rec.tags)).info.run_id
+        self.client.log_batch(run_id, metrics=list(rec.metrics), params=[Param(k, v) for k, v in rec.params.items()])
+        self.client.set_terminated(run_id, "FINISHED", end_time=now_ms())
+        return run_id
+
+    def log_fits(self, items: Sequence[FitItem]) -> list[str]:
+        """Many fit runs: in one transaction on the fast store (whole or not at all), else one by one."""
+        if self.fast is None:
+            return [self.log_fit(ckpt, row, **kw) for ckpt, row, kw in items]
+        records = [fit_record(self.sweep_run_id, ckpt, row, **kw) for ckpt, row, kw in items]
+        return insert_finished_runs(self.fast, self.experiment_id, records)
+
+    # ---------------------------------------------------------------- background
+    def submit(self, checkpoint_run_id: str, row: Mapping[str, Any], **kwargs: Any) -> None:
+        """``log_fits`` of this fit in the background thread (started on first use)."""
+        self._raise_error()
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=10_000)
+            self._thread = threading.Thread(target=self._drain, name="clipprobe-fit-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((checkpoint_run_id, dict(row), kwargs))
+
+    def flush(self) -> None:
+        """Wait until every submitted fit is logged; re-raise the writer's error."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Flush and stop the background thread."""
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
+        self._raise_error()
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [self._queue.get()]
+            while batch[-1] is not None and len(batch) < BATCH:  # whatever else is waiting, in one go
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            fits = [item for item in batch if item is not None]
+            try:
+                if fits and self._error is None:  # after a failure, drop the rest: a resume redoes them
+                    self.log_fits(fits)
+            except BaseException as err:  # handed to the caller's thread by _raise_error
+                self._error = err
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
