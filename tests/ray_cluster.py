@@ -15,6 +15,9 @@ FIT_DELAY_S = 0.6
 @pytest.fixture(scope="session")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'clipprobe[ray]'")
+    if ray.is_initialized():  # the same fixture imported by another test module: one cluster per session
+        yield ray
+        return
     src = Path(clipprobe.__file__).resolve().parents[1]
     tests = Path(__file__).resolve().parent
     paths = [str(src), str(tests), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
