@@ -178,14 +178,20 @@ class Sweep:
         done = set(done)
         out: list[dict[str, Any]] = []
         for ref in sorted(checkpoints, key=lambda c: c.epoch):
-            rows = self._checkpoint(ref, done, on_fit)
+            rows = self.run_checkpoint(ref, done=done, on_fit=on_fit)
             out.extend(rows)
             if on_checkpoint is not None:
                 on_checkpoint(ref, rows)
         return out
 
-    def _checkpoint(self, ref: CheckpointRef, done: set[FitKey],
-                    on_fit: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    def run_checkpoint(self, ref: CheckpointRef, *, done: Collection[FitKey] = frozenset(),
+                       on_fit: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """The fits of one checkpoint not in ``done``; returns their rows (``on_fit`` sees each as it exists).
+
+        What every executor runs: in-process checkpoint after checkpoint (``run``), or one checkpoint per
+        worker task (``clipprobe.executors``). ``done`` is only read, except that the in-process loop
+        passes its own set, which learns each new fit."""
+        done = done if isinstance(done, set) else set(done)
         concepts = [t.concept for t in self.tasks]
         named = self.plan.modules
         if named is not None and all((c, m, p, ref.epoch) in done for c in concepts for m in named

@@ -40,6 +40,24 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def use_stores(tracking: str, registry: str | None = None) -> None:
+    """Point this process at a tracking store and model registry (a worker joining a driver's sweep)."""
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry or tracking)
+
+
+def registry_uri() -> str:
+    """The model registry URI in force (the tracking URI unless ``MLFLOW_REGISTRY_URI`` says otherwise)."""
+    return mlflow.get_registry_uri()
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative sqlite path made absolute, so another process in another folder (a Ray
+    worker) opens the same database."""
+    path = _sqlite_path(uri)
+    return f"sqlite:///{path.resolve()}" if path is not None and not path.is_absolute() else uri
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
