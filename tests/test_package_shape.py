@@ -166,9 +166,11 @@ def test_layer_of_rejects_an_unknown_module_and_takes_the_longest_prefix() -> No
 
 
 def _declared() -> set[str]:
+    """The package's dependencies and its extras (ray, postgres), not the test tools."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [req for name, reqs in project.get("optional-dependencies", {}).items() if name != "test" for req in reqs]
     return {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
-            for req in project["dependencies"]}
+            for req in [*project["dependencies"], *extras]}
 
 
 def test_every_third_party_import_is_a_declared_dependency() -> None:

@@ -33,7 +33,7 @@ NOT_RUN = {
         "needs a GPU and ViT-B-32 weights; the weight forms are tested in tests/test_concepts_clip_weights.py",
     "clipprobe concepts --pool /data/imagenet/val --class-labels":
         "needs ImageNet val, a GPU and CLIP weights; --class-labels is tested in tests/test_concepts_classes.py",
-    "clipprobe tune --storage postgresql://":
+    "clipprobe tune --storage postgresql":
         "needs a PostgreSQL server at host 'db'; tests/test_tune_study.py shares one study between workers",
     # Many machines: servers and a cluster this machine does not have; the same on loopback is tested
     "sudo -u postgres create": "sets up a PostgreSQL server; tests/servers.py starts one on loopback",
