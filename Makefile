@@ -11,7 +11,7 @@ ACTIVATE := . $(VENV)/bin/activate
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test,ray,postgres]'
 	touch $@
 
 demo: $(VENV)/.installed

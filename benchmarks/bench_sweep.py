@@ -15,6 +15,7 @@ Usage: python benchmarks/bench_sweep.py [--small] [--repeats R] [--no-exact-chec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -235,13 +236,12 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
     import clipprobe.sweep as sweep_mod
-    from clipprobe.activations import ActivationCache, ExtractOptions, ForwardCounter
+    from clipprobe.activations import ActivationCache, ExtractOptions
     from clipprobe.backbones.architectures import ImageTransform, build_model, default_probe_modules
     from clipprobe.backbones.checkpoints import fingerprint
     from clipprobe.backbones.loader import Backbone
     from clipprobe.probes.design import (
         FAST_PRODUCTS_MIN_FEATURES,
-        exact_products,
         gram_product_dtype,
     )
     from clipprobe.probes.kinds import probe_kind
@@ -256,6 +256,8 @@ def main() -> None:
     modules = default_probe_modules(model)
     transform = ImageTransform(resize_size=cfg["size"], crop_size=cfg["size"])
     digest = fingerprint(model.state_dict())
+    forwards = {"batches": 0}  # forward passes, counted by a hook of our own
+    model.register_forward_pre_hook(lambda module, args: forwards.__setitem__("batches", forwards["batches"] + 1))
     backbone = Backbone(model, modules, transform, digest, 0, "bench", "1", "mobilenet_v2")
     ref = CheckpointRef(0, digest, load=lambda: backbone, name="bench", version="1")
     cache_dir = workdir / "cache"
@@ -292,7 +294,7 @@ def main() -> None:
             t, _ = _timed(lambda: (logger.flush(), checkpoints.finish(r.epoch, rows)))
             parts["logging"] += t
 
-        batches = ForwardCounter.batches
+        batches = forwards["batches"]
         t_sweep, rows = _timed(lambda: sweep.run([ref], on_fit=on_fit, on_checkpoint=on_checkpoint))
         t_close, _ = _timed(logger.close)
         t_results, table = _timed(SweepFits(parent.info.run_id).table)
@@ -301,10 +303,10 @@ def main() -> None:
         parts["logging"] += t_results + t_artifact
         t_sweep += t_results + t_artifact
     sweep_mod.evaluate_concepts, ActivationCache.get = real_eval, real_get
-    assert ForwardCounter.batches - batches == -(-n_images // sweep.extract.batch_size), "one pass per checkpoint"
+    assert forwards["batches"] - batches == -(-n_images // sweep.extract.batch_size), "one pass per checkpoint"
     acts = ActivationCache(cache_dir).get(model, modules, images, fingerprint=digest, options=sweep.extract,
                                           progress=False)
-    assert ForwardCounter.batches - batches == -(-n_images // sweep.extract.batch_size), "read from the cache"
+    assert forwards["batches"] - batches == -(-n_images // sweep.extract.batch_size), "read from the cache"
     tasks = sweep.tasks
     n_fits = len(rows)
     per_kind = n_fits // len(plan.probes)
@@ -343,21 +345,21 @@ def main() -> None:
         exact_options = ExtractOptions(precision="fp32")
         exact_cache = workdir / "cache-exact"
         shutil.rmtree(exact_cache, ignore_errors=True)
-        exact_sweep = Sweep(splits, plan, cache_dir=exact_cache, extract=exact_options)
+        exact_sweep = Sweep(splits, dataclasses.replace(plan, fast_gram=False), cache_dir=exact_cache,
+                            extract=exact_options)
         # the noise floor: the same exact path with another seed for the MLPs' init (linear probes have none)
         seeded = [p for p in plan.probes if "seed" in probe_kind(p).hparams]
         reseeded = Sweep(splits, SweepPlan(concepts=plan.concepts, probes=seeded, repeats=plan.repeats,
-                                           seed=plan.seed + 1), cache_dir=exact_cache, extract=exact_options)
-        with exact_products():
-            t_exact, exact_rows = _timed(lambda: exact_sweep.run([ref]))
-            reseeded_rows = reseeded.run([ref])
+                                           seed=plan.seed + 1, fast_gram=False), cache_dir=exact_cache, extract=exact_options)
+        t_exact, exact_rows = _timed(lambda: exact_sweep.run([ref]))
+        reseeded_rows = reseeded.run([ref])
         shutil.rmtree(exact_cache, ignore_errors=True)
         diffs = exact_check(rows, exact_rows)
         floor = exact_check([r for r in exact_rows if r["probe"] in seeded], reseeded_rows)
         exact_lines = [
             "",
             f"Fast defaults vs the exact path (forward {exact_options.precision}, Gram products in float32 via "
-            f"`exact_products()`; same splits, run after the timings and timed by none, {t_exact:.0f} s): "
+            f"`SweepPlan(fast_gram=False)`; same splits, run after the timings and timed by none, {t_exact:.0f} s): "
             f"|test_acc difference| x n_test per (concept, module), in test images. The noise floor: the exact "
             f"path against itself with the MLPs' init seed {plan.seed + 1} instead of {plan.seed}.",
             "",

@@ -101,7 +101,7 @@ def main() -> None:
     from clipprobe.concepts.splits import load_splits
     from clipprobe.sweep import CheckpointRef, Sweep, SweepPlan
     from clipprobe.tracking import runs
-    from clipprobe.tracking.registry import list_checkpoints
+    from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 
     splits_run = args.splits_run or runs.find_latest_run("concepts").info.run_id
     splits = load_splits(runs.download_artifact(splits_run, "concepts/splits.parquet"))
@@ -128,7 +128,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_trust-"))
     try:
         for ckpt in checkpoints:
-            backbone = load_backbone(ckpt.uri)
+            backbone = load_backbone(ckpt.uri, registry=MLFLOW_REGISTRY)
             ref = CheckpointRef(ckpt.epoch, backbone.fingerprint, load=lambda b=backbone: b)
             sweep = Sweep(splits, lin, cache_dir=tmp / "fp32", progress=False)
             images = sweep.images(backbone.transform)

@@ -11,28 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-IDENTITY = ("concept", "group", "module", "module_index", "module_path", "probe", "epoch", "model_name",
-            "model_version", "fingerprint", "hparams_source", "hparams")
-METRICS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balanced_acc", "test_auroc",
-           "train_acc", "test_majority_acc", "test_acc_resplit_mean", "test_acc_resplit_ci_low",
-           "test_acc_resplit_ci_high", "test_permutation_acc", "test_permutation_p", "test_control_acc",
-           "test_selectivity", "n_train", "n_test", "n_test_pos", "repeats", "permutations",
-           "n_dropped_features")
-PREDICTIONS = ("test_correct", "test_images")
+from clipprobe.probes.evaluation import exact_interval
+from clipprobe.tracking.fit_records import IDENTITY_COLUMNS, METRIC_COLUMNS, PREDICTION_COLUMNS
+
+# The real schema and the real interval: the fakes differ from a sweep only in where the numbers come from.
+IDENTITY = IDENTITY_COLUMNS
+METRICS = METRIC_COLUMNS
+PREDICTIONS = PREDICTION_COLUMNS
 CONCEPTS = (("red", "colour"), ("blue", "colour"), ("striped", "pattern"))
 MODULES = (0, 1, 2, 10)
 PROBES = ("linear_gap", "non_linear_gap")
 EPOCHS = (1, 2, 3)
 N_TEST = 90
-
-
-def _exact(k: int, n: int) -> tuple[float, float]:
-    """Clopper-Pearson from beta quantiles."""
-    from scipy import stats
-
-    low = 0.0 if k == 0 else float(stats.beta.ppf(0.025, k, n - k + 1))
-    high = 1.0 if k == n else float(stats.beta.ppf(0.975, k + 1, n - k))
-    return low, high
 
 
 def correct_string(k: int, order: np.ndarray) -> str:
@@ -57,13 +47,13 @@ def synthetic_results(seed: int = 0, *, epochs=EPOCHS, concepts=CONCEPTS, module
                     base = 0.70 + 0.02 * m + 0.03 * e + (0.05 if probe != "linear_gap" else 0)
                     base = 0.97 if m == 1 else min(base, 0.98)
                     k = int(np.clip(round(base * N_TEST + rng.integers(-3, 4)), 60, N_TEST))
-                    lo, hi = _exact(k, N_TEST)
+                    lo, hi = exact_interval(k, N_TEST)
                     control = 60 / N_TEST + rng.integers(-4, 5) / N_TEST
                     rows.append({
                         "concept": concept, "group": group, "module": f"module:{m}", "module_index": m,
                         "module_path": f"features.{m}", "probe": probe, "epoch": e,
                         "model_name": model_name, "model_version": "1",
-                        "fingerprint": f"fp{e:04d}", "hparams_source": "default",
+                        "fingerprint": f"fp{e:04d}", "precision": "fp32", "hparams_source": "default",
                         "hparams": json.dumps({"lr": 0.01}),
                         "test_acc": k / N_TEST, "test_acc_ci_low": lo, "test_acc_ci_high": hi,
                         "test_balanced_acc": k / N_TEST - 0.01, "test_auroc": min(1.0, k / N_TEST + 0.02),

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from forward_count import ForwardCount
 from PIL import Image
 from torch import nn
 
@@ -15,7 +16,6 @@ from clipprobe.activations import (
     ActivationCache,
     Bf16Matrix,
     ExtractOptions,
-    ForwardCounter,
     from_bf16_bits,
     load_images,
     to_bf16_bits,
@@ -115,16 +115,17 @@ def test_second_sweep_reads_the_cache_and_only_missing_modules_run(tmp_path):
     images = FakeImages(tiny_images())
     cache = ActivationCache(tmp_path)
     opts = ExtractOptions(batch_size=5)
-    before = ForwardCounter.batches
+    counted = ForwardCount(model)
+    before = counted.batches
     first = cache.get(model, {"m0": "features.0", "m3": "features.3"}, images, fingerprint="b" * 64, options=opts, progress=False)
-    assert ForwardCounter.batches - before == 2
+    assert counted.batches - before == 2
     again = cache.get(model, {"m0": "features.0", "m3": "features.3"}, images, fingerprint="b" * 64, options=opts, progress=False)
-    assert ForwardCounter.batches - before == 2  # no forward pass at all
+    assert counted.batches - before == 2  # no forward pass at all
     np.testing.assert_array_equal(again.gap("features.3"), first.gap("features.3"))
     cache.get(model, {"m1": "features.1"}, images, fingerprint="b" * 64, options=opts, progress=False)
-    assert ForwardCounter.batches - before == 4  # one pass for the one new module
+    assert counted.batches - before == 4  # one pass for the one new module
     other = cache.get(model, {"m0": "features.0"}, images, fingerprint="c" * 64, options=opts, progress=False)
-    assert ForwardCounter.batches - before == 6  # another checkpoint: another key
+    assert counted.batches - before == 6  # another checkpoint: another key
     assert other.folder != first.folder
 
 
@@ -147,9 +148,10 @@ def test_cache_folder_is_keyed_by_layout_and_files_by_precision(tmp_path):
         fp32.precision_of("features.1")
     # a folder written by another format version is not read: its modules are extracted again
     (fp32.folder / "meta.json").write_text(json.dumps({**meta, "format": 1}))
-    before = ForwardCounter.batches
+    counted = ForwardCount(model)
+    before = counted.batches
     cache.get(model, {"m": "features.3"}, images, fingerprint="e" * 64, progress=False)
-    assert ForwardCounter.batches > before
+    assert counted.batches > before
 
 
 def test_bf16_matrix_adds_its_offset_back_and_design_reads_the_centred_bits():

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from forward_count import ForwardCount
 from sweep_fakes import TRANSFORM, make_splits, mobilenet
 
 from clipprobe import devices
@@ -19,7 +20,6 @@ from clipprobe.activations import (
     ActivationCache,
     Bf16Matrix,
     ExtractOptions,
-    ForwardCounter,
     calibrate,
     from_bf16_bits,
     load_images,
@@ -108,18 +108,19 @@ def world(tmp_path_factory):
     paths, tasks, _ = concept_tasks(splits)
     images = load_images(splits.pool_root, paths, TRANSFORM, progress=False)
     model = trained_like(mobilenet(seed=2), images.pixels)
+    counted = ForwardCount(model)
     reference = plain_fp32(model, images.pixels)
     cache = ActivationCache(root / "acts")
     fp = fingerprint(model.state_dict())
     acts = {p: cache.get(model, MODULES, images, fingerprint=fp, options=ExtractOptions(precision=p), progress=False)
             for p in ("fp32", "bf16")}
-    before = ForwardCounter.images
+    before = counted.images
     acts["auto"] = cache.get(model, MODULES, images, fingerprint=fp, options=ExtractOptions(precision="auto"),
                              native_bf16=True, progress=False)
-    auto_images = ForwardCounter.images - before
+    auto_images = counted.images - before
     acts["default"] = cache.get(model, MODULES, images, fingerprint=fp, progress=False)
     return SimpleNamespace(model=model, images=images, tasks=tasks, cache=cache, fingerprint=fp, acts=acts,
-                           reference=reference, auto_images=auto_images)
+                           reference=reference, auto_images=auto_images, counted=counted)
 
 
 def test_the_constructed_module_sits_1e4_spreads_from_zero(world):
@@ -175,23 +176,23 @@ def test_calibration_passes_a_random_init_network(world):
 
 
 def test_auto_decision_is_kept_and_not_recalibrated(world):
-    before = ForwardCounter.images
+    before = world.counted.images
     again = world.cache.get(world.model, MODULES, world.images, fingerprint=world.fingerprint,
                             options=ExtractOptions(precision="auto"), native_bf16=True, progress=False)
-    assert ForwardCounter.images == before
+    assert world.counted.images == before
     assert again.precisions == world.acts["auto"].precisions
     stricter = ExtractOptions(precision="auto", calibration_rtol=1e-3)  # another criterion: decided anew
     got = world.cache.get(world.model, {"m": "features.3"}, world.images, fingerprint=world.fingerprint,
                           options=stricter, native_bf16=True, progress=False)
     assert got.precision_of("features.3") == "fp32"
-    assert ForwardCounter.images == before + 2 * 64  # calibration only: the fp32 files existed
+    assert world.counted.images == before + 2 * 64  # calibration only: the fp32 files existed
 
 
 def test_auto_without_native_bf16_is_fp32_with_no_calibration(world):
-    before = ForwardCounter.images
+    before = world.counted.images
     got = world.cache.get(world.model, MODULES, world.images, fingerprint=world.fingerprint,
                           options=ExtractOptions(precision="auto"), native_bf16=False, progress=False)
-    assert ForwardCounter.images == before and got.precisions == dict.fromkeys(MODULES.values(), "fp32")
+    assert world.counted.images == before and got.precisions == dict.fromkeys(MODULES.values(), "fp32")
     assert got.calibration_of("features.3") is None
 
 

@@ -19,7 +19,7 @@ from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import write_checkpoint
 from clipprobe.cli import main
 from clipprobe.concepts.splits import write_splits
-from clipprobe.tracking import fits, registry, runs
+from clipprobe.tracking import registry, runs
 
 RESNET_MODULES = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
 
@@ -43,7 +43,7 @@ def test_resnet18_checkpoints_probe_and_compare(tracking_store, tmp_path):
                              "--cache-dir", "cache", "--device", "cpu"])
     assert done.exit_code == 0, done.output
     sweep = runs.find_latest_run("probe")
-    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, fits.RESULTS_ARTIFACT))
+    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, runs.RESULTS_ARTIFACT))
     order = table.drop_duplicates("module").sort_values("module_index")
     assert list(order["module"]) == RESNET_MODULES
     assert list(order["module_index"]) == list(range(6))

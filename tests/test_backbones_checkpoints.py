@@ -149,3 +149,32 @@ def test_load_backbone_from_file(tiny, tmp_path):
     assert backbone.transform.crop_size == 32
     with pytest.raises(ValueError, match="holds epoch 5, but epoch 6 was asked for"):
         load_backbone(path, epoch=6)
+
+
+def test_load_backbone_takes_registry_sources_from_the_registry_it_is_given(tiny, tmp_path):
+    """backbones/ never imports tracking/: a models:/ URI or a name goes through the registry passed in."""
+    from clipprobe.backbones.loader import LoadedModel
+
+    class Registry:
+        def __init__(self):
+            self.asked = []
+
+        def uri(self, name, epoch):
+            self.asked.append((name, epoch))
+            return f"models:/{name}@epoch-{4 if epoch is None else epoch:03d}"
+
+        def load(self, uri):
+            self.asked.append(uri)
+            return LoadedModel(module=tiny, metadata={"epoch": "4", "architecture": "mobilenet_v2",
+                                                      "fingerprint": fingerprint(tiny.state_dict())},
+                               name="tinynet", version="7")
+
+    registry = Registry()
+    backbone = load_backbone("tinynet", registry=registry)
+    assert registry.asked == [("tinynet", None), "models:/tinynet@epoch-004"]
+    assert (backbone.epoch, backbone.name, backbone.version) == (4, "tinynet", "7")
+    with pytest.raises(ValueError, match="holds epoch 4, but epoch 5 was asked for"):
+        load_backbone("models:/tinynet/7", epoch=5, registry=registry)
+    with pytest.raises(ValueError, match=r"models:/tinynet@epoch-004: a models:/ URI or registered model name "
+                                         r"needs a model registry: pass registry="):
+        load_backbone("models:/tinynet@epoch-004")

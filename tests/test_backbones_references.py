@@ -22,6 +22,7 @@ from clipprobe.backbones.checkpoints import (
 from clipprobe.backbones.loader import load_backbone
 from clipprobe.cli import main
 from clipprobe.tracking import registry, runs
+from clipprobe.tracking.registry import MLFLOW_REGISTRY
 
 WIDTH, CLASSES = 0.5, 10
 
@@ -118,7 +119,7 @@ def test_recipe_folder_imports_one_version_per_epoch(tracking_store, tmp_path):
     assert "imported 1 (epochs 2..2) as 'mobilenet_v2', 2 already registered, 0 skipped" in again.output
     assert "checkpoint.pth: the copy of model_2.pth" in again.output
     assert [c.epoch for c in registry.list_checkpoints("mobilenet_v2", all_versions=True)] == [0, 1, 2]
-    backbone = load_backbone("mobilenet_v2", epoch=2)
+    backbone = load_backbone("mobilenet_v2", epoch=2, registry=MLFLOW_REGISTRY)
     assert backbone.fingerprint == fingerprint(states[2])
     # The file alone loads too: width and classes read from the weights.
     direct = load_backbone(folder / "checkpoint.pth")
@@ -179,7 +180,7 @@ def test_ema_weights_are_a_choice_recorded_on_the_version(tracking_store, tmp_pa
     ckpts = registry.list_checkpoints("mobilenet_v2-ema", all_versions=True)
     assert [c.epoch for c in ckpts] == [0, 1] and ckpts[1].fingerprint == fingerprint(ema)
     assert ckpts[1].tags[registry.WEIGHTS_TAG] == "ema"
-    loaded = load_backbone("models:/mobilenet_v2-ema@epoch-001")
+    loaded = load_backbone("models:/mobilenet_v2-ema@epoch-001", registry=MLFLOW_REGISTRY)
     assert all(torch.equal(v, ema[k]) for k, v in loaded.module.state_dict().items())
     assert load_backbone(folder / "model_1.pth", weights="ema").fingerprint == fingerprint(ema)
     assert load_backbone(folder / "model_1.pth").fingerprint == fingerprint(raw[1])

@@ -17,8 +17,10 @@ from mlflow.tracking import MlflowClient
 from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint, write_checkpoint
 from clipprobe.backbones.loader import load_backbone
+from clipprobe.backbones.training import TrainConfig
 from clipprobe.cli import main
 from clipprobe.tracking import registry, runs
+from clipprobe.tracking.registry import MLFLOW_REGISTRY
 from clipprobe.world import WorldSpec, generate_world
 
 ARGS = {"model": "mobilenet_v2", "width_mult": 0.25, "num_classes": 3, "val_resize_size": 24, "val_crop_size": 24}
@@ -51,6 +53,9 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
         assert c.fingerprint == fingerprint(read_checkpoint(tmp_path / "ck" / f"model_{c.epoch}.pth").state_dict)
         assert c.source == str(tmp_path / "ck" / f"model_{c.epoch}.pth") and not c.duplicate
     assert len({c.fingerprint for c in ckpts}) == 4
+    # the train run's params rebuild the config it trained with
+    logged = TrainConfig.from_params(runs.find_latest_run("train").data.params)
+    assert logged == TrainConfig(width_mult=0.25, epochs=3, batch_size=8, lr=0.05)
     client = MlflowClient()
     mv = client.get_model_version_by_alias("tinynet", "epoch-002")
     assert mv.tags[registry.EPOCH_TAG] == "2" and mv.tags[registry.FINGERPRINT_TAG] == ckpts[2].fingerprint
@@ -64,13 +69,14 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
     code = textwrap.dedent("""
         import json, mlflow.pytorch, torch
         from clipprobe.backbones.loader import load_backbone
+        from clipprobe.tracking.registry import MLFLOW_REGISTRY
         m = mlflow.pytorch.load_model("models:/tinynet@epoch-002")
         saved = torch.load("ck/model_2.pth", weights_only=True)["model"]
         same = all(torch.equal(v, saved[k]) for k, v in m.state_dict().items()) and len(saved) == len(m.state_dict())
         fired = []
         m.features[7].register_forward_hook(lambda mod, i, o: fired.append(tuple(o.shape)))
         m.eval()(torch.zeros(2, 3, 24, 24))
-        b = load_backbone("tinynet", epoch=2)
+        b = load_backbone("tinynet", epoch=2, registry=MLFLOW_REGISTRY)
         print("RESULT", json.dumps({"same": same, "cls": type(m).__name__, "fired": fired,
                                     "epoch": b.epoch, "fingerprint": b.fingerprint}))
     """)
@@ -85,11 +91,12 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
 
     # Epochs differ: same input, different activations.
     x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
-    b1, b2 = load_backbone("models:/tinynet@epoch-001"), load_backbone(f"models:/tinynet/{ckpts[2].version}")
+    b1 = load_backbone("models:/tinynet@epoch-001", registry=MLFLOW_REGISTRY)
+    b2 = load_backbone(f"models:/tinynet/{ckpts[2].version}", registry=MLFLOW_REGISTRY)
     assert b2.epoch == 2 and b2.version == ckpts[2].version and b2.probe_modules["module:18"] == "features.18"
     with torch.no_grad():
         assert not torch.allclose(b1.module.features[:8](x), b2.module.features[:8](x))
-    assert load_backbone("tinynet").epoch == 3  # no epoch: the highest registered
+    assert load_backbone("tinynet", registry=MLFLOW_REGISTRY).epoch == 3  # no epoch: the highest registered
 
     # Re-importing the same folder adds no version.
     n_versions = len(registry.list_checkpoints("tinynet", all_versions=True))
@@ -147,7 +154,7 @@ def test_same_weights_at_two_epochs_are_flagged(tracking_store, tmp_path, caplog
     tags = MlflowClient().get_model_version("dup", by_epoch[1].version).tags
     assert tags[registry.DUPLICATE_TAG] == "epoch-002"
     with pytest.raises(ValueError, match=r"models:/dup@epoch-009: no such registered model version \(aliases: epoch-001"):
-        load_backbone("models:/dup@epoch-009")
+        load_backbone("models:/dup@epoch-009", registry=MLFLOW_REGISTRY)
 
 
 def test_train_without_data_names_the_fix(tracking_store):

@@ -106,6 +106,19 @@ def test_zero_init_residual_starts_blocks_as_the_identity(world, tmp_path):
         zero_init_residual(build_model("squeezenet1_0", num_classes=3))
 
 
+def test_config_is_rebuilt_from_its_logged_params():
+    """MLflow params are strings: the config comes back from them typed, the learning rate resolved."""
+    config = TrainConfig(width_mult=0.5, epochs=7, opt="adamw", lr_scheduler="onecycle", zero_init_residual=True,
+                         val_crop_size=20, batch_size=32)
+    logged = {k: str(v) for k, v in config.to_params().items()} | {"train_dir": "/x", "model_name": "m"}
+    assert logged["lr"] == str(0.045 * 32 / 256) and logged["train_crop_size"] == "None"
+    rebuilt = TrainConfig.from_params(logged)
+    assert rebuilt == TrainConfig(**{**config.to_params()}) and rebuilt.scaled_lr() == config.scaled_lr()
+    assert (rebuilt.zero_init_residual, rebuilt.val_crop_size, rebuilt.train_crop_size) == (True, 20, None)
+    with pytest.raises(ValueError, match="train param zero_init_residual='yes': expected True or False"):
+        TrainConfig.from_params({"zero_init_residual": "yes"})
+
+
 def test_unknown_optimizer_and_schedule_name_the_choices():
     with pytest.raises(ValueError, match="unknown optimizer 'adam': choose one of sgd, adamw"):
         TrainConfig(opt="adam").validate()

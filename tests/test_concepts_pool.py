@@ -33,6 +33,20 @@ def test_listing_is_recursive_sorted_and_filtered(tmp_path):
     assert pool_fingerprint(tmp_path, ["a.png"]) != pool_fingerprint(tmp_path, ["a.png", "b/x.JPEG"])
 
 
+def test_one_image_hash_for_provenance_and_cache_keys(tmp_path):
+    """The pool's fingerprint survives a copy (same paths and sizes); the cache key (with_mtime) sees a rewrite."""
+    import os
+
+    _image(tmp_path / "a.png", 20)
+    plain, keyed = pool_fingerprint(tmp_path, ["a.png"]), pool_fingerprint(tmp_path, ["a.png"], with_mtime=True)
+    st = (tmp_path / "a.png").stat()
+    os.utime(tmp_path / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert pool_fingerprint(tmp_path, ["a.png"]) == plain
+    assert pool_fingerprint(tmp_path, ["a.png"], with_mtime=True) != keyed
+    _image(tmp_path / "c.png", 20)  # same size, other name
+    assert pool_fingerprint(tmp_path, ["c.png"]) != plain
+
+
 def test_empty_pool_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match=r"image pool .* holds no images \(.jpg.*\): point the pool at a folder"):

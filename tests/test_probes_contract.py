@@ -7,7 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from clipprobe.probes import PROBE_KINDS, LinearProbe, MLPProbe, probe_kind
+from clipprobe.probes import PROBE_KINDS, LinearProbe, MLPProbe, make_probe, probe_kind
 from clipprobe.probes.kinds import validate
 
 FAST = {"steps": 40, "hidden": 16}
@@ -23,7 +23,7 @@ def _data(n: int = 80, d: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 def _make(kind: str, **extra: object):
     pk = probe_kind(kind)
     overrides = {**(FAST if pk.estimator == "mlp" else {}), **extra}
-    return pk.make(overrides)
+    return make_probe(pk, overrides)
 
 
 @pytest.mark.parametrize("kind", list(PROBE_KINDS))

@@ -105,6 +105,21 @@ def test_probes_resplit_and_permutation_keep_counts_and_true_test_labels() -> No
     assert not np.array_equal(permutation_labels(task, 0, 3), permutation_labels(task, 1, 3))
 
 
+def test_resplits_keep_the_stored_class_counts_where_stratified_shuffle_split_would_not() -> None:
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    labels = np.array([1] * 10 + [0] * 20)
+    train = np.zeros(30, bool)
+    train[:8] = True  # 8 of 10 positives
+    train[10:22] = True  # 12 of 20 negatives: not proportional (the pool's share would give 7 and 13)
+    task = ConceptTask("c", np.arange(30), labels, train)
+    for s in range(1, 6):
+        tr = resplit(task, s, seed=0)
+        assert (labels[tr].sum(), (tr & (labels == 0)).sum()) == (8, 12)
+    sss_train, _ = next(StratifiedShuffleSplit(1, train_size=20, random_state=0).split(np.zeros(30), labels))
+    assert labels[sss_train].sum() == 7  # the library's split would probe another task
+
+
 def test_control_task_labels_are_one_per_class_same_in_train_and_test() -> None:
     rng = np.random.default_rng(5)
     X = np.zeros((400, 2))
@@ -212,3 +227,31 @@ def test_probes_drops_sub_precision_feature_instead_of_amplifying_it() -> None:
     assert (guarded.predictions()[0].numpy() == y)[~tr].mean() == pytest.approx(200 / 300)
     [r] = evaluate_concepts(X.astype(np.float32), [ConceptTask("tiny", np.arange(n), y, tr)], "linear_gap")
     assert r.n_dropped_features == 1 and r.test_acc < 0.8
+
+
+def test_every_reported_number_comes_from_the_stored_test_part() -> None:
+    """A feature that gives the label away, except on 7 known test images where it lies: every number
+    the user reads is fixed by hand. Computed on the train part, on all rows, on a re-split or with an
+    off-by-one count, each would come out different."""
+    n_pos_train, n_neg_train, n_pos_test, n_neg_test, lies = 70, 140, 50, 40, 7  # test part not stratified
+    labels = np.r_[np.ones(n_pos_train), np.zeros(n_neg_train), np.ones(n_pos_test), np.zeros(n_neg_test)].astype(int)
+    train = np.r_[np.ones(n_pos_train + n_neg_train, bool), np.zeros(n_pos_test + n_neg_test, bool)]
+    shown = labels.copy()
+    test_rows = np.flatnonzero(~train)
+    shown[test_rows[:lies]] = 1 - shown[test_rows[:lies]]  # 7 positives of the test part look negative
+    X = np.c_[shown * 4.0 - 2.0, np.random.default_rng(0).normal(size=len(labels)) * 0.01]
+    task = ConceptTask("lies", np.arange(len(labels)), labels, train)
+    [r] = evaluate_concepts(X, [task], "linear_gap", repeats=3, permutations=0, seed=1)
+    n_test = n_pos_test + n_neg_test
+    assert (r.n_train, r.n_test, r.n_test_pos) == (210, 90, 50)
+    assert r.train_acc == 1.0
+    assert r.test_acc == pytest.approx((n_test - lies) / n_test)  # 83/90, not 293/300 (all rows) nor 1 (train)
+    k = n_test - lies  # the exact interval of 83 of 90, from the beta quantiles (not the code's binomtest)
+    assert (r.test_acc_ci_low, r.test_acc_ci_high) == (
+        pytest.approx(stats.beta.ppf(0.025, k, n_test - k + 1), abs=1e-9),
+        pytest.approx(stats.beta.ppf(0.975, k + 1, n_test - k), abs=1e-9))
+    assert r.test_majority_acc == pytest.approx(n_neg_test / n_test)  # train majority (negative) on test: 40/90
+    assert r.test_correct == "0" * lies + "1" * (n_test - lies)  # the stored test images, in row order
+    # re-splits move the lying images into training: their mean is not the stored split's accuracy
+    assert r.repeats == 3 and r.test_acc_resplit_mean != pytest.approx(r.test_acc)
+    assert np.isnan(r.test_control_acc)  # no classes given: no control, rather than a made-up one

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clipprobe.probes import design, fit_many
-from clipprobe.probes.design import exact_products, feature_stats, init_first_layer, standardise
+from clipprobe.probes.design import feature_stats, init_first_layer, standardise
 from clipprobe.probes.solvers import init_head
 
 HP = {"hidden": 24, "steps": 60, "lr": 0.2, "momentum": 0.9, "weight_decay": 0.01, "seed": 5}
@@ -72,8 +72,7 @@ def test_probes_gram_linear_equals_explicit_and_float32_is_close() -> None:
     explicit = fit_many("linear_non_gap", X, Y, train, params=params, dtype=torch.float64, form="explicit")
     torch.testing.assert_close(gram.scores, explicit.scores, rtol=1e-6, atol=1e-6)
     mlp64 = fit_many("non_linear_non_gap", X, Y, train, params=HP, dtype=torch.float64)
-    with exact_products():
-        mlp32 = fit_many("non_linear_non_gap", X.float(), Y, train, params=HP, dtype=torch.float32)
+    mlp32 = fit_many("non_linear_non_gap", X.float(), Y, train, params=HP, dtype=torch.float32, fast_gram=False)
     assert (mlp32.scores.double() - mlp64.scores).abs().max() < 1e-3
 
 
@@ -91,9 +90,7 @@ def test_probes_gram_bf16_products_move_accuracy_by_less_than_one_test_row(monke
     assert design.gram_product_dtype(torch.device("cpu"), torch.float32, 1280) is None  # pooled vectors stay exact
     for kind in ("linear_non_gap", "non_linear_non_gap"):
         fast = fit_many(kind, X, Y, train, params=HP if kind.startswith("non") else None)
-        with exact_products():
-            assert design.gram_product_dtype(torch.device("cpu"), torch.float32) is None
-            exact = fit_many(kind, X, Y, train, params=HP if kind.startswith("non") else None)
+        exact = fit_many(kind, X, Y, train, params=HP if kind.startswith("non") else None, fast_gram=False)
         assert not torch.equal(fast.scores, exact.scores)  # the bf16 products really ran
         test = ~train
         acc_fast = ((fast.scores > 0).long() == Y)[test].reshape(6, 40).double().mean(1)
@@ -107,9 +104,9 @@ def test_probes_gram_estimator_weights_predict_like_the_batch() -> None:
     from clipprobe.probes import MLPProbe
 
     X, Y, train = _problem(seed=3)
-    with exact_products():  # the weights are rebuilt from float32 products
-        probe = MLPProbe(**HP).fit(X[train[0]], Y[0][train[0]])
-        fit = fit_many("non_linear_non_gap", X, Y[:1], train[:1], params=HP)
+    # the weights are rebuilt from float32 products
+    probe = MLPProbe(**HP, fast_gram=False).fit(X[train[0]], Y[0][train[0]])
+    fit = fit_many("non_linear_non_gap", X, Y[:1], train[:1], params=HP, fast_gram=False)
     assert probe.form_ == "gram"
     np.testing.assert_allclose(probe.decision_function(X), fit.scores[0].numpy(), atol=2e-4)
 
@@ -164,10 +161,9 @@ def test_probes_on_offset_bf16_maps_equal_probes_on_their_float32_values(form: s
     stored = Bf16Matrix(to_bf16_bits(torch.from_numpy(spread)), offset)  # bf16 of the centred values
     values = stored[:, :]  # the float32 values it stands for (what a float32 cache would hold)
     HPL = {"weight_decay": 0.05, "tol": 1e-10}
-    with exact_products():
-        a = fit_many("linear_non_gap", stored, Y, train, params=HPL, form=form)
-        b = fit_many("linear_non_gap", torch.from_numpy(values).double(), Y, train, params=HPL, form=form,
-                     dtype=torch.float64)
+    a = fit_many("linear_non_gap", stored, Y, train, params=HPL, form=form, fast_gram=False)
+    b = fit_many("linear_non_gap", torch.from_numpy(values).double(), Y, train, params=HPL, form=form,
+                 dtype=torch.float64)
     assert a.n_dropped_features.tolist() == b.n_dropped_features.tolist() == [0, 0, 0]
     # centred products lose nothing to the 1e4 offsets; float32 values of 1e4 + x carry 1e-3 of x's spread
     torch.testing.assert_close(a.scores.double(), b.scores, rtol=0, atol=2e-3 * float(b.scores.abs().max()))

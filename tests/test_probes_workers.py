@@ -59,3 +59,17 @@ def test_two_workers_give_the_scores_of_one(threads, kind, d):
     assert torch.isfinite(one.scores).all() and one.scores.abs().max() > 0.1
     assert torch.equal(one.scores, two.scores)
     assert torch.equal(one.n_dropped_features, two.n_dropped_features)
+
+
+def test_threads_for_restores_the_callers_thread_count_even_on_error(threads):
+    from clipprobe.probes.solvers import SMALL_STEP_FLOPS, threads_for
+
+    threads(2)
+    with threads_for(SMALL_STEP_FLOPS / 10):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="inside"), threads_for(0.0):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == 2
+    with threads_for(SMALL_STEP_FLOPS):  # big steps keep the caller's threads
+        assert torch.get_num_threads() == 2

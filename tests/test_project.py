@@ -163,7 +163,7 @@ def test_package_declares_ranges_and_the_exact_versions_live_in_constraints():
     for name, version in pins.items():  # every pin satisfies the declared range
         if name in ranges:
             assert version in ranges[name], (name, version, ranges[name])
-    assert "-c constraints.txt -e '.[test]'" in (REPO / "Makefile").read_text()
+    assert "-c constraints.txt -e '.[test,ray,postgres]'" in (REPO / "Makefile").read_text()
     assert (REPO / ".ci" / "run").read_text().strip().splitlines()[-1] == "make test"
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     pip_lines = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))

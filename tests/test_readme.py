@@ -33,8 +33,21 @@ NOT_RUN = {
         "needs a GPU and ViT-B-32 weights; the weight forms are tested in tests/test_concepts_clip_weights.py",
     "clipprobe concepts --pool /data/imagenet/val --class-labels":
         "needs ImageNet val, a GPU and CLIP weights; --class-labels is tested in tests/test_concepts_classes.py",
-    "clipprobe tune --storage postgresql://":
+    "clipprobe tune --storage postgresql":
         "needs a PostgreSQL server at host 'db'; tests/test_tune_study.py shares one study between workers",
+    # Many machines: servers and a cluster this machine does not have; the same on loopback is tested
+    "sudo -u postgres create": "sets up a PostgreSQL server; tests/servers.py starts one on loopback",
+    "mlflow server --backend-store-uri postgresql": "tests/servers.py starts it on a loopback PostgreSQL",
+    "ray start --": "starts a Ray cluster over machines; tests/ray_cluster.py starts a local one",
+    "export MLFLOW_TRACKING_URI=http://mlflow.internal": "names a server at host 'mlflow.internal'",
+    "clipprobe checkpoints /shared/": "a folder of the reader's training run; other examples import checkpoints",
+    "clipprobe probe --model-name mobilenet_v2 --epochs 0-299 --executor ray":
+        "needs the Ray cluster and server above; tests/test_executors_ray.py and test_tracking_servers.py run it",
+    "clipprobe probe --resume SWEEP_RUN_ID --executor ray":
+        "needs the Ray cluster above; tests/test_executors_ray.py resumes a sweep with Ray workers",
+    "CLIPPROBE_OPTUNA_STORAGE=postgresql": "needs the PostgreSQL and Ray cluster above; tests/test_executors_ray.py "
+                                          "shares a study between two Ray workers",
+    "mlflow run . -e probe --env-manager local -P executor=ray": "needs the Ray cluster above",
 }
 
 # Options appended to a step's examples (only those the example does not set itself), to keep the data small.

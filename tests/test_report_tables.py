@@ -102,9 +102,9 @@ def test_csv_is_seed_shaped_at_full_precision_and_readable_as_a_reference(tmp_pa
 
 def _set(frame, hit, k: int, correct: str | None = None):
     """Cells ``hit`` get k of 90 right (the first k images of their concept's order unless ``correct``)."""
-    from report_fakes import _exact
+    from clipprobe.probes.evaluation import exact_interval
 
-    lo, hi = _exact(k, 90)
+    lo, hi = exact_interval(k, 90)
     frame.loc[hit, ["test_acc", "test_acc_ci_low", "test_acc_ci_high"]] = [k / 90, lo, hi]
     frame.loc[hit, "test_correct"] = correct if correct is not None else "1" * k + "0" * (90 - k)
 

@@ -53,9 +53,8 @@ def test_resume_rebuilds_the_stored_config_and_refuses_a_conflicting_setting(tra
     # every fit records the precision its module's forward pass actually ran in
     import pandas as pd
 
-    from clipprobe.tracking import fits
 
-    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, fits.RESULTS_ARTIFACT))
+    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, runs.RESULTS_ARTIFACT))
     assert set(table["precision"]) == {"fp32"} and (table["permutations"] == stored["permutations"]).all()
     assert "forward pass as run: fp32 for 8 fits" in result.output
 

@@ -10,6 +10,7 @@ from sweep_fakes import blind, make_splits, mobilenet, plant_red
 
 from clipprobe.cli import main
 from clipprobe.concepts.splits import write_splits
+from clipprobe.parquet import read_metadata
 from clipprobe.tracking import fits, registry, runs
 from clipprobe.tracking.fit_writer import FitWriter
 
@@ -64,7 +65,12 @@ def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp
     assert set(fits.METRIC_COLUMNS) <= set(one.data.metrics)
     assert "clipprobe.step" not in one.data.tags  # fits never pass for a "latest probe run"
 
-    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, fits.RESULTS_ARTIFACT))
+    results_file = runs.download_artifact(sweep.info.run_id, runs.RESULTS_ARTIFACT)
+    table = pd.read_parquet(results_file)
+    # the concept files' provenance scheme: what made the table
+    made_by = read_metadata(results_file)
+    assert (made_by["kind"], made_by["sweep_run_id"]) == ("probe_results", sweep.info.run_id)
+    assert made_by["params"]["model_name"] == "toy" and made_by["params"]["epochs"] == "0,2"
     n_cols = len(fits.IDENTITY_COLUMNS) + len(fits.METRIC_COLUMNS)
     assert list(table.columns[:n_cols]) == [*fits.IDENTITY_COLUMNS, *fits.METRIC_COLUMNS]
     assert len(table) == 16
@@ -120,7 +126,7 @@ def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp
     assert len(keys) == 16 and len(set(keys)) == 16
     assert all(r.info.status == "FINISHED" for r in runs_after)
     assert client.get_run(sweep_id).info.status == "FINISHED"
-    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
+    table = pd.read_parquet(runs.download_artifact(sweep_id, runs.RESULTS_ARTIFACT))
     assert len(table) == 16
     for key in ("test_acc_red/00_module:0/linear_gap", "test_acc_blue/01_module:1/non_linear_gap"):
         assert sorted(m.step for m in client.get_metric_history(sweep_id, key)) == [0, 1]
@@ -165,7 +171,7 @@ def test_params_from_a_tune_run_are_used_and_recorded(tracking_store, tmp_path):
                                        "--repeats", "0", "--cache-dir", "cache", "--params-from", tune.info.run_id])
     assert result.exit_code == 0, result.output
     sweep = runs.find_latest_run("probe")
-    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, fits.RESULTS_ARTIFACT))
+    table = pd.read_parquet(runs.download_artifact(sweep.info.run_id, runs.RESULTS_ARTIFACT))
     lin, mlp = table[table.probe == "linear_gap"], table[table.probe == "non_linear_gap"]
     assert set(lin.hparams_source) == {f"tune:{tune.info.run_id}"} and set(mlp.hparams_source) == {"defaults"}
     assert {json.loads(h)["weight_decay"] for h in lin.hparams} == {0.5}

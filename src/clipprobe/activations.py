@@ -33,6 +33,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from clipprobe.concepts.pool import pool_fingerprint
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = ".cache/activations"
@@ -119,16 +121,6 @@ class PooledFeatures(np.ndarray):
 # ---------------------------------------------------------------- images: decoded and transformed once
 
 
-def image_set_hash(root: str | Path, paths: Sequence[str]) -> str:
-    """sha256 (16 hex) over each image's relative path, byte size and modification time."""
-    digest = hashlib.sha256()
-    root = Path(root)
-    for rel in paths:
-        st = (root / rel).stat()
-        digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -162,7 +154,7 @@ def load_images(
     paths = tuple(paths)
     if not paths:
         raise ValueError("no images to load: the concept splits select none")
-    key = f"{image_set_hash(root, paths)}-{_short(repr(transform))}"
+    key = f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform))}"
     target = None
     if cache_dir is not None:
         target = Path(cache_dir) / "images" / f"{key}.npy"
@@ -301,13 +293,6 @@ class _StopForward(Exception):
     """Raised by the last hook to fire: layers after the deepest probed module are never computed."""
 
 
-class ForwardCounter:
-    """Counts forward passes (batches) of the extractor: lets tests prove a cache was read."""
-
-    batches = 0
-    images = 0
-
-
 @contextlib.contextmanager
 def ieee_fp32(device: torch.device) -> Iterator[None]:
     """fp32 means fp32 on a GPU too: cuDNN convolutions default to TF32 on compute capability 8.0+ (a 10-bit
@@ -383,8 +368,6 @@ def forward_activations(
                         model(batch)
                 except _StopForward:
                     pass
-                ForwardCounter.batches += 1
-                ForwardCounter.images += len(batch)
                 if len(captured) != len(targets):
                     lost = [p for p in targets if p not in captured]
                     raise RuntimeError(f"modules {lost} never ran in the forward pass: probe other modules")

@@ -30,11 +30,11 @@ from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import Backbone
 from clipprobe.concepts.splits import ConceptSplits
 from clipprobe.probes.evaluation import DEFAULT_PERMUTATIONS, ConceptTask, evaluate_concepts
-from clipprobe.probes.kinds import probe_kind
+from clipprobe.probes.kinds import SEED_PROBE_KINDS, probe_kind
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROBES = ("linear_gap", "non_linear_gap", "non_linear_non_gap")  # the seed's three
+DEFAULT_PROBES = SEED_PROBE_KINDS
 DEFAULT_REPEATS = 3
 FitKey = tuple[str, str, str, int]  # (concept, module, probe, epoch)
 
@@ -67,6 +67,7 @@ class SweepPlan:
     seed: int = 0
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hparams_source: Mapping[str, str] = field(default_factory=dict)
+    fast_gram: bool = True  # False: float32 Gram-form products (probes.design.gram_product_dtype)
 
     def __post_init__(self) -> None:
         for p in self.probes:
@@ -177,14 +178,20 @@ class Sweep:
         done = set(done)
         out: list[dict[str, Any]] = []
         for ref in sorted(checkpoints, key=lambda c: c.epoch):
-            rows = self._checkpoint(ref, done, on_fit)
+            rows = self.run_checkpoint(ref, done=done, on_fit=on_fit)
             out.extend(rows)
             if on_checkpoint is not None:
                 on_checkpoint(ref, rows)
         return out
 
-    def _checkpoint(self, ref: CheckpointRef, done: set[FitKey],
-                    on_fit: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    def run_checkpoint(self, ref: CheckpointRef, *, done: Collection[FitKey] = frozenset(),
+                       on_fit: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """The fits of one checkpoint not in ``done``; returns their rows (``on_fit`` sees each as it exists).
+
+        What every executor runs: in-process checkpoint after checkpoint (``run``), or one checkpoint per
+        worker task (``clipprobe.executors``). ``done`` is only read, except that the in-process loop
+        passes its own set, which learns each new fit."""
+        done = done if isinstance(done, set) else set(done)
         concepts = [t.concept for t in self.tasks]
         named = self.plan.modules
         if named is not None and all((c, m, p, ref.epoch) in done for c in concepts for m in named
@@ -219,7 +226,7 @@ class Sweep:
             tasks = [t for t in self.tasks if t.concept in todo[(module, probe)]]
             results = evaluate_concepts(acts.features(path, kind.features), tasks, kind, params,
                                         repeats=self.plan.repeats, permutations=self.plan.permutations,
-                                        seed=self.plan.seed, device=self.device)
+                                        seed=self.plan.seed, device=self.device, fast_gram=self.plan.fast_gram)
             for task, result in zip(tasks, results, strict=True):
                 row = {
                     "concept": task.concept, "group": self.groups[task.concept], "module": module,

@@ -14,19 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipprobe.activations import ExtractOptions
-from clipprobe.sweep import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan
+from clipprobe.sweep import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan, parse_names
 
 CONFIG_ARTIFACT = "probe/config.json"
 CONFIG_FORMAT = 1
 
 
 def _names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """``None``/``"all"`` -> None (everything); ``"a,b"`` or a list -> a tuple of names."""
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    items = [str(s).strip() for s in items if str(s).strip()]
-    return None if not items or items == ["all"] else tuple(items)
+    """``None``/``"all"`` -> None (everything); ``"a,b"`` or a list -> a tuple of names (``parse_names``)."""
+    names = parse_names(value if value is None or isinstance(value, str) else [str(v) for v in value])
+    return None if names is None else tuple(names)
 
 
 @dataclass(frozen=True)

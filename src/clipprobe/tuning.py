@@ -276,6 +276,37 @@ def make_objective(pk: ProbeKind, tasks: Sequence[TuneTask], folds: int, *, base
     return objective
 
 
+def open_study(
+    kind: str | ProbeKind,
+    tasks: Sequence[TuneTask],
+    *,
+    storage: BaseStorage,
+    name: str | None = None,
+    folds: int = DEFAULT_FOLDS,
+    base: Mapping[str, Any] | None = None,
+    fingerprint_extra: Mapping[str, Any] | None = None,
+) -> tuple[str, int]:
+    """Create (or find) the study of one probe kind on ``tasks``: its name and how many trials it held.
+
+    A new study gets the subset's fingerprint and the kind's defaults as its first trial; a study made on
+    another subset raises. Several workers sharing a study call this first from one place (the driver),
+    so the defaults are queued once."""
+    pk = check_kind(kind)
+    fingerprint = subset_fingerprint(tasks, folds, {"kind": pk.name, "base": dict(base or {}), **(fingerprint_extra or {})})
+    sname = study_name(pk.name, fingerprint, name)
+    study = optuna.create_study(storage=storage, study_name=sname, direction="maximize", load_if_exists=True)
+    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    if stored is None:
+        study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+    elif stored != fingerprint:
+        raise ValueError(f"study {sname!r} was made on another subset of fits (fingerprint {stored[:12]}, "
+                         f"now {fingerprint[:12]}): pass another --study-name or the same subset")
+    existing = len(study.trials)
+    if existing == 0:
+        study.enqueue_trial(_defaults_inside(pk, base or {}), skip_if_exists=True)
+    return sname, existing
+
+
 def tune(
     kind: str | ProbeKind,
     tasks: Sequence[TuneTask],
@@ -301,25 +332,15 @@ def tune(
         raise ValueError(f"no tasks to tune {pk.name} on: choose some --concepts, --modules and --epochs")
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"n_trials={n_trials}: expected 1 or more (or None with a timeout)")
-    fingerprint = subset_fingerprint(tasks, folds, {"kind": pk.name, "base": dict(base or {}), **(fingerprint_extra or {})})
-    sname = study_name(pk.name, fingerprint, name)
     objective = make_objective(pk, tasks, folds, base=base, device=device)  # checks folds before any storage
     if not isinstance(storage, BaseStorage):
         storage = open_storage(storage)
-    probe = optuna.create_study(storage=storage, study_name=sname, direction="maximize", load_if_exists=True)
-    stored = probe.user_attrs.get(FINGERPRINT_ATTR)
-    if stored is None:
-        probe.set_user_attr(FINGERPRINT_ATTR, fingerprint)
-    elif stored != fingerprint:
-        raise ValueError(f"study {sname!r} was made on another subset of fits (fingerprint {stored[:12]}, "
-                         f"now {fingerprint[:12]}): pass another --study-name or the same subset")
-    existing = len(probe.trials)
+    sname, existing = open_study(pk, tasks, storage=storage, name=name, folds=folds, base=base,
+                                 fingerprint_extra=fingerprint_extra)
     # Seeded by the trials already there, so a resumed study does not replay its first random points.
     sampler = optuna.samplers.TPESampler(seed=seed + existing)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     study = optuna.load_study(storage=storage, study_name=sname, sampler=sampler, pruner=pruner)
-    if existing == 0:
-        study.enqueue_trial(_defaults_inside(pk, base or {}), skip_if_exists=True)
     log.info("study %s: %d trials so far; running %s more%s", sname, existing, n_trials or "unlimited",
              f" for at most {timeout:g} s" if timeout else "")
     study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=CATCH,

@@ -6,11 +6,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from clipprobe.backbones.architectures import (
+    DEFAULT_ARCHITECTURE,
     ImageTransform,
     resolve_probe_modules,
     transform_from_args,
@@ -19,6 +21,29 @@ from clipprobe.backbones.checkpoints import fingerprint, load_into, model_shape,
 from clipprobe.devices import resolve_device
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A module loaded from a model registry (or a logged model) with what clipprobe stored beside it."""
+
+    module: nn.Module
+    metadata: dict[str, Any]
+    name: str | None
+    version: str | None
+
+
+class ModelRegistry(Protocol):
+    """What ``load_backbone`` needs from a model registry; ``clipprobe.tracking.registry.MLFLOW_REGISTRY``
+    is MLflow's. Passed in, so backbones/ never imports tracking/."""
+
+    def uri(self, name: str, epoch: int | None) -> str:
+        """The ``models:/`` URI of a registered model's ``epoch`` (None: its highest epoch)."""
+        ...
+
+    def load(self, uri: str) -> LoadedModel:
+        """The module and its stored metadata behind a ``models:/`` URI."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -41,9 +66,10 @@ def load_backbone(
     epoch: int | None = None,
     modules: Sequence[str] | Mapping[str, str] | None = None,
     device: str | torch.device = "cpu",
-    architecture: str = "mobilenet_v2",
+    architecture: str = DEFAULT_ARCHITECTURE,
     width_mult: float | None = None,
     weights: str = "model",
+    registry: ModelRegistry | None = None,
 ) -> Backbone:
     """Load a backbone, trying ``source`` in this order:
 
@@ -52,18 +78,20 @@ def load_backbone(
        them; the width multiplier is otherwise read from the weights; ``weights="ema"`` takes
        the file's ``model_ema``);
     3. a registered model name with ``epoch`` (None: the highest registered epoch).
-    The weights' fingerprint is recomputed and must match the registered one.
+    The weights' fingerprint is recomputed and must match the registered one. Sources 1 and 3 need
+    ``registry`` (``clipprobe.tracking.registry.MLFLOW_REGISTRY`` for MLflow's).
     """
     text = str(source)
+    is_file = text.endswith((".pth", ".pt")) or Path(text).is_file()
+    if not is_file and registry is None:
+        raise ValueError(f"{text}: a models:/ URI or registered model name needs a model registry: pass "
+                         "registry=clipprobe.tracking.registry.MLFLOW_REGISTRY, or give a .pth file")
     if text.startswith("models:/"):
-        backbone = _from_registry(text)
-    elif text.endswith((".pth", ".pt")) or Path(text).is_file():
+        backbone = _from_registry(text, registry)
+    elif is_file:
         backbone = _from_file(Path(text), architecture=architecture, width_mult=width_mult, weights=weights)
     else:
-        from clipprobe.tracking.registry import epoch_alias, latest_epoch
-
-        chosen = latest_epoch(text) if epoch is None else epoch
-        backbone = _from_registry(f"models:/{text}@{epoch_alias(chosen)}")
+        backbone = _from_registry(registry.uri(text, epoch), registry)
     if epoch is not None and backbone.epoch is not None and backbone.epoch != epoch:
         raise ValueError(f"{source}: holds epoch {backbone.epoch}, but epoch {epoch} was asked for")
     module = backbone.module.to(resolve_device(device) if isinstance(device, str) else device).eval()
@@ -87,10 +115,8 @@ def _from_file(path: Path, *, architecture: str, width_mult: float | None, weigh
                     architecture=arch)
 
 
-def _from_registry(uri: str) -> Backbone:
-    from clipprobe.tracking.registry import load_model
-
-    loaded = load_model(uri)
+def _from_registry(uri: str, registry: ModelRegistry) -> Backbone:
+    loaded = registry.load(uri)
     meta = loaded.metadata
     digest = fingerprint(loaded.module.state_dict())
     stored = meta.get("fingerprint")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from clipprobe.backbones.architectures import (
+    DEFAULT_ARCHITECTURE,
     DEFAULT_VAL_CROP_SIZE,
     DEFAULT_VAL_RESIZE_SIZE,
     IMAGENET_MEAN,
@@ -69,7 +70,7 @@ class TrainConfig:
     that a narrow network trained from scratch sits on.
     """
 
-    architecture: str = "mobilenet_v2"
+    architecture: str = DEFAULT_ARCHITECTURE
     width_mult: float = 1.0
     epochs: int = 10
     batch_size: int = 64
@@ -114,6 +115,37 @@ class TrainConfig:
             raise ValueError(f"lr_min must lie in [0, lr={self.scaled_lr()}), got {self.lr_min}")
         if not 0 < self.lr_warmup_pct < 1:
             raise ValueError(f"lr_warmup_pct must lie strictly between 0 and 1, got {self.lr_warmup_pct}")
+
+    def to_params(self) -> dict[str, Any]:
+        """The config as a step run logs it: every field, ``lr`` resolved (``scaled_lr``)."""
+        return {**asdict(self), "lr": self.scaled_lr()}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> TrainConfig:
+        """The config a run logged (MLflow params are strings; other params of the run are ignored).
+
+        ``from_params({k: str(v) for k, v in c.to_params().items()})`` trains like ``c``.
+        """
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in params:
+                continue
+            text, default = str(params[f.name]), f.default
+            if text in ("", "None"):
+                out[f.name] = None
+            elif isinstance(default, bool):
+                if text not in ("True", "False"):
+                    raise ValueError(f"train param {f.name}={text!r}: expected True or False")
+                out[f.name] = text == "True"
+            elif isinstance(default, int) and not isinstance(default, bool):
+                out[f.name] = int(text)
+            elif isinstance(default, float) or f.name == "lr":
+                out[f.name] = float(text)
+            elif default is None:  # the optional crop and resize sizes
+                out[f.name] = int(text)
+            else:
+                out[f.name] = text
+        return cls(**out)
 
     def resume_keys(self) -> tuple[str, ...]:
         """Args a resumed run must share with the saved one (a cosine schedule's length is one)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from clipprobe.backbones.architectures import DEFAULT_ARCHITECTURE
 from clipprobe.backbones.checkpoints import WEIGHTS
 from clipprobe.cli import options
 from clipprobe.tracking.registry import import_checkpoints
@@ -19,7 +20,7 @@ def _default(fn, name: str):
 
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--arch", "architecture", default="mobilenet_v2", show_default=True,
+@click.option("--arch", "architecture", default=DEFAULT_ARCHITECTURE, show_default=True,
               help="torchvision classification model the files were saved from.")
 @click.option("--width-mult", default=None, type=float,
               help="Width multiplier, when the files' args do not say (default: read from the weights).")
@@ -40,12 +41,13 @@ def checkpoints(folder, architecture, width_mult, num_classes, weights, model_na
     already registered are skipped, bad files are named and skipped, and the recipe's
     checkpoint.pth is recognised as the copy of the latest model_<N>.pth.
     """
-    from clipprobe.backbones.architectures import architectures
+    from clipprobe.backbones.architectures import check_architecture
     from clipprobe.tracking import registry, runs
 
-    if architecture not in architectures():
-        raise click.UsageError(f"unknown architecture {architecture!r}: expected a torchvision "
-                               "classification model such as mobilenet_v2, resnet18, efficientnet_b0")
+    try:
+        check_architecture(architecture)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     files = sorted(p for p in Path(folder).glob(pattern) if p.is_file())
     if not files:
         raise click.UsageError(f"no files match {pattern!r} in {folder}: pass --pattern")
@@ -53,7 +55,7 @@ def checkpoints(folder, architecture, width_mult, num_classes, weights, model_na
     params = {"folder": str(Path(folder).resolve()), "architecture": architecture,
               "width_mult": width_mult or "", "num_classes": num_classes or "", "model_name": model_name,
               "pattern": pattern, "weights": weights}
-    tags = {registry.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture,
+    tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture,
             registry.WEIGHTS_TAG: weights}
     with runs.step_run("checkpoints", experiment_name=experiment_name, params=params, tags=tags) as run:
         try:

@@ -20,26 +20,11 @@ from clipprobe.tracking.runs import log_artifacts, set_tags, step_run
 log = logging.getLogger(__name__)
 
 
-def _epoch(value: str) -> int | None:
-    text = value.strip().lower()
-    if text in ("", "last"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise click.UsageError(f"--epoch must be an integer or 'last', got {value!r}") from None
-
-
-def _modules(value: str) -> list[str] | None:
-    names = [m.strip() for m in value.replace(" ", ",").split(",") if m.strip()]
-    return names or None
-
-
 @click.command("compare")
 @click.argument("run_ids", nargs=-1)
-@click.option("--epoch", default="last", show_default=True,
+@click.option("--epoch", type=options.Epoch(), default="last", show_default=True,
               help="Checkpoint epoch the tables show; it must be in every sweep.")
-@click.option("--modules", default="",
+@click.option("--modules", type=options.Names(), default="",
               help="Modules for the accuracy-over-epoch lines, comma-separated, as the sweep names them "
               "(module:1,module:10 for MobileNetV2, layer1,layer4 for a ResNet); default: all, or eight "
               "spread from first to last.")
@@ -52,7 +37,7 @@ def _modules(value: str) -> list[str] | None:
               help="Address of the MLflow UI showing this store (e.g. http://127.0.0.1:5000), for links to the "
               "runs in the report. Default: the tracking URI when it is an http(s) server, else no links.")
 @options.experiment_name
-def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, out: Path, ui_url: str,
+def compare(run_ids: tuple[str, ...], epoch: int | None, modules: tuple[str, ...] | None, reference: str, out: Path, ui_url: str,
             experiment_name: str | None) -> None:
     """Tables, plots and sanity flags for probe sweep RUN_IDS (default: the latest sweep).
 
@@ -72,11 +57,12 @@ def compare(run_ids: tuple[str, ...], epoch: str, modules: str, reference: str, 
         truth, mined = label_sources.label_sources(ids, [name for name, _ in sweeps])  # CLIP vs true labels
         # Built in a fresh folder so the run logs this report only, never stale files in --out.
         with tempfile.TemporaryDirectory(prefix="clipprobe-compare-") as tmp:
-            report = write_report(sweeps, tmp, epoch=_epoch(epoch), modules=_modules(modules),
+            report = write_report(sweeps, tmp, epoch=epoch, modules=None if modules is None else list(modules),
                                   reference_table=ref, provenance=provenance,
                                   label_sources=LabelSources(truth, mined) if mined else None,
                                   title=f"clipprobe: what, where and when ({', '.join(p.model for p in provenance)})")
-            params = {"sweep_run_ids": ",".join(ids), "epoch": epoch, "modules": modules or "default",
+            params = {"sweep_run_ids": ",".join(ids), "epoch": "last" if epoch is None else epoch,
+                      "modules": ",".join(modules) if modules else "default",
                       "reference": reference or "none", "out": str(out)}
             name = "compare " + " vs ".join(f"{p.model} {p.name}" for p in provenance)
             with step_run("compare", experiment_name=experiment_name, params=params, run_name=name) as run:

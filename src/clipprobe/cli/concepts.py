@@ -34,7 +34,6 @@ from clipprobe.concepts.splits import NEGATIVES_MATCHING, select_splits, split_s
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, check_prompt, load_vocabulary
 
 log = logging.getLogger(__name__)
-WORLD_ROOT_TAG = "clipprobe.world_root"
 SCALE_NOTE = "softmax over the group's concepts of logit_scale * cosine(image, prompt)"
 # The concept world's classes (what its backbone is trained on): each split row's image_class.
 WORLD_CLASS_COLUMN = "shape"
@@ -55,9 +54,9 @@ def _resolve_pool(pool: str | None, truth: str | None) -> tuple[Path, Path | Non
 
     if pool is None:
         run = runs.find_latest_run("world")
-        if run is None or WORLD_ROOT_TAG not in run.data.tags:
+        if run is None or runs.WORLD_ROOT_TAG not in run.data.tags:
             raise click.UsageError("no --pool given and no finished world run found: pass --pool DIR or run `clipprobe world` first")
-        root = Path(run.data.tags[WORLD_ROOT_TAG])
+        root = Path(run.data.tags[runs.WORLD_ROOT_TAG])
         truth_path = Path(truth) if truth else root / "truth.parquet"
         log.info("pool from world run %s: %s", run.info.run_id, root / "pool")
         return root / "pool", truth_path, truth_path.parent, True

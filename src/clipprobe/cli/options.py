@@ -18,3 +18,70 @@ device = click.option(
     show_default=True,
     help="Where tensors run; auto picks cuda when available.",
 )
+
+
+class Names(click.ParamType):
+    """A list of names: ``a,b`` (commas and/or spaces) -> ``("a", "b")``; ``all`` or nothing -> None.
+
+    ``choices``: the known names; an unknown one fails naming them.
+    """
+
+    name = "names"
+
+    def __init__(self, choices: tuple[str, ...] | None = None) -> None:
+        self.choices = choices
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        items = tuple(v for v in str(value).replace(",", " ").split())
+        if not items or items == ("all",):
+            return None
+        unknown = [v for v in items if self.choices is not None and v not in self.choices]
+        if unknown:
+            self.fail(f"unknown {', '.join(map(repr, unknown))}: expected all or a comma list from "
+                      f"{', '.join(self.choices)}", param, ctx)
+        return items
+
+
+class Epochs(click.ParamType):
+    """Epochs: ``0,2,5``, ``0-3`` or mixtures -> a sorted tuple; ``all`` or nothing -> None.
+
+    ``words``: other accepted words, passed through as they are (``last``, ``latest``, ``auto``).
+    """
+
+    name = "epochs"
+
+    def __init__(self, words: tuple[str, ...] = ()) -> None:
+        self.words = words
+
+    def convert(self, value, param, ctx):
+        from clipprobe.sweep import parse_epochs
+
+        if value is None or isinstance(value, tuple | int):
+            return value
+        text = str(value).strip()
+        if text in self.words:
+            return text
+        try:
+            epochs = parse_epochs(text)
+        except ValueError as err:
+            extra = "".join(f", {w}" for w in self.words)
+            self.fail(f"{err}{' (or ' + extra[2:] + ')' if extra else ''}", param, ctx)
+        return None if epochs is None else tuple(epochs)
+
+
+class Epoch(click.ParamType):
+    """One epoch: an integer >= 0, or ``last`` (or nothing) -> None (the last epoch of the data)."""
+
+    name = "epoch"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text in ("", "last"):
+            return None
+        if not text.isdigit():
+            self.fail(f"expected an integer >= 0 or 'last', got {value!r}", param, ctx)
+        return int(text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 import time
@@ -16,6 +15,7 @@ from click.core import ParameterSource
 
 from clipprobe.activations import DEFAULT_CACHE_DIR, PRECISIONS, ExtractOptions
 from clipprobe.cli import options
+from clipprobe.executors import EXECUTORS
 from clipprobe.sweep_config import CONFIG_ARTIFACT, SweepConfig
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,14 @@ def _resolve(config: SweepConfig, device: str, experiment: tuple[str | None, str
         select_checkpoints,
     )
     from clipprobe.tracking import runs
-    from clipprobe.tracking.registry import list_checkpoints
+    from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 
     exp_id, exp_name = experiment
     name = config.model_name or latest_model_name(exp_id, exp_name)
     try:
         registered = list_checkpoints(name)
         refs = [CheckpointRef(c.epoch, c.fingerprint, name=name, version=c.version,
-                              load=lambda uri=c.uri: load_backbone(uri, device=device)) for c in registered]
+                              load=lambda uri=c.uri: load_backbone(uri, device=device, registry=MLFLOW_REGISTRY)) for c in registered]
         refs = select_checkpoints(refs, config.epochs)
         check_distinct_weights(refs, allow_duplicate_weights=config.allow_duplicate_weights)
         split_id = config.splits_run or splits_run_id(None, exp_id, exp_name)
@@ -231,11 +231,20 @@ def describe(config: SweepConfig, refs, splits, experiment: tuple[str | None, st
               help="Fold BatchNorm into the convolutions for the pass (same values up to float32 rounding).")
 @click.option("--batch-size", default=ExtractOptions.batch_size, show_default=True, type=int,
               help="Images per forward batch.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="local: checkpoints one after another in this process; ray: one Ray task per checkpoint, "
+                   "every task logging its fits under this sweep run (pip install 'clipprobe[ray]').")
+@click.option("--ray-address", default=None,
+              help="ray: the cluster to join (ray://host:10001, host:6379 or auto). Default: RAY_ADDRESS, else "
+                   "a new local cluster on this machine.")
+@click.option("--gpus-per-task", default=0.0, show_default=True, type=float,
+              help="ray: GPUs each checkpoint task reserves (0.5 puts two tasks on a GPU); pair with --device auto.")
 @options.device
 @options.experiment_name
 @click.pass_context
 def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bool, batch_size: int, device: str,
-          experiment_name: str | None, **_settings: Any) -> None:
+          experiment_name: str | None, executor: str, ray_address: str | None, gpus_per_task: float,
+          **_settings: Any) -> None:
     """Probe every (checkpoint, module, concept, probe kind); log every fit as a nested run.
 
     Without options: the latest concepts run's splits and every registered epoch of the latest trained or
@@ -244,9 +253,14 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
     probe/config.json (every setting that changes the numbers), probe/results.parquet (one row per fit)
     and test_acc_<concept>/<NN>_<module>/<probe> over epochs (on the sweep and each checkpoint run).
     """
+    from clipprobe.executors import make_executor
     from clipprobe.tracking import fits, runs
 
     given = _given(ctx)
+    try:
+        runner = make_executor(executor, ray_address=ray_address, gpus_per_task=gpus_per_task)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     if resume:
         runs.get_step_run(resume, "probe", source=f"--resume {resume}", error=click.UsageError,
                           fix="pass the parent run id of `clipprobe probe`")
@@ -266,13 +280,13 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
         run_cm = fits.reopen_sweep(resume)  # the run opens here: nothing above may leave it open
     else:
         run_cm = runs.step_run("probe", experiment_name=experiment_name, params=_run_params(config),
-                               tags={"clipprobe.model_name": config.model_name},
+                               tags={runs.MODEL_NAME_TAG: config.model_name},
                                run_name=fits.sweep_run_name(config.model_name, config.epochs, config.splits_run))
     with run_cm as run:
         if not resume:
             _log_config(config)
         n_new, seconds = _sweep(run.info.run_id, setup, config.extract_options(batch_size), cache_dir, keep_cache,
-                                device)
+                                device, runner)
         fits.describe_sweep(run.info.run_id)  # findings, links to the model versions and the report
     click.echo(f"probe sweep {run.info.run_id}: {n_new} new fits in {seconds:.1f} s; "
                f"results in probe/results.parquet")
@@ -302,56 +316,38 @@ def _log_config(config: SweepConfig) -> None:
 
 
 def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_dir: str, keep_cache: bool,
-           device: str) -> tuple[int, float]:
+           device: str, runner: Any) -> tuple[int, float]:
+    """Every missing fit of the sweep, by ``runner`` (an executor); then the results table and the attempt's stats."""
     config: SweepConfig = setup["config"]
-    from clipprobe.devices import resolve_device
-    from clipprobe.sweep import DuplicateWeightsError, Sweep, rows_by_epoch
+    from clipprobe.executors import SweepJob
+    from clipprobe.sweep import DuplicateWeightsError
     from clipprobe.tracking import fits, runs
-    from clipprobe.tracking.fit_writer import FitWriter
     from clipprobe.tracking.sweep_fits import SweepFits
 
     reader = SweepFits(run_id)
     done = reader.finished(delete_unfinished=True)  # a resume: drop half-written fits, keep the rest
-    before = rows_by_epoch(reader.table().to_dict("records")) if done else {}
     if done:
         click.echo(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
-    sweep = Sweep(setup["splits"], config.plan(), cache_dir=cache_dir, extract=extract,
-                  device=resolve_device(device), keep_cache=keep_cache)
-    writer = FitWriter(run_id)
-    checkpoints = fits.CheckpointRuns(run_id)
+    job = SweepJob(sweep_run_id=run_id, tracking_uri=runs.absolute_uri(runs.tracking_uri()),
+                   registry_uri=runs.absolute_uri(runs.registry_uri()), splits=setup["splits"], plan=config.plan(),
+                   refs=tuple(setup["refs"]),
+                   cache_dir=str(Path(cache_dir).resolve()),  # workers start elsewhere: no relative paths
+                   extract=extract, device=device, keep_cache=keep_cache,
+                   allow_duplicate_weights=config.allow_duplicate_weights)
     attempt = fits.start_attempt(run_id)
-
-    def checkpoint_params(epoch: int, name: str, version: str, fingerprint: str) -> dict[str, Any]:
-        return {"epoch": epoch, "model_name": name, "model_version": version, "fingerprint": fingerprint}
-
-    def on_fit(row: dict[str, Any]) -> None:
-        ckpt = checkpoints.run_id(row["epoch"], params=checkpoint_params(
-            row["epoch"], row["model_name"], row["model_version"], row["fingerprint"]))
-        writer.submit(ckpt, row, hparams=json.loads(row["hparams"]))
-
-    def on_checkpoint(ref, rows) -> None:
-        checkpoints.run_id(ref.epoch, params=checkpoint_params(ref.epoch, ref.name or "", ref.version or "",
-                                                               ref.fingerprint))
-        writer.flush()
-        checkpoints.finish(ref.epoch, [*before.get(ref.epoch, []), *rows])
-
     start = time.perf_counter()
     new: list[dict[str, Any]] = []
     try:
-        new = sweep.run(setup["refs"], done=done, allow_duplicate_weights=config.allow_duplicate_weights,
-                        on_fit=on_fit, on_checkpoint=on_checkpoint)
+        new = runner.run(job, done)
     except BaseException as err:
-        with contextlib.suppress(Exception):
-            writer.close()  # what was submitted before the failure still gets logged
         if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the open checkpoint runs end KILLED too
             with contextlib.suppress(Exception):
-                checkpoints.end_open("KILLED")
+                fits.CheckpointRuns(run_id).end_open("KILLED")
                 fits.log_attempt(run_id, attempt, n_new_fits=len(reader.finished()) - len(done),
                                  seconds=time.perf_counter() - start)
         if isinstance(err, DuplicateWeightsError):
             raise click.UsageError(str(err)) from None
         raise
-    writer.close()
     seconds = time.perf_counter() - start
     table = reader.table()
     fits.log_results(run_id, table)

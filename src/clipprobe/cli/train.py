@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,7 +18,7 @@ def default_train_dir() -> Path:
     from clipprobe.tracking import runs
 
     run = runs.find_latest_run("world")
-    root = run.data.tags.get("clipprobe.world_root") if run else None
+    root = run.data.tags.get(runs.WORLD_ROOT_TAG) if run else None
     if not root:
         raise click.UsageError("no --train-dir given and no finished `world` run found: "
                                "run `clipprobe world` first or pass --train-dir")
@@ -103,10 +103,10 @@ def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_s
         raise click.UsageError(f"train folder {train_path} does not exist: pass --train-dir")
     out_path = Path(out_dir) if out_dir else Path("checkpoints") / model_name
 
-    params = {**asdict(config), "lr": config.scaled_lr(), "train_dir": str(train_path.resolve()),
+    params = {**config.to_params(), "train_dir": str(train_path.resolve()),
               "val_dir": val_dir or "", "out_dir": str(out_path.resolve()), "model_name": model_name,
               "resume": resume}
-    tags = {registry.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture}
+    tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture}
     with runs.step_run("train", experiment_name=experiment_name, params=params, tags=tags) as run:
         if resume and out_path.is_dir() and training.latest_checkpoint(out_path) is not None:
             # Earlier epochs of an interrupted run: registered already, or now (no duplicates either way).

@@ -14,6 +14,7 @@ import numpy as np
 from clipprobe import tuning
 from clipprobe.activations import DEFAULT_CACHE_DIR
 from clipprobe.cli import options
+from clipprobe.executors import EXECUTORS
 from clipprobe.probes.kinds import ProbeKind
 from clipprobe.sweep import DEFAULT_PROBES
 
@@ -67,10 +68,18 @@ def check_kinds(names: Sequence[str]) -> list[ProbeKind]:
               help="Registered backbone. Default: the model of the latest train/checkpoints run.")
 @click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
               help="Where decoded images and activations are cached (shared with `probe`).")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="local: trials in this process; ray: several Ray tasks share each study through --storage "
+                   "(an RDB URL such as postgresql+psycopg2://... across machines, a journal file on one).")
+@click.option("--ray-address", default=None, help="ray: the cluster to join. Default: RAY_ADDRESS, else a new local one.")
+@click.option("--gpus-per-task", default=0.0, show_default=True, type=float, help="ray: GPUs each study worker reserves.")
+@click.option("--workers", default=None, type=int,
+              help="ray: study workers per probe kind, sharing its --n-trials. Default: one per CPU of the cluster "
+                   "(per --gpus-per-task share of its GPUs).")
 @options.device
 @options.experiment_name
 def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_name, seed, folds, splits_run,
-         model_name, cache_dir, device, experiment_name) -> None:
+         model_name, cache_dir, executor, ray_address, gpus_per_task, workers, device, experiment_name) -> None:
     """Tune each probe kind's hyper-parameters with Optuna on k-fold validation inside the training part.
 
     The parent run gets tune/best_params.json ({kind: {param: value}}; `probe --params-from RUN_ID`
@@ -78,6 +87,7 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
     Running the same command again resumes the studies.
     """
     from clipprobe.devices import resolve_device
+    from clipprobe.executors import make_executor
     from clipprobe.sweep import parse_names
     from clipprobe.tracking import runs, trials
 
@@ -87,6 +97,11 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
             raise ValueError(f"--n-trials {n_trials}: expected 1 or more")
         dev = str(resolve_device(device))
         store = tuning.open_storage(storage, default_dir=trials.default_journal_dir())
+        runner = make_executor(executor, ray_address=ray_address, gpus_per_task=gpus_per_task)
+        if workers is not None and (executor != "ray" or workers < 1):
+            raise ValueError(f"--workers {workers}: expected 1 or more, with --executor ray")
+        if executor == "ray":  # workers open the storage themselves: hand them its address
+            store = storage or str((trials.default_journal_dir() / tuning.JOURNAL_FILE).resolve())
     except tuning.StorageError as err:  # the URL may be right and the database down: not a usage error
         raise click.ClickException(str(err)) from None
     except ValueError as err:
@@ -99,11 +114,13 @@ def tune(probes, concepts, modules, epochs, n_trials, timeout, storage, study_na
               "storage": tuning.mask_url(str(storage)) if storage else "default",
               "study_name": study_name or "", "splits_run": data["splits_run"], "model_name": data["model_name"]}
     with runs.step_run("tune", experiment_name=experiment_name, params=params,
-                       tags={"clipprobe.model_name": data["model_name"]}) as run:
+                       tags={runs.MODEL_NAME_TAG: data["model_name"]}) as run:
         try:
             results = run_studies(run.info.run_id, [(k, data["tasks"][k.name]) for k in kinds], storage=store,
                                   study_name=study_name, n_trials=n_trials if n_trials > 0 else None,
-                                  timeout=timeout, seed=seed, folds=folds, device=dev)
+                                  timeout=timeout, seed=seed, folds=folds, runner=runner,
+                                  device=dev if executor == "local" else device,  # "auto": each worker's own GPU
+                                  workers=workers)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
     for kind, res in results.items():
@@ -124,17 +141,23 @@ def run_studies(
     seed: int = tuning.DEFAULT_SEED,
     folds: int = tuning.DEFAULT_FOLDS,
     device: str = "cpu",
+    runner: Any = None,
+    workers: int | None = None,
 ) -> dict[str, tuning.StudyResult]:
-    """One study per (kind, tasks) under the active tune run ``run_id``: trials as nested runs, then best params
-    (params ``<kind>.<param>``, ``tune/best_params.json``), metrics and plots on the run."""
+    """One study per (kind, tasks) under the active tune run ``run_id``: trials as nested runs (by ``runner``,
+    an executor: in this process by default), then best params (params ``<kind>.<param>``,
+    ``tune/best_params.json``), metrics and plots on the run."""
+    from clipprobe.executors import LocalExecutor
     from clipprobe.tracking import runs, trials
 
+    runner = runner or LocalExecutor()
+    extra = {} if runner.name == "local" else {"workers": workers,
+                                               "tracking_uri": runs.absolute_uri(runs.tracking_uri())}
     results: dict[str, tuning.StudyResult] = {}
     for kind, kind_tasks in studies:
         name = kind if isinstance(kind, str) else kind.name
-        logger = trials.TrialLogger(run_id, name)
-        res = tuning.tune(kind, kind_tasks, storage=storage, name=study_name, n_trials=n_trials, timeout=timeout,
-                          seed=seed, folds=folds, on_trial=logger, device=device)
+        res = runner.tune_study(run_id, kind, kind_tasks, storage=storage, study_name=study_name, n_trials=n_trials,
+                                timeout=timeout, seed=seed, folds=folds, device=device, **extra)
         results[name] = res
         runs.log_params({f"{name}.{p}": v for p, v in res.best_params.items()})
         runs.log_metrics({f"{name}.best_val_acc": res.best_value, f"{name}.n_tasks": len(kind_tasks),
@@ -162,7 +185,7 @@ def _prepare(model_name: str | None, splits_run: str | None, epochs: str, module
     from clipprobe.probes.kinds import probe_kind
     from clipprobe.sweep import Sweep, SweepPlan, parse_epochs, parse_names
     from clipprobe.tracking import runs
-    from clipprobe.tracking.registry import list_checkpoints
+    from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 
     name = model_name or latest_model_name(*experiment)
     try:
@@ -185,7 +208,7 @@ def _prepare(model_name: str | None, splits_run: str | None, epochs: str, module
         tasks: dict[str, list[tuning.TuneTask]] = {k: [] for k in kinds}
         module_names: list[str] = []
         for epoch in wanted:
-            backbone = load_backbone(by_epoch[epoch].uri, device=device)
+            backbone = load_backbone(by_epoch[epoch].uri, device=device, registry=MLFLOW_REGISTRY)
             available = backbone.probe_modules
             spec = parse_names(modules) if modules is not None else sample_modules(list(available))
             picked = resolve_probe_modules(backbone.module, spec)

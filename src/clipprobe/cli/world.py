@@ -22,12 +22,6 @@ _DEFAULT = WorldSpec()
 DEFAULT_OUT = "worlds/default"
 
 
-def _names(value: str | None, known: tuple[str, ...]) -> tuple[str, ...]:
-    if value is None or value.strip() in ("", "all"):
-        return known
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 @click.command()
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Folder to write train/, val/, pool/ and truth.parquet into.")
@@ -37,9 +31,12 @@ def _names(value: str | None, known: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--val-per-class", default=_DEFAULT.val_per_class, show_default=True, type=int)
 @click.option("--pool-size", default=_DEFAULT.pool_size, show_default=True, type=int,
               help="Images in the flat pool/ folder (the stand-in for ImageNet's validation folder).")
-@click.option("--shapes", default="all", show_default=True, help=f"Comma list from: {', '.join(SHAPES)}.")
-@click.option("--colours", default="all", show_default=True, help=f"Comma list from: {', '.join(COLOURS)}.")
-@click.option("--patterns", default="all", show_default=True, help=f"Comma list from: {', '.join(PATTERNS)}.")
+@click.option("--shapes", type=options.Names(), default="all", show_default=True,
+              help=f"Comma list from: {', '.join(SHAPES)}.")
+@click.option("--colours", type=options.Names(), default="all", show_default=True,
+              help=f"Comma list from: {', '.join(COLOURS)}.")
+@click.option("--patterns", type=options.Names(), default="all", show_default=True,
+              help=f"Comma list from: {', '.join(PATTERNS)}.")
 @click.option("--overwrite", is_flag=True, help="Replace a world already in --out.")
 @options.experiment_name
 def world(out_dir, seed, size, train_per_class, val_per_class, pool_size, shapes, colours, patterns,
@@ -53,8 +50,8 @@ def world(out_dir, seed, size, train_per_class, val_per_class, pool_size, shapes
 
     spec = WorldSpec(
         seed=seed, size=size, train_per_class=train_per_class, val_per_class=val_per_class,
-        pool_size=pool_size, shapes=_names(shapes, SHAPES), colours=_names(colours, tuple(COLOURS)),
-        patterns=_names(patterns, PATTERNS),
+        pool_size=pool_size, shapes=shapes or SHAPES, colours=colours or tuple(COLOURS),
+        patterns=patterns or PATTERNS,
     )
     try:
         spec.validate()
@@ -73,7 +70,7 @@ def world(out_dir, seed, size, train_per_class, val_per_class, pool_size, shapes
             made = generate_world(out_dir, spec, overwrite=overwrite, progress=True)
         except WorldError as err:
             raise click.UsageError(str(err)) from None
-        runs.set_tags({"clipprobe.world_root": str(made.root)})
+        runs.set_tags({runs.WORLD_ROOT_TAG: str(made.root)})
         runs.log_metrics({f"n_{split}": n for split, n in made.n_images.items()})
         runs.log_artifact(made.truth_path, "world")
         with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipprobe.probes.design import Design, build_design
+from clipprobe.probes.design import Design, build_design, init_first_layer, standardise
 from clipprobe.probes.kinds import ProbeKind, probe_kind
 from clipprobe.probes.solvers import (
     MLPState,
@@ -84,6 +84,7 @@ def fit_many(
     form: str = "auto",
     keep_stats: bool = False,
     computed_in: str | None = None,
+    fast_gram: bool = True,
 ) -> BatchedFit:
     """Fit B probes of ``kind`` on X ``(N, d)``: probe b learns ``labels[b]`` (0/1) on rows ``train_mask[b]``.
 
@@ -94,6 +95,7 @@ def fit_many(
     The near-constant-feature rule (``drop_rtol``) judges the precision X was computed in: ``computed_in``
     ("fp32" or "bf16"), by default X's own ``computed_in`` attribute (``CheckpointActivations.features``
     sets it), else fp32; a ``Bf16Matrix`` adds the resolution of its storage (``design.precision_rule``).
+    ``fast_gram=False`` computes float32 Gram-form products in float32 (``design.gram_product_dtype``).
     """
     pk = probe_kind(kind)
     hp = pk.params(params)
@@ -125,7 +127,7 @@ def fit_many(
     design = build_design(
         X, rows, ntrain, form=form, hidden=hp["hidden"] if mlp else None, seed=hp.get("seed", 0),
         drop_rtol=hp["drop_rtol"], unit_norm=mlp, device=dev, dtype=dtype, keep_stats=keep_stats,
-        computed_in=computed_in,
+        computed_in=computed_in, fast_gram=fast_gram,
     )
     g = inverse.to(dev)
     Fb = design.features[g]  # (B, n, r)
@@ -185,8 +187,6 @@ def first_layer_weights(fit: BatchedFit, X: np.ndarray | torch.Tensor, probe: in
 
     Needs ``fit_many(..., keep_stats=True)``. Gram form: one more pass over the training rows of X.
     """
-    from clipprobe.probes.design import init_first_layer, standardise
-
     design = fit.design
     if design is None or design.stats is None:
         raise ValueError("first_layer_weights needs a fit made with keep_stats=True")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,18 +25,6 @@ from clipprobe.probes.solvers import cpu_workers, slices, threads_for, worker_po
 
 INIT_BLOCK = 4096  # columns per seeded block of the first-layer init: any slice is reproducible
 _TINY = torch.finfo(torch.float32).tiny
-_FAST_PRODUCTS = [True]
-
-
-@contextmanager
-def exact_products() -> Iterator[None]:
-    """Inside this block float32 Gram-form products are computed in float32, not from bf16 copies."""
-    _FAST_PRODUCTS.append(False)
-    try:
-        yield
-    finally:
-        _FAST_PRODUCTS.pop()
-
 
 FAST_PRODUCTS_MIN_FEATURES = 8192  # below this the float32 products cost too little to trade precision for
 
@@ -47,13 +33,13 @@ def gram_product_dtype(device: torch.device, dtype: torch.dtype, features: int |
     """The dtype float32 Gram-form products over ``features`` columns are computed in, or None for ``dtype``.
 
     bf16 copies of the standardised features where the device multiplies bf16 natively (CPUs with
-    AVX512-BF16 or AMX: measured here 320 vs 143 GFLOP/s; CUDA GPUs of compute capability 8.0+), for
+    AVX512-BF16 or AMX: about twice the float32 rate, benchmarks/results/code_timings.md; CUDA GPUs of compute capability 8.0+), for
     wide inputs only (full maps, not pooled vectors: at least ``FAST_PRODUCTS_MIN_FEATURES`` columns).
     Each column chunk's product is rounded to bf16 before it is added to the float32 Gram matrix.
-    benchmarks/bench_sweep.py measures what this moves against ``exact_products()``, which turns it off;
-    float64 is always exact.
+    benchmarks/bench_sweep.py measures what this moves against ``fast_gram=False`` (``fit_many``,
+    ``evaluate_concepts``, ``SweepPlan``), which turns it off; float64 is always exact.
     """
-    if not _FAST_PRODUCTS[-1] or dtype != torch.float32:
+    if dtype != torch.float32:
         return None
     if features is not None and features < FAST_PRODUCTS_MIN_FEATURES:
         return None
@@ -202,7 +188,7 @@ def build_design(
     ``group_rows[g]`` lists the group's rows, its first ``group_ntrain[g]`` being the training part.
     ``hidden`` asks for an MLP init (seeded by ``seed``); ``unit_norm`` divides the standardised
     features by sqrt(number kept) so one learning rate suits 16 or 400,000 features.
-    ``fast_gram`` lets the Gram-form products use ``gram_product_dtype`` (bf16 where fast; see ``exact_products``).
+    ``fast_gram`` lets the Gram-form products use ``gram_product_dtype`` (bf16 where fast); False: float32.
     Features are dropped by ``precision_rule(X, drop_rtol, computed_in)``; a ``Bf16Matrix`` stored on an
     offset is standardised from its stored (centred) values, so the products never see the offset.
     """
@@ -235,7 +221,7 @@ def build_design(
     stats: list[list[torch.Tensor]] | None = [[] for _ in range(G)] if keep_stats else None
 
     # products here are far below SMALL_STEP_FLOPS: on CPU the groups are shared by single-threaded workers
-    # (seed-sized map call, 2-core CPU with another process busy: 77 s with 2 intra-op threads, 37 s with 1)
+    # (about twice as fast as intra-op threads on a busy CPU: benchmarks/results/code_timings.md)
     small = 2.0 * n_max * chunk * (t_max + (hidden or 0)) if device.type == "cpu" else float("inf")
     parts = slices(G, cpu_workers(device, small))
 
@@ -317,7 +303,7 @@ def gram_coordinates(K: torch.Tensor, train: torch.Tensor, dtype: torch.dtype) -
     Ktt = 0.5 * (Ktt + Ktt.mT)
     mask = train.to(Ktt.device)
     Ktt = Ktt * (mask[:, :, None] & mask[:, None, :])
-    with threads_for(0.0):  # 36 x 210 x 210 eigh, another process busy: 1 thread 0.13 s, 2 threads 35 s
+    with threads_for(0.0):  # small eigh: one thread, by far faster on a busy CPU (benchmarks/results/code_timings.md)
         eigval, eigvec = torch.linalg.eigh(Ktt)
     top = eigval.amax(-1, keepdim=True).clamp_min(_TINY)
     good = eigval > _RANK_RTOL.get(dtype, 1e-6) * top

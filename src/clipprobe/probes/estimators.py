@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,14 @@ from sklearn.exceptions import NotFittedError
 
 from clipprobe.probes.batched import first_layer_weights, fit_many
 from clipprobe.probes.design import standardise
-from clipprobe.probes.kinds import LINEAR_HPARAMS, MLP_HPARAMS, HParam, validate
+from clipprobe.probes.kinds import (
+    LINEAR_HPARAMS,
+    MLP_HPARAMS,
+    HParam,
+    ProbeKind,
+    probe_kind,
+    validate,
+)
 
 _L, _M = LINEAR_HPARAMS, MLP_HPARAMS
 
@@ -24,13 +32,16 @@ def _as_tensor(X: Any, name: str = "X") -> torch.Tensor:
 
 
 class _Probe(ClassifierMixin, BaseEstimator):
-    """Shared face: validation, label encoding, standardisation, predict/score."""
+    """Shared face: validation, label encoding, standardisation, predict/score.
+
+    ``device``, ``form`` and ``fast_gram`` say how a fit computes, not what it fits (``fit_many``).
+    """
 
     _table: dict[str, HParam] = {}
     _kind = ""
 
     def _check_params(self) -> dict[str, Any]:
-        params = {k: v for k, v in self.get_params().items() if k not in ("device", "form")}
+        params = {k: v for k, v in self.get_params().items() if k not in ("device", "form", "fast_gram")}
         if self.form not in ("auto", "explicit", "gram"):
             raise ValueError(f"{type(self).__name__}: form={self.form!r} is not allowed: expected auto, explicit or gram")
         return validate(type(self).__name__, self._table, params)
@@ -46,7 +57,7 @@ class _Probe(ClassifierMixin, BaseEstimator):
         if len(classes) != 2:
             raise ValueError(f"y has classes {classes.tolist()}: a probe needs exactly two")
         fit = fit_many(self._kind, Xt, encoded[None], np.ones((1, len(y)), bool), None, params,
-                       device=self.device, form=self.form, keep_stats=True)
+                       device=self.device, form=self.form, keep_stats=True, fast_gram=self.fast_gram)
         mean, std, keep = fit.design.stats[0]
         self.classes_ = classes
         self.n_features_in_ = Xt.shape[1]
@@ -90,13 +101,14 @@ class LinearProbe(_Probe):
 
     def __init__(self, weight_decay: float = _L["weight_decay"].default, max_iter: int = _L["max_iter"].default,
                  tol: float = _L["tol"].default, drop_rtol: float = _L["drop_rtol"].default,
-                 device: str = "cpu", form: str = "auto") -> None:
+                 device: str = "cpu", form: str = "auto", fast_gram: bool = True) -> None:
         self.weight_decay = weight_decay
         self.max_iter = max_iter
         self.tol = tol
         self.drop_rtol = drop_rtol
         self.device = device
         self.form = form
+        self.fast_gram = fast_gram
 
     def _set_weights(self, fit: Any, X: torch.Tensor) -> None:
         self.coef_ = first_layer_weights(fit, X).double().cpu()
@@ -121,7 +133,8 @@ class MLPProbe(_Probe):
                  momentum: float = _M["momentum"].default, weight_decay: float = _M["weight_decay"].default,
                  steps: int = _M["steps"].default, dropout: float = _M["dropout"].default,
                  optimizer: str = _M["optimizer"].default, seed: int = _M["seed"].default,
-                 drop_rtol: float = _M["drop_rtol"].default, device: str = "cpu", form: str = "auto") -> None:
+                 drop_rtol: float = _M["drop_rtol"].default, device: str = "cpu", form: str = "auto",
+                 fast_gram: bool = True) -> None:
         self.hidden = hidden
         self.lr = lr
         self.momentum = momentum
@@ -133,6 +146,7 @@ class MLPProbe(_Probe):
         self.drop_rtol = drop_rtol
         self.device = device
         self.form = form
+        self.fast_gram = fast_gram
 
     def _set_weights(self, fit: Any, X: torch.Tensor) -> None:
         self.coefs1_ = first_layer_weights(fit, X).cpu()  # (hidden, d) on standardised features
@@ -145,3 +159,13 @@ class MLPProbe(_Probe):
         z = self._standardised(X).to(self.coefs1_.dtype)
         hidden = torch.relu(z @ self.coefs1_.T + self.intercepts1_)
         return (hidden @ self.coefs2_ + self.intercept2_).double().numpy()
+
+
+ESTIMATORS: dict[str, type[_Probe]] = {"linear": LinearProbe, "mlp": MLPProbe}
+"""The probe registry: a kind's ``estimator`` name -> its class."""
+
+
+def make_probe(kind: str | ProbeKind, overrides: Mapping[str, Any] | None = None) -> _Probe:
+    """A fresh, unfitted estimator of probe ``kind`` with its defaults, then ``overrides``; validated."""
+    pk = probe_kind(kind)
+    return ESTIMATORS[pk.estimator](**pk.params(overrides))

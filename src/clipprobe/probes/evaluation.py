@@ -150,19 +150,14 @@ def exact_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[floa
     return float(ci.low), float(ci.high)
 
 
-def wilson_interval(correct: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``correct / n``."""
-    ci = stats.binomtest(int(round(correct)), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test: int,
                                    confidence: float = 0.95) -> tuple[float, float]:
     """Nadeau-Bengio corrected resampled t interval of the mean of J split accuracies, clipped to [0, 1].
 
     The J splits share images, so their accuracies are correlated; the variance of the mean is taken
     as ``(1/J + n_test/n_train) * s^2`` (s^2 the sample variance over splits), with J - 1 degrees of
-    freedom. NaN for fewer than two splits.
+    freedom. NaN for fewer than two splits. (Neither scipy nor statsmodels has this correction; the
+    t quantile is scipy's.)
     """
     v = np.asarray(values, float)
     J = len(v)
@@ -173,7 +168,11 @@ def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test
 
 
 def permutation_p_value(real: float, permuted: Sequence[float]) -> float:
-    """``(1 + #{permuted >= real}) / (1 + P)``; NaN without permutations."""
+    """``(1 + #{permuted >= real}) / (1 + P)``; NaN without permutations.
+
+    The formula of ``sklearn.model_selection.permutation_test_score``, which cannot be called here: it
+    refits one probe per permutation, where ``evaluate_concepts`` fits them all in one batched pass.
+    """
     permuted = np.asarray(permuted, float)
     if len(permuted) == 0:
         return float("nan")
@@ -185,7 +184,13 @@ def _rng(seed: int, concept: str, split: int, purpose: int) -> np.random.Generat
 
 
 def resplit(task: ConceptTask, split: int, seed: int) -> np.ndarray:
-    """Train mask of re-split ``split`` (0 = the stored part): stratified, same class counts as stored."""
+    """Train mask of re-split ``split`` (0 = the stored part): stratified, same class counts as stored.
+
+    Not ``sklearn.model_selection.StratifiedShuffleSplit``: it sets each class's train count from the
+    class's share of all images, so a stored part that is not exactly proportional (a user's own
+    split, rounding per class) would get re-splits of other class counts, and the J accuracies would
+    not measure the same task (tests/test_probes_evaluation.py shows the difference).
+    """
     train = np.asarray(task.train, bool)
     if split == 0:
         return train
@@ -251,6 +256,7 @@ def evaluate_concepts(
     device: str | torch.device = "cpu",
     confidence: float = 0.95,
     form: str = "auto",
+    fast_gram: bool = True,
 ) -> list[ProbeResult]:
     """Fit and score every concept of one module at once; one ``ProbeResult`` per task, in order.
 
@@ -285,7 +291,7 @@ def evaluate_concepts(
         Y[b, rows] = labels
         train[b, rows[tr]] = True
         evaluate[b, rows] = True
-    fit = fit_many(kind, X, Y, train, evaluate, params, device=device, form=form)
+    fit = fit_many(kind, X, Y, train, evaluate, params, device=device, form=form, fast_gram=fast_gram)
     scores = fit.scores.double().numpy()
 
     by_task: dict[int, dict[str, list[int]]] = {t: {"split": [], "permutation": [], "control": []}

@@ -1,4 +1,7 @@
-"""The probe kinds and their hyper-parameters: one table of allowed values, defaults and search spaces."""
+"""The probe kinds and their hyper-parameters: one table of allowed values, defaults and search spaces.
+
+Pure data: the estimator classes behind the kinds live in ``probes.estimators`` (``make_probe``).
+"""
 
 from __future__ import annotations
 
@@ -150,38 +153,29 @@ class ProbeKind:
         """The table of allowed hyper-parameters of this kind's estimator."""
         return LINEAR_HPARAMS if self.estimator == "linear" else MLP_HPARAMS
 
-    @property
-    def estimator_class(self) -> type:
-        """``LinearProbe`` or ``MLPProbe``."""
-        from clipprobe.probes.estimators import LinearProbe, MLPProbe
-
-        return LinearProbe if self.estimator == "linear" else MLPProbe
-
     def params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """All hyper-parameters: estimator defaults, then this kind's defaults, then ``overrides``; validated."""
         merged = {**self.defaults, **(overrides or {})}
         return validate(self.name, self.hparams, merged)
-
-    def make(self, overrides: Mapping[str, Any] | None = None) -> Any:
-        """A fresh estimator of this kind."""
-        return self.estimator_class(**self.params(overrides))
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """One Optuna trial's hyper-parameters (the search-space dimensions only)."""
         return {dim.name: dim.suggest(trial) for dim in self.search_space}
 
 
+# In display order: the seed's three, then the linear probe on the whole map.
 PROBE_KINDS: dict[str, ProbeKind] = {
     k.name: k
     for k in (
         ProbeKind("linear_gap", "linear", "gap", {},
                   (SearchDim("weight_decay", "float", 1e-6, 1.0, log=True),)),
-        ProbeKind("linear_non_gap", "linear", "map", {},
-                  (SearchDim("weight_decay", "float", 1e-6, 1.0, log=True),)),
         ProbeKind("non_linear_gap", "mlp", "gap", {}, _MLP_SPACE + (SearchDim("dropout", "float", 0.0, 0.5),)),
         ProbeKind("non_linear_non_gap", "mlp", "map", {}, _MLP_SPACE + (SearchDim("dropout", "float", 0.0, 0.5),)),
+        ProbeKind("linear_non_gap", "linear", "map", {},
+                  (SearchDim("weight_decay", "float", 1e-6, 1.0, log=True),)),
     )
 }
+SEED_PROBE_KINDS = ("linear_gap", "non_linear_gap", "non_linear_non_gap")  # the seed's three: a sweep's default
 
 
 def probe_kind(name: str | ProbeKind) -> ProbeKind:

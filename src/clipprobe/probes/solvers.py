@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F_
 
 T = TypeVar("T")
-SMALL_STEP_FLOPS = 1e11  # below this per step, thread hand-offs cost more than they save (measured 10-40x)
+SMALL_STEP_FLOPS = 1e11  # below this per step, thread hand-offs cost more than they save (benchmarks/results/code_timings.md)
 
 
 @contextmanager
@@ -35,8 +35,8 @@ def cpu_workers(device: torch.device, flops: float = 0.0) -> int:
     """How many single-threaded workers should share independent work on ``device``.
 
     On CPU, small tensor programs run faster as one worker per torch thread, each on its own slice of
-    the probes, than as one program whose every op is split across threads (measured on this 2-core
-    machine: 72 MLP probes, 1 thread 0.46 s, 2 intra-op threads 0.25 s, 2 workers 0.18 s). Work above
+    the probes, than as one program whose every op is split across threads (benchmarks/results/code_timings.md).
+    Work above
     ``SMALL_STEP_FLOPS`` per step keeps torch's own intra-op threads. Elsewhere one worker.
     """
     if device.type != "cpu" or flops >= SMALL_STEP_FLOPS:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-SEED_PROBES = ("linear_gap", "non_linear_gap", "non_linear_non_gap")
+from clipprobe.probes.kinds import PROBE_KINDS, SEED_PROBE_KINDS
+
+SEED_PROBES = SEED_PROBE_KINDS
 SEED_COLUMNS = ("group", "concept", "module", *SEED_PROBES)
 _TABLES_HEADING = "Tables (Test Acc)"
 _HEADER = re.compile(r"^layer( \w+)+$")
@@ -77,7 +79,7 @@ def _seed_value(value: object) -> str:
 
 def probe_columns(reference: pd.DataFrame) -> list[str]:
     """The probe-kind columns of a reference table, in the order they appear."""
-    known = ("linear_gap", "non_linear_gap", "non_linear_non_gap", "linear_non_gap")
+    known = tuple(PROBE_KINDS)
     found = [c for c in reference.columns if c in known]
     if not found:
         raise ValueError(

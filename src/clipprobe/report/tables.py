@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipprobe.probes.kinds import PROBE_KINDS
 from clipprobe.report.significance import change_mark, describe_test, epoch_changes
 
-PROBE_ORDER = ("linear_gap", "non_linear_gap", "non_linear_non_gap", "linear_non_gap")
+PROBE_ORDER = tuple(PROBE_KINDS)  # display order
 REQUIRED = ("concept", "group", "module", "probe", "epoch", "test_acc", "test_acc_ci_low",
             "test_acc_ci_high")
 OPTIONAL_METRICS = ("test_majority_acc", "test_control_acc", "test_selectivity", "n_test",

@@ -1,7 +1,7 @@
 """Many finished nested runs in one database transaction, where the tracking store is SQL.
 
 MLflow's public calls cost three transactions and about a dozen queries per run (``create_run``,
-``log_batch``, ``set_terminated``: 14 ms per run measured here, 53-73 runs/s). A sweep's fit runs are
+``log_batch``, ``set_terminated``; timings in benchmarks/results/code_timings.md). A sweep's fit runs are
 complete when they are written, so on a SQL store (sqlite, PostgreSQL, MySQL) ``insert_finished_runs``
 writes a batch of them, already FINISHED, as the same rows MLflow's own calls write (runs, tags,
 params, metrics, latest_metrics; tests/test_tracking_bulk.py compares the two field by field), after

@@ -13,12 +13,14 @@ import pandas as pd
 from mlflow.entities import Metric, Run
 
 from clipprobe.tracking.bulk import FinishedRun
-from clipprobe.tracking.runs import LEVEL_TAG
+from clipprobe.tracking.runs import (  # noqa: F401 - PARENT_TAG, RUN_NAME_TAG, RESULTS_ARTIFACT: read from here too
+    LEVEL_TAG,
+    PARENT_TAG,
+    RESULTS_ARTIFACT,
+    RUN_NAME_TAG,
+)
 
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
 SWEEP_TAG = "clipprobe.sweep_run_id"
-RESULTS_ARTIFACT = "probe/results.parquet"
 
 # The results columns of docs/architecture.md, in order; also the fit runs' params and metrics.
 IDENTITY_COLUMNS = ("concept", "group", "module", "module_index", "module_path", "probe", "epoch", "model_name",

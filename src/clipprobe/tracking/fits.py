@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from clipprobe.parquet import provenance, write_table
 from clipprobe.tracking.fit_records import (  # noqa: F401 - the names a sweep's runs are read by
     BAD_NAME_CHARS,
     IDENTITY_COLUMNS,
@@ -35,6 +36,7 @@ from clipprobe.tracking.fit_records import (  # noqa: F401 - the names a sweep's
     param_text,
 )
 from clipprobe.tracking.runs import (
+    EPOCH_TAG,
     LEVEL_TAG,
     ended_killed_on_interrupt,
     get_step_run,
@@ -45,7 +47,6 @@ from clipprobe.tracking.sweep_fits import fits_filter
 
 log = logging.getLogger(__name__)
 
-EPOCH_TAG = "clipprobe.epoch"
 RESUMES_TAG = "clipprobe.resumes"  # on a run `mlflow run` opened for a resume: the sweep it resumed
 # ``clipprobe.epoch_metrics/<epoch>`` = "<chunks logged>/<chunks>": on the sweep run and on the checkpoint
 # run, set in the same log_batch (one transaction) as the metrics of that chunk, so a resume after a kill
@@ -206,7 +207,7 @@ def log_results(sweep_run_id: str, table: pd.DataFrame, *, client: MlflowClient 
     client = client or MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(RESULTS_ARTIFACT).name
-        table.to_parquet(path, index=False)
+        write_table(table, path, provenance("probe_results", sweep_run_id=sweep_run_id, params=client.get_run(sweep_run_id).data.params))
         client.log_artifact(sweep_run_id, str(path), str(Path(RESULTS_ARTIFACT).parent))
 
 

@@ -35,15 +35,15 @@ from clipprobe.backbones.checkpoints import (
     model_shape,
     read_checkpoint,
 )
+from clipprobe.backbones.loader import LoadedModel
+from clipprobe.tracking.runs import EPOCH_TAG, MODEL_NAME_TAG  # noqa: F401 (registry.MODEL_NAME_TAG, as before)
 
 log = logging.getLogger(__name__)
 
-EPOCH_TAG = "clipprobe.epoch"
 SOURCE_TAG = "clipprobe.source"
 FINGERPRINT_TAG = "clipprobe.fingerprint"
 DUPLICATE_TAG = "clipprobe.duplicate_of"
 ARCHITECTURE_TAG = "clipprobe.architecture"
-MODEL_NAME_TAG = "clipprobe.model_name"  # on the train / checkpoints run, so `probe` finds the model
 PROBED_BY_TAG = "clipprobe.probed_by"  # on a version: the sweep runs that probed it, oldest first
 SWEEP_VERSIONS_TAG = "clipprobe.model_versions"  # on a sweep run: name/version of every version it probed
 # What the MLflow UI reads to show a logged model as registered (mlflow.register_model sets it too).
@@ -53,7 +53,7 @@ _TAG_LIMIT = 5000  # registry tag values: MLflow's limit
 METADATA_KEYS = ("architecture", "width_mult", "num_classes", "val_resize_size", "val_crop_size", "classes",
                  "weights")
 WEIGHTS_TAG = "clipprobe.weights"  # model or ema: which weights of the file the version holds
-# Explicit requirements: inferring them costs ~10 s per logged model instead of ~0.1 s.
+# Explicit requirements: inferring them costs seconds per logged model (benchmarks/results/code_timings.md).
 PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
     f"torchvision=={torchvision.__version__.split('+')[0]}",
@@ -393,16 +393,6 @@ def import_checkpoints(
     return summary
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A module loaded from the registry (or a logged model) with what clipprobe stored beside it."""
-
-    module: nn.Module
-    metadata: dict[str, Any]
-    name: str | None
-    version: str | None
-
-
 def resolve_version(uri: str) -> ModelVersion | None:
     """The registry version a ``models:/name@alias`` or ``models:/name/version`` URI names, else None
     (a ``models:/<model_id>`` logged model)."""
@@ -444,3 +434,18 @@ def latest_epoch(name: str) -> int:
         raise ValueError(f"registered model {name!r} has no clipprobe checkpoints: run `clipprobe train` "
                          "or `clipprobe checkpoints FOLDER` first")
     return ckpts[-1].epoch
+
+
+class MlflowRegistry:
+    """MLflow's model registry as ``backbones.loader.ModelRegistry``: what ``load_backbone`` receives."""
+
+    def uri(self, name: str, epoch: int | None) -> str:
+        """``models:/<name>@epoch-007``; epoch None: the highest registered epoch."""
+        return f"models:/{name}@{epoch_alias(latest_epoch(name) if epoch is None else epoch)}"
+
+    def load(self, uri: str) -> LoadedModel:
+        """``load_model(uri)``."""
+        return load_model(uri)
+
+
+MLFLOW_REGISTRY = MlflowRegistry()

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pandas as pd
 from mlflow.entities import Run
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -52,8 +48,9 @@ def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataF
     """
     get_sweep(run_id)
     if prefer_artifact and _has_results_artifact(run_id):
-        with _quiet_download():
-            path = download_artifact(run_id, RESULTS_ARTIFACT)
+        # MLflow draws a progress bar for the download unless the user set MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false:
+        # their choice, so it is not switched here.
+        path = download_artifact(run_id, RESULTS_ARTIFACT)
         log.info("sweep %s: reading %s", run_id, RESULTS_ARTIFACT)
         return pd.read_parquet(path)
     table = SweepFits(run_id).table()
@@ -63,21 +60,6 @@ def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataF
         )
     log.info("sweep %s: read %d nested fit runs", run_id, len(table))
     return table
-
-
-@contextmanager
-def _quiet_download() -> Iterator[None]:
-    """No tqdm bar on the terminal for one small file (it would bury the tables and errors)."""
-    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def _has_results_artifact(run_id: str) -> bool:

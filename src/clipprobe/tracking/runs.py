@@ -16,11 +16,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 log = logging.getLogger(__name__)
 
 STEP_TAG = "clipprobe.step"
 LEVEL_TAG = "clipprobe.level"
+EPOCH_TAG = "clipprobe.epoch"  # on a checkpoint run of a sweep and on a registered model version
+WORLD_ROOT_TAG = "clipprobe.world_root"  # on a world run: the absolute path of the generated world
+MODEL_NAME_TAG = "clipprobe.model_name"  # on train / checkpoints / probe / tune runs: the registered model
+PARENT_TAG = MLFLOW_PARENT_RUN_ID  # MLflow's own names for a nested run's parent and a run's name
+RUN_NAME_TAG = MLFLOW_RUN_NAME
+RESULTS_ARTIFACT = "probe/results.parquet"  # a probe sweep's results table
 # Without this tag MLflow 3 opens an experiment on its GenAI overview instead of the runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -31,6 +38,24 @@ STEPS = ("world", "train", "checkpoints", "clip", "concepts", "probe", "tune", "
 def tracking_uri() -> str:
     """The tracking URI in force: ``MLFLOW_TRACKING_URI`` or MLflow's default ``sqlite:///mlflow.db``."""
     return mlflow.get_tracking_uri()
+
+
+def use_stores(tracking: str, registry: str | None = None) -> None:
+    """Point this process at a tracking store and model registry (a worker joining a driver's sweep)."""
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry or tracking)
+
+
+def registry_uri() -> str:
+    """The model registry URI in force (the tracking URI unless ``MLFLOW_REGISTRY_URI`` says otherwise)."""
+    return mlflow.get_registry_uri()
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative sqlite path made absolute, so another process in another folder (a Ray
+    worker) opens the same database."""
+    path = _sqlite_path(uri)
+    return f"sqlite:///{path.resolve()}" if path is not None and not path.is_absolute() else uri
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -179,7 +204,7 @@ def step_run(
     with ended_killed_on_interrupt(run_cm) as run:
         enable_sqlite_wal()
         # `mlflow run` names its run at random; name it after the step, as runs started here are.
-        named = {"mlflow.runName": run_name or step} if active is None and under_mlflow_run else {}
+        named = {RUN_NAME_TAG: run_name or step} if active is None and under_mlflow_run else {}
         mlflow.set_tags({STEP_TAG: step, **named, **(tags or {})})
         if params:
             log_params(params)
@@ -352,7 +377,7 @@ def get_step_run(run_id: str, step: str, *, source: str, fix: str, error: type[E
     level = run.data.tags.get(LEVEL_TAG)
     found = run.data.tags.get(STEP_TAG)
     if level:
-        parent = run.data.tags.get("mlflow.parentRunId")
+        parent = run.data.tags.get(PARENT_TAG)
         raise error(f"{source}: that is a nested {level} run, not a {step} run; {fix}"
                     + (f" (its parent run is {parent})" if parent else ""))
     if found != step:
@@ -363,7 +388,9 @@ def get_step_run(run_id: str, step: str, *, source: str, fix: str, error: type[E
 
 def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path | None = None) -> Path:
     """Local path of one artifact of a run (a no-copy path for a local artifact store)."""
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=artifact_path, dst_path=None if dst_dir is None else str(dst_dir)
-    )
-    return Path(local)
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    # The run's own repository: a local one answers with the file's path (no copy, no progress bar); a remote
+    # one downloads, with MLflow's bar unless the user turned it off (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR).
+    repository = get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri)
+    return Path(repository.download_artifacts(artifact_path, None if dst_dir is None else str(dst_dir)))

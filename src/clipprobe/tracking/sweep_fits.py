@@ -30,18 +30,20 @@ class SweepFits:
         self.sweep_run_id = sweep_run_id
         self.experiment_id = self.client.get_run(sweep_run_id).info.experiment_id
 
-    def runs(self) -> list[Run]:
-        """Every fit run of the sweep, whatever its status, oldest first."""
+    def runs(self, epoch: int | None = None) -> list[Run]:
+        """Every fit run of the sweep (of one checkpoint's ``epoch`` when given), whatever its status, oldest first."""
+        only = "" if epoch is None else f" and params.epoch = '{int(epoch)}'"
         found = search_all_runs(self.client, [self.experiment_id],
-                                f"{fits_filter(self.sweep_run_id)} and tags.`{LEVEL_TAG}` = 'fit'")
+                                f"{fits_filter(self.sweep_run_id)} and tags.`{LEVEL_TAG}` = 'fit'{only}")
         return sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
 
-    def finished(self, *, delete_unfinished: bool = False) -> set[FitKey]:
+    def finished(self, *, delete_unfinished: bool = False, epoch: int | None = None) -> set[FitKey]:
         """Identities of the fits logged FINISHED. With ``delete_unfinished`` (what a resume does before it
         fits the rest), a fit run a killed process left RUNNING is deleted (its fit is redone) and a second
-        FINISHED run of the same fit (two writers raced) too, so every fit ends with exactly one run."""
+        FINISHED run of the same fit (two writers raced) too, so every fit ends with exactly one run.
+        ``epoch``: that checkpoint's fits only (a worker owning one checkpoint leaves the others' runs alone)."""
         done: set[FitKey] = set()
-        for run in self.runs():
+        for run in self.runs(epoch):
             if run.info.status == FINISHED:
                 key = fit_key(run.data.params)
                 if key not in done:
@@ -53,11 +55,12 @@ class SweepFits:
                 self.client.delete_run(run.info.run_id)
         return done
 
-    def table(self) -> pd.DataFrame:
-        """One typed row per FINISHED fit run, in the columns of docs/architecture.md (``results_frame``).
-        A second run of the same fit is left out (the first is kept), as ``finished`` would delete it."""
+    def table(self, epoch: int | None = None) -> pd.DataFrame:
+        """One typed row per FINISHED fit run (of one ``epoch`` when given), in the columns of
+        docs/architecture.md (``results_frame``). A second run of the same fit is left out (the first is
+        kept), as ``finished`` would delete it."""
         rows, seen, skipped = [], set(), 0
-        for run in self.runs():
+        for run in self.runs(epoch):
             if run.info.status != FINISHED:
                 skipped += 1
                 continue

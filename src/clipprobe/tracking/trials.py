@@ -18,6 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from clipprobe.tracking.runs import (
     LEVEL_TAG,
+    PARENT_TAG,
+    RUN_NAME_TAG,
     download_artifact,
     get_step_run,
     tracking_uri,
@@ -26,8 +28,6 @@ from clipprobe.tracking.runs import (
 log = logging.getLogger(__name__)
 
 BEST_PARAMS_ARTIFACT = "tune/best_params.json"
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
 TRIAL_TAG = "clipprobe.trial"
 STATE_TAG = "clipprobe.trial_state"
 PROBE_TAG = "clipprobe.probe"

@@ -1,0 +1,236 @@
+"""Benchmark the tracking side of many workers: nested fit runs/s with 1, 2 and 4 writer processes on
+sqlite, on PostgreSQL directly and through `mlflow server` (PostgreSQL behind it, served artifacts); and
+the seed's scale (300 checkpoints x 513 fits = 153,900 fit runs, or a stated fraction of it) on sqlite:
+wall time, store size, `clipprobe compare` time, and the MLflow UI's first runs page (the REST call the
+UI makes: POST ajax-api/2.0/mlflow/runs/search, max_results 100) at that size.
+
+Fits are synthetic rows with every column of a real fit (docs/architecture.md); writers use the same
+fit writer the sweep uses (batches of up to 256 fits per transaction on SQL stores, MLflow's public calls
+over REST). PostgreSQL is started by tests/servers.py (PostgreSQL 15 binaries and psycopg2 needed).
+
+Writes benchmarks/results/bench_tracking_writers.md and bench_tracking_scale.md.
+Usage: python benchmarks/bench_tracking.py [writers] [scale] [--fits-sql 2000] [--fits-server 200]
+       [--checkpoints 300] [--workdir .cache/bench_tracking]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO / "tests"))  # servers.py: the PostgreSQL and mlflow server the tests use
+
+CONCEPTS = ("red", "blue", "green", "yellow", "dotted", "striped", "zigzagged", "female", "male")
+PROBES = ("linear_gap", "non_linear_gap", "non_linear_non_gap")
+MODULES = 19
+FITS_PER_CHECKPOINT = len(CONCEPTS) * MODULES * len(PROBES)  # 513
+
+
+def fit_row(i: int, epoch: int) -> dict:
+    """A fit row with every results column; ``i`` picks (concept, module, probe) within the checkpoint."""
+    concept, rest = CONCEPTS[i % len(CONCEPTS)], i // len(CONCEPTS)
+    module, probe = rest % MODULES, PROBES[(rest // MODULES) % len(PROBES)]
+    acc = 0.6 + 0.4 * ((i * 7919 + epoch * 104729) % 1000) / 1000
+    return {
+        "concept": concept, "group": "colour" if i % len(CONCEPTS) < 4 else "other", "module": f"module:{module}",
+        "module_index": module, "module_path": f"features.{module}", "probe": probe, "epoch": epoch,
+        "model_name": "bench", "model_version": str(epoch + 1), "fingerprint": f"{epoch:064x}", "precision": "fp32",
+        "hparams_source": "defaults", "hparams": '{"weight_decay": 0.005}',
+        "test_acc": acc, "test_acc_ci_low": acc - 0.08, "test_acc_ci_high": min(1.0, acc + 0.06),
+        "test_balanced_acc": acc, "test_auroc": acc, "train_acc": 1.0, "test_majority_acc": 0.667,
+        "test_acc_resplit_mean": acc, "test_acc_resplit_ci_low": acc - 0.05, "test_acc_resplit_ci_high": acc + 0.05,
+        "test_permutation_acc": 0.64, "test_permutation_p": 0.05, "test_control_acc": 0.6, "test_selectivity": 0.2,
+        "n_train": 210, "n_test": 90, "n_test_pos": 30, "repeats": 3, "permutations": 0, "n_dropped_features": 0,
+        "test_correct": "".join("1" if (i + k) % 5 else "0" for k in range(90)), "test_images": "0123456789abcdef",
+    }
+
+
+def _writer(uri: str, sweep_id: str, epoch: int, n: int, start, out) -> None:
+    """One writer process: ``n`` fits of checkpoint ``epoch`` through FitWriter, timed after a common start."""
+    import mlflow
+
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.fits import CheckpointRuns
+
+    mlflow.set_tracking_uri(uri)
+    logger = FitWriter(sweep_id)
+    ckpt = CheckpointRuns(sweep_id).run_id(epoch, params={"epoch": epoch})
+    rows = [fit_row(i, epoch) for i in range(n)]
+    start.wait()
+    t = time.perf_counter()
+    for row in rows:
+        logger.submit(ckpt, row, hparams={"weight_decay": 0.005})
+    logger.close()
+    out.put(time.perf_counter() - t)
+
+
+def writers_rate(uri: str, writers: int, fits_each: int) -> tuple[float, float]:
+    """(fit runs per second over all writers, wall seconds) for ``writers`` processes on one sweep run."""
+    import mlflow
+
+    from clipprobe.tracking import runs
+
+    mlflow.set_tracking_uri(uri)
+    with runs.step_run("probe", run_name=f"bench {writers} writers") as run:
+        ctx = mp.get_context("spawn")
+        start, out = ctx.Barrier(writers + 1), ctx.Queue()
+        procs = [ctx.Process(target=_writer, args=(uri, run.info.run_id, w, fits_each, start, out))
+                 for w in range(writers)]
+        for p in procs:
+            p.start()
+        start.wait()
+        t = time.perf_counter()
+        for p in procs:
+            p.join()
+        wall = time.perf_counter() - t
+        if any(p.exitcode for p in procs):
+            raise RuntimeError(f"a writer failed on {uri}")
+        from clipprobe.tracking.sweep_fits import SweepFits
+
+        n = len(SweepFits(run.info.run_id).finished())
+        assert n == writers * fits_each, (n, writers * fits_each)
+    return writers * fits_each / wall, wall
+
+
+def bench_writers(args, work: Path) -> str:
+    from servers import mlflow_server, postgres_server
+
+    lines = ["| store | writers | fits per writer | fit runs/s (all writers) | wall s |", "|---|---|---|---|---|"]
+
+    def row(store, w, n):
+        rate, wall = writers_rate(store_uri[store], w, n)
+        lines.append(f"| {store} | {w} | {n} | {rate:.0f} | {wall:.1f} |")
+        print(lines[-1], flush=True)
+
+    with postgres_server() as pg:
+        store_uri = {}
+        for w in (1, 2, 4):
+            db = work / f"writers-{w}.db"
+            store_uri["sqlite (WAL, bulk)"] = f"sqlite:///{db}"
+            row("sqlite (WAL, bulk)", w, args.fits_sql)
+            store_uri["PostgreSQL 15 (bulk)"] = pg.new_database()
+            row("PostgreSQL 15 (bulk)", w, args.fits_sql)
+        artifacts = work / "served"
+        artifacts.mkdir(exist_ok=True)
+        with mlflow_server(pg.new_database(), artifacts) as url:
+            store_uri["mlflow server (2 workers) -> PostgreSQL (REST, public calls)"] = url
+            for w in (1, 2, 4):
+                row("mlflow server (2 workers) -> PostgreSQL (REST, public calls)", w, args.fits_server)
+    return "\n".join(lines)
+
+
+def ui_first_page(url: str, experiment_id: str) -> float:
+    body = json.dumps({"experiment_ids": [experiment_id], "filter": "", "run_view_type": "ACTIVE_ONLY",
+                       "max_results": 100, "order_by": ["attributes.start_time DESC"]}).encode()
+    request = urllib.request.Request(f"{url}/ajax-api/2.0/mlflow/runs/search", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    t = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        found = json.loads(answer.read())
+    assert len(found.get("runs", [])) == 100
+    return time.perf_counter() - t
+
+
+def bench_scale(args, work: Path) -> str:
+    """The sweep's writing at ``args.checkpoints`` x 513 fits on sqlite, as the in-process sweep writes it."""
+    import mlflow
+    from servers import mlflow_server
+
+    from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.sweep_fits import SweepFits
+
+    db = work / "scale.db"
+    for p in work.glob("scale.db*"):
+        p.unlink()
+    uri = f"sqlite:///{db}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    n_fits = args.checkpoints * FITS_PER_CHECKPOINT
+    t = time.perf_counter()
+    with runs.step_run("probe", run_name="bench scale", params={"model_name": "bench"}) as run:
+        writer, checkpoints = FitWriter(run.info.run_id), fits.CheckpointRuns(run.info.run_id)
+        for epoch in range(args.checkpoints):
+            ckpt = checkpoints.run_id(epoch, params={"epoch": epoch, "model_name": "bench"})
+            rows = [fit_row(i, epoch) for i in range(FITS_PER_CHECKPOINT)]
+            for r in rows:
+                writer.submit(ckpt, r, hparams={"weight_decay": 0.005})
+            writer.flush()
+            checkpoints.finish(epoch, rows)
+        writer.close()
+        write_s = time.perf_counter() - t
+        t2 = time.perf_counter()
+        table = SweepFits(run.info.run_id).table()
+        fits.log_results(run.info.run_id, table)
+        results_s = time.perf_counter() - t2
+        assert len(table) == n_fits, (len(table), n_fits)
+    sweep_id, exp = run.info.run_id, run.info.experiment_id
+    size = sum(p.stat().st_size for p in work.glob("scale.db*")) / 2**20
+    out = work / "compare"
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", "from clipprobe.cli import main; main()", "compare", sweep_id, "--out", str(out)],
+                          capture_output=True, text=True, timeout=3600, cwd=work,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    compare_s = time.perf_counter() - t
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    (work / "served-scale").mkdir(exist_ok=True)
+    with mlflow_server(uri, work / "served-scale", timeout=600) as url:
+        first = ui_first_page(url, exp)
+        again = ui_first_page(url, exp)
+    lines = ["| checkpoints | fit runs | write (the sweep's fit writer, in-process) | fit runs/s | results table read + logged | "
+             "store size (sqlite + WAL) | `clipprobe compare` | UI first runs page (1st / 2nd call) |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {args.checkpoints} | {n_fits:,} | {write_s:.0f} s | {n_fits / write_s:.0f} | {results_s:.0f} s | "
+             f"{size:.0f} MiB | {compare_s:.0f} s | {first:.2f} s / {again:.2f} s |"]
+    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+            f"{load[0]:.1f} at start (5 engineers share these 2 cores: contended, not quiet)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale"])
+    parser.add_argument("--fits-sql", type=int, default=2000)
+    parser.add_argument("--fits-server", type=int, default=200)
+    parser.add_argument("--checkpoints", type=int, default=300)
+    parser.add_argument("--workdir", default=".cache/bench_tracking")
+    args = parser.parse_args()
+    work = Path(args.workdir).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    command = "python benchmarks/bench_tracking.py " + " ".join(sys.argv[1:])
+    head = f"Command: `{command}`; one run each; {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+    RESULTS.mkdir(exist_ok=True)
+    if "writers" in args.parts:
+        table = bench_writers(args, work)
+        (RESULTS / "bench_tracking_writers.md").write_text(
+            "# Nested fit runs/s with 1, 2 and 4 writer processes\n\n" + head + table + "\n")
+    if "scale" in args.parts:
+        table = bench_scale(args, work)
+        frac = "" if args.checkpoints == 300 else (
+            f"\n\nA fraction of the seed's scale: {args.checkpoints} of 300 checkpoints "
+            f"({args.checkpoints * FITS_PER_CHECKPOINT:,} of 153,900 fit runs); not extrapolated.")
+        (RESULTS / f"bench_tracking_scale_{args.checkpoints}.md").write_text(
+            "# The seed's scale on the tracking side (sqlite)\n\n" + head + table + frac + "\n")
+
+
+if __name__ == "__main__":
+    main()

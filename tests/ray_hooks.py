@@ -1,0 +1,20 @@
+"""Runs in every Ray worker of the test cluster (``worker_process_setup_hook``): each (module, probe)
+batch of fits waits ``CLIPPROBE_TEST_FIT_DELAY`` seconds, so a test can kill a worker mid-checkpoint."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def slow_fits() -> None:
+    import clipprobe.sweep as sweep
+
+    delay = float(os.environ.get("CLIPPROBE_TEST_FIT_DELAY", "0"))
+    real = sweep.evaluate_concepts
+
+    def slowed(*args, **kwargs):
+        time.sleep(delay)
+        return real(*args, **kwargs)
+
+    sweep.evaluate_concepts = slowed

@@ -1,0 +1,174 @@
+"""Real tracking servers for the tests: PostgreSQL 15 on loopback in a temporary data directory, and
+`mlflow server` on it with served artifacts. Both stop at the end; missing binaries skip with the reason.
+
+PostgreSQL refuses to run as root: as root, its commands run as the ``postgres`` user (``runuser``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_DIRS = ("/usr/lib/postgresql/15/bin",)
+PG_USER = "postgres"  # Debian's system user, for running as root
+DB_USER = "clipprobe"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin(name: str) -> str | None:
+    for folder in PG_DIRS:
+        if (Path(folder) / name).exists():
+            return str(Path(folder) / name)
+    return shutil.which(name)
+
+
+@dataclass
+class Postgres:
+    """A running PostgreSQL: ``url(db)`` is the SQLAlchemy URL of a database, ``new_database()`` makes one."""
+
+    port: int
+    folder: Path
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        import psycopg2
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=DB_USER, dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.url(name)
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", PG_USER, "--", *cmd] if os.getuid() == 0 else cmd
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """initdb + pg_ctl start on a free loopback port (trust auth, loopback only), stopped and removed after."""
+    initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/15/bin or PATH: "
+                    "apt-get install postgresql-15")
+    pytest.importorskip("psycopg2", reason="no PostgreSQL driver: pip install 'clipprobe[postgres]'")
+    if os.getuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: PostgreSQL cannot be started")
+    folder = Path(tempfile.mkdtemp(prefix="clipprobe-pg-"))
+    data, port = folder / "data", free_port()
+    if os.getuid() == 0:
+        shutil.chown(folder, PG_USER)
+    subprocess.run(_as_pg_user([initdb, "-D", str(data), "-U", DB_USER, "-A", "trust", "-E", "UTF8"]),
+                   check=True, capture_output=True)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(_as_pg_user([pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "-t", "60",
+                                "start"]), check=True, capture_output=True)
+    try:
+        yield Postgres(port, folder)
+    finally:
+        subprocess.run(_as_pg_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, artifacts: Path, timeout: float = 180) -> Iterator[str]:
+    """``mlflow server`` on ``backend`` with served artifacts in ``artifacts``; yields its http URL."""
+    port = free_port()
+    log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
+         str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError(f"mlflow server did not start: {(artifacts.parent / log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    with postgres_server() as pg:
+        yield pg
+
+
+@pytest.fixture
+def postgres_store(postgres, tmp_path, monkeypatch):
+    """A fresh PostgreSQL database as the tracking store (artifacts in tmp_path), like ``tracking_store``."""
+    import mlflow
+
+    uri = postgres.new_database()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+@pytest.fixture
+def server_store(postgres, tmp_path, monkeypatch):
+    """``mlflow server`` on a fresh PostgreSQL database with served artifacts, as the tracking store."""
+    import mlflow
+
+    artifacts = tmp_path / "served-artifacts"
+    artifacts.mkdir()
+    with mlflow_server(postgres.new_database(), artifacts) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.chdir(tmp_path)
+        mlflow.set_tracking_uri(url)
+        mlflow.set_registry_uri(url)
+        yield url
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

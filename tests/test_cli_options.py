@@ -1,0 +1,65 @@
+"""The shared click parameter types: what each accepts, returns and refuses."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from clipprobe.cli import options
+
+
+def _echo(param_type: click.ParamType):
+    @click.command()
+    @click.option("--value", type=param_type, default="")
+    def cmd(value):
+        click.echo(repr(value))
+
+    return lambda *args: CliRunner().invoke(cmd, list(args))
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("", None), ("all", None), ("a", ("a",)), ("a,b", ("a", "b")), (" a , b ", ("a", "b")), ("a b", ("a", "b")),
+    ("module:1,module:10", ("module:1", "module:10")),
+])
+def test_names(given, expected):
+    res = _echo(options.Names())("--value", given)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == repr(expected)
+
+
+def test_names_with_choices_names_the_known_ones():
+    res = _echo(options.Names(("red", "blue")))("--value", "red,pink")
+    assert res.exit_code == 2
+    assert "Invalid value for '--value': unknown 'pink': expected all or a comma list from red, blue" in res.output
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("", None), ("all", None), ("3", (3,)), ("5,0,2", (0, 2, 5)), ("0-3", (0, 1, 2, 3)), ("0-2,7", (0, 1, 2, 7)),
+    ("latest", "latest"),
+])
+def test_epochs(given, expected):
+    res = _echo(options.Epochs(words=("latest",)))("--value", given)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == repr(expected)
+
+
+@pytest.mark.parametrize("given", ["3-1", "x", "1,,y"])
+def test_epochs_refuses_with_the_accepted_forms(given):
+    res = _echo(options.Epochs(words=("latest",)))("--value", given)
+    assert res.exit_code == 2
+    assert f"bad epochs {given!r}: expected all, a list like 0,2,5 or a range like 0-3 (or latest)" in res.output
+
+
+@pytest.mark.parametrize(("given", "expected"), [("", None), ("last", None), ("LAST", None), ("0", 0), ("12", 12)])
+def test_epoch(given, expected):
+    res = _echo(options.Epoch())("--value", given)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == repr(expected)
+
+
+@pytest.mark.parametrize("given", ["-1", "2.5", "first"])
+def test_epoch_refuses(given):
+    res = _echo(options.Epoch())("--value", given)
+    assert res.exit_code == 2
+    assert f"expected an integer >= 0 or 'last', got {given!r}" in res.output

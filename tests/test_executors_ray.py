@@ -1,0 +1,182 @@
+"""`clipprobe probe --executor ray` on a local 2-CPU Ray cluster: one sweep run, exactly-once fits after a
+worker is killed mid-checkpoint, and --resume finished by Ray workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from ray_cluster import ray_cluster  # noqa: F401 - the fixture, used by name
+from sweep_fakes import blind, mobilenet, plant_red
+from test_sweep_tracking import fit_runs, log_splits, register
+
+from clipprobe.cli import main
+from clipprobe.executors.ray import WORKER_TAG
+from clipprobe.tracking import fits, runs
+
+slow, on_ray = pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")
+OPTS = ["--modules", "module:0,module:1", "--probes", "linear_gap,non_linear_gap", "--repeats", "1",
+        "--permutations", "0", "--cache-dir", "cache", "--device", "cpu"]
+PER_EPOCH = 2 * 2 * 2  # modules x concepts x probes
+
+
+def finished_keys(client, sweep_id):
+    found = fit_runs(client, sweep_id)
+    assert all(r.info.status == "FINISHED" for r in found)
+    return [fits.fit_key(r.data.params) for r in found]
+
+
+def sweep_run(client):
+    exp = client.get_experiment_by_name("Default").experiment_id
+    found = client.search_runs([exp], "tags.`clipprobe.step` = 'probe'")
+    return found[0].info.run_id if found else None
+
+
+@slow
+@on_ray
+def test_a_worker_killed_mid_checkpoint_is_retried_and_every_fit_lands_once(tracking_store, tmp_path):
+    register({0: blind(mobilenet()), 1: plant_red(mobilenet())})
+    log_splits(tmp_path)
+    client = MlflowClient()
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(
+        out=CliRunner().invoke(main, ["probe", *OPTS, "--executor", "ray", "--epochs", "0-1"])))
+    driver.start()
+    killed = None  # (epoch, pid, fits logged when killed)
+    deadline = time.time() + 300
+    while driver.is_alive() and killed is None and time.time() < deadline:
+        time.sleep(0.05)
+        sweep_id = sweep_run(client)
+        if sweep_id is None:
+            continue
+        exp = client.get_run(sweep_id).info.experiment_id
+        for ckpt in client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{sweep_id}'"):
+            worker = ckpt.data.tags.get(WORKER_TAG)
+            n = len(client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{ckpt.info.run_id}'"))
+            if worker and 0 < n < PER_EPOCH:
+                pid = int(worker.rsplit(":", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed = (int(ckpt.data.tags["clipprobe.epoch"]), worker, n)
+                break
+    driver.join(300)
+    out = result["out"]
+    assert out.exit_code == 0, out.output
+    assert killed is not None, "no worker was caught mid-checkpoint"
+    sweep_id = sweep_run(client)
+    keys = finished_keys(client, sweep_id)
+    assert len(keys) == 2 * PER_EPOCH and len(set(keys)) == len(keys)
+    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
+    assert len(table) == 2 * PER_EPOCH
+    assert set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
+    epoch, worker, _ = killed
+    ckpts = {r.data.tags["clipprobe.epoch"]: r for r in client.search_runs(
+        [client.get_run(sweep_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_id}'")}
+    assert sorted(ckpts) == ["0", "1"] and all(r.info.status == "FINISHED" for r in ckpts.values())
+    assert ckpts[str(epoch)].data.tags[WORKER_TAG] != worker  # Ray re-ran the task in another process
+    sweep = client.get_run(sweep_id)
+    assert sweep.info.status == "FINISHED" and sweep.data.metrics["n_fits"] == 2 * PER_EPOCH
+    for key in ("test_acc_red/00_module:0/linear_gap", "test_acc_blue/01_module:1/non_linear_gap"):
+        assert sorted(m.step for m in client.get_metric_history(sweep_id, key)) == [0, 1]
+
+
+@slow
+@on_ray
+def test_resume_with_ray_workers_fits_only_the_missing(tracking_store, tmp_path, monkeypatch):
+    register({0: blind(mobilenet()), 1: plant_red(mobilenet()), 2: plant_red(mobilenet(1))})
+    log_splits(tmp_path)
+    from clipprobe.tracking.fit_writer import FitWriter
+
+    real = FitWriter.log_fits
+    calls = {"n": 0}
+
+    def dying(self, items):
+        ids = []
+        for item in items:
+            if calls["n"] == 11:  # the in-process sweep dies in the middle of epoch 1
+                raise RuntimeError("killed")
+            calls["n"] += 1
+            ids += real(self, [item])
+        return ids
+
+    monkeypatch.setattr(FitWriter, "log_fits", dying)
+    first = CliRunner().invoke(main, ["probe", *OPTS, "--epochs", "0-2"])
+    assert isinstance(first.exception, RuntimeError)
+    monkeypatch.setattr(FitWriter, "log_fits", real)
+    client = MlflowClient()
+    sweep_id = sweep_run(client)
+    assert len(fit_runs(client, sweep_id)) == 11
+
+    out = CliRunner().invoke(main, ["probe", "--resume", sweep_id, "--executor", "ray", "--cache-dir", "cache",
+                                    "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "11 fits already logged" in out.output
+    assert f"{3 * PER_EPOCH - 11} new fits" in out.output
+    keys = finished_keys(client, sweep_id)
+    assert len(keys) == 3 * PER_EPOCH and len(set(keys)) == len(keys)
+    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
+    assert len(table) == 3 * PER_EPOCH
+
+
+def test_usage_errors_name_the_executor_options(tracking_store):
+    out = CliRunner().invoke(main, ["probe", "--gpus-per-task", "1"])
+    assert out.exit_code == 2 and "--ray-address and --gpus-per-task need --executor ray" in out.output
+
+
+@slow
+@on_ray
+def test_two_ray_workers_share_one_study_through_an_rdb_storage(tracking_store, tmp_path):
+    from test_tune_tracking import BAD_LR, _trial_runs
+    from tune_synthetic import concept_data
+
+    from clipprobe import tuning
+    from clipprobe.cli.tune import run_studies
+    from clipprobe.executors.ray import RayExecutor
+
+    tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with runs.step_run("tune") as run:
+        results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=storage, n_trials=6, seed=0,
+                              runner=RayExecutor(), workers=2)
+    res = results["non_linear_gap"]
+    study = tuning.optuna.load_study(storage=storage, study_name=res.study_name)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(6))  # 3 + 3 trials of the two workers, one study, the defaults queued once
+    nested = _trial_runs(run.info.run_id)
+    assert sorted(int(r.data.tags["clipprobe.trial"]) for r in nested) == numbers
+    assert res.best_params["lr"] >= 1e-3 and res.counts["complete"] + res.counts["pruned"] == 6
+
+
+def test_trials_are_spread_over_workers_and_bad_executor_options_refused():
+    from clipprobe.executors import make_executor
+    from clipprobe.executors.ray import RayExecutor, shares
+
+    assert shares(6, 4) == [2, 2, 1, 1] and shares(1, 3) == [1] and shares(None, 2) == [None, None]
+    with pytest.raises(ValueError, match="unknown executor 'dask': expected one of local, ray"):
+        make_executor("dask")
+    with pytest.raises(ValueError, match="--gpus-per-task -1"):
+        RayExecutor(gpus_per_task=-1)
+
+
+@slow
+@on_ray
+def test_tune_cli_with_two_ray_workers_on_the_default_journal(tracking_store, tmp_path):
+    register({0: plant_red(mobilenet())})
+    log_splits(tmp_path)
+    out = CliRunner().invoke(main, ["tune", "--probes", "linear_gap", "--modules", "module:0,module:1",
+                                    "--n-trials", "4", "--executor", "ray", "--workers", "2", "--cache-dir", "cache",
+                                    "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "linear_gap: best val_acc" in out.output and (tmp_path / "optuna.journal").is_file()
+    run = runs.find_latest_run("tune")
+    assert run.data.metrics["linear_gap.n_complete"] + run.data.metrics["linear_gap.n_pruned"] == 4
+    client = MlflowClient()
+    nested = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert sorted(int(r.data.tags["clipprobe.trial"]) for r in nested) == [0, 1, 2, 3]
+    bad = CliRunner().invoke(main, ["tune", "--workers", "2"])
+    assert bad.exit_code == 2 and "--workers 2: expected 1 or more, with --executor ray" in bad.output

@@ -1,0 +1,63 @@
+"""The tracking side on real servers: the direct SQL fit writer on PostgreSQL (the same checks as on
+sqlite, tests/test_tracking_bulk.py), and a sweep by two Ray workers against `mlflow server` backed by
+PostgreSQL with served artifacts: every fit exactly once, the results file complete."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from ray_cluster import ray_cluster  # noqa: F401 - the fixture, used by name
+from servers import postgres, postgres_store, server_store  # noqa: F401 - fixtures, used by name
+from test_tracking_bulk import (  # noqa: F401 - collected here again, on PostgreSQL
+    test_a_batch_with_a_bad_fit_lands_not_at_all,
+    test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow,
+    test_per_image_strings_too_long_for_a_param_stay_out_of_the_run,
+)
+
+from clipprobe.tracking import fits, runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sweep(postgres_store):  # noqa: F811 - the fixture imported above
+    """conftest's sweep fixture, on a fresh PostgreSQL database: the bulk tests imported above run on it."""
+    from types import SimpleNamespace
+
+    from clipprobe.tracking.fit_writer import FitWriter
+    from clipprobe.tracking.sweep_fits import SweepFits
+
+    with runs.step_run("probe", run_name="sweep") as parent:
+        run_id = parent.info.run_id
+        writer = FitWriter(run_id)
+        assert writer.fast is not None and writer.fast.engine.dialect.name == "postgresql"
+        yield SimpleNamespace(run_id=run_id, experiment_id=parent.info.experiment_id, writer=writer,
+                              reader=SweepFits(run_id), checkpoints=fits.CheckpointRuns(run_id))
+        writer.close()
+
+
+def test_a_sweep_of_two_ray_workers_against_mlflow_server_on_postgresql(ray_cluster, server_store, tmp_path):  # noqa: F811
+    from click.testing import CliRunner
+    from sweep_fakes import blind, mobilenet, plant_red
+    from test_executors_ray import OPTS, PER_EPOCH, finished_keys, sweep_run
+    from test_sweep_tracking import log_splits, register
+
+    from clipprobe.cli import main
+
+    register({0: blind(mobilenet()), 1: plant_red(mobilenet())})
+    log_splits(tmp_path)
+    out = CliRunner().invoke(main, ["probe", *OPTS, "--executor", "ray", "--epochs", "0-1"])
+    assert out.exit_code == 0, out.output
+    client = MlflowClient()
+    sweep_id = sweep_run(client)
+    keys = finished_keys(client, sweep_id)
+    assert len(keys) == 2 * PER_EPOCH and len(set(keys)) == len(keys)
+    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
+    assert len(table) == 2 * PER_EPOCH and set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
+    assert table["test_acc"].notna().all()
+    ckpts = client.search_runs([client.get_run(sweep_id).info.experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{sweep_id}'")
+    workers = {r.data.tags["clipprobe.worker"] for r in ckpts}
+    assert len(ckpts) == 2 and all(r.info.status == "FINISHED" for r in ckpts)
+    assert len(workers) == 2  # two worker processes, one checkpoint each
