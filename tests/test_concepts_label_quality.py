@@ -40,8 +40,8 @@ def test_concepts_precision_equals_a_direct_count(world, tmp_path):
     assert result.exit_code == 0, result.output
     assert "CLIP's labels against the truth" in result.output
     run = find_latest_run("concepts")
-    splits = pd.read_parquet(download_artifact(run.info.run_id, "concepts/splits.parquet", tmp_path / "dl"))
-    quality = pd.read_parquet(download_artifact(run.info.run_id, "concepts/label_quality.parquet", tmp_path / "dl"))
+    splits = pd.read_parquet(download_artifact(run.info.run_id, "concepts/splits.parquet"))
+    quality = pd.read_parquet(download_artifact(run.info.run_id, "concepts/label_quality.parquet"))
     truth = pd.read_parquet(world / "truth.parquet")
     truth["rel"] = truth["path"].str.removeprefix("pool/")
     attrs = truth.set_index("rel")[["colour", "pattern", "shape"]]

@@ -50,14 +50,14 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
 
     # Every shape concept in the splits knows its image's class (what a control task needs).
     concepts = _step_child(children, "concepts", source="annotations")
-    splits = pd.read_parquet(download_artifact(concepts.info.run_id, "concepts/splits.parquet", tmp_path / "dl"))
+    splits = pd.read_parquet(download_artifact(concepts.info.run_id, "concepts/splits.parquet"))
     assert splits["image_class"].notna().all()
     shapes = [g for g in WORLD.groups if g.name == "shapes"][0].concepts
     positives = splits[splits["concept"].isin(shapes) & (splits["label"] == 1)]
     assert (positives["image_class"] == positives["concept"]).all()
 
     sweep = _step_child(children, "probe", splits_run=concepts.info.run_id)
-    results = pd.read_parquet(download_artifact(sweep.info.run_id, "probe/results.parquet", tmp_path / "dl"))
+    results = pd.read_parquet(download_artifact(sweep.info.run_id, "probe/results.parquet"))
     epochs = probe_epochs(last)
     assert sorted(results["epoch"].unique()) == epochs
     assert set(results["module"]) == set(modules.split(","))
@@ -92,7 +92,7 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
     for colour in colours:
         assert mined.data.metrics[f"positive_precision.{colour}"] >= 0.9, mined.data.metrics
     clip_sweep = _step_child(children, "probe", splits_run=mined.info.run_id)
-    clip_results = pd.read_parquet(download_artifact(clip_sweep.info.run_id, "probe/results.parquet", tmp_path / "dl2"))
+    clip_results = pd.read_parquet(download_artifact(clip_sweep.info.run_id, "probe/results.parquet"))
     assert sorted(clip_results["epoch"].unique()) == [last]
     assert len(clip_results) == len(WORLD.concepts) * 3 * 3
 
@@ -100,8 +100,7 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
     assert report.data.params["sweep_run_ids"] == f"{sweep.info.run_id},{clip_sweep.info.run_id}"
     names = {a.path for a in client.list_artifacts(report.info.run_id, "compare")}
     assert "compare/report.html" in names
-    labels = pd.read_csv(download_artifact(report.info.run_id, f"compare/{clip_sweep.info.run_id[:8]}/labels.csv",
-                                           tmp_path / "dl3"))
+    labels = pd.read_csv(download_artifact(report.info.run_id, f"compare/{clip_sweep.info.run_id[:8]}/labels.csv"))
     assert len(labels) == len(clip_results) and labels["acc_true"].notna().all()
     row = labels.iloc[0]
     assert row["expected_from_noise"] == pytest.approx(
@@ -138,19 +137,18 @@ def test_demo_clip_half_runs_end_to_end(tracking_store, tmp_path):
     assert clip_run.data.metrics["val_zero_shot_chance.colour"] == pytest.approx(1 / 7)
     mined = _step_child(children, "concepts", source="clip")
     truth_concepts = _step_child(children, "concepts", source="annotations")
-    quality = pd.read_parquet(download_artifact(mined.info.run_id, "concepts/label_quality.parquet", tmp_path / "q"))
+    quality = pd.read_parquet(download_artifact(mined.info.run_id, "concepts/label_quality.parquet"))
     assert list(quality["concept"]) == WORLD.concepts
     for row in quality.itertuples():
         assert mined.data.metrics[f"positive_precision.{row.concept}"] == pytest.approx(row.positive_precision)
     sweep = _step_child(children, "probe", splits_run=truth_concepts.info.run_id)
     clip_sweep = _step_child(children, "probe", splits_run=mined.info.run_id)
-    clip_results = pd.read_parquet(download_artifact(clip_sweep.info.run_id, "probe/results.parquet", tmp_path / "r"))
+    clip_results = pd.read_parquet(download_artifact(clip_sweep.info.run_id, "probe/results.parquet"))
     assert sorted(clip_results["epoch"].unique()) == [1] and len(clip_results) == len(WORLD.concepts) * 2 * 3
 
     report = find_latest_run("compare")
     assert report.data.params["sweep_run_ids"] == f"{sweep.info.run_id},{clip_sweep.info.run_id}"
-    labels = pd.read_csv(download_artifact(report.info.run_id, f"compare/{clip_sweep.info.run_id[:8]}/labels.csv",
-                                           tmp_path / "l"))
+    labels = pd.read_csv(download_artifact(report.info.run_id, f"compare/{clip_sweep.info.run_id[:8]}/labels.csv"))
     assert len(labels) == len(clip_results) and labels["acc_true"].notna().all()
     agreement = quality.set_index("concept")["test_label_agreement"]
     assert labels["label_agreement"].tolist() == pytest.approx(labels["concept"].map(agreement).tolist())

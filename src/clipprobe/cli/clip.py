@@ -44,7 +44,6 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
     registers the model, and reports zero-shot accuracy per attribute (colour, pattern, shape) on the
     world's validation images. Use it with `concepts --clip-model NAME --clip-weights <out>/NAME.pt`.
     """
-    from clipprobe.cli.concepts import WORLD_ROOT_TAG
     from clipprobe.concepts import world_clip
     from clipprobe.concepts.scoring import file_sha256
     from clipprobe.devices import resolve_device
@@ -53,9 +52,9 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
 
     if world_root is None:
         found = runs.find_latest_run("world", experiment_name=experiment_name)
-        if found is None or WORLD_ROOT_TAG not in found.data.tags:
+        if found is None or runs.WORLD_ROOT_TAG not in found.data.tags:
             raise click.UsageError("no --world given and no finished world run found: run `clipprobe world` first")
-        world_root = found.data.tags[WORLD_ROOT_TAG]
+        world_root = found.data.tags[runs.WORLD_ROOT_TAG]
     world_root = Path(world_root).resolve()
     config = WorldClipConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              warmup_pct=warmup_pct, seed=seed, model_name=clip_model, prompt=prompt)
