@@ -393,4 +393,6 @@ def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path | Non
     # The run's own repository: a local one answers with the file's path (no copy, no progress bar); a remote
     # one downloads, with MLflow's bar unless the user turned it off (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR).
     repository = get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri)
+    if dst_dir is not None:
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
     return Path(repository.download_artifacts(artifact_path, None if dst_dir is None else str(dst_dir)))
