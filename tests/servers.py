@@ -135,40 +135,18 @@ def postgres():
 @pytest.fixture
 def postgres_store(postgres, tmp_path, monkeypatch):
     """A fresh PostgreSQL database as the tracking store (artifacts in tmp_path), like ``tracking_store``."""
-    import mlflow
+    from stores import tracking_at
 
-    uri = postgres.new_database()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
+    with tracking_at(postgres.new_database(), tmp_path, monkeypatch) as uri:
+        yield uri
 
 
 @pytest.fixture
 def server_store(postgres, tmp_path, monkeypatch):
     """``mlflow server`` on a fresh PostgreSQL database with served artifacts, as the tracking store."""
-    import mlflow
+    from stores import tracking_at
 
     artifacts = tmp_path / "served-artifacts"
     artifacts.mkdir()
-    with mlflow_server(postgres.new_database(), artifacts) as url:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.setenv("MLFLOW_REGISTRY_URI", url)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.chdir(tmp_path)
-        mlflow.set_tracking_uri(url)
-        mlflow.set_registry_uri(url)
+    with mlflow_server(postgres.new_database(), artifacts) as url, tracking_at(url, tmp_path, monkeypatch):
         yield url
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
