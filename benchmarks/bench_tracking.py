@@ -169,6 +169,9 @@ def bench_scale(args, work: Path) -> str:
                 writer.submit(ckpt, r, hparams={"weight_decay": 0.005})
             writer.flush()
             checkpoints.finish(epoch, rows)
+            if (epoch + 1) % 10 == 0:
+                print(f"{epoch + 1}/{args.checkpoints} checkpoints written, {time.perf_counter() - t:.0f} s, "
+                      f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
         writer.close()
         write_s = time.perf_counter() - t
         t2 = time.perf_counter()
@@ -199,10 +202,10 @@ def bench_scale(args, work: Path) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(note: str) -> str:
     load = os.getloadavg()
     return (f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-            f"{load[0]:.1f} at start (5 engineers share these 2 cores: contended, not quiet)")
+            f"{load[0]:.1f} at start" + (f" ({note})" if note else ""))
 
 
 def main() -> None:
@@ -212,12 +215,13 @@ def main() -> None:
     parser.add_argument("--fits-server", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=300)
     parser.add_argument("--workdir", default=".cache/bench_tracking")
+    parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     command = "python benchmarks/bench_tracking.py " + " ".join(sys.argv[1:])
-    head = f"Command: `{command}`; one run each; {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+    head = f"Command: `{command}`; one run each; {machine(args.note)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
     RESULTS.mkdir(exist_ok=True)
     if "writers" in args.parts:
         table = bench_writers(args, work)

@@ -24,7 +24,7 @@ PACKAGE = SRC / "clipprobe"
 # (docs/architecture.md, "Layers"). report/ sits below tracking/: it builds tables and plots from a
 # results frame and never reads MLflow; tracking/ reads the frame back (and uses report's provenance).
 LAYERS: list[tuple[str, ...]] = [
-    ("clipprobe", "clipprobe.devices", "clipprobe.world", "clipprobe.provenance"),
+    ("clipprobe", "clipprobe.devices", "clipprobe.world", "clipprobe.parquet", "clipprobe.step_config"),
     ("clipprobe.concepts",),
     ("clipprobe.backbones",),
     ("clipprobe.activations",),

@@ -7,17 +7,13 @@ fits). The same object is the single source of the ``probe`` command's defaults.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from clipprobe.activations import ExtractOptions
+from clipprobe.step_config import StepConfig
 from clipprobe.sweep import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan, parse_names
-
-CONFIG_ARTIFACT = "probe/config.json"
-CONFIG_FORMAT = 1
 
 
 def _names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -27,9 +23,11 @@ def _names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(StepConfig):
     """What a sweep computes. ``None`` means "all" (epochs, modules, concepts) or "the newest one in the
     chosen experiment" (model, concepts run) until resolved; a logged config is always resolved."""
+
+    STEP = "probe"
 
     model_name: str | None = None
     epochs: tuple[int, ...] | None = None
@@ -69,37 +67,6 @@ class SweepConfig:
         return ExtractOptions(batch_size=batch_size, precision=self.precision, channels_last=self.channels_last,
                               fold_batchnorm=self.fold_batchnorm, calibration_images=self.calibration_images,
                               calibration_rtol=self.calibration_rtol)
-
-    def replace(self, **changes: Any) -> SweepConfig:
-        return dataclasses.replace(self, **changes)
-
-    # ---------------------------------------------------------------- stored form
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key in ("epochs", "modules", "concepts", "probes"):
-            out[key] = None if out[key] is None else list(out[key])
-        out["hparams"] = {k: dict(v) for k, v in self.hparams.items()}
-        out["hparams_source"] = dict(self.hparams_source)
-        return {"format": CONFIG_FORMAT, **out}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> SweepConfig:
-        data = dict(data)
-        fmt = data.pop("format", None)
-        if fmt != CONFIG_FORMAT:
-            raise ValueError(f"{source}: config format {fmt!r}, this clipprobe reads format {CONFIG_FORMAT}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown settings {', '.join(unknown)}: written by a newer clipprobe?")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "config") -> SweepConfig:
-        return cls.from_dict(json.loads(text), source=source)
 
     def conflicts(self, given: Mapping[str, Any]) -> list[str]:
         """``name=value`` (as this config holds it) for each given setting that differs from this config.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,9 @@ from click.core import ParameterSource
 from clipprobe.activations import DEFAULT_CACHE_DIR, PRECISIONS, ExtractOptions
 from clipprobe.cli import options
 from clipprobe.executors import EXECUTORS
-from clipprobe.sweep_config import CONFIG_ARTIFACT, SweepConfig
+from clipprobe.sweep_config import SweepConfig
+
+CONFIG_ARTIFACT = SweepConfig.artifact_path()
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +99,15 @@ def _given(ctx: click.Context) -> dict[str, Any]:
 
 def stored_config(run_id: str) -> SweepConfig:
     """The config a sweep run logged (``probe/config.json``); one clear error when there is none."""
-    from clipprobe.tracking import runs
+    from clipprobe.tracking.configs import load_config
 
     try:
-        path = runs.download_artifact(run_id, CONFIG_ARTIFACT)
-    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+        return load_config(SweepConfig, run_id)
+    except LookupError:
         raise click.UsageError(f"--resume {run_id}: that sweep stores no {CONFIG_ARTIFACT} (an older clipprobe made "
                                "it), so what it computed is unknown; start a new sweep") from None
-    try:
-        return SweepConfig.from_json(path.read_text(), source=f"--resume {run_id}: {CONFIG_ARTIFACT}")
-    except (ValueError, TypeError) as err:
-        raise click.UsageError(str(err)) from None
+    except ValueError as err:
+        raise click.UsageError(f"--resume {err}") from None
 
 
 def resume_config(run_id: str, given: dict[str, Any]) -> SweepConfig:
@@ -254,7 +253,7 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
     and test_acc_<concept>/<NN>_<module>/<probe> over epochs (on the sweep and each checkpoint run).
     """
     from clipprobe.executors import make_executor
-    from clipprobe.tracking import fits, runs
+    from clipprobe.tracking import configs, fits, runs
 
     given = _given(ctx)
     try:
@@ -284,7 +283,7 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
                                run_name=fits.sweep_run_name(config.model_name, config.epochs, config.splits_run))
     with run_cm as run:
         if not resume:
-            _log_config(config)
+            configs.log_config(config)
         n_new, seconds = _sweep(run.info.run_id, setup, config.extract_options(batch_size), cache_dir, keep_cache,
                                 device, runner)
         fits.describe_sweep(run.info.run_id)  # findings, links to the model versions and the report
@@ -304,15 +303,6 @@ def _run_params(config: SweepConfig) -> dict[str, Any]:
     for probe_name, params in config.hparams.items():
         out.update({f"{probe_name}.{k}": v for k, v in params.items()})
     return out
-
-
-def _log_config(config: SweepConfig) -> None:
-    from clipprobe.tracking import runs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(CONFIG_ARTIFACT).name
-        path.write_text(config.to_json())
-        runs.log_artifact(path, str(Path(CONFIG_ARTIFACT).parent))
 
 
 def _sweep(run_id: str, setup: dict[str, Any], extract: ExtractOptions, cache_dir: str, keep_cache: bool,
