@@ -1,4 +1,5 @@
-"""A local Ray cluster for the tests (2 CPUs), its workers slowed per batch of fits by ``ray_hooks``."""
+"""A local Ray cluster for the tests (2 CPUs), its workers slowed per batch of fits (and per trial block) by
+``ray_hooks``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import clipprobe
 
 FIT_DELAY_S = 0.6
+TRIAL_DELAY_S = 1.0
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,7 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
                                        "CLIPPROBE_TEST_FIT_DELAY": str(FIT_DELAY_S),
+                                       "CLIPPROBE_TEST_TRIAL_DELAY": str(TRIAL_DELAY_S),
                                        "MLFLOW_DISABLE_TELEMETRY": "true"},
                           "worker_process_setup_hook": "ray_hooks.slow_fits"})
     yield ray

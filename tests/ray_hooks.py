@@ -1,5 +1,6 @@
 """Runs in every Ray worker of the test cluster (``worker_process_setup_hook``): each (module, probe)
-batch of fits waits ``CLIPPROBE_TEST_FIT_DELAY`` seconds, so a test can kill a worker mid-checkpoint."""
+batch of fits waits ``CLIPPROBE_TEST_FIT_DELAY`` seconds, and each block of a tune trial
+``CLIPPROBE_TEST_TRIAL_DELAY``, so a test can kill a worker mid-checkpoint or mid-trial."""
 
 from __future__ import annotations
 
@@ -18,3 +19,14 @@ def slow_fits() -> None:
         return real(*args, **kwargs)
 
     sweep.evaluate_concepts = slowed
+
+    import clipprobe.tuning as tuning
+
+    trial_delay = float(os.environ.get("CLIPPROBE_TEST_TRIAL_DELAY", "0"))
+    fit_block = tuning.fit_many
+
+    def slowed_block(*args, **kwargs):
+        time.sleep(trial_delay)
+        return fit_block(*args, **kwargs)
+
+    tuning.fit_many = slowed_block

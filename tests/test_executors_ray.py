@@ -180,3 +180,69 @@ def test_tune_cli_with_two_ray_workers_on_the_default_journal(tracking_store, tm
     assert sorted(int(r.data.tags["clipprobe.trial"]) for r in nested) == [0, 1, 2, 3]
     bad = CliRunner().invoke(main, ["tune", "--workers", "2"])
     assert bad.exit_code == 2 and "--workers 2: expected 1 or more, with --executor ray" in bad.output
+
+
+def _kill_a_running_trial(storage: str, stop: threading.Event, killed: dict) -> None:
+    """Poll ``storage`` until a trial is mid-objective (its nested run open), then SIGKILL its worker."""
+    import optuna
+
+    from clipprobe import tuning
+    from clipprobe.tracking import trials
+
+    store = tuning.open_storage(storage)
+    deadline = time.time() + 300
+    while not stop.is_set() and time.time() < deadline:
+        time.sleep(0.05)
+        for name in optuna.get_all_study_names(storage=store):
+            for t in optuna.load_study(storage=store, study_name=name).get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if trials.RUN_ATTR in t.user_attrs:
+                    worker = t.user_attrs[tuning.WORKER_ATTR]
+                    os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)
+                    killed.update(number=t.number, worker=worker, share=t.user_attrs[tuning.SHARE_ATTR])
+                    return
+
+
+@slow
+@on_ray
+def test_a_tune_worker_killed_mid_trial_fails_that_trial_and_its_share_ends_without_extras(tracking_store, tmp_path):
+    from test_tune_tracking import BAD_LR, _trial_runs
+    from tune_synthetic import concept_data
+
+    from clipprobe import tuning
+    from clipprobe.cli.tune import run_studies
+    from clipprobe.executors.ray import RayExecutor
+    from clipprobe.tracking import trials
+
+    tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
+    storage = str(tmp_path / "optuna.journal")  # a journal file: no Optuna heartbeat, the share finds the lost trial
+    stop, killed = threading.Event(), {}
+    killer = threading.Thread(target=_kill_a_running_trial, args=(storage, stop, killed))
+    killer.start()
+    try:
+        with runs.step_run("tune") as run:  # 5 trials: fewer than the pruner's 5 startup trials complete first
+            results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=storage, n_trials=5, seed=0,
+                                  runner=RayExecutor(), workers=2)
+    finally:
+        stop.set()
+        killer.join(10)
+    assert killed, "no trial was caught mid-objective"
+    res = results["non_linear_gap"]
+    assert res.counts == {"complete": 5, "pruned": 0, "fail": 1}
+    study = tuning.optuna.load_study(storage=tuning.open_storage(storage), study_name=res.study_name)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[killed["number"]] == "FAIL" and list(states.values()).count("COMPLETE") == 5
+    assert sorted(states) == list(range(6))  # no WAITING or RUNNING trial left, none beyond 5 + the lost one
+    share = [t for t in study.trials if t.user_attrs[tuning.SHARE_ATTR] == killed["share"]]
+    redone = [t for t in share if t.number > killed["number"]]
+    assert redone and all(t.user_attrs[tuning.WORKER_ATTR] != killed["worker"] for t in redone)
+    assert sum(t.state.name == "COMPLETE" for t in share) == len(share) - 1  # its share: 2 or 3, as asked
+    nested = _trial_runs(run.info.run_id)
+    by_trial: dict[int, list] = {}
+    for r in nested:
+        by_trial.setdefault(int(r.data.tags[trials.TRIAL_TAG]), []).append(r)
+    assert sorted(by_trial) == list(range(6)) and all(len(v) == 1 for v in by_trial.values())
+    for number, [r] in by_trial.items():
+        assert r.info.status == ("FAILED" if number == killed["number"] else "FINISHED"), (number, r.info.status)
+        assert r.data.tags[trials.STATE_TAG] == ("failed" if number == killed["number"] else "complete")
+    assert by_trial[killed["number"]][0].data.tags[tuning.WORKER_ATTR] == killed["worker"]

@@ -1,7 +1,11 @@
 """Optuna studies over probe hyper-parameters: one study per probe kind, scored by stratified k-fold
 validation accuracy inside the training part only (the test part of a split never reaches this module).
 
-No MLflow here: the caller passes ``on_trial`` (the CLI logs each trial as a nested run).
+No MLflow here: the caller passes ``on_start`` and ``on_trial`` (the CLI logs each trial as a nested run).
+
+Several workers share a study, each running its *share* of the trials (``run_share``). A worker killed
+mid-trial leaves that trial RUNNING; whoever runs the share again (Ray's retry of the task) fails it and
+runs only what the share still lacks, so the study ends with exactly the trials asked for.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import socket
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +45,15 @@ STORAGE_TIMEOUT_S = 10.0
 JOURNAL_FILE = "optuna.journal"
 FINGERPRINT_ATTR = "clipprobe.subset_fingerprint"
 CATCH = (ValueError, RuntimeError, FloatingPointError)  # a trial failing this way is recorded as FAIL
+# Trial user attrs: the share a trial counts toward ("<tune run id>:<worker>"), the process that ran it
+# (host:pid), and why it failed on its own (a caught exception). A FAIL without ERROR_ATTR is a lost trial.
+SHARE_ATTR = "clipprobe.share"
+WORKER_ATTR = "clipprobe.worker"
+ERROR_ATTR = "clipprobe.error"
+# RDB storages record a heartbeat per running trial; one silent for GRACE_S is failed by the next worker
+# that starts a trial (Optuna's fail_stale_trials), which also hands it to ``on_stale``.
+HEARTBEAT_S = 20
+GRACE_S = 60
 
 
 class StorageError(RuntimeError):
@@ -141,14 +156,18 @@ def _connect_args(url: str, timeout: float) -> dict[str, Any]:
     return {}
 
 
-def open_storage(url: str | Path | None, *, default_dir: str | Path = ".",
-                 timeout: float = STORAGE_TIMEOUT_S) -> BaseStorage:
+def open_storage(url: str | Path | None, *, default_dir: str | Path = ".", timeout: float = STORAGE_TIMEOUT_S,
+                 heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> BaseStorage:
     """An Optuna storage: None -> journal file ``default_dir/optuna.journal``; ``<dialect>://...`` -> an
     RDB (PostgreSQL for many machines); any other text -> a journal file at that path.
 
     Journal files suit several worker processes on one machine (file lock, append-only, no server).
     An RDB connects with the driver's own ``timeout`` (``connect_timeout``); every failure is one
-    ``StorageError`` line naming the URL with its password hidden.
+    ``StorageError`` line naming the URL with its password hidden. An RDB records a heartbeat per running
+    trial every ``heartbeat[0]`` s; a trial silent for ``heartbeat[1]`` s is failed by the next worker that
+    starts one and handed to ``on_stale`` (journal files have no heartbeat in Optuna 5: there only
+    ``run_share`` finds lost trials).
     """
     if url is None or str(url) == "":
         url = Path(default_dir) / JOURNAL_FILE
@@ -161,7 +180,11 @@ def open_storage(url: str | Path | None, *, default_dir: str | Path = ".",
                                "create it or pass another --storage")
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return RDBStorage(text, engine_kwargs={"connect_args": _connect_args(text, timeout)})
+        with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(text, engine_kwargs={"connect_args": _connect_args(text, timeout)},
+                              heartbeat_interval=heartbeat[0], grace_period=heartbeat[1],
+                              heartbeat_stale_trial_callback=on_stale)
     except NoSuchModuleError:
         reason = f"SQLAlchemy knows no database {text.split('://', 1)[0]!r}; check the URL"
     except ArgumentError as err:
@@ -176,6 +199,17 @@ def open_storage(url: str | Path | None, *, default_dir: str | Path = ".",
         reason = reason.replace(text, masked)  # the URL, if quoted, with its password hidden
         reason = f"{reason}; check the URL and that the database is reachable"
     raise StorageError(f"cannot open Optuna storage {masked}: {reason}")
+
+
+def with_stale_callback(storage: BaseStorage | str | Path | None,
+                        on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> BaseStorage:
+    """``storage`` (opened if it is a URL or path) handing heartbeat-stale trials to ``on_stale``; an RDB
+    opened without a callback gets this one."""
+    if not isinstance(storage, BaseStorage):
+        return open_storage(storage, on_stale=on_stale)
+    if isinstance(storage, RDBStorage) and storage.heartbeat_stale_trial_callback is None:
+        storage.heartbeat_stale_trial_callback = on_stale
+    return storage
 
 
 # ---------------------------------------------------------------- studies
@@ -307,6 +341,88 @@ def open_study(
     return sname, existing
 
 
+def worker_name() -> str:
+    """``host:pid`` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def counts_toward_share(trial: FrozenTrial) -> bool:
+    """A trial that ran to its end: complete, pruned, or failed by its own exception (not lost with its worker)."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and ERROR_ATTR in trial.user_attrs)
+
+
+def share_trials(study: optuna.Study, share: str) -> list[FrozenTrial]:
+    """The trials of ``share``, in number order."""
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SHARE_ATTR) == share]
+
+
+def fail_lost_trials(study: optuna.Study, share: str) -> list[FrozenTrial]:
+    """Fail the trials of ``share`` still RUNNING and return them: one process at a time runs a share, so
+    before it starts they are the trials of an earlier attempt that died (Ray retries a task only once its
+    worker process is gone). Optuna's heartbeat would fail them too, but only ``GRACE_S`` after their last
+    beat and only on an RDB storage; this is at once, and on a journal file as well."""
+    lost = []
+    for t in share_trials(study, share):
+        if t.state == TrialState.RUNNING:
+            lost.append(study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True))
+            log.warning("study %s: trial %d was lost with its worker %s: failed", study.study_name, t.number,
+                        t.user_attrs.get(WORKER_ATTR, "?"))
+    return lost
+
+
+def run_share(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    share: str,
+    n_trials: int | None,
+    timeout: float | None = None,
+    on_start: Callable[[optuna.Trial], None] | None = None,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> int:
+    """Run ``share``'s ``n_trials`` trials of ``study`` (None: until ``timeout``); returns how many ran now.
+
+    Run again for the same share (Ray's retry of a killed worker's task), it first fails the trials the
+    dead attempt left RUNNING (``fail_lost_trials``), hands every ended trial of the share to ``on_trial``
+    again (so their runs are ended; the callback skips what it already ended), and runs only the trials
+    the share still lacks: a lost trial is replaced, none is run twice. ``on_start`` sees each trial
+    before the objective.
+
+    Optuna's ``MaxTrialsCallback`` is not used: it stops a worker after a trial once the study holds n,
+    so workers that start their last trials together overshoot; shares give exactly n. Neither is
+    ``RetryHeartbeatStaleTrialCallback``: the share already replaces a lost trial, and its queued copy
+    would be one trial too many (or left WAITING when no worker is left to take it).
+    """
+    lost = fail_lost_trials(study, share)
+    mine = share_trials(study, share)
+    if on_trial is not None:
+        for t in mine:
+            if t.state.is_finished():
+                on_trial(study, t)
+    todo = None if n_trials is None else n_trials - sum(map(counts_toward_share, mine))
+    if lost or mine:
+        log.info("study %s: share %s has %d ended trials (%d lost); running %s more", study.study_name, share,
+                 len(mine), len(lost), todo if todo is not None else "until the timeout")
+    if todo is not None and todo <= 0:
+        return 0
+
+    def tracked(trial: optuna.Trial) -> float:
+        trial.set_user_attr(SHARE_ATTR, share)
+        trial.set_user_attr(WORKER_ATTR, worker_name())
+        if on_start is not None:
+            on_start(trial)
+        try:
+            return objective(trial)
+        except CATCH as err:
+            trial.set_user_attr(ERROR_ATTR, f"{type(err).__name__}: {err}"[:500])
+            raise
+
+    before = len(study.get_trials(deepcopy=False))
+    study.optimize(tracked, n_trials=todo, timeout=timeout, catch=CATCH, callbacks=[on_trial] if on_trial else None)
+    return len(study.get_trials(deepcopy=False)) - before
+
+
 def tune(
     kind: str | ProbeKind,
     tasks: Sequence[TuneTask],
@@ -319,13 +435,16 @@ def tune(
     folds: int = DEFAULT_FOLDS,
     base: Mapping[str, Any] | None = None,
     fingerprint_extra: Mapping[str, Any] | None = None,
+    on_start: Callable[[optuna.Trial], None] | None = None,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    share: str | None = None,
     device: str = "cpu",
 ) -> StudyResult:
     """Run (or resume) the study of one probe kind on ``tasks``; returns its best searched params.
 
     ``name`` prefixes the study name (default: kind + subset fingerprint); the same tasks and name
     resume the same study. A new study first tries the kind's defaults (where inside the space).
+    ``share`` names this invocation's trials (``run_share``; default: a fresh name).
     """
     pk = check_kind(kind)
     if not tasks:
@@ -337,15 +456,20 @@ def tune(
         storage = open_storage(storage)
     sname, existing = open_study(pk, tasks, storage=storage, name=name, folds=folds, base=base,
                                  fingerprint_extra=fingerprint_extra)
-    # Seeded by the trials already there, so a resumed study does not replay its first random points.
-    sampler = optuna.samplers.TPESampler(seed=seed + existing)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    study = optuna.load_study(storage=storage, study_name=sname, sampler=sampler, pruner=pruner)
+    study = load_study(storage, sname, seed=seed + existing)
     log.info("study %s: %d trials so far; running %s more%s", sname, existing, n_trials or "unlimited",
              f" for at most {timeout:g} s" if timeout else "")
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=CATCH,
-                   callbacks=[on_trial] if on_trial else None)
+    run_share(study, objective, share=share or f"{worker_name()}:{os.urandom(4).hex()}", n_trials=n_trials,
+              timeout=timeout, on_start=on_start, on_trial=on_trial)
     return summarise(pk.name, study)
+
+
+def load_study(storage: BaseStorage, name: str, *, seed: int) -> optuna.Study:
+    """A study as every worker runs it: TPE seeded by ``seed``, median pruning after 5 complete trials.
+
+    Seed a resumed study by the trials already there, so it does not replay its first random points."""
+    return optuna.load_study(storage=storage, study_name=name, sampler=optuna.samplers.TPESampler(seed=seed),
+                             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
 
 
 def summarise(kind: str, study: optuna.Study) -> StudyResult:

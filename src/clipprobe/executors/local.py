@@ -112,5 +112,7 @@ class LocalExecutor:
         from clipprobe.tracking.trials import TrialLogger
 
         logger = TrialLogger(run_id, tuning.check_kind(kind).name)
+        storage = tuning.with_stale_callback(storage, logger)  # RDB heartbeats: a stale trial's run ends FAILED
         return tuning.tune(kind, tasks, storage=storage, name=study_name, n_trials=n_trials, timeout=timeout,
-                           seed=seed, folds=folds, on_trial=logger, device=device)
+                           seed=seed, folds=folds, on_start=logger.start, on_trial=logger, share=f"{run_id}:0",
+                           device=device)

@@ -12,21 +12,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from clipprobe.executors.local import SweepJob, probe_checkpoint
 from clipprobe.sweep import FitKey, check_distinct_weights
+from clipprobe.tuning import worker_name
 
 log = logging.getLogger(__name__)
 
 WORKER_TAG = "clipprobe.worker"  # on a checkpoint run: host:pid of the worker that ran it (last attempt)
 DEFAULT_MAX_RETRIES = 3  # Ray retries a task whose worker process died this often
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def run_checkpoint_task(job: SweepJob, epoch: int) -> list[dict[str, Any]]:
@@ -51,8 +47,11 @@ def run_checkpoint_task(job: SweepJob, epoch: int) -> list[dict[str, Any]]:
 
 
 def tune_task(tracking_uri: str, run_id: str, kind: Any, tasks: Sequence[Any], storage: str, study_name: str,
-              n_trials: int | None, timeout: float | None, seed: int, folds: int, device: str) -> int:
-    """What one Ray task of a shared study runs: its share of trials, each a nested run of ``run_id``."""
+              n_trials: int | None, timeout: float | None, seed: int, folds: int, device: str, share: str) -> int:
+    """What one Ray task of a shared study runs: its ``share`` of trials, each a nested run of ``run_id``.
+
+    Retried by Ray after its worker died, it fails the trial that worker left RUNNING (its run ends
+    FAILED) and runs only what the share still lacks (``tuning.run_share``). Returns the trials it ran."""
     from clipprobe import tuning
     from clipprobe.devices import resolve_device
     from clipprobe.tracking.runs import use_stores
@@ -61,14 +60,12 @@ def tune_task(tracking_uri: str, run_id: str, kind: Any, tasks: Sequence[Any], s
     use_stores(tracking_uri)
     pk = tuning.check_kind(kind)
     logger = TrialLogger(run_id, pk.name)
-    store = tuning.open_storage(storage)
+    store = tuning.open_storage(storage, on_stale=logger)
     sname, _ = tuning.open_study(kind, tasks, storage=store, name=study_name, folds=folds)
-    study = tuning.optuna.load_study(storage=store, study_name=sname,
-                                     sampler=tuning.optuna.samplers.TPESampler(seed=seed),
-                                     pruner=tuning.optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0))
+    study = tuning.load_study(store, sname, seed=seed)
     objective = tuning.make_objective(pk, tasks, folds, device=str(resolve_device(device)))
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=tuning.CATCH, callbacks=[logger])
-    return len(logger.run_ids)
+    return tuning.run_share(study, objective, share=share, n_trials=n_trials, timeout=timeout,
+                            on_start=logger.start, on_trial=logger)
 
 
 def shares(total: int | None, workers: int) -> list[int | None]:
@@ -159,9 +156,10 @@ class RayExecutor:
                                                  retry_exceptions=False, name="clipprobe-trials")
             shared = ray.put(list(tasks))
             refs = [task.remote(tracking_uri, run_id, kind, shared, storage, study_name, n, timeout, seed + i,
-                                folds, device) for i, n in enumerate(shares(n_trials, max(1, workers)))]
-            logged = sum(ray.get(refs))
-            log.info("study %s: %d trials logged by %d workers", sname, logged, len(refs))
+                                folds, device, f"{run_id}:{i}")
+                    for i, n in enumerate(shares(n_trials, max(1, workers)))]
+            ran = sum(ray.get(refs))
+            log.info("study %s: %d trials run by %d workers", sname, ran, len(refs))
         finally:
             if started:
                 ray.shutdown()
