@@ -418,9 +418,10 @@ def run_share(
             trial.set_user_attr(ERROR_ATTR, f"{type(err).__name__}: {err}"[:500])
             raise
 
-    before = len(study.get_trials(deepcopy=False))
-    study.optimize(tracked, n_trials=todo, timeout=timeout, catch=CATCH, callbacks=[on_trial] if on_trial else None)
-    return len(study.get_trials(deepcopy=False)) - before
+    ended: list[int] = []
+    study.optimize(tracked, n_trials=todo, timeout=timeout, catch=CATCH,
+                   callbacks=[lambda _, t: ended.append(t.number), *([on_trial] if on_trial else [])])
+    return len(ended)
 
 
 def tune(
