@@ -251,7 +251,7 @@ def test_processes_sharing_a_cache_never_crash(tmp_path):
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     sums = [out.get(timeout=5) for _ in procs]
-    [folder] = [f for f in tmp_path.iterdir() if f.is_dir()]
+    [folder] = [f for f in tmp_path.iterdir() if f.is_dir() and not f.name.startswith(".")]
     assert not list(folder.glob("*.tmp"))  # every process's own temporary file was renamed into place
     meta = json.loads((folder / "meta.json").read_text())
     # each process merged meta.json with the others' records: no module's files are forgotten
@@ -267,3 +267,77 @@ def test_processes_sharing_a_cache_never_crash(tmp_path):
                                            fingerprint="9" * 64, options=ExtractOptions(batch_size=20, precision="fp32"),
                                            progress=False)
     np.testing.assert_allclose(shared.map("features.3")[:, :], alone.map("features.3")[:, :], rtol=2**-7, atol=1e-6)
+
+
+def _tiny_entry(root: str):
+    return ActivationCache(root).get(tiny_net(), {"a": "features.1", "b": "features.3"},
+                                     FakeImages(tiny_images(n=40, size=16)), fingerprint="7" * 64,
+                                     options=ExtractOptions(batch_size=20, precision="fp32"), progress=False)
+
+
+def _read_while_another_deletes(root, ready, go, out) -> None:
+    acts = _tiny_entry(root)
+    ready.set()
+    go.wait(120)
+    # read every file after the other process asked for the folder's deletion
+    out.put({p: float(acts.gap(p).sum(dtype=np.float64) + acts.map(p)[:, :].sum(dtype=np.float64))
+             for p in ("features.1", "features.3")})
+    out.put(ActivationCache(root).release(acts, delete=True))
+
+
+def _use_and_delete(root, out) -> None:
+    acts = _tiny_entry(root)
+    out.put(ActivationCache(root).release(acts, delete=True))
+
+
+def _hold_a_lease(root, ready) -> None:
+    import time
+
+    _tiny_entry(root)
+    ready.set()
+    time.sleep(600)
+
+
+def test_no_keep_cache_never_deletes_a_folder_another_process_reads(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    root = str(tmp_path)
+    expected = _tiny_entry(root)  # made here, read by both processes
+    sums = {p: float(expected.gap(p).sum(dtype=np.float64) + expected.map(p)[:, :].sum(dtype=np.float64))
+            for p in ("features.1", "features.3")}
+    ActivationCache(root).release(expected)
+    assert not list((expected.folder / "leases").iterdir())
+    ready, go, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_read_while_another_deletes, args=(root, ready, go, out))
+    reader.start()
+    assert ready.wait(240)
+    deleter = ctx.Process(target=_use_and_delete, args=(root, out))
+    deleter.start()
+    deleter.join(240)
+    assert deleter.exitcode == 0 and out.get(timeout=5) is False  # kept: the reader holds a lease
+    assert expected.folder.is_dir() and len(list((expected.folder / "leases").iterdir())) == 1
+    go.set()
+    got, deleted = out.get(timeout=240), out.get(timeout=60)
+    reader.join(60)
+    assert reader.exitcode == 0
+    assert got == pytest.approx(sums, rel=1e-6)  # every file still there for the reader
+    assert deleted is True and not expected.folder.exists()  # the last reader deletes it
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_killed_readers_lease_does_not_keep_the_folder(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_a_lease, args=(str(tmp_path), ready))
+    holder.start()
+    assert ready.wait(240)
+    mine = _tiny_entry(str(tmp_path))
+    assert ActivationCache(tmp_path).release(_tiny_entry(str(tmp_path)), delete=True) is False  # holder and mine
+    holder.kill()  # SIGKILL: its lease file stays, naming a dead pid
+    holder.join(30)
+    assert len(list((mine.folder / "leases").iterdir())) == 2
+    assert ActivationCache(tmp_path).release(mine, delete=True) is True
+    assert not mine.folder.exists()

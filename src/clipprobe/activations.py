@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -453,8 +455,9 @@ class CheckpointActivations:
     """
 
     def __init__(self, folder: Path, meta: Mapping[str, Any], precisions: Mapping[str, str],
-                 calibration: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 calibration: Mapping[str, Mapping[str, Any]] | None = None, lease: Path | None = None) -> None:
         self.folder = folder
+        self.lease = lease  # this reader's lease file in the folder (``ActivationCache.release`` gives it back)
         self.meta = dict(meta)
         self.precisions = dict(precisions)
         self.calibration = {p: dict(c) for p, c in (calibration or {}).items()}
@@ -529,9 +532,34 @@ def _merge_meta(meta_path: Path, mine: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+LEASES = "leases"  # in a cache folder: one file per process reading it, named <pid>@<host>.<random>
+
+
+def _lease_alive(lease: Path) -> bool:
+    """Whether the process named by a lease file may still read its folder: on this host, while its pid
+    lives; on another host (a shared filesystem), always, as nothing here can tell."""
+    pid, _, rest = lease.name.partition("@")
+    host = rest.rsplit(".", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class ActivationCache:
     """Folders of per-module activation files under ``root``, one per (checkpoint, images, transform, layout);
-    in a folder, each module's files per precision it was computed in."""
+    in a folder, each module's files per precision it was computed in.
+
+    Every ``get`` takes a lease on its folder (a file in ``leases/``) and ``release`` gives it back; with
+    ``delete=True`` the folder goes only when no live process holds a lease on it, so a sweep with
+    ``--no-keep-cache`` never deletes activations another process is computing or reading. Leases and
+    deletions are ordered by a lock file per folder under ``root/.locks``.
+    """
 
     def __init__(self, root: str | Path = DEFAULT_CACHE_DIR) -> None:
         self.root = Path(root)
@@ -560,7 +588,7 @@ class ActivationCache:
         """
         options = options.resolve(device, native_bf16)
         folder = self.folder(fingerprint, images, options)
-        folder.mkdir(parents=True, exist_ok=True)
+        lease = self._take_lease(folder)
         meta_path = folder / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if meta.get("format") != _FORMAT_VERSION:
@@ -601,7 +629,51 @@ class ActivationCache:
             os.replace(tmp, meta_path)
         else:
             log.info("activations %s: read from cache", folder.name)
-        return CheckpointActivations(folder, meta, plan, chosen)
+        return CheckpointActivations(folder, meta, plan, chosen, lease=lease)
+
+    @contextlib.contextmanager
+    def _locked(self, folder: Path) -> Iterator[None]:
+        """The folder's lock (an ``flock`` on ``root/.locks/<folder>``), held for the block."""
+        import fcntl
+
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / folder.name, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _take_lease(self, folder: Path) -> Path:
+        """Create ``folder`` if needed and a lease on it for this process, under the folder's lock (so a
+        deletion either happened before, and the folder is new, or waits for the next check)."""
+        with self._locked(folder):
+            (folder / LEASES).mkdir(parents=True, exist_ok=True)
+            lease = folder / LEASES / f"{os.getpid()}@{socket.gethostname()}.{uuid.uuid4().hex[:12]}"
+            lease.touch()
+        return lease
+
+    def release(self, acts: CheckpointActivations, *, delete: bool = False) -> bool:
+        """Give back ``acts``'s lease; with ``delete``, delete its folder unless a live process still holds
+        one (leases of dead processes on this host are dropped). True when the folder was deleted."""
+        folder = acts.folder
+        with self._locked(folder):
+            if acts.lease is not None:
+                acts.lease.unlink(missing_ok=True)
+                acts.lease = None
+            if not delete or not folder.is_dir():
+                return False
+            leases = list((folder / LEASES).glob("*")) if (folder / LEASES).is_dir() else []
+            holders = [lease for lease in leases if _lease_alive(lease)]
+            if holders:
+                log.info("activations %s: kept, still read by %s", folder.name,
+                         ", ".join(sorted(h.name.rsplit(".", 1)[0] for h in holders)))
+                return False
+            trash = folder.with_name(f"{folder.name}.deleting-{uuid.uuid4().hex[:12]}")
+            os.replace(folder, trash)  # gone from its name at once; the files go after the lock is released
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     def _extract(self, model: nn.Module, todo: list[str], images: ImageSet, folder: Path,
                  options: ExtractOptions, device: str | torch.device, progress: bool) -> dict[str, list[int]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -241,8 +240,7 @@ class Sweep:
                 done.add((task.concept, module, probe, int(ref.epoch)))
                 if on_fit is not None:
                     on_fit(row)
-        if not self.keep_cache:
-            shutil.rmtree(acts.folder, ignore_errors=True)
+        self.cache.release(acts, delete=not self.keep_cache)  # deleted unless another process still reads it
         return rows
 
 
