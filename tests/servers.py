@@ -1,5 +1,6 @@
-"""Real tracking servers for the tests: PostgreSQL 15 on loopback in a temporary data directory, and
-`mlflow server` on it with served artifacts. Both stop at the end; missing binaries skip with the reason.
+"""Real servers for the tests: PostgreSQL 15 on loopback in a temporary data directory, `mlflow server` on
+it with served artifacts, and a Ray head node started apart (`ray start --head`) as a remote cluster is.
+All stop at the end; missing binaries skip with the reason.
 
 PostgreSQL refuses to run as root: as root, its commands run as the ``postgres`` user (``runuser``).
 """
@@ -124,6 +125,61 @@ def mlflow_server(backend: str, artifacts: Path, timeout: float = 180) -> Iterat
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@dataclass
+class RayHead:
+    """A Ray head node of its own: ``address`` (host:port of its GCS) and ``client`` (``ray://`` Ray Client)."""
+
+    address: str
+    client: str
+    folder: Path
+
+
+@contextlib.contextmanager
+def ray_head(env: dict[str, str] | None = None, cpus: int = 2, timeout: float = 240) -> Iterator[RayHead]:
+    """``ray start --head --block`` on loopback (GCS and Ray Client ports free, its own temp dir), in a new
+    process group; stopped by signalling that group (never ``ray stop``, which stops every Ray on the
+    machine). ``env`` is the environment its workers get (they inherit the head's)."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'clipprobe[ray]'")
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.exists():
+        pytest.skip(f"no `ray` command beside {sys.executable}")
+    folder = Path(tempfile.mkdtemp(prefix="cpray-", dir="/tmp"))  # Ray's socket paths must stay short
+    port, client_port = free_port(), free_port()
+    log = open(folder / "head.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--ray-client-server-port", str(client_port), "--num-cpus", str(cpus), "--temp-dir", str(folder / "t"),
+         "--include-dashboard", "false", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.time() + timeout
+        while True:  # up once both ports answer
+            up = True
+            for p in (port, client_port):
+                try:
+                    socket.create_connection(("127.0.0.1", p), timeout=1).close()
+                except OSError:
+                    up = False
+            if up:
+                break
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError(f"ray start did not come up: {(folder / 'head.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield RayHead(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", folder)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

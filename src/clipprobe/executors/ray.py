@@ -96,8 +96,16 @@ class RayExecutor:
             return False
         if self.address is None and not os.environ.get("RAY_ADDRESS"):  # a new cluster on this machine
             ray.init(include_dashboard=False)
-        else:
+            return True
+        try:
             ray.init(address=self.address)
+        except ConnectionError as err:
+            if os.environ.get("RAY_AUTH_MODE"):
+                raise
+            # Ray 2.5x: `ray start --head` turns token authentication on where a token exists, but a driver
+            # joining it sends the token only when told; refused, it retries for half a minute, then says only this
+            raise ConnectionError(f"{err}: if the cluster uses token authentication, set RAY_AUTH_MODE=token "
+                                  "and its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token) here") from None
         return True
 
     def run(self, job: SweepJob, done: Collection[FitKey]) -> list[dict[str, Any]]:
