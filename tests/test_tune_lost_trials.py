@@ -100,3 +100,30 @@ def test_a_share_run_again_fails_its_running_trial_and_runs_only_what_it_lacks(t
     assert by_number[3].state == TrialState.RUNNING  # another share's trial is not this share's to fail
     assert tuning.run_share(study, objective, share="run:0", n_trials=4) == 0
     assert len(study.get_trials()) == 6
+
+
+def test_a_share_run_again_ends_the_runs_its_killed_attempt_left_open(tracking_store, tmp_path):
+    store = tuning.open_storage(str(tmp_path / "optuna.journal"))
+    tasks = tune_tasks(2)
+    name, _ = tuning.open_study("linear_gap", tasks, storage=store)
+    study = tuning.load_study(store, name, seed=0)
+    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3)
+    with runs.step_run("tune") as run:
+        logger = trials.TrialLogger(run.info.run_id, "linear_gap")
+        # the killed attempt: trial 0 told COMPLETE but killed before its run was ended, trial 1 killed mid-objective
+        done = study.ask()
+        done.set_user_attr(tuning.SHARE_ATTR, "run:0")
+        logger.start(done)
+        study.tell(done, objective(done))
+        mid = study.ask()
+        mid.set_user_attr(tuning.SHARE_ATTR, "run:0")
+        logger.start(mid)
+        assert {r.info.status for r in _trial_runs(run.info.run_id)} == {"RUNNING"}
+        again = trials.TrialLogger(run.info.run_id, "linear_gap")  # the retried task's own logger
+        ran = tuning.run_share(study, objective, share="run:0", n_trials=2, on_start=again.start, on_trial=again)
+    assert ran == 1
+    got = {int(r.data.tags[trials.TRIAL_TAG]): r for r in _trial_runs(run.info.run_id)}
+    assert sorted(got) == [0, 1, 2]  # one run per trial: the open ones were ended, not made again
+    assert [got[n].info.status for n in (0, 1, 2)] == ["FINISHED", "FAILED", "FINISHED"]
+    assert got[0].data.metrics["val_acc"] == pytest.approx(study.trials[0].value)
+    assert got[1].data.tags[trials.STATE_TAG] == "failed" and "val_acc" not in got[1].data.metrics
