@@ -127,3 +127,24 @@ def test_a_share_run_again_ends_the_runs_its_killed_attempt_left_open(tracking_s
     assert [got[n].info.status for n in (0, 1, 2)] == ["FINISHED", "FAILED", "FINISHED"]
     assert got[0].data.metrics["val_acc"] == pytest.approx(study.trials[0].value)
     assert got[1].data.tags[trials.STATE_TAG] == "failed" and "val_acc" not in got[1].data.metrics
+
+
+def test_ctrl_c_mid_trial_ends_its_run_failed(tracking_store, tmp_path):
+    store = tuning.open_storage(str(tmp_path / "optuna.journal"))
+    tasks = tune_tasks(2)
+    name, _ = tuning.open_study("linear_gap", tasks, storage=store)
+    study = tuning.load_study(store, name, seed=0)
+    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3)
+
+    def interrupted(trial):
+        if trial.number == 1:
+            raise KeyboardInterrupt
+        return objective(trial)
+
+    with runs.step_run("tune") as run:
+        logger = trials.TrialLogger(run.info.run_id, "linear_gap")
+        with pytest.raises(KeyboardInterrupt):
+            tuning.run_share(study, interrupted, share="run:0", n_trials=3, on_start=logger.start, on_trial=logger)
+    status = {int(r.data.tags[trials.TRIAL_TAG]): r.info.status for r in _trial_runs(run.info.run_id)}
+    assert status == {0: "FINISHED", 1: "FAILED"}
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]

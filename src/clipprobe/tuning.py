@@ -10,6 +10,7 @@ runs only what the share still lacks, so the study ends with exactly the trials 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -419,8 +420,16 @@ def run_share(
             raise
 
     ended: list[int] = []
-    study.optimize(tracked, n_trials=todo, timeout=timeout, catch=CATCH,
-                   callbacks=[lambda _, t: ended.append(t.number), *([on_trial] if on_trial else [])])
+    try:
+        study.optimize(tracked, n_trials=todo, timeout=timeout, catch=CATCH,
+                       callbacks=[lambda _, t: ended.append(t.number), *([on_trial] if on_trial else [])])
+    except BaseException:  # Ctrl-C or an error not in CATCH: Optuna failed the trial but calls no callback
+        if on_trial is not None:
+            for t in share_trials(study, share):
+                if t.state.is_finished() and t.number not in ended:
+                    with contextlib.suppress(Exception):
+                        on_trial(study, t)
+        raise
     return len(ended)
 
 
