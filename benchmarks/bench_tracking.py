@@ -57,8 +57,9 @@ def fit_row(i: int, epoch: int) -> dict:
     }
 
 
-def _writer(uri: str, sweep_id: str, epoch: int, n: int, start, out) -> None:
-    """One writer process: ``n`` fits of checkpoint ``epoch`` through FitWriter, timed after a common start."""
+def _writer(uri: str, sweep_id: str, writer: int, n: int, start, out) -> None:
+    """One writer process: ``n`` distinct fits through FitWriter, timed after a common start. A checkpoint
+    holds 513 fits, so writer w fills checkpoints w*k, w*k+1, ... (k = checkpoints per writer)."""
     import mlflow
 
     from clipprobe.tracking.fit_writer import FitWriter
@@ -66,11 +67,14 @@ def _writer(uri: str, sweep_id: str, epoch: int, n: int, start, out) -> None:
 
     mlflow.set_tracking_uri(uri)
     logger = FitWriter(sweep_id)
-    ckpt = CheckpointRuns(sweep_id).run_id(epoch, params={"epoch": epoch})
-    rows = [fit_row(i, epoch) for i in range(n)]
+    per_writer = -(-n // FITS_PER_CHECKPOINT)
+    epochs = [writer * per_writer + i // FITS_PER_CHECKPOINT for i in range(n)]
+    checkpoints = CheckpointRuns(sweep_id)
+    ckpts = {e: checkpoints.run_id(e, params={"epoch": e}) for e in sorted(set(epochs))}
+    rows = [(ckpts[e], fit_row(i % FITS_PER_CHECKPOINT, e)) for i, e in enumerate(epochs)]
     start.wait()
     t = time.perf_counter()
-    for row in rows:
+    for ckpt, row in rows:
         logger.submit(ckpt, row, hparams={"weight_decay": 0.005})
     logger.close()
     out.put(time.perf_counter() - t)
