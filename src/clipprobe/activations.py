@@ -634,7 +634,7 @@ class ActivationCache:
     @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
         """The folder's lock (an ``flock`` on ``root/.locks/<folder>``), held for the block."""
-        import fcntl
+        import fcntl  # POSIX; the lock file outlives the folder, so a deleter and a new reader share it
 
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
@@ -666,6 +666,8 @@ class ActivationCache:
                 return False
             leases = list((folder / LEASES).glob("*")) if (folder / LEASES).is_dir() else []
             holders = [lease for lease in leases if _lease_alive(lease)]
+            for stale in set(leases) - set(holders):
+                stale.unlink(missing_ok=True)
             if holders:
                 log.info("activations %s: kept, still read by %s", folder.name,
                          ", ".join(sorted(h.name.rsplit(".", 1)[0] for h in holders)))
