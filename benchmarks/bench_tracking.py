@@ -74,9 +74,13 @@ def _writer(uri: str, sweep_id: str, writer: int, n: int, start, out) -> None:
     rows = [(ckpts[e], fit_row(i % FITS_PER_CHECKPOINT, e)) for i, e in enumerate(epochs)]
     start.wait()
     t = time.perf_counter()
-    for ckpt, row in rows:
-        logger.submit(ckpt, row, hparams={"weight_decay": 0.005})
-    logger.close()
+    try:
+        for ckpt, row in rows:
+            logger.submit(ckpt, row, hparams={"weight_decay": 0.005})
+        logger.close()
+    except Exception as err:  # reported in the table, not hidden behind a traceback
+        out.put(f"{type(err).__name__}: {str(err).splitlines()[0][:160]}")
+        raise
     out.put(time.perf_counter() - t)
 
 
@@ -100,7 +104,9 @@ def writers_rate(uri: str, writers: int, fits_each: int) -> tuple[float, float]:
             p.join()
         wall = time.perf_counter() - t
         if any(p.exitcode for p in procs):
-            raise RuntimeError(f"a writer failed on {uri}")
+            errors = {x for x in (out.get(timeout=10) for _ in procs) if isinstance(x, str)}
+            raise RuntimeError(f"{sum(bool(p.exitcode) for p in procs)} of {writers} writers failed: "
+                               + "; ".join(sorted(errors)))
         from clipprobe.tracking.sweep_fits import SweepFits
 
         n = len(SweepFits(run.info.run_id).finished())
@@ -114,8 +120,12 @@ def bench_writers(args, work: Path) -> str:
     lines = ["| store | writers | fits per writer | fit runs/s (all writers) | wall s |", "|---|---|---|---|---|"]
 
     def row(store, w, n):
-        rate, wall = writers_rate(store_uri[store], w, n)
-        lines.append(f"| {store} | {w} | {n} | {rate:.0f} | {wall:.1f} |")
+        t = time.perf_counter()
+        try:
+            rate, wall = writers_rate(store_uri[store], w, n)
+            lines.append(f"| {store} | {w} | {n} | {rate:.0f} | {wall:.1f} |")
+        except RuntimeError as err:  # a failed configuration is a result too
+            lines.append(f"| {store} | {w} | {n} | failed: {err} | {time.perf_counter() - t:.1f} |")
         print(lines[-1], flush=True)
 
     with postgres_server() as pg:
