@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from clipprobe.tracking import discovery, runs
 
 
-def test_latest_step_run_finds_the_newest_finished_one_of_that_experiment(tracking_store):
+def test_latest_splits_run_is_the_newest_finished_concepts_run_of_that_experiment(tracking_store):
     with runs.step_run("concepts"):
         pass
     time.sleep(0.01)
@@ -18,14 +18,11 @@ def test_latest_step_run_finds_the_newest_finished_one_of_that_experiment(tracki
         pass
     with pytest.raises(RuntimeError), runs.step_run("concepts"):  # a FAILED run is never an input
         raise RuntimeError("boom")
-    assert discovery.latest_step_run("concepts").info.run_id == newer.info.run_id
-    assert discovery.latest_step_run("concepts", experiment_id="0").info.run_id == newer.info.run_id
+    other = MlflowClient().create_experiment("other")
+    with runs.step_run("concepts", experiment_name="other"):  # newer, but in another experiment
+        pass
     assert discovery.latest_splits_run_id("0", "Default") == newer.info.run_id
-    with pytest.raises(LookupError, match=r"^no finished world run in any experiment: run `clipprobe world` first$"):
-        discovery.latest_step_run("world")
-    MlflowClient().create_experiment("empty")
-    with pytest.raises(LookupError, match=r"^no finished concepts run in experiment 'empty': pass --pool$"):
-        discovery.latest_step_run("concepts", "empty", fix="pass --pool")
+    assert discovery.latest_splits_run_id(other, "other") != newer.info.run_id
 
 
 def test_latest_model_name_reads_the_newest_train_or_checkpoints_run(tracking_store):
