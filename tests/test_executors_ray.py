@@ -210,8 +210,8 @@ def test_a_tune_worker_killed_mid_trial_fails_that_trial_and_its_share_ends_with
     from tune_synthetic import concept_data
 
     from clipprobe import tuning
-    from clipprobe.cli.tune import run_studies
     from clipprobe.executors.ray import RayExecutor
+    from clipprobe.steps.tune import run_studies
     from clipprobe.tracking import trials
 
     tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
