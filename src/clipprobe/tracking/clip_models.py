@@ -14,10 +14,8 @@ import open_clip
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from clipprobe.tracking.discovery import CLIP_MODEL_TAG, CLIP_WEIGHTS_SHA256_TAG
 from clipprobe.tracking.registry import PIP_REQUIREMENTS, mark_registered
-
-CLIP_SHA256_TAG = "clipprobe.clip_weights_sha256"
-CLIP_ARCH_TAG = "clipprobe.clip_model"
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def log_clip_model(model, *, name: str, clip_model: str, weights: str | Path, co
         client.create_registered_model(name, description="CLIP models trained by clipprobe on the concept world.")
     active = mlflow.active_run()
     mv = client.create_model_version(name, source=info.model_uri, run_id=active.info.run_id if active else None,
-                                     tags={CLIP_ARCH_TAG: clip_model, CLIP_SHA256_TAG: sha256},
+                                     tags={CLIP_MODEL_TAG: clip_model, CLIP_WEIGHTS_SHA256_TAG: sha256},
                                      model_id=info.model_id)
     mark_registered(client, info.model_id, name, str(mv.version))
     client.update_model_version(name, mv.version, description=(
