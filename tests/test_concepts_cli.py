@@ -46,6 +46,13 @@ def test_annotations_on_the_latest_world(world):
     assert download_artifact(run.info.run_id, "concepts/contact_sheets/red.png").is_file()
     inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.dataset.name for i in inputs) == ["concepts-scores", "concepts-splits"]
+    # The run's config, rebuilt: resolved to the world's pool, truth and vocabulary.
+    from clipprobe.concepts.build import ConceptsConfig
+    from clipprobe.tracking.configs import load_config
+
+    assert load_config(ConceptsConfig, run.info.run_id) == ConceptsConfig(
+        pool=world / "pool", truth=world.resolve() / "truth.parquet", source="annotations", top_k=10, negatives=30,
+        vocabulary="world")
 
 
 def test_clip_source_with_local_weights_logs_precision(world, tmp_path):
