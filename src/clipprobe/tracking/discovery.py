@@ -1,8 +1,9 @@
 """Run discovery: which earlier step run a later step takes its input from when the user names none.
 
-"Latest" is always the newest FINISHED run of a step (``runs.find_latest_run``); these functions read
-what a step needs off that run (the world's folder, the world CLIP's weights) and return ``None`` when
-there is none, so each command words its own error and fix.
+"Latest" is always the newest FINISHED run of a step (``runs.find_latest_run``) in the chosen experiment
+(``runs.chosen_experiment``: id and name). Where nothing is found, a ``LookupError`` says in one line what
+is missing and how to fix it; a command turns it into a usage error. The world lookups return ``None``
+instead, so each command words its own fix.
 """
 
 from __future__ import annotations
@@ -13,17 +14,42 @@ from mlflow.entities import Run
 
 from clipprobe.tracking import runs
 
+MODEL_STEPS = ("train", "checkpoints")  # the steps whose runs name a registered model (tag clipprobe.model_name)
 CLIP_MODEL_TAG = "clipprobe.clip_model"  # the clip run's architecture name
 CLIP_WEIGHTS_TAG = "clipprobe.clip_weights"  # the clip run's weights file (absolute path)
 CLIP_WEIGHTS_SHA256_TAG = "clipprobe.clip_weights_sha256"
 
 
+def latest_model_name(experiment_id: str | None, experiment_name: str) -> str:
+    """The model name (tag ``clipprobe.model_name``) of the newest finished train or checkpoints run of the
+    experiment (``experiment_id`` None: an experiment that does not exist yet, so there is none)."""
+    found = [] if experiment_id is None else [
+        r for r in (runs.find_latest_run(step, experiment_id=experiment_id) for step in MODEL_STEPS)
+        if r is not None and runs.MODEL_NAME_TAG in r.data.tags]
+    if not found:
+        raise LookupError(f"no --model-name given and no finished train or checkpoints run in experiment "
+                          f"{experiment_name!r} names one: run `clipprobe train` or `clipprobe checkpoints FOLDER` "
+                          "there, pass --experiment-name, or pass --model-name")
+    return max(found, key=lambda r: r.info.start_time).data.tags[runs.MODEL_NAME_TAG]
+
+
+def latest_splits_run_id(experiment_id: str | None, experiment_name: str) -> str:
+    """The id of the newest finished concepts run of the experiment (whose ``concepts/splits.parquet`` a
+    sweep or study reads)."""
+    run = None if experiment_id is None else runs.find_latest_run("concepts", experiment_id=experiment_id)
+    if run is None:
+        raise LookupError(f"no --splits-run given and no finished concepts run in experiment {experiment_name!r}: "
+                          "run `clipprobe concepts` there, pass --experiment-name, or pass --splits-run RUN_ID")
+    return run.info.run_id
+
+
 def latest_run(step: str, *, experiment_name: str | None = None) -> Run:
-    """The newest finished run of ``step``; ``LookupError`` naming the step when there is none."""
+    """The newest finished run of ``step`` (in ``experiment_name``, else in any experiment); ``LookupError``
+    naming the step when there is none."""
     found = runs.find_latest_run(step, experiment_name=experiment_name)
     if found is None:
-        where = f" in experiment {experiment_name!r}" if experiment_name else ""
-        raise LookupError(f"no finished {step} run{where}: run `clipprobe {step}` first")
+        where = f"experiment {experiment_name!r}" if experiment_name else "any experiment"
+        raise LookupError(f"no finished {step} run in {where}: run `clipprobe {step}` first")
     return found
 
 
