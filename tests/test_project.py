@@ -99,6 +99,13 @@ def test_entry_point_spells_on_off_flags_like_the_command(monkeypatch):
     assert seen["args"] == ["probe", "--no-keep-cache", "--channels-last"]
     run_entry("probe", ["--keep-cache", "TRUE", "--allow-duplicate-weights", "true"])
     assert seen["args"] == ["probe", "--keep-cache", "--allow-duplicate-weights"]
+    # train's on/off pairs, read from the command (its entry point names no flags of its own)
+    run_entry("train", ["--resume", "false", "--zero-init-residual", "yes", "--lr", ""])
+    assert seen["args"] == ["train", "--no-resume", "--zero-init-residual"]
+    run_entry("train", ["--resume", "", "--zero-init-residual", "off"])
+    assert seen["args"] == ["train", "--no-zero-init-residual"]
+    with pytest.raises(SystemExit, match="entry point train: --resume takes true or false, got 'later'"):
+        run_entry("train", ["--resume", "later"])
 
 
 @pytest.mark.slow
