@@ -33,6 +33,7 @@ from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
 from clipprobe.concepts.sheets import write_contact_sheets
 from clipprobe.concepts.splits import NEGATIVES_MATCHING, select_splits, split_sizes, write_splits
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, Vocabulary, check_prompt, load_vocabulary
+from clipprobe.parquet import provenance
 from clipprobe.step_config import StepConfig
 from clipprobe.world import is_world_truth
 
@@ -158,8 +159,8 @@ def create_scorer(config: ConceptsConfig, device: Any) -> ClipScorer | None:
     return ClipScorer.create(config.clip_model, weights, device=device, precision=config.precision)
 
 
-def provenance(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer | None) -> dict[str, Any]:
-    """What made the concept tables (their Parquet metadata)."""
+def made_by(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer | None) -> dict[str, Any]:
+    """What made the concept tables (their Parquet provenance, beside ``kind`` and the clipprobe version)."""
     vocab = inputs.vocabulary
     meta = {"source": config.source, "vocabulary": vocab.to_dict(), "vocabulary_file": vocab.source,
             "vocabulary_fingerprint": vocab.fingerprint(), "prompt": config.prompt, "pool_root": str(config.pool),
@@ -193,17 +194,18 @@ class ConceptTables:
     sizes: pd.DataFrame
     quality: pd.DataFrame | None
     unreadable: list[str]
-    meta: dict[str, Any]  # provenance() of the run
+    meta: dict[str, Any]  # made_by() of the run
     split_meta: dict[str, Any]
     images_per_second: float | None = None  # of the images scored now (none when all came from the cache)
 
     def write(self, folder: Path, pool: Path) -> None:
         """scores.parquet, splits.parquet, label_quality.parquet, contact_sheets/, unreadable.txt in ``folder``."""
-        write_table(self.scores, folder / "scores.parquet", {**self.meta, "n_unreadable": len(self.unreadable)})
-        write_splits(self.splits, folder / "splits.parquet", self.split_meta)
+        write_table(self.scores, folder / "scores.parquet",
+                    provenance("concept_scores", **self.meta, n_unreadable=len(self.unreadable)))
+        write_splits(self.splits, folder / "splits.parquet", provenance("concept_splits", **self.split_meta))
         if self.quality is not None:
             write_table(self.quality, folder / "label_quality.parquet",
-                        {"source": self.meta["source"], "prompt": self.meta["prompt"]})
+                        provenance("label_quality", source=self.meta["source"], prompt=self.meta["prompt"]))
         write_contact_sheets(self.splits, pool, folder / "contact_sheets")
         if self.unreadable:
             (folder / "unreadable.txt").write_text("\n".join(self.unreadable) + "\n")
@@ -231,7 +233,7 @@ def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSco
     scorer, prompt, vocabulary and pool, so an interrupted run resumes. ``ValueError`` when the pool cannot
     give the splits asked for.
     """
-    meta = provenance(config, inputs, scorer)
+    meta = made_by(config, inputs, scorer)
     speed = None
     if scorer is not None:
         key = {**scorer.provenance(), "prompt": config.prompt, "vocabulary": inputs.vocabulary.to_dict(),
