@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from clipprobe.concepts.classes import FOLDERS
 from clipprobe.concepts.scoring import PRECISIONS
 from clipprobe.concepts.splits import NEGATIVES_MATCHING
 
+log = logging.getLogger(__name__)
 _D = ConceptsConfig  # a dataclass's class attributes are its defaults
 _CLIP_OPTIONS = ("clip_model", "clip_pretrained", "clip_weights")
 
@@ -81,7 +83,7 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
             raise click.UsageError("no --pool given and no finished world run found: pass --pool DIR or run "
                                    "`clipprobe world` first")
         pool, truth = world[0] / "pool", truth or world[0] / "truth.parquet"
-        build.log.info("pool from world run %s: %s", world[1], pool)
+        log.info("pool from world run %s: %s", world[1], pool)
     ctx = click.get_current_context()
     untouched = all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT for p in _CLIP_OPTIONS)
     try:
@@ -95,7 +97,7 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
             and untouched else None
         if found is not None:  # the CLIP the clip step trained on this world, not a download
             config = config.replace(clip_model=found[0], clip_weights=found[1])
-            build.log.info("CLIP of the latest clip run on this world: %s, %s", *found)
+            log.info("CLIP of the latest clip run on this world: %s, %s", *found)
         inputs = build.read_inputs(config)
         scorer = build.create_scorer(config, resolve_device(device))
     except (ValueError, FileNotFoundError) as err:
