@@ -71,13 +71,7 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
                 on_epoch=lambda epoch, loss: runs.log_metrics({"train_loss": loss}, step=epoch))
         except ValueError as err:
             raise click.ClickException(str(err)) from None
-        metrics = made.metrics()
-        runs.log_metrics(metrics)
-        runs.set_tags({discovery.CLIP_WEIGHTS_TAG: str(made.weights.resolve()), discovery.CLIP_MODEL_TAG: clip_model,
-                       discovery.CLIP_WEIGHTS_SHA256_TAG: made.sha256})
-        registered = clip_models.log_clip_model(made.trained.model, name=model_name, clip_model=clip_model,
-                                                weights=made.weights, config=made.config_file, sha256=made.sha256,
-                                                metrics=metrics)
+        registered = clip_models.log_world_clip(made, name=model_name)
     click.echo(f"world CLIP trained in {made.trained.seconds:.0f} s on {made.trained.n_train_images} images "
                f"({config.epochs} epochs); zero-shot accuracy on {made.n_val_images} validation images "
                f"with {prompt!r}:")
