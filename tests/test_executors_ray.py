@@ -135,8 +135,8 @@ def test_two_ray_workers_share_one_study_through_an_rdb_storage(tracking_store, 
     from tune_synthetic import concept_data
 
     from clipprobe import tuning
-    from clipprobe.cli.tune import run_studies
     from clipprobe.executors.ray import RayExecutor
+    from clipprobe.steps.tune import run_studies
 
     tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -71,3 +71,17 @@ def test_an_unreachable_tracking_server_fails_fast_naming_it(tmp_path):
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: tracking server http://127.0.0.1:9 is unreachable"), lines
     assert seconds < 15  # MLflow's own retries took 252 s here
+
+
+def test_usage_errors_turn_bad_settings_into_one_unquoted_usage_line():
+    import click
+
+    from clipprobe.cli.failures import usage_errors
+
+    for err, text in ((KeyError("unknown concept 'x'"), "unknown concept 'x'"), (LookupError("no run"), "no run"),
+                      (ValueError("bad --epochs"), "bad --epochs"), (FileNotFoundError("gone"), "gone")):
+        with pytest.raises(click.UsageError) as caught, usage_errors():
+            raise err
+        assert caught.value.message == text and caught.value.exit_code == 2
+    with pytest.raises(RuntimeError, match="a bug"), usage_errors():  # anything else is not the user's
+        raise RuntimeError("a bug")

@@ -29,10 +29,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("clipprobe.backbones",),
     ("clipprobe.activations",),
     ("clipprobe.probes",),
-    ("clipprobe.sweep", "clipprobe.sweep_config", "clipprobe.tuning"),
+    ("clipprobe.sweep", "clipprobe.sweep_config", "clipprobe.tuning", "clipprobe.tune_config"),
     ("clipprobe.report",),
     ("clipprobe.tracking",),
     ("clipprobe.executors",),
+    ("clipprobe.steps",),
     ("clipprobe.cli",),
 ]
 

@@ -13,10 +13,11 @@ from optuna.trial import TrialState, create_trial
 from tune_synthetic import concept_data
 
 from clipprobe import tuning
-from clipprobe.cli.tune import run_studies, sample_concepts, sample_modules
 from clipprobe.probes.evaluation import evaluate_concepts
 from clipprobe.probes.kinds import ProbeKind, SearchDim
+from clipprobe.steps.tune import run_studies
 from clipprobe.tracking import runs, trials
+from clipprobe.tune_config import sample_concepts, sample_modules
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from clipprobe.activations import (
     DEFAULT_CACHE_DIR,
     ActivationCache,
+    CheckpointActivations,
     ExtractOptions,
     ImageSet,
     load_images,
@@ -52,6 +53,14 @@ class CheckpointRef:
     load: Callable[[], Backbone] = field(compare=False, repr=False)
     name: str | None = None
     version: str | None = None
+
+    def backbone(self) -> Backbone:
+        """The checkpoint's backbone; refuses weights whose fingerprint is not the one the registry recorded."""
+        backbone = self.load()
+        if backbone.fingerprint != self.fingerprint:
+            raise ValueError(f"epoch {self.epoch}: loaded weights have fingerprint {backbone.fingerprint[:12]}..., "
+                             f"the registry says {self.fingerprint[:12]}...: re-import the checkpoint")
+        return backbone
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,19 @@ class Sweep:
                                             cache_dir=self.cache.root, progress=self.progress)
         return self._images[key]
 
+    def modules_of(self, backbone: Backbone) -> dict[str, str]:
+        """The plan's modules of ``backbone`` (display name -> path; all of its probe modules when the plan
+        names none); an unknown one raises naming those the model has."""
+        return resolve_probe_modules(backbone.module, self.plan.modules if self.plan.modules is not None
+                                     else backbone.probe_modules or None)
+
+    def activations(self, backbone: Backbone, modules: Mapping[str, str]) -> CheckpointActivations:
+        """The activations of ``modules`` (display name -> path) of ``backbone`` on the sweep's images, by one
+        hooked pass with the sweep's extract options (read from the cache when it has them)."""
+        return self.cache.get(backbone.module, dict(modules), self.images(backbone.transform),
+                              fingerprint=backbone.fingerprint, options=self.extract, device=self.device,
+                              progress=self.progress, native_bf16=self.native_bf16)
+
     def run(
         self,
         checkpoints: Sequence[CheckpointRef],
@@ -198,21 +220,15 @@ class Sweep:
                                      for p in self.plan.probes):
             log.info("epoch %d: every fit is already logged", ref.epoch)  # without loading the weights
             return []
-        backbone = ref.load()
-        if backbone.fingerprint != ref.fingerprint:
-            raise ValueError(f"epoch {ref.epoch}: loaded weights have fingerprint {backbone.fingerprint[:12]}..., "
-                             f"the registry says {ref.fingerprint[:12]}...: re-import the checkpoint")
-        modules = resolve_probe_modules(backbone.module, self.plan.modules if self.plan.modules is not None
-                                        else backbone.probe_modules or None)
+        backbone = ref.backbone()
+        modules = self.modules_of(backbone)
         todo = {(m, p): [c for c in concepts if (c, m, p, ref.epoch) not in done]
                 for m in modules for p in self.plan.probes}
         if not any(todo.values()):
             log.info("epoch %d: every fit is already logged", ref.epoch)
             return []
         needed = {m: path for m, path in modules.items() if any(todo[(m, p)] for p in self.plan.probes)}
-        acts = self.cache.get(backbone.module, needed, self.images(backbone.transform), fingerprint=backbone.fingerprint,
-                              options=self.extract, device=self.device, progress=self.progress,
-                              native_bf16=self.native_bf16)
+        acts = self.activations(backbone, needed)
         # module_index: place in the backbone's probe-module order (its defaults, then any other asked-for module)
         order = list(dict.fromkeys([*(backbone.probe_modules or {}), *modules]))
         del backbone  # only the cached activations are needed from here on
@@ -276,12 +292,20 @@ def parse_names(spec: str | Sequence[str] | None) -> list[str] | None:
     return None if not items or items == ["all"] else items
 
 
-def select_checkpoints(available: Sequence[CheckpointRef], epochs: Sequence[int] | None) -> list[CheckpointRef]:
-    """The checkpoints of the asked epochs (all when None); an epoch that is not there raises naming those that are."""
+LATEST = "latest"  # an epochs choice: the newest checkpoint only (`tune`'s default)
+
+
+def select_checkpoints(available: Sequence[CheckpointRef], epochs: Sequence[int] | str | None) -> list[CheckpointRef]:
+    """The checkpoints of the asked epochs (all when None, the newest for ``LATEST``), by epoch; an epoch that
+    is not there raises naming those that are."""
     if not available:
         raise ValueError("no checkpoints to probe: register some with `clipprobe train` or `clipprobe checkpoints`")
     if epochs is None:
-        return list(available)
+        return sorted(available, key=lambda c: c.epoch)
+    if isinstance(epochs, str):
+        if epochs != LATEST:
+            raise ValueError(f"bad epochs {epochs!r}: expected all, {LATEST}, a list like 0,2,5 or a range like 0-3")
+        return [max(available, key=lambda c: c.epoch)]
     by_epoch = {c.epoch: c for c in available}
     missing = [e for e in epochs if e not in by_epoch]
     if missing:

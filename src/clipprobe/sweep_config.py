@@ -68,6 +68,20 @@ class SweepConfig(StepConfig):
                               fold_batchnorm=self.fold_batchnorm, calibration_images=self.calibration_images,
                               calibration_rtol=self.calibration_rtol)
 
+    def run_params(self) -> dict[str, Any]:
+        """The sweep run's params: the config flattened (lists as a,b,c; "all"/"none" for unset), and each
+        probe kind's hyper-parameters as ``<kind>.<param>``, so the UI can compare sweeps."""
+        out = {}
+        for key, value in self.to_dict().items():
+            if key in ("hparams", "hparams_source", "format"):
+                continue
+            if value is None:
+                value = "all" if key in ("epochs", "modules", "concepts") else "none"
+            out[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+        for probe_name, params in self.hparams.items():
+            out.update({f"{probe_name}.{k}": v for k, v in params.items()})
+        return out
+
     def conflicts(self, given: Mapping[str, Any]) -> list[str]:
         """``name=value`` (as this config holds it) for each given setting that differs from this config.
 

@@ -3,6 +3,7 @@ interrupt 130 or 143). Checked once for all commands in the group's callback, no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -10,6 +11,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -65,3 +67,14 @@ def check_tracking_server(uri: str | None = None, timeout: float = REACH_TIMEOUT
         raise click.ClickException(
             f"tracking server {uri} is unreachable ({reason}): start it (`mlflow server ...`) or point "
             "MLFLOW_TRACKING_URI at a running one (unset, runs go to sqlite:///mlflow.db)") from None
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """A bad setting (``ValueError``), nothing to take a default from (``LookupError``) or a missing file,
+    raised while a command turns its options into a step's config and inputs: one usage line, exit 2."""
+    try:
+        yield
+    except (LookupError, ValueError, FileNotFoundError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str() quotes
+        raise click.UsageError(str(text)) from None

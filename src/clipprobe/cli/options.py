@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import click
+from click.core import ParameterSource
 
 experiment_name = click.option(
     "--experiment-name",
@@ -18,6 +22,13 @@ device = click.option(
     show_default=True,
     help="Where tensors run; auto picks cuda when available.",
 )
+
+
+def given(ctx: click.Context, names: Iterable[str]) -> dict[str, Any]:
+    """The values of the options ``names`` the user set (command line or environment), converted by their
+    types: what a step's config is built from, so the config's own defaults fill in the rest."""
+    unset = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    return {name: ctx.params[name] for name in names if ctx.get_parameter_source(name) not in unset}
 
 
 class Names(click.ParamType):

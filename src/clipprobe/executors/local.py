@@ -10,19 +10,13 @@ from typing import Any
 
 from clipprobe.activations import ExtractOptions
 from clipprobe.concepts.splits import ConceptSplits
-from clipprobe.sweep import (
-    CheckpointRef,
-    FitKey,
-    Sweep,
-    SweepPlan,
-    check_distinct_weights,
-    rows_by_epoch,
-)
+from clipprobe.sweep import CheckpointRef, FitKey, Sweep, SweepPlan, rows_by_epoch
 
 
 @dataclass(frozen=True)
 class SweepJob:
     """Everything needed to run a sweep's checkpoints under its run; picklable, so Ray ships it to workers.
+    Its checkpoints were checked to hold different weights when it was made (``steps.probe.resolve``).
 
     ``device`` is the option as given (``auto`` is resolved where the work runs)."""
 
@@ -36,7 +30,6 @@ class SweepJob:
     extract: ExtractOptions
     device: str = "cpu"
     keep_cache: bool = True
-    allow_duplicate_weights: bool = False
     progress: bool = True
 
     def sweep(self, *, progress: bool | None = None) -> Sweep:
@@ -87,7 +80,6 @@ class LocalExecutor:
         from clipprobe.tracking.fits import CheckpointRuns
         from clipprobe.tracking.sweep_fits import SweepFits
 
-        check_distinct_weights(job.refs, allow_duplicate_weights=job.allow_duplicate_weights)
         before = rows_by_epoch(SweepFits(job.sweep_run_id).table().to_dict("records")) if done else {}
         sweep = job.sweep()
         writer, checkpoints = FitWriter(job.sweep_run_id), CheckpointRuns(job.sweep_run_id)

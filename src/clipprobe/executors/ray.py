@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from clipprobe.executors.local import SweepJob, probe_checkpoint
-from clipprobe.sweep import FitKey, check_distinct_weights
+from clipprobe.sweep import FitKey
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,6 @@ class RayExecutor:
         """Every fit of ``job`` not yet logged, one task per checkpoint that has work; the new rows."""
         import ray
 
-        check_distinct_weights(job.refs, allow_duplicate_weights=job.allow_duplicate_weights)
         started = self._connect()
         pending: dict[Any, int] = {}
         try:

@@ -1,0 +1,1 @@
+"""Pipeline steps that need every layer below: resolve a step's config, open its run, run its work."""

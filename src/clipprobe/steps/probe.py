@@ -1,0 +1,213 @@
+"""The probe step: a ``SweepConfig`` resolved into checkpoints and splits, then run under its sweep run.
+
+``resolve`` makes every choice left open (model, epochs, concepts run, hyper-parameters) and checks every
+setting before a run exists, so a bad option never leaves a FAILED sweep; ``run`` opens (or reopens) the
+sweep run, logs the config, has an executor fit what is missing and logs the results. ``checkpoints`` and
+``concept_splits`` are the sweep's inputs, used by ``tune`` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipprobe.activations import ExtractOptions
+from clipprobe.backbones.architectures import resolve_probe_modules
+from clipprobe.backbones.loader import load_backbone
+from clipprobe.concepts.splits import ConceptSplits, load_splits
+from clipprobe.executors import SweepJob
+from clipprobe.sweep import CheckpointRef, check_distinct_weights, concept_tasks, select_checkpoints
+from clipprobe.sweep_config import SweepConfig
+from clipprobe.tracking import configs, fits, runs
+from clipprobe.tracking.discovery import latest_model_name, latest_splits_run_id
+from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
+from clipprobe.tracking.sweep_fits import SweepFits
+from clipprobe.tracking.trials import load_best_params
+
+log = logging.getLogger(__name__)
+
+Experiment = tuple[str | None, str]  # (id, name) as runs.chosen_experiment gives it; id None: not created yet
+
+
+def checkpoints(model_name: str, epochs: Sequence[int] | str | None, *, device: str) -> list[CheckpointRef]:
+    """The model's registered checkpoints of the asked epochs (``sweep.select_checkpoints``: None for all,
+    ``sweep.LATEST`` for the newest), by epoch; each loads its weights on ``device`` only when asked."""
+    refs = [CheckpointRef(c.epoch, c.fingerprint, name=model_name, version=c.version,
+                          load=lambda uri=c.uri: load_backbone(uri, device=device, registry=MLFLOW_REGISTRY))
+            for c in list_checkpoints(model_name)]
+    return select_checkpoints(refs, epochs)
+
+
+def concept_splits(run_id: str) -> ConceptSplits:
+    """The ``concepts/splits.parquet`` of a concepts run; ``LookupError`` naming the run when it has none."""
+    try:
+        path = runs.download_artifact(run_id, runs.SPLITS_ARTIFACT)
+    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing run or artifact
+        raise LookupError(f"run {run_id} has no {runs.SPLITS_ARTIFACT}: pass --splits-run with the id of a "
+                          "finished `clipprobe concepts` run") from None
+    return load_splits(path)
+
+
+def describe_checkpoints(model_name: str, refs: Sequence[CheckpointRef]) -> str:
+    return f"model: {model_name} (" + ", ".join(f"v{r.version} = epoch {r.epoch}" for r in refs) + ")"
+
+
+def params_from(run_id: str, probes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Best hyper-parameters per probe kind from a tune run's ``tune/best_params.json`` (a kind it has none
+    for keeps its defaults, with a warning)."""
+    data = load_best_params(run_id)  # ValueError: no such run, not a tune run, or no tune/best_params.json
+    out = {}
+    for probe in probes:
+        entry = data.get(probe)
+        if entry is None:
+            log.warning("--params-from %s has no parameters for %s: using its defaults", run_id, probe)
+            continue
+        out[probe] = dict(entry.get("params", entry)) if isinstance(entry, dict) else {}
+    return out
+
+
+def resumed_config(run_id: str, given: Mapping[str, Any]) -> SweepConfig:
+    """The config sweep ``run_id`` stored; a ``ValueError`` when it stores none or ``given`` (the settings the
+    user set) would change it: one sweep, one setting."""
+    runs.get_step_run(run_id, "probe", source=f"--resume {run_id}", fix="pass the parent run id of `clipprobe probe`")
+    try:
+        config = configs.load_config(SweepConfig, run_id)
+    except LookupError:
+        raise ValueError(f"--resume {run_id}: that sweep stores no {SweepConfig.artifact_path()} (an older "
+                         "clipprobe made it), so what it computed is unknown; start a new sweep") from None
+    except ValueError as err:
+        raise ValueError(f"--resume {err}") from None
+    clash = config.conflicts({k: v for k, v in given.items() if v is not None})
+    if clash:
+        raise ValueError(f"--resume {run_id}: the sweep ran with {'; '.join(clash)}; the options given would mix "
+                         "two settings in one sweep: drop them to resume, or start a new sweep without --resume")
+    return config
+
+
+@dataclass(frozen=True)
+class SweepInputs:
+    """A resolved sweep: its config (every choice made), the checkpoints and the splits it probes."""
+
+    config: SweepConfig
+    refs: tuple[CheckpointRef, ...]
+    splits: ConceptSplits
+    experiment: Experiment
+
+    def describe(self, device: str) -> str:
+        """What the sweep uses, in a few lines: the user sees every choice made for them."""
+        config = self.config
+        n_test = self.splits.table[self.splits.table["part"] == "test"].groupby("concept").size()
+        sizes = f"{int(n_test.min())}" if n_test.min() == n_test.max() else f"{int(n_test.min())}-{int(n_test.max())}"
+        concepts = list(config.concepts or self.splits.concepts)
+        return "\n".join([
+            f"experiment: {self.experiment[1]} ({self.experiment[0]})",
+            describe_checkpoints(config.model_name or "", self.refs),
+            f"concepts run: {config.splits_run} ({len(concepts)} concepts: {', '.join(concepts)}; "
+            f"{sizes} test images each)",
+            f"modules: {', '.join(config.modules) if config.modules else 'all'}; probes: {', '.join(config.probes)}; "
+            f"repeats: {config.repeats}; permutations: {config.permutations}; seed: {config.seed}",
+            f"forward pass: precision {config.precision}"
+            + (f" (calibrated per module: {config.calibration_images} images, rtol {config.calibration_rtol})"
+               if config.precision == "auto" else "") + f", channels_last {config.channels_last}, "
+            f"fold_batchnorm {config.fold_batchnorm}, device {device}",
+            f"hyper-parameters: {', '.join(f'{p} from {s}' for p, s in config.hparams_source.items())}",
+        ])
+
+
+def resolve(config: SweepConfig, *, experiment_name: str | None = None, device: str = "cpu") -> SweepInputs:
+    """``config`` with every open choice made in the chosen experiment and every setting checked, before any
+    run exists: ``LookupError`` (nothing to take a default from) or ``ValueError`` (a bad setting)."""
+    experiment = runs.chosen_experiment(experiment_name)
+    name = config.model_name or latest_model_name(*experiment)
+    refs = checkpoints(name, config.epochs, device=device)
+    check_distinct_weights(refs, allow_duplicate_weights=config.allow_duplicate_weights)
+    split_id = config.splits_run or latest_splits_run_id(*experiment)
+    splits = concept_splits(split_id)
+    concept_tasks(splits, config.concepts)  # unknown concepts raise naming those the splits hold
+    if config.modules is not None:
+        resolve_probe_modules(refs[0].load().module, config.modules)  # unknown modules raise naming the model's
+    hparams, source = dict(config.hparams), dict(config.hparams_source)
+    if config.params_from and not hparams:
+        hparams = params_from(config.params_from, config.probes)
+        source = {p: f"tune:{config.params_from}" for p in hparams}
+    config = config.replace(model_name=name, epochs=tuple(r.epoch for r in refs), splits_run=split_id,
+                            hparams=hparams, hparams_source=source)
+    plan = config.plan()
+    config = config.replace(hparams={p: plan.params_of(p) for p in config.probes},
+                            hparams_source={p: plan.source_of(p) for p in config.probes})
+    return SweepInputs(config, tuple(refs), splits, experiment)
+
+
+@dataclass(frozen=True)
+class SweepWork:
+    """Where and how a sweep's fits run; nothing here changes their numbers."""
+
+    runner: Any  # an executor (clipprobe.executors.make_executor)
+    device: str = "auto"  # as given: "auto" is resolved where the work runs
+    cache_dir: str | Path = "."
+    keep_cache: bool = True
+    batch_size: int = ExtractOptions.batch_size
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    run_id: str
+    n_new: int
+    seconds: float
+    precisions: Mapping[str, int]  # forward pass precision as run -> new fits
+
+
+def run(inputs: SweepInputs, work: SweepWork, *, resume: str | None = None, experiment_name: str | None = None,
+        say: Callable[[str], None] = print) -> SweepOutcome:
+    """Open the sweep run (reopen ``resume``), log the config, fit every missing fit, log the results and the
+    attempt's stats, and describe the sweep on its run. ``say`` hears what the user should read."""
+    config = inputs.config
+    if resume:
+        run_cm = fits.reopen_sweep(resume)
+    else:
+        run_cm = runs.step_run("probe", experiment_name=experiment_name, params=config.run_params(),
+                               tags={runs.MODEL_NAME_TAG: config.model_name},
+                               run_name=fits.sweep_run_name(config.model_name, config.epochs, config.splits_run))
+    with run_cm as active:
+        run_id = active.info.run_id
+        if not resume:
+            configs.log_config(config)
+        outcome = _fit_missing(run_id, inputs, work, say)
+        fits.describe_sweep(run_id)  # findings, links to the model versions and the report
+    return outcome
+
+
+def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callable[[str], None]) -> SweepOutcome:
+    """Every missing fit of the sweep, by the executor; then the results table and the attempt's stats."""
+    reader = SweepFits(run_id)
+    done = reader.finished(delete_unfinished=True)  # a resume: drop half-written fits, keep the rest
+    if done:
+        say(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
+    job = SweepJob(sweep_run_id=run_id, tracking_uri=runs.absolute_uri(runs.tracking_uri()),
+                   registry_uri=runs.absolute_uri(runs.registry_uri()), splits=inputs.splits,
+                   plan=inputs.config.plan(), refs=inputs.refs,
+                   cache_dir=str(Path(work.cache_dir).resolve()),  # workers start elsewhere: no relative paths
+                   extract=inputs.config.extract_options(work.batch_size), device=work.device,
+                   keep_cache=work.keep_cache)
+    attempt = fits.start_attempt(run_id)
+    start = time.perf_counter()
+    try:
+        new = work.runner.run(job, done)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the open checkpoint runs end KILLED too
+        with contextlib.suppress(Exception):
+            fits.CheckpointRuns(run_id).end_open("KILLED")
+            fits.log_attempt(run_id, attempt, n_new_fits=len(reader.finished()) - len(done),
+                             seconds=time.perf_counter() - start)
+        raise
+    seconds = time.perf_counter() - start
+    table = reader.table()
+    fits.log_results(run_id, table)
+    fits.log_attempt(run_id, attempt, n_new_fits=len(new), seconds=seconds)
+    runs.log_metrics({"n_fits": len(table)})
+    return SweepOutcome(run_id, len(new), seconds, dict(sorted(Counter(r["precision"] for r in new).items())))
