@@ -33,15 +33,14 @@ def checkpoints(folder, architecture, width_mult, num_classes, weights, model_na
     already registered are skipped, bad files are named and skipped, and the recipe's
     checkpoint.pth is recognised as the copy of the latest model_<N>.pth.
     """
+    from clipprobe.cli.failures import usage_errors
     from clipprobe.tracking import configs, registry, runs
 
     config = CheckpointImport(folder=folder, architecture=architecture, width_mult=width_mult,
                               num_classes=num_classes, weights=weights, model_name=model_name, pattern=pattern)
-    try:
+    with usage_errors():
         config.validate()
         files = config.files()
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
     model_name = config.model_name
     params = {"folder": str(config.folder), "architecture": architecture, "width_mult": width_mult or "",
               "num_classes": num_classes or "", "model_name": model_name, "pattern": pattern, "weights": weights}

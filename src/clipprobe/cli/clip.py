@@ -44,6 +44,7 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
     registers the model, and reports zero-shot accuracy per attribute (colour, pattern, shape) on the
     world's validation images. Use it with `concepts --clip-model NAME --clip-weights <out>/NAME.pt`.
     """
+    from clipprobe.cli.failures import usage_errors
     from clipprobe.concepts import world_clip
     from clipprobe.devices import resolve_device
     from clipprobe.tracking import clip_models, configs, discovery, runs
@@ -56,11 +57,9 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
     world_root = Path(world_root).resolve()
     config = WorldClipConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              warmup_pct=warmup_pct, seed=seed, model_name=clip_model, prompt=prompt)
-    try:
+    with usage_errors():
         config.validate()
         world_clip.attribute_values(world_root)  # a concept world is there
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
     out = Path(out_dir) if out_dir else world_root / "clip"
     params = {**asdict(config), "world": str(world_root), "out": str(out.resolve()), "registered_model": model_name}
     with runs.step_run("clip", experiment_name=experiment_name, params=params) as run:

@@ -72,6 +72,7 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
     Logs concepts/scores.parquet, concepts/splits.parquet (also as MLflow dataset inputs), a contact
     sheet per concept, split sizes, and the precision of CLIP's positives when ground truth exists.
     """
+    from clipprobe.cli.failures import usage_errors
     from clipprobe.concepts import build
     from clipprobe.concepts.label_quality import quality_text
     from clipprobe.devices import resolve_device
@@ -86,7 +87,7 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
         log.info("pool from world run %s: %s", world[1], pool)
     ctx = click.get_current_context()
     untouched = all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT for p in _CLIP_OPTIONS)
-    try:
+    with usage_errors():
         config = ConceptsConfig(
             pool=pool, truth=truth and Path(truth), class_labels=class_labels, source=source, clip_model=clip_model,
             clip_pretrained=clip_pretrained, clip_weights=clip_weights and Path(clip_weights), precision=precision,
@@ -99,11 +100,10 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
             config = config.replace(clip_model=found[0], clip_weights=found[1])
             log.info("CLIP of the latest clip run on this world: %s, %s", *found)
         inputs = build.read_inputs(config)
-        scorer = build.create_scorer(config, resolve_device(device))
-    except (ValueError, FileNotFoundError) as err:
-        raise click.UsageError(str(err)) from None
-    except RuntimeError as err:
-        raise click.ClickException(str(err)) from None
+        try:
+            scorer = build.create_scorer(config, resolve_device(device))
+        except RuntimeError as err:  # weights that cannot be fetched or loaded
+            raise click.ClickException(str(err)) from None
 
     tags = {"clipprobe.pool_root": str(config.pool)}
     if scorer is not None:

@@ -65,6 +65,7 @@ def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, devi
     per epoch, and logs every checkpoint as a registered model version with the alias epoch-NNN.
     """
     from clipprobe.backbones import training
+    from clipprobe.cli.failures import usage_errors
     from clipprobe.devices import resolve_device
     from clipprobe.tracking import configs, discovery, registry, runs
 
@@ -73,11 +74,9 @@ def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, devi
     config = TrainConfig(**{f.name: recipe[f.name] or None if f.name in optional else recipe[f.name]
                             for f in fields(TrainConfig)})
     model_name = model_name or config.architecture
-    try:
+    with usage_errors():
         config.validate()
         torch_device = resolve_device(device)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
     if train_dir is None:
         world = discovery.latest_world_root()
         if world is None:
