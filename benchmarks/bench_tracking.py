@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -145,15 +146,16 @@ def bench_writers(args, work: Path) -> str:
     return "\n".join(lines)
 
 
-def ui_first_page(url: str, experiment_id: str) -> float:
-    body = json.dumps({"experiment_ids": [experiment_id], "filter": "", "run_view_type": "ACTIVE_ONLY",
+def ui_first_page(url: str, experiment_id: str, search_filter: str = "") -> float:
+    """Seconds for the runs-table call the UI makes on opening an experiment (with ``search_filter``)."""
+    body = json.dumps({"experiment_ids": [experiment_id], "filter": search_filter, "run_view_type": "ACTIVE_ONLY",
                        "max_results": 100, "order_by": ["attributes.start_time DESC"]}).encode()
     request = urllib.request.Request(f"{url}/ajax-api/2.0/mlflow/runs/search", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     t = time.perf_counter()
     with urllib.request.urlopen(request, timeout=600) as answer:
         found = json.loads(answer.read())
-    assert len(found.get("runs", [])) == 100
+    assert found.get("runs"), f"no runs for filter {search_filter!r}"
     return time.perf_counter() - t
 
 
@@ -216,6 +218,29 @@ def bench_scale(args, work: Path) -> str:
     return "\n".join(lines)
 
 
+def bench_ui(args, work: Path) -> str:
+    """The UI's first runs page on the store ``scale`` left in ``work``: all runs (the UI's default) and the
+    steps-and-sweeps filter that ``make ui`` opens (one row per step and sweep)."""
+    from mlflow import MlflowClient
+    from servers import mlflow_server
+
+    from clipprobe.tracking.runs import STEPS_AND_SWEEPS_FILTER
+
+    uri = f"sqlite:///{work / 'scale.db'}"
+    if not (work / "scale.db").exists():
+        raise SystemExit(f"{work / 'scale.db'}: no store; run the scale part first with the same --workdir")
+    exp = MlflowClient(uri).search_runs(experiment_ids=[e.experiment_id for e in MlflowClient(uri).search_experiments()],
+                                        max_results=1)[0].info.experiment_id
+    (work / "served-ui").mkdir(exist_ok=True)
+    lines = ["| runs page | 1st call | 2nd call |", "|---|---|---|"]
+    with mlflow_server(uri, work / "served-ui", timeout=600) as url:
+        for name, flt in (("all runs (the UI's default)", ""), ("make ui's filter (runs without a clipprobe.level tag)",
+                                                                 STEPS_AND_SWEEPS_FILTER)):
+            lines.append(f"| {name} | {ui_first_page(url, exp, flt):.2f} s | {ui_first_page(url, exp, flt):.2f} s |")
+    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
+
+
 def machine(note: str) -> str:
     load = os.getloadavg()
     return (f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
@@ -224,7 +249,8 @@ def machine(note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale"])
+    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "ui"],
+                        help="ui: the UI's first runs page on the store a scale run left in --workdir")
     parser.add_argument("--fits-sql", type=int, default=2000)
     parser.add_argument("--fits-server", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=300)
@@ -232,9 +258,10 @@ def main() -> None:
     parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    command = "python benchmarks/bench_tracking.py " + " ".join(sys.argv[1:])
+    if args.parts != ["ui"]:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/bench_tracking.py " + shlex.join(sys.argv[1:])
     head = f"Command: `{command}`; one run each; {machine(args.note)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
     RESULTS.mkdir(exist_ok=True)
     if "writers" in args.parts:
@@ -248,6 +275,10 @@ def main() -> None:
             f"({args.checkpoints * FITS_PER_CHECKPOINT:,} of 153,900 fit runs); not extrapolated.")
         (RESULTS / f"bench_tracking_scale_{args.checkpoints}.md").write_text(
             "# The seed's scale on the tracking side (sqlite)\n\n" + head + table + frac + "\n")
+    if "ui" in args.parts:
+        table = bench_ui(args, work)
+        (RESULTS / "bench_tracking_ui.md").write_text(
+            "# The MLflow UI's first runs page on the scale store\n\n" + head + table + "\n")
 
 
 if __name__ == "__main__":

@@ -3,4 +3,4 @@
 from clipprobe.cli.entry import run
 
 if __name__ == "__main__":
-    run("world", flags=["overwrite"])
+    run("world")  # --overwrite true|false: the command's own flag

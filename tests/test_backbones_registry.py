@@ -20,6 +20,7 @@ from clipprobe.backbones.loader import load_backbone
 from clipprobe.backbones.training import TrainConfig
 from clipprobe.cli import main
 from clipprobe.tracking import registry, runs
+from clipprobe.tracking.configs import load_config
 from clipprobe.tracking.registry import MLFLOW_REGISTRY
 from clipprobe.world import WorldSpec, generate_world
 
@@ -53,8 +54,8 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
         assert c.fingerprint == fingerprint(read_checkpoint(tmp_path / "ck" / f"model_{c.epoch}.pth").state_dict)
         assert c.source == str(tmp_path / "ck" / f"model_{c.epoch}.pth") and not c.duplicate
     assert len({c.fingerprint for c in ckpts}) == 4
-    # the train run's params rebuild the config it trained with
-    logged = TrainConfig.from_params(runs.find_latest_run("train").data.params)
+    # the train run's stored config is the one it trained with
+    logged = load_config(TrainConfig, runs.find_latest_run("train").info.run_id)
     assert logged == TrainConfig(width_mult=0.25, epochs=3, batch_size=8, lr=0.05)
     client = MlflowClient()
     mv = client.get_model_version_by_alias("tinynet", "epoch-002")

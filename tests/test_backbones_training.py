@@ -106,17 +106,33 @@ def test_zero_init_residual_starts_blocks_as_the_identity(world, tmp_path):
         zero_init_residual(build_model("squeezenet1_0", num_classes=3))
 
 
-def test_config_is_rebuilt_from_its_logged_params():
-    """MLflow params are strings: the config comes back from them typed, the learning rate resolved."""
+def test_config_round_trips_typed_with_its_learning_rate_unresolved():
+    """The stored config keeps ``lr=None`` (scaled from the batch); the logged params carry the resolved rate."""
     config = TrainConfig(width_mult=0.5, epochs=7, opt="adamw", lr_scheduler="onecycle", zero_init_residual=True,
-                         val_crop_size=20, batch_size=32)
-    logged = {k: str(v) for k, v in config.to_params().items()} | {"train_dir": "/x", "model_name": "m"}
-    assert logged["lr"] == str(0.045 * 32 / 256) and logged["train_crop_size"] == "None"
-    rebuilt = TrainConfig.from_params(logged)
-    assert rebuilt == TrainConfig(**{**config.to_params()}) and rebuilt.scaled_lr() == config.scaled_lr()
-    assert (rebuilt.zero_init_residual, rebuilt.val_crop_size, rebuilt.train_crop_size) == (True, 20, None)
-    with pytest.raises(ValueError, match="train param zero_init_residual='yes': expected True or False"):
-        TrainConfig.from_params({"zero_init_residual": "yes"})
+                         val_crop_size=20, batch_size=32, lr_min=0)
+    rebuilt = TrainConfig.from_json(config.to_json())
+    assert rebuilt == config and rebuilt.scaled_lr() == 0.045 * 32 / 256
+    assert (rebuilt.zero_init_residual, rebuilt.val_crop_size, rebuilt.train_crop_size, rebuilt.lr) == (True, 20, None, None)
+    assert isinstance(rebuilt.lr_min, float) and config.to_params()["lr"] == 0.045 * 32 / 256
+
+
+def test_train_command_logs_its_config_and_it_is_rebuilt_from_the_run(world, tracking_store, tmp_path):
+    from click.testing import CliRunner
+
+    from clipprobe.cli import main
+    from clipprobe.tracking import runs
+    from clipprobe.tracking.configs import load_config
+
+    with runs.step_run("world"):  # `train` finds its data through the latest world run
+        runs.set_tags({runs.WORLD_ROOT_TAG: str(world)})
+    result = CliRunner().invoke(main, ["train", "--width-mult", "0.25", "--epochs", "0", "--batch-size", "8",
+                                       "--lr", "0", "--val-crop-size", "0", "--opt", "adamw", "--model-name", "t0",
+                                       "--out-dir", str(tmp_path / "ck")])
+    assert result.exit_code == 0, result.output
+    run = runs.find_latest_run("train")
+    assert load_config(TrainConfig, run.info.run_id) == TrainConfig(width_mult=0.25, epochs=0, batch_size=8,
+                                                                    opt="adamw")
+    assert run.data.params["train_dir"] == str(world / "train") and run.data.params["lr"] == str(0.045 * 8 / 256)
 
 
 def test_unknown_optimizer_and_schedule_name_the_choices():

@@ -41,11 +41,24 @@ def test_annotations_on_the_latest_world(world):
     # Every row carries its image's shape (the world's class), straight from the truth table.
     truth = pd.read_parquet(world / "truth.parquet").set_index("path")["shape"]
     assert splits.has_image_class and splits.metadata["image_class_column"] == "shape"
+    from clipprobe import __version__
+    from clipprobe.parquet import read_metadata
+
+    assert (splits.metadata["kind"], splits.metadata["clipprobe_version"]) == ("concept_splits", __version__)
+    scores_made_by = read_metadata(download_artifact(run.info.run_id, "concepts/scores.parquet"))
+    assert (scores_made_by["kind"], scores_made_by["n_pool_images"]) == ("concept_scores", 160)
     assert splits.table["image_class"].tolist() == truth.loc["pool/" + splits.table["path"]].tolist()
     assert (splits.image_classes("star")[splits.labels("star") == 1] == "star").all()
     assert download_artifact(run.info.run_id, "concepts/contact_sheets/red.png").is_file()
     inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.dataset.name for i in inputs) == ["concepts-scores", "concepts-splits"]
+    # The run's config, rebuilt: resolved to the world's pool, truth and vocabulary.
+    from clipprobe.concepts.build import ConceptsConfig
+    from clipprobe.tracking.configs import load_config
+
+    assert load_config(ConceptsConfig, run.info.run_id) == ConceptsConfig(
+        pool=world / "pool", truth=world.resolve() / "truth.parquet", source="annotations", top_k=10, negatives=30,
+        vocabulary="world")
 
 
 def test_clip_source_with_local_weights_logs_precision(world, tmp_path):

@@ -99,6 +99,13 @@ def test_entry_point_spells_on_off_flags_like_the_command(monkeypatch):
     assert seen["args"] == ["probe", "--no-keep-cache", "--channels-last"]
     run_entry("probe", ["--keep-cache", "TRUE", "--allow-duplicate-weights", "true"])
     assert seen["args"] == ["probe", "--keep-cache", "--allow-duplicate-weights"]
+    # train's on/off pairs, read from the command (its entry point names no flags of its own)
+    run_entry("train", ["--resume", "false", "--zero-init-residual", "yes", "--lr", ""])
+    assert seen["args"] == ["train", "--no-resume", "--zero-init-residual"]
+    run_entry("train", ["--resume", "", "--zero-init-residual", "off"])
+    assert seen["args"] == ["train", "--no-zero-init-residual"]
+    with pytest.raises(SystemExit, match="entry point train: --resume takes true or false, got 'later'"):
+        run_entry("train", ["--resume", "later"])
 
 
 @pytest.mark.slow
@@ -121,7 +128,7 @@ def test_mlflow_run_world_creates_a_run_with_the_truth_artifact(tmp_path):
     assert run.info.run_name == "world"  # named after its step, not MLflow's random name
     assert run.data.params["pool_size"] == "6"
     assert [a.path for a in client.list_artifacts(run.info.run_id, "world")] == [
-        "world/preview.png", "world/truth.parquet"]
+        "world/config.json", "world/preview.png", "world/truth.parquet"]
     assert len(list((tmp_path / "w" / "pool").iterdir())) == 6
 
 

@@ -55,3 +55,29 @@ def test_nothing_to_find_is_one_line_naming_the_experiment_and_the_fix(tracking_
         with pytest.raises(LookupError) as err:
             find(experiment_id, "other")
         assert str(err.value) == message
+
+
+def test_latest_run_of_a_step_or_one_line_naming_it(tracking_store):
+    with pytest.raises(LookupError, match=r"^no finished clip run in any experiment: run `clipprobe clip` first$"):
+        discovery.latest_run("clip")
+    with runs.step_run("clip") as made:
+        pass
+    assert discovery.latest_run("clip").info.run_id == made.info.run_id
+    MlflowClient().create_experiment("other")
+    with pytest.raises(LookupError, match=r"^no finished clip run in experiment 'other': run `clipprobe clip`"):
+        discovery.latest_run("clip", experiment_name="other")
+
+
+def test_the_latest_world_and_the_clip_trained_on_it(tracking_store, tmp_path):
+    assert discovery.latest_world_root() is None
+    with runs.step_run("world") as world:
+        runs.set_tags({runs.WORLD_ROOT_TAG: str(tmp_path / "w")})
+    assert discovery.latest_world_root() == (tmp_path / "w", world.info.run_id)
+    weights = tmp_path / "w" / "clip" / "C.pt"
+    with runs.step_run("clip", params={"world": str(tmp_path / "w")}):
+        runs.set_tags({discovery.CLIP_MODEL_TAG: "C", discovery.CLIP_WEIGHTS_TAG: str(weights)})
+    assert discovery.latest_world_clip(tmp_path / "w") is None  # its weights file is gone
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"w")
+    assert discovery.latest_world_clip(tmp_path / "w") == ("C", weights)
+    assert discovery.latest_world_clip(tmp_path / "other") is None  # trained on another world

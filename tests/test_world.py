@@ -18,6 +18,7 @@ from clipprobe.world import (
     WorldSpec,
     _shape_polygon,
     generate_world,
+    is_world_truth,
     read_truth,
 )
 
@@ -91,6 +92,34 @@ def test_patterns_are_visible(world):
             assert abs(peak - 1 / row["pattern_period"]) < 0.02, row["path"]
         seen.add(row["pattern"])
     assert seen == {"plain", "dotted", "striped", "zigzagged"}
+
+
+def test_truth_table_carries_the_shared_provenance_scheme(world):
+    from clipprobe import __version__
+    from clipprobe.parquet import read_metadata
+
+    assert read_metadata(world.truth_path) == {"kind": "world_truth", "clipprobe_version": __version__,
+                                               "world_spec": world.spec.to_dict()}
+    assert world.spec.to_dict()["size"] == 96 and world.spec.to_dict()["shapes"][0] == "circle"
+    assert is_world_truth(world.truth_path)
+
+
+def test_truth_tables_written_before_the_shared_scheme_still_read(tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    old = WorldSpec(seed=5, size=32, train_per_class=1, val_per_class=0, pool_size=2, colours=("red", "blue"))
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in old.__dict__.items()}
+    table = pa.table({"path": ["pool/0.png"], "split": ["pool"], "shape": ["circle"]})
+    pq.write_table(table.replace_schema_metadata({"clipprobe.kind": "world_truth",
+                                                  "clipprobe.world_spec": json.dumps(fields)}), tmp_path / "truth.parquet")
+    assert read_truth(tmp_path)[1] == old
+    assert is_world_truth(tmp_path / "truth.parquet")
+    pq.write_table(table, tmp_path / "labels.parquet")  # a user's labels table: no world spec
+    assert not is_world_truth(tmp_path / "labels.parquet")
+    with pytest.raises(WorldError, match="labels.parquet is not a concept-world truth table"):
+        read_truth(tmp_path / "labels.parquet")
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -181,7 +210,11 @@ def test_cli_logs_the_truth_table_to_the_tracking_store(tracking_store, tmp_path
     assert run.data.metrics["n_pool"] == 8
     client = MlflowClient()
     names = {a.path for a in client.list_artifacts(run.info.run_id, "world")}
-    assert names == {"world/truth.parquet", "world/preview.png"}
+    assert names == {"world/truth.parquet", "world/preview.png", "world/config.json"}
+    from clipprobe.tracking.configs import load_config
+
+    assert load_config(WorldSpec, run.info.run_id) == WorldSpec(size=24, train_per_class=1, val_per_class=1,
+                                                                 pool_size=8)
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "worlds"
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

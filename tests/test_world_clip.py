@@ -105,5 +105,9 @@ def test_clip_command_logs_registers_and_reports(tracking_store, tmp_path):
     assert concepts.data.params["clip_model"] == "WorldCLIP-ViT-T-8"
     assert concepts.data.params["clip_weights_form"] == "state_dict"
     assert concepts.data.params["clip_weights_sha256"] == run.data.tags["clipprobe.clip_weights_sha256"]
+    from clipprobe.concepts.world_clip import WorldClipConfig
+    from clipprobe.tracking.configs import load_config
+
+    assert load_config(WorldClipConfig, run.info.run_id) == WorldClipConfig(epochs=1, batch_size=8)
     too_big = runner.invoke(main, ["clip", "--epochs", "1"])
     assert too_big.exit_code == 1 and "fewer than a batch of 64" in too_big.output

@@ -12,13 +12,17 @@ import json
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
+
+from clipprobe import parquet
+from clipprobe.step_config import StepConfig
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "diamond", "star",
@@ -37,6 +41,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 PATTERNS: tuple[str, ...] = ("plain", "dotted", "striped", "zigzagged")
 SPLITS: tuple[str, ...] = ("train", "val", "pool")
 TRUTH_FILE = "truth.parquet"
+TRUTH_KIND = "world_truth"  # the truth table's provenance ``kind`` (clipprobe.parquet)
+# Where truth tables written before the shared provenance scheme keep the kind and the spec.
+_OLD_KIND_KEY, _OLD_SPEC_KEY = b"clipprobe.kind", b"clipprobe.world_spec"
 # Pattern marks are the object's own colour darkened by this factor, so the hue stays the colour.
 INK_FACTOR = 0.35
 COLOUR_JITTER = 10
@@ -48,8 +55,11 @@ class WorldError(ValueError):
 
 
 @dataclass(frozen=True)
-class WorldSpec:
-    """Parameters of a concept world; stored in the truth table's metadata."""
+class WorldSpec(StepConfig):
+    """Parameters of a concept world: the ``world`` step's config (logged as ``world/config.json``), also
+    stored in the truth table's metadata."""
+
+    STEP = "world"
 
     seed: int = 0
     size: int = 64
@@ -294,17 +304,32 @@ def generate_world(
 
 
 def write_truth(path: Path, rows: Sequence[WorldItem], spec: WorldSpec) -> None:
-    """Ground truth as Parquet; the generator's parameters travel in the schema metadata."""
+    """Ground truth as Parquet; the generator's parameters travel in its provenance (``clipprobe.parquet``:
+    ``kind`` = ``world_truth``, ``world_spec`` = the spec's stored form)."""
     cols = ("path", "split", "shape", "colour", "pattern", "cx", "cy", "radius", "rotation",
             "pattern_period", "pattern_axis")
     data = {c: [getattr(r, c) for r in rows] for c in cols}
     data["r"] = [r.rgb[0] for r in rows]
     data["g"] = [r.rgb[1] for r in rows]
     data["b"] = [r.rgb[2] for r in rows]
-    table = pa.table(data)
-    meta = {"clipprobe.kind": "world_truth", "clipprobe.world_spec": json.dumps(asdict(spec))}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    pq.write_table(table, path)
+    parquet.write_table(pd.DataFrame(data), path, parquet.provenance(TRUTH_KIND, world_spec=spec.to_dict()))
+
+
+def _stored_spec(path: Path) -> dict | None:
+    """The spec a truth table stores (either scheme: the shared provenance, or the keys of older files)."""
+    made_by = parquet.read_metadata(path)
+    if made_by.get("kind") == TRUTH_KIND:
+        return made_by["world_spec"]
+    raw = (pq.read_schema(path).metadata or {}).get(_OLD_SPEC_KEY)
+    return None if raw is None else {"format": WorldSpec.FORMAT, **json.loads(raw)}
+
+
+def is_world_truth(path: str | Path) -> bool:
+    """Whether ``path`` is a concept world's truth table (a labels table of another kind is not)."""
+    made_by = parquet.read_metadata(path)
+    if made_by:
+        return made_by.get("kind") == TRUTH_KIND
+    return (pq.read_schema(path).metadata or {}).get(_OLD_KIND_KEY) == TRUTH_KIND.encode()
 
 
 def read_truth(path: str | Path) -> tuple[pa.Table, WorldSpec]:
@@ -314,13 +339,10 @@ def read_truth(path: str | Path) -> tuple[pa.Table, WorldSpec]:
         path = path / TRUTH_FILE
     if not path.exists():
         raise WorldError(f"no ground truth at {path}: generate a world with `clipprobe world`")
-    table = pq.read_table(path)
-    raw = (table.schema.metadata or {}).get(b"clipprobe.world_spec")
-    if raw is None:
-        raise WorldError(f"{path} is not a concept-world truth table (no clipprobe.world_spec metadata)")
-    fields = json.loads(raw)
-    spec = WorldSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-    return table, spec
+    stored = _stored_spec(path)
+    if stored is None:
+        raise WorldError(f"{path} is not a concept-world truth table (no world_spec in its clipprobe metadata)")
+    return pq.read_table(path), WorldSpec.from_dict(stored, source=str(path))
 
 
 def preview(world_root: str | Path, n: int = 32, columns: int = 8, split: str = "pool") -> Image.Image:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from clipprobe.backbones.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
+from clipprobe.step_config import StepConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ _RESUME_KEYS = ("model", "width_mult", "num_classes", "batch_size", "opt", "lr",
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of the reference recipe (``references/classification``, MobileNetV2 row).
+class TrainConfig(StepConfig):
+    """Hyper-parameters of the reference recipe (``references/classification``, MobileNetV2 row): the
+    ``train`` step's config, logged as ``train/config.json`` and rebuilt with ``tracking.configs.load_config``.
 
     ``lr=None`` scales linearly with the batch: ``base_lr * batch_size / 256`` (0.045 at 256,
     0.01125 at 64). Crop and resize sizes default to the data's square image size (no crop), or
@@ -69,6 +71,8 @@ class TrainConfig:
     zero, as torchvision's ResNet option of that name does), which shortens the plateau at chance
     that a narrow network trained from scratch sits on.
     """
+
+    STEP = "train"
 
     architecture: str = DEFAULT_ARCHITECTURE
     width_mult: float = 1.0
@@ -117,35 +121,8 @@ class TrainConfig:
             raise ValueError(f"lr_warmup_pct must lie strictly between 0 and 1, got {self.lr_warmup_pct}")
 
     def to_params(self) -> dict[str, Any]:
-        """The config as a step run logs it: every field, ``lr`` resolved (``scaled_lr``)."""
+        """The config as a step run logs its params: every field, ``lr`` resolved (``scaled_lr``)."""
         return {**asdict(self), "lr": self.scaled_lr()}
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> TrainConfig:
-        """The config a run logged (MLflow params are strings; other params of the run are ignored).
-
-        ``from_params({k: str(v) for k, v in c.to_params().items()})`` trains like ``c``.
-        """
-        out: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in params:
-                continue
-            text, default = str(params[f.name]), f.default
-            if text in ("", "None"):
-                out[f.name] = None
-            elif isinstance(default, bool):
-                if text not in ("True", "False"):
-                    raise ValueError(f"train param {f.name}={text!r}: expected True or False")
-                out[f.name] = text == "True"
-            elif isinstance(default, int) and not isinstance(default, bool):
-                out[f.name] = int(text)
-            elif isinstance(default, float) or f.name == "lr":
-                out[f.name] = float(text)
-            elif default is None:  # the optional crop and resize sizes
-                out[f.name] = int(text)
-            else:
-                out[f.name] = text
-        return cls(**out)
 
     def resume_keys(self) -> tuple[str, ...]:
         """Args a resumed run must share with the saved one (a cosine schedule's length is one)."""

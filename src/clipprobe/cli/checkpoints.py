@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
-
 import click
 
-from clipprobe.backbones.architectures import DEFAULT_ARCHITECTURE
-from clipprobe.backbones.checkpoints import WEIGHTS
+from clipprobe.backbones.checkpoints import WEIGHTS, CheckpointImport
 from clipprobe.cli import options
-from clipprobe.tracking.registry import import_checkpoints
 
-
-def _default(fn, name: str):
-    """The library's default for a parameter, so the CLI never keeps a second copy."""
-    return inspect.signature(fn).parameters[name].default
+_D = CheckpointImport  # a dataclass's class attributes are its defaults
 
 
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--arch", "architecture", default=DEFAULT_ARCHITECTURE, show_default=True,
+@click.option("--arch", "architecture", default=_D.architecture, show_default=True,
               help="torchvision classification model the files were saved from.")
 @click.option("--width-mult", default=None, type=float,
               help="Width multiplier, when the files' args do not say (default: read from the weights).")
 @click.option("--num-classes", default=None, type=int,
               help="Classifier outputs, when the files' args do not say (default: read from the weights).")
-@click.option("--weights", type=click.Choice(WEIGHTS), default=_default(import_checkpoints, "weights"),
+@click.option("--weights", type=click.Choice(WEIGHTS), default=_D.weights,
               show_default=True, help="The files' trained model, or the EMA the recipe keeps with --model-ema.")
 @click.option("--model-name", default=None,
               help="Registered model name (default: the architecture name, with -ema for --weights ema).")
-@click.option("--pattern", default="*.pth", show_default=True, help="Glob of checkpoint files in FOLDER.")
+@click.option("--pattern", default=_D.pattern, show_default=True, help="Glob of checkpoint files in FOLDER.")
 @options.experiment_name
 def checkpoints(folder, architecture, width_mult, num_classes, weights, model_name, pattern,
                 experiment_name) -> None:
@@ -41,23 +33,21 @@ def checkpoints(folder, architecture, width_mult, num_classes, weights, model_na
     already registered are skipped, bad files are named and skipped, and the recipe's
     checkpoint.pth is recognised as the copy of the latest model_<N>.pth.
     """
-    from clipprobe.backbones.architectures import check_architecture
-    from clipprobe.tracking import registry, runs
+    from clipprobe.cli.failures import usage_errors
+    from clipprobe.tracking import configs, registry, runs
 
-    try:
-        check_architecture(architecture)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-    files = sorted(p for p in Path(folder).glob(pattern) if p.is_file())
-    if not files:
-        raise click.UsageError(f"no files match {pattern!r} in {folder}: pass --pattern")
-    model_name = model_name or (architecture if weights == "model" else f"{architecture}-{weights}")
-    params = {"folder": str(Path(folder).resolve()), "architecture": architecture,
-              "width_mult": width_mult or "", "num_classes": num_classes or "", "model_name": model_name,
-              "pattern": pattern, "weights": weights}
+    config = CheckpointImport(folder=folder, architecture=architecture, width_mult=width_mult,
+                              num_classes=num_classes, weights=weights, model_name=model_name, pattern=pattern)
+    with usage_errors():
+        config.validate()
+        files = config.files()
+    model_name = config.model_name
+    params = {"folder": str(config.folder), "architecture": architecture, "width_mult": width_mult or "",
+              "num_classes": num_classes or "", "model_name": model_name, "pattern": pattern, "weights": weights}
     tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture,
             registry.WEIGHTS_TAG: weights}
     with runs.step_run("checkpoints", experiment_name=experiment_name, params=params, tags=tags) as run:
+        configs.log_config(config)
         try:
             summary = registry.import_checkpoints(files, name=model_name, architecture=architecture,
                                                   width_mult=width_mult, num_classes=num_classes,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -44,52 +44,38 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
     registers the model, and reports zero-shot accuracy per attribute (colour, pattern, shape) on the
     world's validation images. Use it with `concepts --clip-model NAME --clip-weights <out>/NAME.pt`.
     """
+    from clipprobe.cli.failures import usage_errors
     from clipprobe.concepts import world_clip
-    from clipprobe.concepts.scoring import file_sha256
     from clipprobe.devices import resolve_device
-    from clipprobe.tracking import clip_models, runs
-    from clipprobe.world import read_truth
+    from clipprobe.tracking import clip_models, configs, discovery, runs
 
     if world_root is None:
-        found = runs.find_latest_run("world", experiment_name=experiment_name)
-        if found is None or runs.WORLD_ROOT_TAG not in found.data.tags:
+        found = discovery.latest_world_root(experiment_name=experiment_name)
+        if found is None:
             raise click.UsageError("no --world given and no finished world run found: run `clipprobe world` first")
-        world_root = found.data.tags[runs.WORLD_ROOT_TAG]
+        world_root = found[0]
     world_root = Path(world_root).resolve()
     config = WorldClipConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              warmup_pct=warmup_pct, seed=seed, model_name=clip_model, prompt=prompt)
-    try:
+    with usage_errors():
         config.validate()
-        _, spec = read_truth(world_root)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+        world_clip.attribute_values(world_root)  # a concept world is there
     out = Path(out_dir) if out_dir else world_root / "clip"
-    values = {"colour": list(spec.colours), "pattern": list(spec.patterns), "shape": list(spec.shapes)}
-    params = {**dataclasses.asdict(config), "world": str(world_root), "out": str(out.resolve()),
-              "registered_model": model_name}
+    params = {**asdict(config), "world": str(world_root), "out": str(out.resolve()), "registered_model": model_name}
     with runs.step_run("clip", experiment_name=experiment_name, params=params) as run:
+        configs.log_config(config)
         try:
-            trained = world_clip.train_world_clip(
+            made = world_clip.make_world_clip(
                 world_root, out, config, device=resolve_device(device),
                 on_epoch=lambda epoch, loss: runs.log_metrics({"train_loss": loss}, step=epoch))
-            val = world_clip.load_world_images(world_root, "val", trained.preprocess)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
-        accuracy = world_clip.zero_shot_accuracy(trained.model, trained.tokenizer, val, prompt=prompt, values=values)
-        weights, config_file = world_clip.save_world_clip(trained, out)
-        sha = file_sha256(weights)
-        metrics = {"train_seconds": trained.seconds, "n_parameters": world_clip.training_summary(trained)["n_parameters"]}
-        for row in accuracy.itertuples():
-            metrics[f"val_zero_shot_acc.{row.group}"] = row.accuracy
-            metrics[f"val_zero_shot_chance.{row.group}"] = row.chance
-        runs.log_metrics(metrics)
-        runs.set_tags({"clipprobe.clip_weights": str(weights.resolve()), "clipprobe.clip_model": clip_model,
-                       "clipprobe.clip_weights_sha256": sha})
-        registered = clip_models.log_clip_model(trained.model, name=model_name, clip_model=clip_model,
-                                                weights=weights, config=config_file, sha256=sha, metrics=metrics)
-    click.echo(f"world CLIP trained in {trained.seconds:.0f} s on {trained.n_train_images} images "
-               f"({config.epochs} epochs); zero-shot accuracy on {len(val.pixels)} validation images "
+        registered = clip_models.log_world_clip(made, name=model_name)
+    click.echo(f"world CLIP trained in {made.trained.seconds:.0f} s on {made.trained.n_train_images} images "
+               f"({config.epochs} epochs); zero-shot accuracy on {made.n_val_images} validation images "
                f"with {prompt!r}:")
-    click.echo(accuracy.set_index("group")[["accuracy", "chance", "n_values"]].to_string(float_format=lambda v: f"{v:.3f}"))
-    click.echo(f"weights {weights} (+ {config_file.name}), registered as {registered.uri}, run {run.info.run_id}")
-    click.echo(f"use it: clipprobe concepts --clip-model {clip_model} --clip-weights {weights}")
+    click.echo(made.accuracy.set_index("group")[["accuracy", "chance", "n_values"]]
+               .to_string(float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"weights {made.weights} (+ {made.config_file.name}), registered as {registered.uri}, "
+               f"run {run.info.run_id}")
+    click.echo(f"use it: clipprobe concepts --clip-model {clip_model} --clip-weights {made.weights}")

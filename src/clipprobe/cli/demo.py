@@ -40,10 +40,10 @@ def probe_epochs(epochs: int) -> list[int]:
               help="Pool images the concept splits come from (each shape concept needs top-k of them).")
 @click.option("--epochs", default=10, show_default=True, type=int,
               help="Training epochs after epoch 0 (the random init); every epoch is registered.")
-@click.option("--probe-epochs", default="auto", show_default=True,
-              help="Epochs to probe: auto (0, a quarter, half and the last), all, or a list like 0,2,10.")
+@click.option("--probe-epochs", type=options.Epochs(words=("auto",)), default="auto", show_default=True,
+              help="Epochs to probe: auto (0, a quarter, half and the last), all, or a list like 0,2,10 (or 0-3).")
 @click.option("--repeats", default=1, show_default=True, type=int, help="Extra stratified re-splits per probe fit.")
-@click.option("--modules", default=DEMO_MODULES, show_default=True,
+@click.option("--modules", type=options.Names(), default=DEMO_MODULES, show_default=True,
               help="Modules to probe: all (19: several times slower), or a list like module:0,module:18.")
 @click.option("--permutations", default=0, show_default=True, type=int,
               help="Permutation-baseline refits per probe fit; 0 (off) keeps the demo within minutes, the probe "
@@ -58,8 +58,8 @@ def probe_epochs(epochs: int) -> list[int]:
 @options.experiment_name
 @click.pass_context
 def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: int, pool_size: int, epochs: int,
-         probe_epochs: str, repeats: int, modules: str, permutations: int, seed: int, with_clip: bool,
-         clip_epochs: int, device: str, experiment_name: str | None) -> None:
+         probe_epochs: tuple[int, ...] | str | None, repeats: int, modules: tuple[str, ...] | None, permutations: int,
+         seed: int, with_clip: bool, clip_epochs: int, device: str, experiment_name: str | None) -> None:
     """Run world -> train -> concepts -> probe, then clip -> concepts (CLIP) -> probe, then compare,
     on the concept world, each step a child run.
 
@@ -76,9 +76,10 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
     from clipprobe.cli.probe import probe
     from clipprobe.cli.train import train
     from clipprobe.cli.world import world
-    from clipprobe.tracking import runs
+    from clipprobe.tracking import discovery, runs
 
     probed = ",".join(map(str, probe_epochs_of(probe_epochs, epochs)))
+    modules = ",".join(modules) if modules else "all"
     params = {"out": out_dir, "train_per_class": train_per_class, "val_per_class": val_per_class,
               "pool_size": pool_size, "epochs": epochs, "probe_epochs": probed, "repeats": repeats,
               "modules": modules, "permutations": permutations, "seed": seed, "clip": with_clip,
@@ -96,32 +97,34 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
         click.echo(f"== probe: epochs {probed} x every module, concept and probe kind, each fit a nested run")
         _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", probed, "--repeats", repeats,
               "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device)
-        sweeps = [_latest(runs, "probe")]
+        sweeps = [_latest("probe")]
         if with_clip:
             click.echo("== clip: a small CLIP learns the world from captions of its known attributes")
             _step(ctx, clip, "--world", out_dir, "--out", f"{out_dir}/clip", "--epochs", clip_epochs,
                   "--seed", seed, "--device", device)
-            clip_run = _latest(runs, "clip")
+            clip_run = _latest("clip")
             click.echo("== concepts: top-k splits mined by the world CLIP (the seed's prompt, softmax per group)")
-            _step(ctx, concepts, "--source", "clip", "--clip-model", clip_run.data.tags["clipprobe.clip_model"],
-                  "--clip-weights", clip_run.data.tags["clipprobe.clip_weights"], "--num-workers", 0,
+            _step(ctx, concepts, "--source", "clip", "--clip-model", clip_run.data.tags[discovery.CLIP_MODEL_TAG],
+                  "--clip-weights", clip_run.data.tags[discovery.CLIP_WEIGHTS_TAG], "--num-workers", 0,
                   "--seed", seed, "--device", device)
             click.echo(f"== probe: epoch {epochs} on CLIP's labels (same modules and probe kinds)")
             _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", epochs, "--repeats", repeats,
                   "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device,
-                  "--splits-run", _latest(runs, "concepts").info.run_id)
-            sweeps.append(_latest(runs, "probe"))
+                  "--splits-run", _latest("concepts").info.run_id)
+            sweeps.append(_latest("probe"))
         click.echo("== compare: the seed's tables, the what-where-when plot"
                    + (", CLIP's labels beside the truth" if with_clip else ""))
         _step(ctx, compare, *(r.info.run_id for r in sweeps))
 
 
-def _latest(runs, step: str):
+def _latest(step: str):
     """The step's run just finished under this demo (the newest finished run of the step)."""
-    found = runs.find_latest_run(step)
-    if found is None:  # pragma: no cover - the step above raised instead
-        raise click.ClickException(f"the demo's {step} step left no finished run")
-    return found
+    from clipprobe.tracking import discovery
+
+    try:
+        return discovery.latest_run(step)
+    except LookupError as err:  # pragma: no cover - the step above raised instead
+        raise click.ClickException(f"the demo's {step} step left no finished run ({err})") from None
 
 
 def _option(name: str, value: object) -> str:
@@ -137,18 +140,15 @@ def _step(ctx: click.Context, command: click.Command, *args: object) -> None:
         command.invoke(sub)
 
 
-def probe_epochs_of(value: str, epochs: int) -> list[int] | str:
-    """``--probe-epochs`` as epochs: ``auto`` -> :func:`probe_epochs`, ``all``, or the given list."""
-    if value.strip() == "auto":
+def probe_epochs_of(value: tuple[int, ...] | str | None, epochs: int) -> list[int]:
+    """``--probe-epochs`` (as ``options.Epochs`` reads it) as epochs: ``auto`` -> :func:`probe_epochs`,
+    all (``None``) -> 0..``epochs``, else the given ones, each within 0..``epochs``."""
+    if value == "auto":
         return probe_epochs(epochs)
-    if value.strip() == "all":
+    if value is None:
         return list(range(epochs + 1))
-    try:
-        chosen = sorted({int(v) for v in value.split(",") if v.strip()})
-    except ValueError:
-        raise click.BadParameter(f"expected auto, all or a list like 0,2,{epochs}; got {value!r}",
-                                 param_hint="--probe-epochs") from None
-    outside = [e for e in chosen if not 0 <= e <= epochs]
-    if not chosen or outside:
-        raise click.BadParameter(f"epochs to probe must lie in 0..{epochs}, got {value!r}", param_hint="--probe-epochs")
-    return chosen
+    outside = [e for e in value if not 0 <= e <= epochs]
+    if not value or outside:
+        raise click.BadParameter(f"epochs to probe must lie in 0..{epochs}, got {','.join(map(str, value))!r}",
+                                 param_hint="--probe-epochs")
+    return list(value)

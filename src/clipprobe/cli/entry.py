@@ -5,17 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from clipprobe.cli import main
+import click
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off", ""}
+from clipprobe.cli import main
 
 
 def _boolean_options(step: str) -> dict[str, tuple[str, str | None]]:
     """``name -> (on, off)`` for the step's boolean flags: ``keep_cache -> ("--keep-cache", "--no-keep-cache")``,
     ``overwrite -> ("--overwrite", None)``; the name is the option's, as MLproject spells it."""
-    import click
-
     from clipprobe.cli import main as group  # the real group (tests replace this module's ``main``)
 
     cmd = group.get_command(click.Context(group), step)
@@ -30,7 +27,8 @@ def _boolean_options(step: str) -> dict[str, tuple[str, str | None]]:
 
 def run(step: str, argv: Sequence[str] | None = None, *, flags: Sequence[str] = ()) -> None:
     """Call ``clipprobe <step>``; each boolean flag given as ``--name true|false`` becomes ``--name`` or
-    ``--no-name`` (nothing for a flag without an off switch).
+    ``--no-name`` (nothing for a flag without an off switch). Values are read by click's ``BOOL`` (true/false,
+    1/0, yes/no, on/off, ...).
 
     MLproject parameters always carry a value, click flags never do. Parameters whose value is the
     empty string are dropped, so an MLproject default of "" means "the command's own default".
@@ -45,13 +43,8 @@ def run(step: str, argv: Sequence[str] | None = None, *, flags: Sequence[str] = 
         value = args[i + 1] if i + 1 < len(args) else None
         name = arg[2:] if arg.startswith("--") else None
         if name in booleans and value is not None:
-            on, off = booleans[name]
-            if value.lower() in _TRUE:
-                out.append(on)
-            elif value.lower() not in _FALSE:
-                raise SystemExit(f"entry point {step}: --{name} takes true or false, got {value!r}")
-            elif value != "" and off is not None:
-                out.append(off)
+            if value != "":
+                out.extend(_flag(step, name, value, *booleans[name]))
             i += 2
             continue
         if name is not None and value == "":
@@ -63,3 +56,12 @@ def run(step: str, argv: Sequence[str] | None = None, *, flags: Sequence[str] = 
         out.append(arg)
         i += 1
     main([step, *out], prog_name="clipprobe")
+
+
+def _flag(step: str, name: str, value: str, on: str, off: str | None) -> list[str]:
+    """``--name value`` as the command line has it: the on switch, the off switch, or nothing."""
+    try:
+        chosen = click.BOOL.convert(value, None, None)
+    except click.BadParameter:
+        raise SystemExit(f"entry point {step}: --{name} takes true or false, got {value!r}") from None
+    return [on] if chosen else ([off] if off is not None else [])

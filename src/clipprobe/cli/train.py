@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -11,18 +11,6 @@ from clipprobe.backbones.training import LR_SCHEDULERS, OPTIMIZERS, TrainConfig
 from clipprobe.cli import options
 
 _D = TrainConfig()
-
-
-def default_train_dir() -> Path:
-    """``train/`` of the world made by the latest finished `world` run."""
-    from clipprobe.tracking import runs
-
-    run = runs.find_latest_run("world")
-    root = run.data.tags.get(runs.WORLD_ROOT_TAG) if run else None
-    if not root:
-        raise click.UsageError("no --train-dir given and no finished `world` run found: "
-                               "run `clipprobe world` first or pass --train-dir")
-    return Path(root) / "train"
 
 
 @click.command()
@@ -70,35 +58,32 @@ def default_train_dir() -> Path:
               help="Continue from the last model_<N>.pth in --out-dir.")
 @options.experiment_name
 @options.device
-def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_size, opt, lr, base_lr, momentum,
-          weight_decay, lr_scheduler, lr_step_size, lr_gamma, lr_min, lr_warmup_pct, zero_init_residual,
-          label_smoothing, train_crop_size, val_resize_size, val_crop_size, min_crop_scale, hflip_prob, seed, workers, model_name,
-          resume, experiment_name, device) -> None:
+def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, device, **recipe) -> None:
     """Train a backbone with the torchvision reference recipe (MobileNetV2 row).
 
     Saves model_<epoch>.pth for epochs 0 (random init) .. EPOCHS, logs train/val loss and accuracy
     per epoch, and logs every checkpoint as a registered model version with the alias epoch-NNN.
     """
     from clipprobe.backbones import training
+    from clipprobe.cli.failures import usage_errors
     from clipprobe.devices import resolve_device
-    from clipprobe.tracking import registry, runs
+    from clipprobe.tracking import configs, discovery, registry, runs
 
-    config = replace(
-        _D, architecture=architecture, width_mult=width_mult, epochs=epochs, batch_size=batch_size, opt=opt,
-        lr=lr or None, base_lr=base_lr, momentum=momentum, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
-        lr_step_size=lr_step_size, lr_gamma=lr_gamma, lr_min=lr_min, lr_warmup_pct=lr_warmup_pct,
-        zero_init_residual=zero_init_residual, label_smoothing=label_smoothing,
-        train_crop_size=train_crop_size or None, val_resize_size=val_resize_size or None,
-        val_crop_size=val_crop_size or None, min_crop_scale=min_crop_scale, hflip_prob=hflip_prob,
-        seed=seed, workers=workers,
-    )
-    model_name = model_name or architecture
-    try:
+    # 0 (as MLproject passes it) or nothing: the learning rate from the batch size, the data's image size.
+    optional = ("lr", "train_crop_size", "val_resize_size", "val_crop_size")
+    config = TrainConfig(**{f.name: recipe[f.name] or None if f.name in optional else recipe[f.name]
+                            for f in fields(TrainConfig)})
+    model_name = model_name or config.architecture
+    with usage_errors():
         config.validate()
         torch_device = resolve_device(device)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-    train_path = Path(train_dir) if train_dir else default_train_dir()
+    if train_dir is None:
+        world = discovery.latest_world_root()
+        if world is None:
+            raise click.UsageError("no --train-dir given and no finished `world` run found: "
+                                   "run `clipprobe world` first or pass --train-dir")
+        train_dir = world[0] / "train"
+    train_path = Path(train_dir)
     if not train_path.is_dir():
         raise click.UsageError(f"train folder {train_path} does not exist: pass --train-dir")
     out_path = Path(out_dir) if out_dir else Path("checkpoints") / model_name
@@ -106,12 +91,13 @@ def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_s
     params = {**config.to_params(), "train_dir": str(train_path.resolve()),
               "val_dir": val_dir or "", "out_dir": str(out_path.resolve()), "model_name": model_name,
               "resume": resume}
-    tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: architecture}
+    tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: config.architecture}
     with runs.step_run("train", experiment_name=experiment_name, params=params, tags=tags) as run:
+        configs.log_config(config)
         if resume and out_path.is_dir() and training.latest_checkpoint(out_path) is not None:
             # Earlier epochs of an interrupted run: registered already, or now (no duplicates either way).
             registry.import_checkpoints(sorted(out_path.glob("model_*.pth")), name=model_name,
-                                        architecture=architecture, progress=False)
+                                        architecture=config.architecture, progress=False)
 
         def on_checkpoint(report: training.EpochReport) -> None:
             registry.log_checkpoint(report.model, name=model_name, epoch=report.epoch,
@@ -125,7 +111,7 @@ def train(train_dir, val_dir, out_dir, architecture, width_mult, epochs, batch_s
         duplicates = registry.mark_duplicates(model_name)
     last = reports[-1].metrics if reports else {}
     summary = ", ".join(f"{k}={v:.3f}" for k, v in last.items())
-    click.echo(f"trained {architecture} to epoch {config.epochs} in {out_path} ({len(reports)} new checkpoints"
-               f"{', ' + summary if summary else ''}); registered as '{model_name}' (run {run.info.run_id})")
+    click.echo(f"trained {config.architecture} to epoch {config.epochs} in {out_path} ({len(reports)} new "
+               f"checkpoints{', ' + summary if summary else ''}); registered as '{model_name}' (run {run.info.run_id})")
     if duplicates:
         click.echo(f"WARNING: {len(duplicates)} group(s) of epochs share identical weights", err=True)

@@ -46,7 +46,7 @@ def world(out_dir, seed, size, train_per_class, val_per_class, pool_size, shapes
     Writes an ImageFolder training and validation set, a flat pool folder and a Parquet table of
     ground truth, and logs the table (world/truth.parquet) and a preview to an MLflow run.
     """
-    from clipprobe.tracking import runs
+    from clipprobe.tracking import configs, runs
 
     spec = WorldSpec(
         seed=seed, size=size, train_per_class=train_per_class, val_per_class=val_per_class,
@@ -66,6 +66,7 @@ def world(out_dir, seed, size, train_per_class, val_per_class, pool_size, shapes
               "pool_size": pool_size, "shapes": ",".join(spec.shapes),
               "colours": ",".join(spec.colours), "patterns": ",".join(spec.patterns)}
     with runs.step_run("world", experiment_name=experiment_name, params=params) as run:
+        configs.log_config(spec)
         try:
             made = generate_world(out_dir, spec, overwrite=overwrite, progress=True)
         except WorldError as err:

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,10 @@ import torch
 from open_clip.loss import ClipLoss
 from PIL import Image
 
+from clipprobe.concepts.scoring import file_sha256
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, check_prompt
+from clipprobe.step_config import StepConfig
+from clipprobe.world import read_truth
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,14 @@ def caption(template: str, attributes: dict[str, str]) -> str:
 
 
 @dataclass(frozen=True)
-class WorldClipConfig:
+class WorldClipConfig(StepConfig):
     """How the world CLIP is trained; the one place its defaults live (the ``clip`` command reads them).
+    The ``clip`` step's config, logged as ``clip/config.json``.
 
     15 epochs of 2,000 world images: colours at 5 epochs already, patterns only later (measured on the
     demo's world: zero-shot colour 1.000, pattern 0.665, shape 0.080 on its 200 validation images)."""
+
+    STEP = "clip"
 
     epochs: int = 15
     batch_size: int = 64
@@ -269,7 +275,41 @@ def save_world_clip(trained: TrainedWorldClip, folder: str | Path) -> tuple[Path
     return weights, config
 
 
-def training_summary(trained: TrainedWorldClip) -> dict:
-    """Parameters worth recording beside the weights: the training config and the model's size."""
-    return {**asdict(trained.config), "n_parameters": sum(p.numel() for p in trained.model.parameters()),
-            "n_train_images": trained.n_train_images, "templates": len(CAPTION_TEMPLATES)}
+def attribute_values(world_root: str | Path) -> dict[str, list[str]]:
+    """Every value of each attribute the world was generated with (the zero-shot candidates); a
+    ``WorldError`` when ``world_root`` holds no concept world."""
+    _, spec = read_truth(world_root)
+    return {"colour": list(spec.colours), "pattern": list(spec.patterns), "shape": list(spec.shapes)}
+
+
+@dataclass
+class WorldClipResult:
+    """A trained, evaluated and saved world CLIP: what the ``clip`` step logs and prints."""
+
+    trained: TrainedWorldClip
+    accuracy: pd.DataFrame  # zero_shot_accuracy on the world's validation images
+    n_val_images: int
+    weights: Path
+    config_file: Path
+    sha256: str
+
+    def metrics(self) -> dict[str, float]:
+        out = {"train_seconds": self.trained.seconds,
+               "n_parameters": sum(p.numel() for p in self.trained.model.parameters())}
+        for row in self.accuracy.itertuples():
+            out[f"val_zero_shot_acc.{row.group}"] = row.accuracy
+            out[f"val_zero_shot_chance.{row.group}"] = row.chance
+        return out
+
+
+def make_world_clip(world_root: str | Path, out: str | Path, config: WorldClipConfig, *,
+                    device: str | torch.device = "cpu",
+                    on_epoch: Callable[[int, float], None] | None = None) -> WorldClipResult:
+    """Train the world CLIP (:func:`train_world_clip`), measure its zero-shot accuracy with ``config.prompt``
+    over every value the world was generated with, and save it to ``out`` (:func:`save_world_clip`)."""
+    values = attribute_values(world_root)
+    trained = train_world_clip(world_root, out, config, device=device, on_epoch=on_epoch)
+    val = load_world_images(world_root, "val", trained.preprocess)
+    accuracy = zero_shot_accuracy(trained.model, trained.tokenizer, val, prompt=config.prompt, values=values)
+    weights, config_file = save_world_clip(trained, out)
+    return WorldClipResult(trained, accuracy, len(val.pixels), weights, config_file, file_sha256(weights))

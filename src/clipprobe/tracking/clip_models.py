@@ -14,10 +14,9 @@ import open_clip
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from clipprobe.concepts.world_clip import WorldClipResult
+from clipprobe.tracking.discovery import CLIP_MODEL_TAG, CLIP_WEIGHTS_SHA256_TAG, CLIP_WEIGHTS_TAG
 from clipprobe.tracking.registry import PIP_REQUIREMENTS, mark_registered
-
-CLIP_SHA256_TAG = "clipprobe.clip_weights_sha256"
-CLIP_ARCH_TAG = "clipprobe.clip_model"
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def log_clip_model(model, *, name: str, clip_model: str, weights: str | Path, co
         client.create_registered_model(name, description="CLIP models trained by clipprobe on the concept world.")
     active = mlflow.active_run()
     mv = client.create_model_version(name, source=info.model_uri, run_id=active.info.run_id if active else None,
-                                     tags={CLIP_ARCH_TAG: clip_model, CLIP_SHA256_TAG: sha256},
+                                     tags={CLIP_MODEL_TAG: clip_model, CLIP_WEIGHTS_SHA256_TAG: sha256},
                                      model_id=info.model_id)
     mark_registered(client, info.model_id, name, str(mv.version))
     client.update_model_version(name, mv.version, description=(
@@ -59,3 +58,15 @@ def log_clip_model(model, *, name: str, clip_model: str, weights: str | Path, co
         f"`{Path(weights).name}` and `{Path(config).name}` (open_clip config) are under `extra_files` of the "
         f"logged model: `clipprobe concepts --clip-model {clip_model} --clip-weights {Path(weights).name}`."))
     return RegisteredClip(name, str(mv.version), info.model_uri)
+
+
+def log_world_clip(made: WorldClipResult, *, name: str) -> RegisteredClip:
+    """On the active (clip step) run: the world CLIP's metrics, the tags that lead ``concepts`` to its weights
+    file (``tracking.discovery``), and the model, logged and registered as a version of ``name``."""
+    metrics = made.metrics()
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    clip_model = made.trained.config.model_name
+    mlflow.set_tags({CLIP_WEIGHTS_TAG: str(made.weights.resolve()), CLIP_MODEL_TAG: clip_model,
+                     CLIP_WEIGHTS_SHA256_TAG: made.sha256})
+    return log_clip_model(made.trained.model, name=name, clip_model=clip_model, weights=made.weights,
+                          config=made.config_file, sha256=made.sha256, metrics=metrics)

@@ -2,14 +2,22 @@
 
 "Latest" is always the newest FINISHED run of a step (``runs.find_latest_run``) in the chosen experiment
 (``runs.chosen_experiment``: id and name). Where nothing is found, a ``LookupError`` says in one line what
-is missing and how to fix it; a command turns it into a usage error.
+is missing and how to fix it; a command turns it into a usage error. The world lookups return ``None``
+instead, so each command words its own fix.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mlflow.entities import Run
+
 from clipprobe.tracking import runs
 
 MODEL_STEPS = ("train", "checkpoints")  # the steps whose runs name a registered model (tag clipprobe.model_name)
+CLIP_MODEL_TAG = "clipprobe.clip_model"  # the clip run's architecture name
+CLIP_WEIGHTS_TAG = "clipprobe.clip_weights"  # the clip run's weights file (absolute path)
+CLIP_WEIGHTS_SHA256_TAG = "clipprobe.clip_weights_sha256"
 
 
 def latest_model_name(experiment_id: str | None, experiment_name: str) -> str:
@@ -33,3 +41,31 @@ def latest_splits_run_id(experiment_id: str | None, experiment_name: str) -> str
         raise LookupError(f"no --splits-run given and no finished concepts run in experiment {experiment_name!r}: "
                           "run `clipprobe concepts` there, pass --experiment-name, or pass --splits-run RUN_ID")
     return run.info.run_id
+
+
+def latest_run(step: str, *, experiment_name: str | None = None) -> Run:
+    """The newest finished run of ``step`` (in ``experiment_name``, else in any experiment); ``LookupError``
+    naming the step when there is none."""
+    found = runs.find_latest_run(step, experiment_name=experiment_name)
+    if found is None:
+        where = f"experiment {experiment_name!r}" if experiment_name else "any experiment"
+        raise LookupError(f"no finished {step} run in {where}: run `clipprobe {step}` first")
+    return found
+
+
+def latest_world_root(*, experiment_name: str | None = None) -> tuple[Path, str] | None:
+    """``(world folder, run id)`` of the newest finished world run, or ``None`` (no run, or no folder tag)."""
+    found = runs.find_latest_run("world", experiment_name=experiment_name)
+    if found is None or runs.WORLD_ROOT_TAG not in found.data.tags:
+        return None
+    return Path(found.data.tags[runs.WORLD_ROOT_TAG]), found.info.run_id
+
+
+def latest_world_clip(world_root: Path) -> tuple[str, Path] | None:
+    """``(architecture, weights file)`` of the newest finished clip run, if it trained on ``world_root`` and its
+    weights file still exists."""
+    found = runs.find_latest_run("clip")
+    if found is None or found.data.params.get("world") != str(world_root):
+        return None
+    weights = found.data.tags.get(CLIP_WEIGHTS_TAG, "")
+    return (found.data.tags[CLIP_MODEL_TAG], Path(weights)) if weights and Path(weights).is_file() else None

@@ -1,0 +1,266 @@
+"""The ``concepts`` step as library code: its typed config, the inputs it reads, the tables it makes.
+
+``ConceptsConfig`` holds every choice (resolved: the pool, the labels table, the vocabulary and the CLIP
+are named, not left to "the latest world run"); ``read_inputs`` reads and checks what it points at;
+``make_concepts`` scores the pool with CLIP (or takes the labels), selects the splits and measures CLIP's
+labels against the truth; ``ConceptTables.write`` writes the step's files. Nothing here imports MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clipprobe.concepts.annotations import (
+    annotation_scores,
+    concept_labels,
+    image_classes,
+    unreadable_images,
+)
+from clipprobe.concepts.classes import FOLDERS, read_image_classes
+from clipprobe.concepts.label_quality import label_quality, quality_metrics, with_truth
+from clipprobe.concepts.parquet import write_table
+from clipprobe.concepts.pool import list_images, pool_fingerprint
+from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
+from clipprobe.concepts.sheets import write_contact_sheets
+from clipprobe.concepts.splits import NEGATIVES_MATCHING, select_splits, split_sizes, write_splits
+from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, Vocabulary, check_prompt, load_vocabulary
+from clipprobe.parquet import provenance
+from clipprobe.step_config import StepConfig
+from clipprobe.world import is_world_truth
+
+log = logging.getLogger(__name__)
+SCALE_NOTE = "softmax over the group's concepts of logit_scale * cosine(image, prompt)"
+# The concept world's classes (what its backbone is trained on): each split row's image_class.
+WORLD_CLASS_COLUMN = "shape"
+SOURCES = ("clip", "annotations")
+
+
+def _default(fn, name: str):
+    """The library's default for a parameter, so no second copy drifts from it."""
+    return inspect.signature(fn).parameters[name].default
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CLIPPROBE_CACHE_DIR", Path.home() / ".cache" / "clipprobe"))
+
+
+@dataclass(frozen=True)
+class ConceptsConfig(StepConfig):
+    """Every choice of one ``concepts`` run; logged as ``concepts/config.json``.
+
+    ``truth``: a labels table (``path`` + label columns, paths relative to its folder). ``class_labels``:
+    a devkit file of image classes, or ``folders``. ``vocabulary``: ``seed``, ``world`` or a TOML file;
+    ``None`` picks ``world`` on the concept world, else ``seed``. ``clip_weights`` replaces ``clip_pretrained``.
+    """
+
+    STEP = "concepts"
+
+    pool: Path
+    truth: Path | None = None
+    class_labels: str | None = None
+    source: str = SOURCES[0]
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    clip_weights: Path | None = None
+    precision: str = "fp32"
+    batch_size: int = _default(score_pool, "batch_size")
+    num_workers: int = _default(score_pool, "num_workers")
+    chunk_size: int = _default(score_pool, "chunk_size")
+    top_k: int = _default(select_splits, "top_k")
+    negatives: int = _default(select_splits, "negatives")
+    negatives_matching: str = _default(select_splits, "negatives_matching")
+    test_fraction: float = _default(select_splits, "test_fraction")
+    seed: int = _default(select_splits, "seed")
+    vocabulary: str | None = None
+    prompt: str = DEFAULT_PROMPT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pool", Path(self.pool).resolve())
+        if self.class_labels and self.class_labels != FOLDERS:
+            object.__setattr__(self, "class_labels", str(Path(self.class_labels).resolve()))
+
+    @property
+    def on_world(self) -> bool:
+        """Whether the labels table is a concept world's truth (its shapes are the images' classes)."""
+        return self.truth is not None and is_world_truth(self.truth)
+
+    def resolved(self) -> ConceptsConfig:
+        """The config with its vocabulary named (``world`` on the concept world, else ``seed``)."""
+        return self.replace(vocabulary=self.vocabulary or ("world" if self.on_world else "seed"))
+
+    def validate(self) -> None:
+        """Checks that need no file read; ``ValueError`` naming the option and the fix."""
+        check_prompt(self.prompt)
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown source {self.source!r}: choose one of {', '.join(SOURCES)}")
+        if self.source == "annotations" and self.truth is None:
+            raise ValueError("--source annotations needs a labels table: pass --truth FILE")
+        if self.precision not in PRECISIONS or self.negatives_matching not in NEGATIVES_MATCHING:
+            raise ValueError(f"precision {self.precision!r} or negatives matching {self.negatives_matching!r} "
+                             f"unknown: choose from {', '.join(PRECISIONS)} and {', '.join(NEGATIVES_MATCHING)}")
+        if self.batch_size < 1 or self.chunk_size < 1 or self.num_workers < 0:
+            raise ValueError(f"batch size and chunk size must be >= 1 and workers >= 0, got "
+                             f"{self.batch_size}, {self.chunk_size}, {self.num_workers}")
+
+
+@dataclass
+class ConceptInputs:
+    """What a config points at, read and checked: the vocabulary, the pool's images, their labels and classes."""
+
+    vocabulary: Vocabulary
+    paths: list[str]  # pool images, relative to the pool
+    fingerprint: str  # pool_fingerprint of those images
+    labels: pd.DataFrame | None  # concept labels from the truth table, rows of the pool's images
+    classes: pd.Series | None  # each image's class (the class control task, negatives matching)
+    class_kind: str | None  # where the classes come from: shape, folder, wnid, ...
+
+
+def read_inputs(config: ConceptsConfig) -> ConceptInputs:
+    """The vocabulary, the pool, the labels and the classes of ``config``; ``ValueError`` or
+    ``FileNotFoundError`` naming the file and the fix."""
+    config = config.resolved()
+    config.validate()
+    vocab = load_vocabulary(config.vocabulary)
+    paths = list_images(config.pool)
+    labels = classes = None
+    if config.truth is not None:
+        truth_table = pd.read_parquet(config.truth)
+        labels_root = config.truth.parent
+        labels = concept_labels(truth_table, vocab, labels_root=labels_root, pool_root=config.pool)
+        labels = labels[labels["path"].isin(set(paths))].reset_index(drop=True)
+        if config.on_world:
+            classes = image_classes(truth_table, WORLD_CLASS_COLUMN, labels_root=labels_root, pool_root=config.pool)
+    class_kind = WORLD_CLASS_COLUMN if classes is not None else None
+    if config.class_labels:
+        found = read_image_classes(config.class_labels, paths)
+        classes, class_kind = found.classes, found.kind
+        log.info("image classes from %s: %d of %d images, %d classes", found.source, found.n_known,
+                 len(paths), classes.nunique())
+    if config.negatives_matching == "class" and classes is None:
+        raise ValueError("--negatives-matching class needs each image's class: pass --class-labels "
+                         f"FILE (LOC_val_solution.csv, ILSVRC2012_validation_ground_truth.txt) or {FOLDERS}")
+    return ConceptInputs(vocab, paths, pool_fingerprint(config.pool, paths), labels, classes, class_kind)
+
+
+def create_scorer(config: ConceptsConfig, device: Any) -> ClipScorer | None:
+    """The CLIP scorer of a ``clip`` run (``None`` for annotations); ``RuntimeError`` when weights cannot load."""
+    if config.source != "clip":
+        return None
+    weights = str(config.clip_weights) if config.clip_weights else config.clip_pretrained
+    return ClipScorer.create(config.clip_model, weights, device=device, precision=config.precision)
+
+
+def made_by(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer | None) -> dict[str, Any]:
+    """What made the concept tables (their Parquet provenance, beside ``kind`` and the clipprobe version)."""
+    vocab = inputs.vocabulary
+    meta = {"source": config.source, "vocabulary": vocab.to_dict(), "vocabulary_file": vocab.source,
+            "vocabulary_fingerprint": vocab.fingerprint(), "prompt": config.prompt, "pool_root": str(config.pool),
+            "pool_fingerprint": inputs.fingerprint, "n_pool_images": len(inputs.paths), "seed": config.seed}
+    if scorer is not None:
+        meta.update(scorer.provenance(), probability=SCALE_NOTE)
+    return meta
+
+
+def run_params(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer | None) -> dict[str, Any]:
+    """The step run's MLflow params (the scorer's resolved weights included)."""
+    params = {"source": config.source, "pool": str(config.pool), "truth": config.truth,
+              "vocabulary": inputs.vocabulary.source, "prompt": config.prompt, "top_k": config.top_k,
+              "negatives": config.negatives, "test_fraction": config.test_fraction, "seed": config.seed,
+              "pool_fingerprint": inputs.fingerprint, "negatives_matching": config.negatives_matching,
+              "class_labels": config.class_labels}
+    if scorer is not None:
+        params.update(clip_model=config.clip_model, clip_pretrained=scorer.provenance()["clip_pretrained"],
+                      clip_weights_sha256=scorer.weights_sha256, clip_weights_form=scorer.weights_form,
+                      precision=config.precision, logit_scale=round(scorer.logit_scale, 4),
+                      batch_size=config.batch_size, num_workers=config.num_workers)
+    return params
+
+
+@dataclass
+class ConceptTables:
+    """The step's tables: scores per pool image, the splits, their sizes and (with labels) CLIP's label quality."""
+
+    scores: pd.DataFrame
+    splits: pd.DataFrame
+    sizes: pd.DataFrame
+    quality: pd.DataFrame | None
+    unreadable: list[str]
+    meta: dict[str, Any]  # made_by() of the run
+    split_meta: dict[str, Any]
+    images_per_second: float | None = None  # of the images scored now (none when all came from the cache)
+
+    def write(self, folder: Path, pool: Path) -> None:
+        """scores.parquet, splits.parquet, label_quality.parquet, contact_sheets/, unreadable.txt in ``folder``."""
+        write_table(self.scores, folder / "scores.parquet",
+                    provenance("concept_scores", **self.meta, n_unreadable=len(self.unreadable)))
+        write_splits(self.splits, folder / "splits.parquet", provenance("concept_splits", **self.split_meta))
+        if self.quality is not None:
+            write_table(self.quality, folder / "label_quality.parquet",
+                        provenance("label_quality", source=self.meta["source"], prompt=self.meta["prompt"]))
+        write_contact_sheets(self.splits, pool, folder / "contact_sheets")
+        if self.unreadable:
+            (folder / "unreadable.txt").write_text("\n".join(self.unreadable) + "\n")
+
+    @property
+    def clip_quality(self) -> pd.DataFrame | None:
+        """CLIP's label quality (``None`` for annotations: those labels are the truth, nothing to measure)."""
+        return self.quality if self.meta["source"] == "clip" else None
+
+    def metrics(self) -> dict[str, float]:
+        metrics = {"n_pool_images": self.meta["n_pool_images"], "n_unreadable": len(self.unreadable),
+                   "n_scored": len(self.scores)}
+        for concept, row in self.sizes.iterrows():
+            metrics.update({f"{k}.{concept}": v for k, v in row.items()})
+        if self.clip_quality is not None:
+            metrics.update(quality_metrics(self.clip_quality))
+        return metrics
+
+
+def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer | None, *,
+                  cache_dir: str | Path | None = None) -> ConceptTables:
+    """Score (or label) the pool, select the splits, and set the truth beside each mined label.
+
+    CLIP scores are kept in chunks under ``cache_dir`` (default: :func:`default_cache_dir`), keyed by the
+    scorer, prompt, vocabulary and pool, so an interrupted run resumes. ``ValueError`` when the pool cannot
+    give the splits asked for.
+    """
+    meta = made_by(config, inputs, scorer)
+    speed = None
+    if scorer is not None:
+        key = {**scorer.provenance(), "prompt": config.prompt, "vocabulary": inputs.vocabulary.to_dict(),
+               "pool_fingerprint": inputs.fingerprint, "pool_root": str(config.pool)}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        chunk_dir = Path(cache_dir or default_cache_dir()) / "scores" / digest
+        scored = score_pool(scorer, config.pool, inputs.paths, inputs.vocabulary, config.prompt, chunk_dir=chunk_dir,
+                            batch_size=config.batch_size, num_workers=config.num_workers,
+                            chunk_size=config.chunk_size, resume_key=key)
+        scores, unreadable, known = scored.scores, scored.unreadable, None
+        if scored.images_scored_now and scored.seconds > 0:
+            speed = scored.images_scored_now / scored.seconds
+    else:
+        unreadable = unreadable_images(config.pool, inputs.labels["path"])
+        if unreadable:
+            log.warning("%d unreadable image(s) skipped, e.g. %s", len(unreadable), unreadable[0])
+        known = inputs.labels[~inputs.labels["path"].isin(set(unreadable))].reset_index(drop=True)
+        scores = annotation_scores(known, inputs.vocabulary, config.top_k)
+    splits = select_splits(scores, inputs.vocabulary, top_k=config.top_k, negatives=config.negatives,
+                           test_fraction=config.test_fraction, seed=config.seed, known_labels=known,
+                           image_classes=inputs.classes, negatives_matching=config.negatives_matching)
+    quality = None
+    if inputs.labels is not None:  # the truth beside each mined label, and how often they agree
+        splits = with_truth(splits, inputs.labels)
+        quality = label_quality(splits)
+    sizes = split_sizes(splits)
+    split_meta = {**meta, "top_k": config.top_k, "negatives": config.negatives, "test_fraction": config.test_fraction,
+                  "negatives_matching": config.negatives_matching, "image_class_column": inputs.class_kind,
+                  "class_labels": config.class_labels, "sizes": sizes.to_dict(orient="index")}
+    return ConceptTables(scores, splits, sizes, quality, unreadable, meta, split_meta, speed)
