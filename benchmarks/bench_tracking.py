@@ -129,6 +129,12 @@ def bench_writers(args, work: Path) -> str:
             lines.append(f"| {store} | {w} | {n} | failed: {err} | {time.perf_counter() - t:.1f} |")
         print(lines[-1], flush=True)
 
+    if args.stores == "sqlite":  # no PostgreSQL needed
+        store_uri = {}
+        for w in (1, 2, 4):
+            store_uri["sqlite (WAL, bulk)"] = f"sqlite:///{work / f'writers-{w}.db'}"
+            row("sqlite (WAL, bulk)", w, args.fits_sql)
+        return "\n".join(lines)
     with postgres_server() as pg:
         store_uri = {}
         for w in (1, 2, 4):
@@ -252,6 +258,8 @@ def main() -> None:
     parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "ui"],
                         help="ui: the UI's first runs page on the store a scale run left in --workdir")
     parser.add_argument("--fits-sql", type=int, default=2000)
+    parser.add_argument("--stores", default="all", choices=["all", "sqlite"],
+                        help="writers: all three stores, or sqlite alone (written to bench_tracking_writers_sqlite.md)")
     parser.add_argument("--fits-server", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=300)
     parser.add_argument("--workdir", default=".cache/bench_tracking")
@@ -266,7 +274,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     if "writers" in args.parts:
         table = bench_writers(args, work)
-        (RESULTS / "bench_tracking_writers.md").write_text(
+        name = "bench_tracking_writers_sqlite.md" if args.stores == "sqlite" else "bench_tracking_writers.md"
+        (RESULTS / name).write_text(
             "# Nested fit runs/s with 1, 2 and 4 writer processes\n\n" + head + table + "\n")
     if "scale" in args.parts:
         table = bench_scale(args, work)

@@ -136,3 +136,61 @@ def test_the_fast_writer_runs_only_on_a_tested_schema_and_else_writes_the_same_r
     for field in ("status", "lifecycle_stage", "experiment_id", "user_id"):
         assert getattr(fast.info, field) == getattr(public.info, field), field
     assert sweep.reader.finished() == {("blue", "module:3", "linear_gap", 4), ("green", "module:3", "linear_gap", 4)}
+
+
+def _locked() -> MlflowException:
+    """The error MLflow's session raises when sqlite's lock wait runs out."""
+    import sqlite3
+
+    import sqlalchemy
+
+    try:
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    except sqlalchemy.exc.OperationalError as err:
+        try:
+            raise MlflowException(message=err) from err
+        except MlflowException as wrapped:
+            return wrapped
+
+
+def test_a_locked_sqlite_store_is_written_again_after_a_growing_wait_and_other_errors_are_not():
+    tries, waits = [], []
+
+    def write():
+        tries.append(1)
+        if len(tries) < 3:
+            raise _locked()
+        return ["id"]
+
+    assert bulk.retry_when_locked(write, first_wait_s=1.0, sleep=waits.append) == ["id"]
+    assert len(tries) == 3 and len(waits) == 2 and 0.5 <= waits[0] <= 1.5 and 1.0 <= waits[1] <= 3.0
+
+    def refused():
+        tries.append(1)
+        raise MlflowException("bad param")
+
+    tries.clear()
+    with pytest.raises(MlflowException, match="bad param"):
+        bulk.retry_when_locked(refused, sleep=waits.append)
+    assert len(tries) == 1  # not a lock: raised at once
+
+    waits.clear()
+    with pytest.raises(MlflowException, match="database is locked"):
+        bulk.retry_when_locked(lambda: (_ for _ in ()).throw(_locked()), budget_s=5.0, sleep=waits.append)
+    assert sum(waits) == pytest.approx(5.0)  # the budget is spent, then the lock is raised
+
+
+@pytest.mark.slow
+def test_a_batch_lands_whole_once_another_process_lets_go_of_the_sqlite_lock(sweep, tmp_path):
+    """A real lock held past MLflow's 20 s wait: the batch is written after it is released, once."""
+    import sqlite3
+    import threading
+
+    ckpt = sweep.checkpoints.run_id(0)
+    db = sweep.writer.client.tracking_uri.removeprefix("sqlite:///")
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as another writer process holds it mid-transaction
+    threading.Timer(24.0, lambda: holder.execute("COMMIT")).start()
+    sweep.writer.log_fits([(ckpt, {**ROW, "epoch": 0, "concept": c}, {}) for c in ("red", "blue", "green")])
+    holder.close()
+    assert sorted(r.data.params["concept"] for r in sweep.reader.runs()) == ["blue", "green", "red"]

@@ -16,12 +16,16 @@ revision ``fast_store`` says why in one log line and the caller keeps MLflow's p
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage, Metric, Param, RunStatus, RunTag, SourceType
+from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.dbmodels.models import (
     SqlLatestMetric,
     SqlMetric,
@@ -45,6 +49,11 @@ log = logging.getLogger(__name__)
 # with what MLflow's own calls write (dc11669786a5: the head of MLflow 3.17). Add a revision only
 # after that test passes on it.
 TESTED_SCHEMA_REVISIONS = ("dc11669786a5",)
+# sqlite lets one writer in at a time; MLflow waits 20 s for the lock (busy_timeout), then gives up with
+# "database is locked". Four writer processes on one sqlite file hit that (bench_tracking_writers.md), so a
+# batch is tried again after a growing, jittered wait, this long in all, before its error is raised.
+LOCKED_RETRY_SECONDS = 300.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,8 +134,38 @@ def insert_finished_runs(store: SqlAlchemyStore, experiment_id: str, runs: Seque
     experiment = store.get_experiment(experiment_id)
     store._check_experiment_is_active(experiment)
     ids = [uuid.uuid4().hex for _ in runs]
-    rows = [_rows(store, run, run_id, experiment_id, experiment.artifact_location)
-            for run, run_id in zip(runs, ids, strict=True)]
-    with store.ManagedSessionMaker(read_only=False) as session:
-        session.add_all(rows)
-    return ids
+
+    def write() -> list[str]:  # fresh row objects on every try: a rolled-back session keeps its own
+        rows = [_rows(store, run, run_id, experiment_id, experiment.artifact_location)
+                for run, run_id in zip(runs, ids, strict=True)]
+        with store.ManagedSessionMaker(read_only=False) as session:
+            session.add_all(rows)
+        return ids
+
+    return retry_when_locked(write)
+
+
+def database_locked(err: BaseException) -> bool:
+    """Whether ``err`` is sqlite's "database is locked" (as MLflow's session wraps it, or bare)."""
+    while err is not None:
+        if "database is locked" in str(err):
+            return True
+        err = err.__cause__
+    return False
+
+
+def retry_when_locked(write: Callable[[], T], *, budget_s: float = LOCKED_RETRY_SECONDS,
+                      first_wait_s: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> T:
+    """``write()``, tried again while sqlite says the database is locked, for ``budget_s`` seconds in
+    all; any other error, or the lock after that, is raised. ``write`` must be one transaction."""
+    waited, wait = 0.0, first_wait_s
+    while True:
+        try:
+            return write()
+        except MlflowException as err:
+            if not database_locked(err) or waited >= budget_s:
+                raise
+        pause = min(wait * (0.5 + random.random()), budget_s - waited)
+        log.info("sqlite store locked by another writer: writing the batch again in %.1f s", pause)
+        sleep(pause)
+        waited, wait = waited + pause, min(wait * 2, 30.0)
