@@ -38,6 +38,18 @@ def sweep_run(client):
     return found[0].info.run_id if found else None
 
 
+def every_fit_once(client, n_fits):
+    """The sweep's checkpoint runs, after checking that its ``n_fits`` fits each finished exactly once and
+    that probe/results.parquet holds exactly those fits, every one with an accuracy."""
+    sweep_id = sweep_run(client)
+    keys = finished_keys(client, sweep_id)
+    assert len(keys) == n_fits and len(set(keys)) == len(keys)
+    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
+    assert len(table) == n_fits and set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
+    assert table["test_acc"].notna().all()
+    return client.search_runs([client.get_run(sweep_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_id}'")
+
+
 @slow
 @on_ray
 def test_a_worker_killed_mid_checkpoint_is_retried_and_every_fit_lands_once(tracking_store, tmp_path):
@@ -68,15 +80,8 @@ def test_a_worker_killed_mid_checkpoint_is_retried_and_every_fit_lands_once(trac
     out = result["out"]
     assert out.exit_code == 0, out.output
     assert killed is not None, "no worker was caught mid-checkpoint"
-    sweep_id = sweep_run(client)
-    keys = finished_keys(client, sweep_id)
-    assert len(keys) == 2 * PER_EPOCH and len(set(keys)) == len(keys)
-    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
-    assert len(table) == 2 * PER_EPOCH
-    assert set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
-    epoch, worker, _ = killed
-    ckpts = {r.data.tags["clipprobe.epoch"]: r for r in client.search_runs(
-        [client.get_run(sweep_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_id}'")}
+    ckpts = {r.data.tags["clipprobe.epoch"]: r for r in every_fit_once(client, 2 * PER_EPOCH)}
+    sweep_id, (epoch, worker, _) = sweep_run(client), killed
     assert sorted(ckpts) == ["0", "1"] and all(r.info.status == "FINISHED" for r in ckpts.values())
     assert ckpts[str(epoch)].data.tags[WORKER_TAG] != worker  # Ray re-ran the task in another process
     sweep = client.get_run(sweep_id)

@@ -11,17 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from servers import ray_head
 from sweep_fakes import blind, mobilenet, plant_red
-from test_executors_ray import OPTS, PER_EPOCH, finished_keys, sweep_run
+from test_executors_ray import OPTS, PER_EPOCH, every_fit_once
 from test_sweep_tracking import log_splits, register
 
 import clipprobe
 from clipprobe.executors.ray import WORKER_TAG
-from clipprobe.tracking import fits, runs
 
 pytestmark = pytest.mark.slow
 
@@ -55,15 +53,7 @@ def test_probe_joins_a_cluster_started_apart(mode, head, tracking_store, tmp_pat
     driver = clipprobe_cli("probe", *OPTS, "--executor", "ray", "--ray-address", address, "--epochs", "0-1",
                            cwd=tmp_path, env=AUTH)
     assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
-    client = MlflowClient()
-    sweep_id = sweep_run(client)
-    keys = finished_keys(client, sweep_id)
-    assert len(keys) == 2 * PER_EPOCH and len(set(keys)) == len(keys)
-    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
-    assert len(table) == 2 * PER_EPOCH and set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
-    assert table["test_acc"].notna().all()
-    ckpts = client.search_runs([client.get_run(sweep_id).info.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{sweep_id}'")
+    ckpts = every_fit_once(MlflowClient(), 2 * PER_EPOCH)
     assert sorted(r.data.tags["clipprobe.epoch"] for r in ckpts) == ["0", "1"]
     assert all(r.info.status == "FINISHED" and r.data.tags[WORKER_TAG] for r in ckpts)
 

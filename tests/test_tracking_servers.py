@@ -4,7 +4,6 @@ PostgreSQL with served artifacts: every fit exactly once, the results file compl
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from ray_cluster import ray_cluster  # noqa: F401 - the fixture, used by name
@@ -40,7 +39,7 @@ def sweep(postgres_store):  # noqa: F811 - the fixture imported above
 def test_a_sweep_of_two_ray_workers_against_mlflow_server_on_postgresql(ray_cluster, server_store, tmp_path):  # noqa: F811
     from click.testing import CliRunner
     from sweep_fakes import blind, mobilenet, plant_red
-    from test_executors_ray import OPTS, PER_EPOCH, finished_keys, sweep_run
+    from test_executors_ray import OPTS, PER_EPOCH, every_fit_once
     from test_sweep_tracking import log_splits, register
 
     from clipprobe.cli import main
@@ -49,15 +48,7 @@ def test_a_sweep_of_two_ray_workers_against_mlflow_server_on_postgresql(ray_clus
     log_splits(tmp_path)
     out = CliRunner().invoke(main, ["probe", *OPTS, "--executor", "ray", "--epochs", "0-1"])
     assert out.exit_code == 0, out.output
-    client = MlflowClient()
-    sweep_id = sweep_run(client)
-    keys = finished_keys(client, sweep_id)
-    assert len(keys) == 2 * PER_EPOCH and len(set(keys)) == len(keys)
-    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
-    assert len(table) == 2 * PER_EPOCH and set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
-    assert table["test_acc"].notna().all()
-    ckpts = client.search_runs([client.get_run(sweep_id).info.experiment_id],
-                               f"tags.`mlflow.parentRunId` = '{sweep_id}'")
+    ckpts = every_fit_once(MlflowClient(), 2 * PER_EPOCH)
     workers = {r.data.tags["clipprobe.worker"] for r in ckpts}
     assert len(ckpts) == 2 and all(r.info.status == "FINISHED" for r in ckpts)
     assert len(workers) == 2  # two worker processes, one checkpoint each
