@@ -234,13 +234,13 @@ def _param_value(value: Any) -> str:
 def log_params(params: Mapping[str, Any]) -> None:
     """Log parameters on the active run (values stringified, long ones cut to MLflow's limit).
 
-    Under ``mlflow run`` the entry point's parameters are already logged as typed on the command line
-    (``model_name=''``, ``allow_duplicate_weights=false``), while a step run started from the CLI logs
-    the values it resolved: two sweeps would then compare on spelling. So the run ends up with the
-    resolved values either way: on a SQL store (sqlite, PostgreSQL, ...) the values ``mlflow run`` logged
-    are replaced by the resolved ones and its empty ("" = the command's default) parameters that the
-    step does not log are removed; elsewhere a differing value is kept as ``<name>_resolved``
-    (MLflow's params are immutable through its API).
+    Under ``mlflow run`` the entry point's parameters are already logged as typed on the command line and
+    shell-quoted by MLflow (``model_name="''"``, ``cache_dir="'/my cache'"``, ``allow_duplicate_weights=false``),
+    while a step run started from the CLI logs the values it resolved: two sweeps would then compare on
+    spelling. So the run ends up with the resolved values either way: on a SQL store (sqlite, PostgreSQL, ...)
+    the values ``mlflow run`` logged are replaced by the resolved ones, the others lose MLflow's shell quotes,
+    and its empty ("" = the command's default) parameters that the step does not log are removed; elsewhere a
+    differing value is kept as ``<name>_resolved`` (MLflow's params are immutable through its API).
     """
     run_id = active_run_id()
     client = MlflowClient()
@@ -251,13 +251,34 @@ def log_params(params: Mapping[str, Any]) -> None:
         text = _param_value(value)
         if key not in existing:
             new[key] = text
-        elif existing[key].strip("'\"") != text:
+        elif existing[key] != text:
             changed[key] = text
-    from_project = {k for k, v in existing.items() if v == "" and k not in params}
+    from_project = set()
+    for key, value in existing.items():
+        if key in params:
+            continue
+        plain = shell_unquoted(value)
+        if plain == "":
+            from_project.add(key)
+        elif plain != value:
+            changed[key] = plain
     if (changed or from_project) and not _rewrite_params(client, run_id, changed, from_project):
-        new.update({f"{key}_resolved": text for key, text in changed.items()})
+        new.update({f"{key}_resolved": text for key, text in changed.items()
+                    if key in params and shell_unquoted(existing[key]) != text})
     if new:
         mlflow.log_params(new)
+
+
+def shell_unquoted(value: str) -> str:
+    """A parameter value as the command received it: ``mlflow run`` logs ``'/my cache'`` and ``''`` with the
+    shell quotes it put around them (``shlex.quote``). A value that is not one quoted word stays as it is."""
+    import shlex
+
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        return value
+    return words[0] if len(words) == 1 and shlex.quote(words[0]) == value else value
 
 
 def _rewrite_params(client: MlflowClient, run_id: str, values: Mapping[str, str], drop: set[str]) -> bool:
