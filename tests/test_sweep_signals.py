@@ -72,7 +72,7 @@ def test_ctrl_c_and_sigterm_leave_the_sweep_and_its_children_killed(tracking_sto
     proc.send_signal(sig)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == code, output
-    assert "Traceback" not in output and "a run it opened ends KILLED" in output.splitlines()[-1]
+    assert "Traceback" not in output and f"run {sweep_id} (probe) ended KILLED; finish it with `clipprobe probe --resume {sweep_id}`" in output.splitlines()[-1]
     client = MlflowClient()
     assert client.get_run(sweep_id).info.status == "KILLED"
     ckpts = client.search_runs(["0"], f"tags.`{fits.SWEEP_TAG}` = '{sweep_id}' and tags.`clipprobe.level` = 'checkpoint'")

@@ -50,7 +50,7 @@ class StepGroup(click.Group):
         """Every command fails the same way: usage errors exit 2 and user, data or environment errors
         (files, the tracking store) exit 1, each in one line (``-v`` shows the traceback); an interrupt
         exits 130 (Ctrl-C) or 143 (SIGTERM) and its run ends KILLED."""
-        from clipprobe.cli.failures import expected_error, interrupted
+        from clipprobe.cli.failures import expected_error, interrupted, restore_signals
 
         try:
             return super().invoke(ctx)
@@ -60,6 +60,8 @@ class StepGroup(click.Group):
             if not expected_error(err) or ctx.params.get("verbose"):
                 raise
             raise click.ClickException(f"{' '.join(str(err).split())} (-v shows the traceback)") from None
+        finally:
+            restore_signals()
 
 
 @click.group(cls=StepGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -23,22 +23,73 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so a run ends KILLED either way."""
 
 
+# What to do after an interrupt, per step (the run id filled in where the step resumes by it).
+RESUME_HINTS: dict[str, str] = {
+    "world": "its folder is incomplete: run the command again with --overwrite",
+    "train": "run the same command again: it continues after the last model_<N>.pth written",
+    "checkpoints": "run the same command again: checkpoints already registered are not imported twice",
+    "clip": "run the same command again (the world CLIP trains from the start)",
+    "concepts": "run the same command again: CLIP scoring continues from the chunks already written",
+    "probe": "finish it with `clipprobe probe --resume {run_id}` (fits already logged are kept)",
+    "tune": "run the same command again: its trials add to the same Optuna studies",
+    "compare": "run the same command again",
+    "main": "run the same command again",
+}
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_state: dict[str, Any] = {"count": 0, "previous": {}}
+
+
 def terminate_as_interrupt() -> None:
-    """From now on SIGTERM raises ``Terminated`` in the main thread (nothing elsewhere)."""
+    """From now on, in the main thread, Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ``Terminated``, once.
+
+    While the interrupted run is being ended KILLED a second signal is ignored: ``mlflow run`` answers a
+    Ctrl-C by sending SIGTERM to its entry point, which would cut that cleanup short and leave the run
+    RUNNING (MLflow then marks it FAILED). A third signal exits at once (exit 128 + its number).
+    ``restore_signals`` puts the handlers that were there back."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _state["count"] = 0
 
     def _raise(signum: int, _frame: Any) -> None:
-        raise Terminated(f"signal {signum}")
+        _state["count"] += 1
+        if _state["count"] == 2:
+            click.echo("still ending the interrupted run KILLED (a third signal exits at once)", err=True)
+            return
+        if _state["count"] > 2:
+            os._exit(128 + signum)
+        if signum == signal.SIGTERM:
+            raise Terminated(f"signal {signum}")
+        raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise)
+    for sig in _SIGNALS:
+        _state["previous"].setdefault(sig, signal.getsignal(sig))
+        signal.signal(sig, _raise)
+
+
+def restore_signals() -> None:
+    """The signal handlers from before ``terminate_as_interrupt`` (a command run inside a longer process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = _state["previous"]
+    for sig in list(previous):
+        handler = previous.pop(sig)
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def interrupted(err: KeyboardInterrupt) -> click.exceptions.Exit:
-    """One line on stderr and the shell's exit code for the signal (128 + its number)."""
+    """One line on stderr, naming the run that ended KILLED and how to go on, and the shell's exit code
+    for the signal (128 + its number)."""
     term = isinstance(err, Terminated)
-    click.echo(("terminated (SIGTERM)" if term else "interrupted (Ctrl-C)")
-               + ": a run it opened ends KILLED; a probe sweep resumes with `clipprobe probe --resume RUN_ID`",
-               err=True)
+    run_id, step = getattr(err, "clipprobe_run_id", None), getattr(err, "clipprobe_step", None)
+    what = "terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"
+    if run_id is None:
+        line = f"{what}: no run was open"
+    else:
+        hint = RESUME_HINTS.get(step or "", "")
+        line = f"{what}: run {run_id}{f' ({step})' if step else ''} ended KILLED" + (
+            f"; {hint.format(run_id=run_id)}" if hint else "")
+    click.echo(line, err=True)
     return click.exceptions.Exit(128 + (signal.SIGTERM if term else signal.SIGINT))
 
 

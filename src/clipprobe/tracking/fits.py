@@ -222,7 +222,7 @@ def reopen_sweep(run_id: str, *, step: str = "probe"):
         client.set_tag(made, RESUMES_TAG, run_id)
         client.set_tag(made, "mlflow.note.content",
                        f"This `mlflow run` resumed the {step} sweep run {run_id}: its fits and results are logged there.")
-    return ended_killed_on_interrupt(mlflow.start_run(run_id=run_id))
+    return ended_killed_on_interrupt(mlflow.start_run(run_id=run_id), step=step)
 
 
 

@@ -202,7 +202,7 @@ def step_run(
     else:
         exp_id = _experiment_id(experiment_name)
         run_cm = mlflow.start_run(experiment_id=exp_id, run_name=run_name or step)
-    with ended_killed_on_interrupt(run_cm) as run:
+    with ended_killed_on_interrupt(run_cm, step=step) as run:
         enable_sqlite_wal()
         # `mlflow run` names its run at random; name it after the step, as runs started here are.
         named = {RUN_NAME_TAG: run_name or step} if active is None and under_mlflow_run else {}
@@ -213,13 +213,18 @@ def step_run(
 
 
 @contextmanager
-def ended_killed_on_interrupt(run_cm: Any) -> Iterator[Run]:
+def ended_killed_on_interrupt(run_cm: Any, *, step: str | None = None) -> Iterator[Run]:
     """Enter an ``mlflow.start_run`` context; on Ctrl-C or SIGTERM (``KeyboardInterrupt``) end the run KILLED
-    (MLflow would mark it FAILED) before the interrupt goes on. A SIGKILL leaves it RUNNING: resumable."""
+    (MLflow would mark it FAILED) before the interrupt goes on. A SIGKILL leaves it RUNNING: resumable.
+
+    The interrupt carries the innermost such run's id and step (``clipprobe_run_id``, ``clipprobe_step``), so
+    the command can say which run ended and how to go on."""
     with run_cm as run:
         try:
             yield run
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            if getattr(err, "clipprobe_run_id", None) is None:
+                err.clipprobe_run_id, err.clipprobe_step = run.info.run_id, step
             active = mlflow.active_run()
             if active is not None and active.info.run_id == run.info.run_id:
                 mlflow.end_run("KILLED")
