@@ -51,6 +51,7 @@ def test_an_interrupted_step_ends_killed_and_says_how_to_go_on(tracking_store, t
     result, run = _interrupted_world(monkeypatch, tmp_path, first, second)
     assert result.exit_code == code, result.output
     assert run.info.status == "KILLED"  # not FAILED (MLflow's own answer to an exception), not RUNNING
+    assert run.data.tags["clipprobe.interrupted"] == signal.Signals(first).name  # what `mlflow run` cannot overwrite
     assert result.output.splitlines()[-1] == (
         f"{what}: run {run.info.run_id} (world) ended KILLED; its folder is incomplete: "
         "run the command again with --overwrite")
@@ -65,3 +66,16 @@ def test_the_probe_hint_names_the_sweep_to_resume(capsys):
     assert interrupted(err).exit_code == 143
     assert capsys.readouterr().err == ("terminated (SIGTERM): run abc123 (probe) ended KILLED; finish it with "
                                        "`clipprobe probe --resume abc123` (fits already logged are kept)\n")
+
+
+def test_mlflow_run_overwrites_the_killed_status_so_the_tag_says_it(tracking_store):
+    """MLflow 3.17's `mlflow run` ends its run FAILED after a non-zero exit even when the entry point already ended
+    it KILLED (``RunStatus.is_terminated`` gets the status string, not its code). Should MLflow fix this, the
+    ``clipprobe.interrupted`` tag becomes a second witness rather than the only one."""
+    from mlflow.projects import _maybe_set_run_terminated
+
+    client = MlflowClient()
+    run = client.create_run("0")
+    client.set_terminated(run.info.run_id, "KILLED")
+    _maybe_set_run_terminated(client.get_run(run.info.run_id), "FAILED")  # what `mlflow run` does after exit 130
+    assert client.get_run(run.info.run_id).info.status == "FAILED"

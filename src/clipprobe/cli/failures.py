@@ -22,6 +22,8 @@ REACH_TIMEOUT_S = 5.0  # one probe of the tracking server; MLflow's own client r
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so a run ends KILLED either way."""
 
+    signal_name = "SIGTERM"  # the run's clipprobe.interrupted tag (a plain KeyboardInterrupt: SIGINT)
+
 
 # What to do after an interrupt, per step (the run id filled in where the step resumes by it).
 RESUME_HINTS: dict[str, str] = {

@@ -21,6 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 log = logging.getLogger(__name__)
 
 STEP_TAG = "clipprobe.step"
+INTERRUPTED_TAG = "clipprobe.interrupted"  # SIGINT or SIGTERM: the run was ended KILLED by that signal
 LEVEL_TAG = "clipprobe.level"
 EPOCH_TAG = "clipprobe.epoch"  # on a checkpoint run of a sweep and on a registered model version
 WORLD_ROOT_TAG = "clipprobe.world_root"  # on a world run: the absolute path of the generated world
@@ -227,6 +228,9 @@ def ended_killed_on_interrupt(run_cm: Any, *, step: str | None = None) -> Iterat
                 err.clipprobe_run_id, err.clipprobe_step = run.info.run_id, step
             active = mlflow.active_run()
             if active is not None and active.info.run_id == run.info.run_id:
+                # `mlflow run` (3.17) overwrites any status its entry point set with FAILED on a non-zero exit
+                # (its _maybe_set_run_terminated compares a status string to int codes): the tag survives.
+                mlflow.set_tag(INTERRUPTED_TAG, getattr(err, "signal_name", "SIGINT"))
                 mlflow.end_run("KILLED")
             raise
 
