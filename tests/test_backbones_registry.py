@@ -192,3 +192,24 @@ def test_registered_checkpoints_show_as_registered_and_link_to_the_sweeps_that_p
     assert mv.description.count("#/experiments/0/runs/") == 2 and "probe tiny epochs 0-1" in mv.description
     assert client.get_run(sweeps[1]).data.tags[registry.SWEEP_VERSIONS_TAG] == "tiny/1,tiny/2"
     assert client.get_run(sweeps[0]).data.tags[registry.SWEEP_VERSIONS_TAG] == "tiny/1"
+
+
+def test_a_second_training_run_under_the_same_name_is_refused_not_spliced_in(tracking_store, tmp_path):
+    """Importing another run's checkpoints under a model name that already holds those epochs would move the
+    epoch-NNN aliases to the new weights, splicing two runs into one "when" axis: refused, naming the fix."""
+    first, second = tmp_path / "run a", tmp_path / "run b"
+    for epoch in (0, 1, 2):
+        _write(first, epoch, seed=epoch)
+    _write(second, 0, seed=10)  # another run: other weights at the same epochs
+    _write(second, 1, seed=11)
+    _write(second, 3, seed=13)
+    assert CliRunner().invoke(main, ["checkpoints", str(first), "--model-name", "net"]).exit_code == 0
+    before = {c.epoch: (c.version, c.fingerprint) for c in registry.list_checkpoints("net")}
+    result = CliRunner().invoke(main, ["checkpoints", str(second), "--model-name", "net"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (f"{second / 'model_0.pth'}: epoch 0 of 'net' is registered already with other weights (version 1, from "
+            f"{(first / 'model_0.pth').resolve()}): import this folder under its own --model-name") in result.output
+    assert {c.epoch: (c.version, c.fingerprint) for c in registry.list_checkpoints("net")} == before  # untouched
+    assert load_backbone("net", epoch=1, registry=MLFLOW_REGISTRY).fingerprint == before[1][1]
+    again = CliRunner().invoke(main, ["checkpoints", str(second), "--model-name", "net-b"])
+    assert again.exit_code == 0 and "imported 3 (epochs 0..3) as 'net-b'" in again.output

@@ -96,8 +96,11 @@ def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, devi
         configs.log_config(config)
         if resume and out_path.is_dir() and training.latest_checkpoint(out_path) is not None:
             # Earlier epochs of an interrupted run: registered already, or now (no duplicates either way).
-            registry.import_checkpoints(sorted(out_path.glob("model_*.pth")), name=model_name,
-                                        architecture=config.architecture, progress=False)
+            try:
+                registry.import_checkpoints(sorted(out_path.glob("model_*.pth")), name=model_name,
+                                            architecture=config.architecture, progress=False)
+            except registry.RegistryConflict as err:
+                raise click.ClickException(str(err)) from None
 
         def on_checkpoint(report: training.EpochReport) -> None:
             registry.log_checkpoint(report.model, name=model_name, epoch=report.epoch,

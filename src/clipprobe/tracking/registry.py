@@ -319,6 +319,10 @@ def _check_weights_kind(name: str, versions: Sequence[RegisteredCheckpoint], wei
         )
 
 
+class RegistryConflict(ValueError):
+    """A checkpoint whose epoch the registered model already holds with other weights."""
+
+
 def import_checkpoints(
     paths: Iterable[str | Path],
     *,
@@ -343,6 +347,7 @@ def import_checkpoints(
     versions = _all_versions(name)
     _check_weights_kind(name, versions, weights)
     known = {(c.fingerprint, c.epoch): c for c in versions}
+    holding = {c.epoch: c for c in versions}  # the version each epoch-NNN alias points at (the newest)
     read_now: dict[int, tuple[str, Path]] = {}  # epoch -> (fingerprint, file) of this import's files
     models: dict[tuple, nn.Module] = {}  # one module per shape, reused: building one costs more than loading
     for path in tqdm(sorted(map(Path, paths), key=_import_order), desc="import", unit="ckpt",
@@ -378,6 +383,13 @@ def import_checkpoints(
             summary.copies.append((path, same_epoch[1]))
             continue
         read_now[ckpt.epoch] = (digest, path)
+        held = holding.get(ckpt.epoch)
+        if held is not None and held.fingerprint != digest and (digest, ckpt.epoch) not in known:
+            # Re-pointing epoch-NNN would splice two training runs into one "when" axis, silently.
+            raise RegistryConflict(
+                f"{path}: epoch {ckpt.epoch} of '{name}' is registered already with other weights (version "
+                f"{held.version}, from {held.source or 'an unknown file'}): import this folder under its own "
+                "--model-name, or delete those versions of the registered model first")
         if (digest, ckpt.epoch) in known:
             summary.already.append(known[(digest, ckpt.epoch)])
             log.debug("%s: already registered as %s version %s", path, name, known[(digest, ckpt.epoch)].version)
