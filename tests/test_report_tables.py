@@ -13,6 +13,7 @@ from clipprobe.report.sanity import (
     emergence_text,
     emergences,
     identical_epochs,
+    missing_fits,
     sanity_flags,
     uniform_high_modules,
 )
@@ -222,3 +223,18 @@ def test_emergence_is_the_first_significant_rise_above_the_baseline():
     assert found["p_adjusted"].iloc[0] == pytest.approx(48 * 2 * 0.5 ** 28)  # Holm over 48 epoch steps
     assert "blue / module:2 / non_linear_gap emerges at epoch 2: 0.667 -> 0.978" in emergence_text(found)
     assert emergences(synthetic_results()).empty
+
+
+def test_a_fit_missing_from_the_grid_is_flagged_naming_it():
+    """A failed fit (or a sweep that stopped) leaves a "-" in the tables: the flags say so, naming the cell."""
+    results = synthetic_results()
+    assert missing_fits(results) == []
+    gone = (results["concept"] == results["concept"].iloc[0]) & (results["module"] == "module:1") & (
+        results["probe"] == PROBES[0]) & (results["epoch"] == 3)
+    assert gone.sum() == 1
+    [flag] = missing_fits(results[~gone])
+    concept = results["concept"].iloc[0]
+    assert flag.kind == "missing_fits"
+    assert flag.message.startswith(f"1 of {len(results)} fits of the sweep's grid (concepts x modules x probes x "
+                                   f"epochs) are missing ({concept}/module:1/{PROBES[0]} at epoch 3)")
+    assert "missing_fits" in {f.kind for f in sanity_flags(results[~gone])}

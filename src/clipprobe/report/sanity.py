@@ -6,6 +6,8 @@
 - ``identical_epochs``: epochs whose per-image test predictions are identical for every fit they
   share (0 discordant images: same weights?); test accuracy when per-image results are missing;
 - ``at_majority``: fits whose exact 95% interval includes (or lies below) the majority baseline;
+- ``missing_fits``: cells of the sweep's grid (concepts x modules x probes x epochs it holds) with no fit (a fit
+  that failed, a sweep that stopped): the tables show "-" there;
 - ``emergences``: "concept X emerges at epoch E at module M": the first epoch whose accuracy rose
   significantly since the previous epoch (paired test, Holm over every epoch-to-epoch comparison of
   the sweep) and whose interval lies above the majority baseline.
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -154,6 +157,26 @@ def at_majority(results: pd.DataFrame, epoch: int | None = None) -> list[SanityF
     )]
 
 
+def missing_fits(results: pd.DataFrame) -> list[SanityFlag]:
+    """Cells of the grid the results span (every concept x module x probe x epoch that occurs) without a fit."""
+    data = normalize_results(results)
+    keys = ["concept", "module", "probe", "epoch"]
+    present = set(data[keys].drop_duplicates().itertuples(index=False, name=None))
+    axes = [list(dict.fromkeys(data[k])) for k in keys]
+    expected = list(itertools.product(*axes))
+    missing = [cell for cell in expected if cell not in present]
+    if not missing:
+        return []
+    cells = ", ".join(f"{c}/{m}/{p} at epoch {e}" for c, m, p, e in missing[:8])
+    more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+    return [SanityFlag(
+        "missing_fits",
+        f"{len(missing)} of {len(expected)} fits of the sweep's grid (concepts x modules x probes x epochs) are "
+        f"missing ({cells}{more}): a fit failed or the sweep stopped; the tables show - there, and "
+        "`clipprobe probe --resume SWEEP_RUN_ID` fits what is missing",
+    )]
+
+
 def emergences(results: pd.DataFrame, *, alpha: float = ALPHA, method: str = METHOD) -> pd.DataFrame:
     """Per cell (concept, module, probe), the first epoch whose accuracy rose significantly since the
     previous epoch of the sweep (paired test, one family over all epoch-to-epoch comparisons) and whose
@@ -193,5 +216,5 @@ def emergence_text(found: pd.DataFrame, limit: int = 20) -> str:
 
 def sanity_flags(results: pd.DataFrame, epoch: int | None = None) -> list[SanityFlag]:
     """Every flag for a sweep at one epoch (identical epochs looks across all epochs)."""
-    return [*uniform_high_modules(results, epoch), *identical_epochs(results),
+    return [*missing_fits(results), *uniform_high_modules(results, epoch), *identical_epochs(results),
             *at_majority(results, epoch)]
