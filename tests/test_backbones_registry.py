@@ -63,6 +63,8 @@ def test_train_registers_every_epoch_loadable_in_a_fresh_process(world, tracking
 
     run = runs.find_latest_run("train")
     assert run.data.tags[registry.MODEL_NAME_TAG] == "tinynet"
+    # the folders it used, as it resolved them (val/ beside the train folder when none is named)
+    assert run.data.params["train_dir"] == str(world / "train") and run.data.params["val_dir"] == str(world / "val")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0, 1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
 

@@ -260,6 +260,12 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return max(files)[1] if files else None
 
 
+def default_val_dir(train_dir: str | Path) -> Path | None:
+    """The validation ImageFolder taken when none is named: ``val/`` beside the training folder, if it exists."""
+    beside = Path(train_dir).parent / "val"
+    return beside if beside.is_dir() else None
+
+
 def train(
     config: TrainConfig,
     train_dir: str | Path,
@@ -280,8 +286,8 @@ def train(
     device = torch.device(device)
     out_dir = Path(out_dir)
     train_set = datasets.ImageFolder(str(train_dir))
-    if val_dir is None and (Path(train_dir).parent / "val").is_dir():
-        val_dir = Path(train_dir).parent / "val"
+    if val_dir is None:
+        val_dir = default_val_dir(train_dir)
     config = resolve_sizes(config, _image_size(train_set))
     train_set.transform = v2.Compose([_rgb, _train_transform(config)])
     val_transform = ImageTransform(config.val_resize_size, config.val_crop_size)

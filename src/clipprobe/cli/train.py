@@ -87,9 +87,11 @@ def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, devi
     if not train_path.is_dir():
         raise click.UsageError(f"train folder {train_path} does not exist: pass --train-dir")
     out_path = Path(out_dir) if out_dir else Path("checkpoints") / model_name
+    val_path = Path(val_dir) if val_dir else training.default_val_dir(train_path)
 
     params = {**config.to_params(), "train_dir": str(train_path.resolve()),
-              "val_dir": val_dir or "", "out_dir": str(out_path.resolve()), "model_name": model_name,
+              "val_dir": str(val_path.resolve()) if val_path else "none", "out_dir": str(out_path.resolve()),
+              "model_name": model_name,
               "resume": resume}
     tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: config.architecture}
     with runs.step_run("train", experiment_name=experiment_name, params=params, tags=tags) as run:
@@ -107,7 +109,7 @@ def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, devi
                                     source=report.path.resolve(), metadata=report.args, metrics=report.metrics)
 
         try:
-            reports = training.train(config, train_path, out_path, val_dir=val_dir, device=torch_device,
+            reports = training.train(config, train_path, out_path, val_dir=val_path, device=torch_device,
                                      resume=resume, on_checkpoint=on_checkpoint)
         except ValueError as err:
             raise click.ClickException(str(err)) from None
