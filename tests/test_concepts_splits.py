@@ -148,8 +148,13 @@ def test_annotations_refuse_short_concepts_and_unknown_ones(tmp_path):
     labels = concept_labels(_truth(), load_vocabulary("world"), labels_root=tmp_path, pool_root=tmp_path / "pool")
     with pytest.raises(ValueError, match=r"fewer labelled images than top_k=90: red \(80\)"):
         annotation_scores(labels, load_vocabulary("world"), top_k=90)
-    with pytest.raises(ValueError, match="concept.s. female, male never appear in the labels table"):
+    with pytest.raises(ValueError, match="concept.s. female, male of vocabulary .* never appear in the labels table"):
         concept_labels(_truth(), SEED_VOCAB, labels_root=tmp_path, pool_root=tmp_path / "pool")
+    # a world made with some shapes only: the message names the vocabulary in use and the way out, not itself
+    with pytest.raises(ValueError, match=r"concept\(s\) star of vocabulary world.toml never appear in the labels "
+                                         r"table's columns .*: pass --vocabulary FILE.toml without them"):
+        concept_labels(_truth()[lambda t: t["shape"] != "star"], load_vocabulary("world"), labels_root=tmp_path,
+                       pool_root=tmp_path / "pool")
 
 
 def test_precision_of_clip_positives_against_truth(tmp_path):

@@ -33,8 +33,9 @@ def concept_labels(
     absent = [c for c in vocabulary.concepts if not any((v == c).any() for v in values.values())]
     if absent:
         raise ValueError(
-            f"concept(s) {', '.join(absent)} never appear in the labels table's columns "
-            f"{', '.join(label_cols)}: use a vocabulary that matches it (e.g. --vocabulary world)"
+            f"concept(s) {', '.join(absent)} of vocabulary {vocabulary.source} never appear in the labels table's "
+            f"columns {', '.join(label_cols)}: pass --vocabulary FILE.toml without them (a [groups] table of the "
+            "concepts the table has; the world's defaults need a world made with all its shapes)"
         )
     rel, inside = _pool_paths(labels, labels_root, pool_root)
     out = pd.DataFrame({"path": rel[inside]})
