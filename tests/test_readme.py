@@ -123,13 +123,14 @@ class Store:
 
 
 def _imported_checkpoints(folder: Path) -> Path:
-    """The reader's own torchvision-reference checkpoints (`/data/mbv2_run`): two epochs of a tiny MobileNetV2."""
+    """The reader's own torchvision-reference checkpoints (`/data/mbv2_run`): two epochs of a tiny MobileNetV2 (0 and
+    5, the epochs the small probe options take: imported under their own name, they are the latest model)."""
     import torch
 
     from clipprobe.backbones.architectures import build_model
     from clipprobe.backbones.checkpoints import write_checkpoint
 
-    for epoch in (0, 1):
+    for epoch in (0, 5):
         torch.manual_seed(100 + epoch)
         model = build_model("mobilenet_v2", num_classes=10, width_mult=0.25)
         write_checkpoint(folder / f"model_{epoch}.pth", model=model, epoch=epoch,
