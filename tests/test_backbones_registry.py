@@ -215,3 +215,29 @@ def test_a_second_training_run_under_the_same_name_is_refused_not_spliced_in(tra
     assert load_backbone("net", epoch=1, registry=MLFLOW_REGISTRY).fingerprint == before[1][1]
     again = CliRunner().invoke(main, ["checkpoints", str(second), "--model-name", "net-b"])
     assert again.exit_code == 0 and "imported 3 (epochs 0..3) as 'net-b'" in again.output
+
+
+def test_a_deleted_version_leaves_load_by_epoch_and_the_sweeps_choice_agreeing(tracking_store, tmp_path, caplog):
+    """Deleting a version in the UI deletes its alias too. By epoch, load_backbone then takes the newest version
+    of that epoch left (what a sweep takes), saying so; an epoch with none left fails naming the aliases left."""
+    folder = tmp_path / "ck"
+    for epoch in (0, 1, 2):
+        _write(folder, epoch, seed=epoch)
+    assert CliRunner().invoke(main, ["checkpoints", str(folder), "--model-name", "net"]).exit_code == 0
+    with runs.step_run("checkpoints"):  # epoch 0 registered again (a second import of the same file)
+        model = build_model("mobilenet_v2", num_classes=3, width_mult=0.25)
+        model.load_state_dict(read_checkpoint(folder / "model_0.pth").state_dict)
+        again = registry.log_checkpoint(model, name="net", epoch=0, source=folder / "model_0.pth", metadata=ARGS)
+    client = MlflowClient()
+    first = [c for c in registry.list_checkpoints("net", all_versions=True) if c.epoch == 0][0]
+    client.delete_model_version("net", again.version)  # the version the alias epoch-000 pointed at
+    client.delete_model_version("net", registry.list_checkpoints("net")[1].version)  # epoch 1's only version
+    assert [c.epoch for c in registry.list_checkpoints("net")] == [0, 2]
+    with caplog.at_level(logging.WARNING):
+        bb = load_backbone("net", epoch=0, registry=MLFLOW_REGISTRY)
+    assert (bb.epoch, bb.version) == (0, first.version)
+    assert any(f"no alias epoch-000 (its version was deleted): loading version {first.version}" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(ValueError, match=r"models:/net@epoch-001: no such registered model version "
+                                         r"\(aliases: epoch-002\)"):
+        load_backbone("net", epoch=1, registry=MLFLOW_REGISTRY)

@@ -405,6 +405,15 @@ def import_checkpoints(
     return summary
 
 
+def model_aliases(name: str) -> dict[str, str]:
+    """``alias -> version`` of a registered model as the registry holds them now (empty when there is no such
+    model); an alias goes when its version is deleted."""
+    try:
+        return dict(MlflowClient().get_registered_model(name).aliases or {})
+    except MlflowException:
+        return {}
+
+
 def resolve_version(uri: str) -> ModelVersion | None:
     """The registry version a ``models:/name@alias`` or ``models:/name/version`` URI names, else None
     (a ``models:/<model_id>`` logged model)."""
@@ -421,7 +430,7 @@ def resolve_version(uri: str) -> ModelVersion | None:
         if version:
             return client.get_model_version(name, version)
     except MlflowException as err:
-        known = ", ".join(c.alias for c in list_checkpoints(name)) if alias else ""
+        known = ", ".join(sorted(model_aliases(name))) if alias else ""
         hint = f" (aliases: {known})" if known else ""
         raise ValueError(f"{uri}: no such registered model version{hint}: {err.message.splitlines()[0]}") from None
     raise ValueError(f"{uri}: name an alias or a version, e.g. models:/{name}@epoch-001")
@@ -452,8 +461,21 @@ class MlflowRegistry:
     """MLflow's model registry as ``backbones.loader.ModelRegistry``: what ``load_backbone`` receives."""
 
     def uri(self, name: str, epoch: int | None) -> str:
-        """``models:/<name>@epoch-007``; epoch None: the highest registered epoch."""
-        return f"models:/{name}@{epoch_alias(latest_epoch(name) if epoch is None else epoch)}"
+        """``models:/<name>@epoch-007``; epoch None: the highest registered epoch.
+
+        When the alias is gone (its version was deleted in the UI: MLflow deletes the alias with it) but an
+        older version of that epoch is left, that version, the one a probe sweep would take
+        (``list_checkpoints``), as ``models:/<name>/<version>``, with a warning."""
+        wanted = latest_epoch(name) if epoch is None else epoch
+        alias = epoch_alias(wanted)
+        if alias in model_aliases(name):
+            return f"models:/{name}@{alias}"
+        left = {c.epoch: c for c in list_checkpoints(name)}.get(wanted)
+        if left is None:
+            return f"models:/{name}@{alias}"  # resolve_version names the aliases that do exist
+        log.warning("registered model %r has no alias %s (its version was deleted): loading version %s, the newest "
+                    "version of epoch %d left", name, alias, left.version, wanted)
+        return f"models:/{name}/{left.version}"
 
     def load(self, uri: str) -> LoadedModel:
         """``load_model(uri)``."""
