@@ -154,6 +154,20 @@ def test_table_marks_a_change_since_the_previous_epoch_only_when_significant():
     assert (tables_long(build_tables(results, epoch=1))["change"] == "").all()  # nothing before epoch 1
 
 
+def test_legend_counts_the_family_the_correction_ran_over():
+    results = synthetic_results()  # 3 concepts x 4 modules x 2 probes = 24 cells at epoch 3
+    # the striped cells at epoch 2 carry no per-image results (a sweep resumed from an older one):
+    # 8 cells are shown untested, and Holm ran over the other 16
+    old = (results["concept"] == "striped") & (results["epoch"] == 2)
+    results.loc[old, "test_correct"] = ""
+    tables = build_tables(results)
+    cells = tables_long(tables)
+    assert cells["change_from"].notna().sum() == 24 and cells["change_p"].notna().sum() == 16
+    assert "Holm-corrected, alpha 0.05, over 16 tested cells; 8 cells without per-image predictions" in to_text(tables)
+    everything = build_tables(synthetic_results())
+    assert "Holm-corrected, alpha 0.05, over 24 tested cells)" in to_text(everything)
+
+
 def test_two_sweeps_with_no_fit_in_common_is_one_clear_line():
     a = synthetic_results(concepts=(("red", "colour"),))
     b = synthetic_results(concepts=(("male", "gender"),))
