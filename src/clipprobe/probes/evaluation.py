@@ -139,7 +139,7 @@ def auroc(score: np.ndarray, y: np.ndarray) -> float:
 
 
 def majority_accuracy(y_train: np.ndarray, y_test: np.ndarray) -> float:
-    """Accuracy on the test part of always answering the training part's majority class."""
+    """Accuracy on the test part of always answering the training part's majority class (a tie answers 0)."""
     majority = int(np.mean(np.asarray(y_train)) > 0.5)
     return accuracy(np.full(len(y_test), majority), y_test)
 
@@ -156,7 +156,8 @@ def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test
 
     The J splits share images, so their accuracies are correlated; the variance of the mean is taken
     as ``(1/J + n_test/n_train) * s^2`` (s^2 the sample variance over splits), with J - 1 degrees of
-    freedom. NaN for fewer than two splits. (Neither scipy nor statsmodels has this correction; the
+    freedom. NaN for fewer than two splits; zero width when all J accuracies are equal (s = 0: the t
+    interval then says nothing, it is not certainty). (Neither scipy nor statsmodels has this correction; the
     t quantile is scipy's.)
     """
     v = np.asarray(values, float)
