@@ -210,7 +210,23 @@ def test_uniform_high_module_needs_the_paired_tests_to_back_it():
     _set(results, at3 & results["module"].isin(["module:0", "module:2"]), 78)
     assert uniform_high_modules(results) == []
     untested = synthetic_results().drop(columns=["test_correct", "test_images"])
-    assert "(not tested: no per-image predictions)" in uniform_high_modules(untested)[0].message
+    assert ("(not tested against both neighbours: no per-image predictions on the same test images)"
+            in uniform_high_modules(untested)[0].message)
+
+
+def test_uniform_high_module_beats_both_neighbours_only_when_tested_against_both():
+    results = synthetic_results()
+    # module:2's last epoch has no per-image results: module:1's cells are tested against module:0 only,
+    # which cannot show that they beat both neighbours
+    results.loc[(results["module"] == "module:2") & (results["epoch"] == 3), "test_correct"] = ""
+    (flag,) = uniform_high_modules(results)
+    assert "6 of 6 cells beat both" not in flag.message
+    assert "(not tested against both neighbours: no per-image predictions on the same test images)" in flag.message
+    # only red has module:2 cells: its 2 cells are tested against both neighbours, the other 4 against one
+    results = synthetic_results()
+    results = results[(results["concept"] == "red") | (results["module"] != "module:2")]
+    (flag,) = uniform_high_modules(results)
+    assert "; 2 of 2 cells beat both neighbours" in flag.message and "4 cells not tested against both" in flag.message
 
 
 def test_at_majority_uses_the_exact_interval():
