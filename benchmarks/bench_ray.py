@@ -3,15 +3,12 @@
 1 and with 2 workers (a local cluster of 1 or 2 CPUs; Ray gives each task 1 CPU and 1 torch thread).
 Every run starts from an empty activation cache and a new sweep run on a sqlite store.
 
-``--project-gpus`` (on a machine with a GPU): the same sweep with ``--device cuda --gpus-per-task 1``
-on one GPU gives seconds per checkpoint; the projection for N GPUs is
-``max(checkpoints x s_per_checkpoint / N, fits / write_rate)`` with the tracking store's measured
-write rate (``--write-rate``, fit runs/s, from bench_tracking_writers.md): the GPUs stop helping once
-the store is the bottleneck.
+The projection for N GPUs is benchmarks/project_gpus.py's, from a one-GPU number that
+bench_sweep_gpu.py measures without Ray or MLflow: neither is on the lent GPU machines, and Ray's wheel
+(75.6 MiB for Python 3.12) is larger than what may travel there (64 MiB).
 
-Writes benchmarks/results/bench_ray.md (and bench_ray_gpu_projection.md with --project-gpus).
+Writes benchmarks/results/bench_ray.md.
 Usage: python benchmarks/bench_ray.py [--checkpoints 8] [--workdir .cache/bench_ray]
-       python benchmarks/bench_ray.py --project-gpus --write-rate R [--checkpoints 8]
 """
 
 from __future__ import annotations
@@ -89,8 +86,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints", type=int, default=8)
     parser.add_argument("--workdir", default=".cache/bench_ray")
-    parser.add_argument("--project-gpus", action="store_true")
-    parser.add_argument("--write-rate", type=float, default=None, help="fit runs/s the tracking store takes")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -102,20 +97,6 @@ def main() -> None:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {args.checkpoints} checkpoints x 4 modules x "
             f"2 concepts x 2 probe kinds = {fits} fits.\n\n")
     RESULTS.mkdir(exist_ok=True)
-    if args.project_gpus:
-        if args.write_rate is None:
-            parser.error("--project-gpus needs --write-rate (fit runs/s of the tracking store)")
-        one = ray_sweep(work, "ray, 1 GPU", 1, ["--device", "cuda", "--gpus-per-task", "1"])
-        per = one / args.checkpoints
-        lines = ["| GPUs | projected sweep of 300 checkpoints x 513 fits | limited by |", "|---|---|---|"]
-        for n in (1, 2, 4, 8, 16, 32, 64):
-            compute, store = 300 * per / n, 153_900 / args.write_rate
-            lines.append(f"| {n} | {max(compute, store) / 3600:.2f} h | {'GPUs' if compute >= store else 'tracking store'} |")
-        (RESULTS / "bench_ray_gpu_projection.md").write_text(
-            "# Projection for N GPUs from one GPU\n\n" + head + f"One GPU: {one:.1f} s for {args.checkpoints} "
-            f"checkpoints ({per:.2f} s each, this sweep's sizes); store: {args.write_rate:g} fit runs/s.\n\n"
-            + "\n".join(lines) + "\n")
-        return
     local = sweep(work, "local (in-process)", ["--executor", "local", "--device", "cpu"])
     one = ray_sweep(work, "ray, 1 worker", 1, ["--device", "cpu"])
     two = ray_sweep(work, "ray, 2 workers", 2, ["--device", "cpu"])

@@ -2,15 +2,20 @@
 
 Runs without MLflow (a GPU machine may lack it): extraction and probe fitting through the same
 `Sweep` the CLI uses; probe accuracies on CUDA are compared with a CPU run of the same fits on a
-few modules. Writes benchmarks/results/bench_sweep_gpu.md (or --out).
-Usage: python benchmarks/bench_sweep_gpu.py [--small] [--device cuda]
+few modules. Writes benchmarks/results/bench_sweep_gpu.md (or --out) and, beside it, the one-GPU
+number as JSON (``bench_sweep_gpu.json``: seconds per checkpoint, decoding apart, with what was run),
+which ``benchmarks/project_gpus.py`` turns into a projection for N GPUs.
+Usage: python benchmarks/bench_sweep_gpu.py [--small] [--device cuda] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -84,17 +89,19 @@ def main() -> None:
         plan = SweepPlan(modules=modules_subset, concepts=list(cfg["concepts"]), probes=DEFAULT_PROBES,
                          repeats=args.repeats)
         sweep = Sweep(splits, plan, cache_dir=cache, device=torch.device(device), progress=False)
+        t = time.perf_counter()
         sweep.images(transform)
+        parts["decoding (once per worker)"] = time.perf_counter() - t
         t = time.perf_counter()
         rows = sweep.run([ref])
-        return time.perf_counter() - t, rows, len(sweep.paths)
+        return time.perf_counter() - t, rows, len(sweep.paths), plan
 
     sweep_mod.evaluate_concepts, ActivationCache.get = timed_eval, timed_get
-    t_gpu, rows_gpu, n_images = sweep_on(args.device)
+    t_gpu, rows_gpu, n_images, plan = sweep_on(args.device)
     gpu_parts = dict(parts)
     parts.clear()
     subset = args.cpu_modules.split(",")
-    t_cpu, rows_cpu, _ = sweep_on("cpu", subset)
+    t_cpu, rows_cpu, _, _ = sweep_on("cpu", subset)
     cpu_parts = dict(parts)
     sweep_mod.evaluate_concepts, ActivationCache.get = real_eval, real_get
 
@@ -119,9 +126,38 @@ def main() -> None:
     lines.append(f"| **sweep after decoding** | **{t_gpu:.1f}** | {t_cpu:.1f} |")
     lines += ["", f"- Same fits on {args.device} and cpu ({len(diffs)} fits): mean |test_acc difference| "
               f"{np.mean(diffs) * n_test:.2f} test images, max {np.max(diffs) * n_test:.2f} (n_test {n_test})."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    measured = {
+        "device": args.device, "device_name": name, "torch": torch.__version__, "small": args.small,
+        "seconds_per_checkpoint": round(t_gpu, 3),
+        "decoding_seconds_per_worker": round(gpu_parts["decoding (once per worker)"], 3),
+        "fits_per_checkpoint": len(rows_gpu), "modules": len(modules), "concepts": len(cfg["concepts"]),
+        "images": n_images, "image_size": cfg["size"], "probes": list(DEFAULT_PROBES),
+        "repeats": args.repeats, "permutations": plan.permutations,
+        "commit": commit(), "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": f"python benchmarks/bench_sweep_gpu.py{' --small' if args.small else ''} --device {args.device} "
+                   f"--repeats {args.repeats}",
+    }
+    out.with_suffix(".json").write_text(json.dumps(measured, indent=2) + "\n")
+
+
+def commit() -> str:
+    """The code measured: the git commit, with "+changes" when the tree differs from it. A copied tree
+    without .git (a device machine) names it in CLIPPROBE_COMMIT."""
+    if os.environ.get("CLIPPROBE_COMMIT"):
+        return os.environ["CLIPPROBE_COMMIT"]
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return head + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

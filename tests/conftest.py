@@ -8,6 +8,8 @@ import pytest
 import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# No test reaches the Hugging Face hub: cached files only. A test of the online path patches this back.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -209,3 +209,30 @@ def test_ema_weights_are_a_choice_recorded_on_the_version(tracking_store, tmp_pa
     assert result.exit_code != 0 and "all 3 files were skipped" in result.output
     assert any("has no model_ema weights (trained without --model-ema); import it with --weights model"
                in r.getMessage() for r in caplog.records)
+
+
+def test_files_a_real_run_folder_collects_are_named_with_their_fix(tracking_store, tmp_path):
+    """Beside the recipe's files: a whole pickled model, safetensors exports. Each is named in the command's
+    output with what to do; the safetensors files import with --pattern, their epoch read from the name."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "run"
+    states = write_recipe_run(folder)
+    torch.save(build_model("mobilenet_v2", num_classes=CLASSES, width_mult=WIDTH), folder / "model_5.pth")
+    save_file(states[1], str(folder / "model_10.safetensors"))
+    save_file(states[0], str(folder / "model_9.safetensors"))
+
+    result = CliRunner().invoke(main, ["checkpoints", str(folder), "--arch", "mobilenet_v2"])
+    assert result.exit_code == 0, result.output
+    assert "imported 2 (epochs 0..1) as 'mobilenet_v2', 0 already registered, 1 skipped" in result.output
+    assert (f"skipped {folder / 'model_5.pth'}: a pickled torchvision.models.mobilenetv2.MobileNetV2 object, not a "
+            "state dict (weights-only loading refuses pickled classes): re-save it as torch.save({'model': "
+            "model.state_dict(), 'epoch': N}, ...)") in result.output
+    assert "2 other checkpoint file(s) (.safetensors) do not match '*.pth': pass --pattern '*.safetensors'" \
+        in result.output
+
+    safetensors = _import(folder, "--pattern", "*.safetensors", "--model-name", "exported")
+    assert safetensors.exit_code == 0, safetensors.output
+    assert "imported 2 (epochs 9..10) as 'exported'" in safetensors.output
+    assert [(c.epoch, c.fingerprint) for c in registry.list_checkpoints("exported")] == [
+        (9, fingerprint(states[0])), (10, fingerprint(states[1]))]

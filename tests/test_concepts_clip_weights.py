@@ -165,3 +165,60 @@ def test_concepts_records_the_weights_form_and_sha256(tiny, tracking_store, tmp_
     _, meta = read_table(download_artifact(run.info.run_id, "concepts/scores.parquet"))
     assert (meta["clip_weights_form"], meta["clip_weights_sha256"], meta["clip_pretrained"]) == \
         ("torchscript", sha, "ViT-tiny.pt")
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """No HF_HUB_OFFLINE, no proxy, and a hub endpoint nothing listens at (a closed local port): a machine
+    without network that nobody told, as a researcher's laptop on a train is."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    return port
+
+
+def test_without_network_a_tag_fails_at_once_and_the_cache_still_serves(tiny, tmp_path, unreachable_hub,
+                                                                        monkeypatch):
+    """Not cached: one line naming the unreachable hub and the fix, without huggingface_hub's minute of
+    retries; cached: the weights load, no request made."""
+    name, files = tiny
+    with pytest.raises(RuntimeError) as err:
+        ClipScorer.create("ViT-B-32", "openai", cache_dir=str(tmp_path / "empty"))
+    assert str(err.value).startswith(f"CLIP weights ViT-B-32 pretrained 'openai' could not be fetched (127.0.0.1:"
+                                     f"{unreachable_hub} is unreachable: ")
+    assert "and they are not in the cache): on a machine with network run" in str(err.value)
+    cached = _hf_cache(tmp_path / "hf", files)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, {"tinytag": _pcfg(hf_hub=f"{REPO}/", quick_gelu=True)})
+    scorer = ClipScorer.create(name, "tinytag", cache_dir=str(tmp_path / "hf"))
+    assert (scorer.weights_form, scorer.weights_sha256) == ("tag", file_sha256(cached))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # offline only while resolving
+
+
+def test_wrong_clip_inputs_are_one_line_naming_the_fix(tiny, tmp_path):
+    """What a researcher mistypes or mixes up: each refused in one line that says what to do."""
+    import torchvision
+
+    name, files = tiny
+    with pytest.raises(RuntimeError, match=r"^could not load CLIP ViT-B-32 from .*plain\.pt \(state_dict\): .*check "
+                                           "that --clip-model names the architecture these weights were saved from$"):
+        ClipScorer.create("ViT-B-32", str(files["state_dict"]))  # open_clip asserts on the shapes
+    with pytest.raises(ValueError, match=r"unknown CLIP architecture 'VIT-B-32': did you mean ViT-B-32"):
+        ClipScorer.create("VIT-B-32", "openai")
+    with pytest.raises(FileNotFoundError, match=r"^CLIP weights file not found: .*my-clip\.pt"):
+        ClipScorer.create("my-own-clip", str(tmp_path / "my-clip.pt"))  # not "unknown architecture"
+    backbone = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=4)
+    torch.save(backbone, tmp_path / "whole.pt")
+    torch.save({"model": backbone.state_dict(), "epoch": 3}, tmp_path / "model_3.pth")
+    with pytest.raises(ValueError, match=r"whole\.pt: a pickled torchvision\.models\.mobilenetv2\.MobileNetV2, which "
+                                         r"weights-only loading refuses; save model\.state_dict\(\) instead"):
+        weights_file_form(tmp_path / "whole.pt")
+    with pytest.raises(ValueError, match=r"model_3\.pth: holds a dict without tensors \(keys: model, epoch\), .*a "
+                                         r"backbone checkpoint: import it with `clipprobe checkpoints`$"):
+        weights_file_form(tmp_path / "model_3.pth")

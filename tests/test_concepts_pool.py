@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from concepts_tiny_clip import register_tiny, tiny_weights
 from PIL import Image
 
@@ -97,3 +98,33 @@ def test_interrupted_scoring_resumes_from_the_written_chunks(scorer, tmp_path, m
     calls.clear()
     again = score_pool(scorer, tmp_path / "pool", paths, vocab, **{**kwargs, "resume_key": {"k": 2}})
     assert sum(calls) == 20 and again.images_scored_now == 20  # other settings: starts afresh
+
+
+def test_phone_photos_and_16_bit_scans_decode_as_a_viewer_shows_them(tmp_path):
+    """A JPEG stored sideways with an EXIF orientation, and a 16-bit greyscale PNG, as CLIP and the probe
+    step see them: upright, and scaled to 8 bits (PIL's convert alone clips 16-bit values to white)."""
+    from clipprobe.activations import _decode
+    from clipprobe.concepts.pool import PoolImages, open_rgb
+
+    upright = np.zeros((20, 30, 3), np.uint8)
+    upright[:, :15] = (255, 0, 0)  # red left half, blue right half: any turn or flip shows
+    upright[:, 15:] = (0, 0, 255)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as a camera held upright stores it
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    stored.save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    levels = np.tile(np.arange(0, 256, dtype=np.uint16) * 257, (4, 1))  # every 8-bit level, in 16 bits
+    Image.fromarray(levels).save(tmp_path / "scan.png")
+    assert Image.open(tmp_path / "scan.png").mode == "I;16"
+
+    photo = np.asarray(open_rgb(tmp_path / "phone.jpg")).astype(int)
+    assert photo.shape == (20, 30, 3)
+    assert (abs(photo[:, :10] - (255, 0, 0)).max(), abs(photo[:, 20:] - (0, 0, 255)).max()) < (40, 40)
+    scan = np.asarray(open_rgb(tmp_path / "scan.png"))
+    assert scan.dtype == np.uint8 and (scan[..., 0] == np.arange(256)).all() and (scan[..., 2] == scan[..., 0]).all()
+
+    as_array = np.asarray  # the CLIP path (PoolImages) and the probe path (activations) decode alike
+    pool = PoolImages(tmp_path, ["phone.jpg", "scan.png"], as_array)
+    assert (pool[0][1] == photo).all() and (pool[1][1] == scan).all()
+    assert _decode(tmp_path, "scan.png", lambda im: torch.from_numpy(np.asarray(im).copy())).equal(
+        torch.from_numpy(scan.copy()).float())

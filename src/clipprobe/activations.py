@@ -35,7 +35,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from clipprobe.concepts.pool import pool_fingerprint
+from clipprobe.concepts.pool import DECODING, open_rgb, pool_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def load_images(
     paths = tuple(paths)
     if not paths:
         raise ValueError("no images to load: the concept splits select none")
-    key = f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform))}"
+    key = f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform) + DECODING)}"
     target = None
     if cache_dir is not None:
         target = Path(cache_dir) / "images" / f"{key}.npy"
@@ -198,8 +198,7 @@ def _save_atomic(target: Path, array: np.ndarray) -> None:
 
 def _decode(root: Path, rel: str, transform: Callable) -> torch.Tensor:
     try:
-        with Image.open(root / rel) as image:
-            out = transform(image.convert("RGB"))
+        out = transform(open_rgb(root / rel))
     except (OSError, ValueError, SyntaxError) as err:
         raise ValueError(f"image {root / rel} cannot be read ({err}): fix or remove it and rerun the concepts step") from None
     return out.float()

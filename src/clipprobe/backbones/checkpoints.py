@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 WEIGHTS = ("model", "ema")
 
 # torchvision's references/classification/train.py names its files model_<epoch>.pth.
-_EPOCH_IN_NAME = re.compile(r"(?:^|[_\-])(?:model|epoch|checkpoint)[_\-]?(\d+)\.(?:pth|pt)$")
+_EPOCH_IN_NAME = re.compile(r"(?:^|[_\-])(?:model|epoch|checkpoint)[_\-]?(\d+)\.(?:pth|pt|safetensors)$")
+# What a checkpoint file is called; a folder's files of these suffixes that --pattern leaves out are named.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 
 class CheckpointError(ValueError):
@@ -73,8 +75,21 @@ class CheckpointImport(StepConfig):
         """The files to import, sorted; a ``ValueError`` naming the pattern when none match."""
         found = sorted(p for p in self.folder.glob(self.pattern) if p.is_file())
         if not found:
-            raise ValueError(f"no files match {self.pattern!r} in {self.folder}: pass --pattern")
+            raise ValueError(f"no files match {self.pattern!r} in {self.folder}; "
+                             + (self.left_out(found) or "pass --pattern"))
         return found
+
+    def left_out(self, found: list[Path]) -> str | None:
+        """What the pattern leaves out of the folder that looks like checkpoints of another kind (``.pt``,
+        ``.safetensors`` beside ``*.pth``) and the option that takes them, else None."""
+        matched = {p.suffix.lower() for p in found}  # model_*.pth leaving out checkpoint.pth is no news
+        suffixes = sorted(p.suffix.lower() for p in self.folder.iterdir()
+                          if p.is_file() and p.suffix.lower() in set(CHECKPOINT_SUFFIXES) - matched)
+        if not suffixes:
+            return None
+        common = max(set(suffixes), key=suffixes.count)
+        return (f"{len(suffixes)} other checkpoint file(s) ({', '.join(sorted(set(suffixes)))}) do not match "
+                f"{self.pattern!r}: pass --pattern '*{common}' to import them")
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,12 @@ def read_checkpoint(path: str | Path, *, weights: str = "model") -> CheckpointFi
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if refused:  # a whole pickled model (torch.save(model)): weights_only never runs its code
+            raise CheckpointError(
+                f"{path}: a pickled {refused.group(1)} object, not a state dict (weights-only loading refuses "
+                "pickled classes): re-save it as torch.save({'model': model.state_dict(), 'epoch': N}, ...)"
+            ) from err
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"{path}: not a readable checkpoint, truncated or corrupt ({reason}); "
@@ -173,7 +194,7 @@ def read_checkpoint(path: str | Path, *, weights: str = "model") -> CheckpointFi
     else:
         raise CheckpointError(
             f"{path}: no epoch in the file (no 'epoch' key) nor in its name; "
-            "rename it model_<epoch>.pth"
+            f"rename it model_<epoch>{path.suffix or '.pth'}"
         )
     return CheckpointFile(path=path, state_dict=_strip_prefix(tensors), epoch=epoch, args=args,
                           weights=weights, has_ema=has_ema)

@@ -41,6 +41,9 @@ def checkpoints(folder, architecture, width_mult, num_classes, weights, model_na
     with usage_errors():
         config.validate()
         files = config.files()
+    left_out = config.left_out(files)
+    if left_out:
+        click.echo(f"WARNING: {folder}: {left_out}", err=True)
     model_name = config.model_name
     params = {"folder": str(config.folder), "architecture": architecture, "width_mult": width_mult or "",
               "num_classes": num_classes or "", "model_name": model_name, "pattern": pattern, "weights": weights}
@@ -62,6 +65,8 @@ def checkpoints(folder, architecture, width_mult, num_classes, weights, model_na
         click.echo(f"{folder}: imported {len(summary.imported)}{span} as '{model_name}', "
                    f"{len(summary.already)} already registered, {len(summary.skipped)} skipped as bad files "
                    f"({weights} weights; run {run.info.run_id})")
+        for path, reason in summary.skipped:
+            click.echo(f"skipped {reason if reason.startswith(str(path)) else f'{path}: {reason}'}", err=True)
         for copy, original in summary.copies:
             click.echo(f"{copy.name}: the copy of {original.name} (same epoch and weights), not registered twice")
         if summary.duplicates:

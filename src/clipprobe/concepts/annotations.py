@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.vocabulary import Vocabulary
 
 NON_LABEL_COLUMNS = ("path", "split")
@@ -76,8 +77,7 @@ def unreadable_images(root: str | Path, paths: Iterable[str], *, progress: bool 
     root, bad = Path(root), []
     for rel in tqdm(list(paths), desc="check images", unit="img", disable=not progress):
         try:
-            with Image.open(root / rel) as image:
-                image.convert("RGB")
+            open_rgb(root / rel)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             bad.append(str(rel))
     return bad

@@ -28,7 +28,7 @@ from clipprobe.concepts.annotations import (
 from clipprobe.concepts.classes import FOLDERS, read_image_classes
 from clipprobe.concepts.label_quality import label_quality, quality_metrics, with_truth
 from clipprobe.concepts.parquet import write_table
-from clipprobe.concepts.pool import list_images, pool_fingerprint
+from clipprobe.concepts.pool import DECODING, list_images, pool_fingerprint
 from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
 from clipprobe.concepts.sheets import write_contact_sheets
 from clipprobe.concepts.splits import NEGATIVES_MATCHING, select_splits, split_sizes, write_splits
@@ -237,7 +237,7 @@ def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSco
     speed = None
     if scorer is not None:
         key = {**scorer.provenance(), "prompt": config.prompt, "vocabulary": inputs.vocabulary.to_dict(),
-               "pool_fingerprint": inputs.fingerprint, "pool_root": str(config.pool)}
+               "pool_fingerprint": inputs.fingerprint, "pool_root": str(config.pool), "decoding": DECODING}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         chunk_dir = Path(cache_dir or default_cache_dir()) / "scores" / digest
         scored = score_pool(scorer, config.pool, inputs.paths, inputs.vocabulary, config.prompt, chunk_dir=chunk_dir,

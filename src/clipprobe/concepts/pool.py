@@ -1,4 +1,5 @@
-"""The image pool: every image file under a folder (recursive), read one by one, corrupt files skipped."""
+"""The image pool: every image file under a folder (recursive), read one by one, corrupt files skipped;
+``open_rgb``, the one way every step turns an image file into the RGB picture it scores or probes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,36 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+# How open_rgb decodes; part of the cache keys of anything computed from decoded pixels, so a change of it
+# never reuses scores or activations of the old decoding.
+DECODING = "rgb8-exif-upright-16bit-scaled"
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # how PIL opens 16-bit PNG and TIFF files
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image file at ``path`` as 8-bit RGB, the right way up.
+
+    A photo whose EXIF orientation says "rotated" is turned as an image viewer shows it (a phone's
+    portrait photo is stored sideways); a 16-bit greyscale image is scaled to 8 bits (PIL's ``convert``
+    clips it at 255, which turns almost every pixel white). Raises what PIL raises for a file it
+    cannot decode (``OSError``, ``ValueError``, ``SyntaxError``, ``Image.DecompressionBombError``).
+    """
+    with Image.open(path) as image:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        if image.mode in _SIXTEEN_BIT_MODES:
+            pixels = np.asarray(image, dtype=np.float64) / 257.0
+            return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).convert("RGB")
+        return image.convert("RGB")
 
 
 def list_images(root: str | Path) -> list[str]:
@@ -61,8 +85,7 @@ class PoolImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None]:
         try:
-            with Image.open(self.root / self.paths[index]) as image:
-                return index, self.transform(image.convert("RGB"))
+            return index, self.transform(open_rgb(self.root / self.paths[index]))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             log.debug("unreadable image %s: %s", self.paths[index], err)
             return index, None

@@ -6,13 +6,19 @@ archive; each scorer records the form and the sha256 of the file it loaded."""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
 import json
 import logging
 import os
+import pickle
+import re
+import socket
 import time
+import urllib.parse
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,12 @@ def _first_line(err: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(err).__name__
 
 
+def _refused_object(err: BaseException) -> str | None:
+    """The class a ``weights_only`` load refused (a pickled Python object, e.g. a whole ``nn.Module``), else None."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if isinstance(err, pickle.UnpicklingError) and found else None
+
+
 def _offline() -> bool:
     try:
         from huggingface_hub import constants
@@ -71,8 +83,46 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-def _download_failed(what: str, fetch: str, err: BaseException) -> RuntimeError:
-    why = "HF_HUB_OFFLINE is set and they are not in the cache" if _offline() else _first_line(err)
+HUB_PROBE_TIMEOUT_S = 3.0  # one TCP connect to the hub; huggingface_hub itself retries for about a minute
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached, in a few words, else None.
+
+    One TCP connect, so a machine without network learns it at once instead of after huggingface_hub's
+    retries. Behind a proxy (``HTTPS_PROXY`` ...) a direct connect proves nothing: None."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host}:{port} is unreachable: {_first_line(err, 80)}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub in offline mode (cached files only, no request) while ``offline``."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _download_failed(what: str, fetch: str, err: BaseException, unreachable: str | None = None) -> RuntimeError:
+    if _offline():
+        why = "HF_HUB_OFFLINE is set and they are not in the cache"
+    else:
+        why = f"{unreachable} and they are not in the cache" if unreachable else _first_line(err)
     return RuntimeError(
         f"CLIP weights {what} could not be fetched ({why}): on a machine with network run "
         f"`python -c \"import open_clip; {fetch}\"` and copy its cache (HF_HOME) here, or pass the "
@@ -103,17 +153,23 @@ def weights_file_form(path: str | Path) -> str:
         except RuntimeError:
             obj = torch.load(path, map_location="cpu", weights_only=True)  # the legacy, non-zip format
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        refused = _refused_object(err)
+        what = (f"a pickled {refused}, which weights-only loading refuses; save model.state_dict() instead"
+                if refused else f"not a readable CLIP weights file ({_first_line(err, 120)})")
         raise ValueError(
-            f"{path}: not a readable CLIP weights file ({_first_line(err, 120)}): expected a state dict, an "
-            "open_clip training checkpoint (epoch_N.pt) or OpenAI's TorchScript archive"
+            f"{path}: {what}: expected a state dict, an open_clip training checkpoint (epoch_N.pt) or OpenAI's "
+            "TorchScript archive"
         ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         return "training_checkpoint"
     if isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values()):
         return "state_dict"
+    keys = f" (keys: {', '.join(map(str, list(obj)[:6]))})" if isinstance(obj, Mapping) else ""
+    hint = "; a dict with 'model' is a backbone checkpoint: import it with `clipprobe checkpoints`" \
+        if isinstance(obj, Mapping) and "model" in obj else ""
     raise ValueError(
-        f"{path}: holds a {type(obj).__name__} without tensors, not CLIP weights: expected a state dict, "
-        "an open_clip training checkpoint (a dict with 'state_dict') or OpenAI's TorchScript archive"
+        f"{path}: holds a {type(obj).__name__} without tensors{keys}, not CLIP weights: expected a state dict, "
+        f"an open_clip training checkpoint (a dict with 'state_dict') or OpenAI's TorchScript archive{hint}"
     )
 
 
@@ -125,21 +181,25 @@ def resolve_clip_weights(model_name: str, pretrained: str | None, *, cache_dir: 
     """
     if model_name.startswith("hf-hub:"):
         model_id = model_name.removeprefix("hf-hub:")
+        unreachable = None if _offline() else hub_unreachable()
         try:
-            path = Path(download_pretrained_from_hf(model_id, cache_dir=cache_dir))
+            with _hub_offline(unreachable is not None):  # the cache still serves what it holds
+                path = Path(download_pretrained_from_hf(model_id, cache_dir=cache_dir))
         except Exception as err:
-            raise _download_failed(model_name, f"open_clip.create_model('{model_name}')", err) from None
+            raise _download_failed(model_name, f"open_clip.create_model('{model_name}')", err, unreachable) from None
         return ClipWeights("hf-hub", path, file_sha256(path))
     if not pretrained:
         return ClipWeights("random")
     cfg = get_pretrained_cfg(model_name, pretrained)
     if cfg:
+        unreachable = None if _offline() or not cfg.get("hf_hub") else hub_unreachable()
         try:
-            path = Path(download_pretrained(cfg, cache_dir=cache_dir))
+            with _hub_offline(unreachable is not None):
+                path = Path(download_pretrained(cfg, cache_dir=cache_dir))
         except Exception as err:
             raise _download_failed(f"{model_name} pretrained {pretrained!r}",
                                    f"open_clip.create_model('{model_name}', pretrained='{pretrained}')",
-                                   err) from None
+                                   err, unreachable) from None
         return ClipWeights("tag", path, file_sha256(path))
     path = Path(pretrained).expanduser()
     return ClipWeights(weights_file_form(path), path, file_sha256(path))
@@ -174,6 +234,15 @@ def config_beside_weights(model_name: str, weights: str | None) -> Path | None:
         return None
     config = Path(weights).expanduser().with_name(f"{model_name}.json")
     return config if config.is_file() else None
+
+
+def _closest(name: str, known: Sequence[str]) -> str:
+    """"did you mean" for an architecture name: same name in other case first, then the nearest spellings."""
+    by_case = {m.lower(): m for m in known}
+    near = difflib.get_close_matches(name.lower(), list(by_case), n=5, cutoff=0.6)
+    if not near:
+        return f"open_clip has e.g. {', '.join(known[:8])}"
+    return f"did you mean {' or '.join(by_case[m] for m in near)}?"
 
 
 def _looks_like_path(value: str) -> bool:
@@ -216,14 +285,17 @@ class ClipScorer:
         if model_name.startswith("hf-hub:"):
             pretrained = None
         else:
+            if pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
+                tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none known"
+                raise FileNotFoundError(f"CLIP weights file not found: {pretrained} (give an existing weights file, "
+                                        f"or a pretrained tag of {model_name}: {tags})")
             beside = config_beside_weights(model_name, pretrained)
             if beside is not None:
                 open_clip.add_model_config(beside)  # the user's own architecture, as open_clip reads it
             if model_name not in open_clip.list_models():
-                close = [m for m in open_clip.list_models() if model_name.lower()[:4] in m.lower()][:8]
                 raise ValueError(
-                    f"unknown CLIP architecture {model_name!r}: open_clip has e.g. "
-                    f"{', '.join(close or open_clip.list_models()[:8])} (see open_clip.list_models()); "
+                    f"unknown CLIP architecture {model_name!r}: {_closest(model_name, open_clip.list_models())} "
+                    "(see open_clip.list_models()); "
                     f"for your own architecture put its open_clip config as {model_name}.json next to the "
                     "weights file"
                 )
@@ -232,11 +304,6 @@ class ClipScorer:
                 path = Path(pretrained).expanduser()
                 if path.is_file():
                     pretrained = str(path)
-                elif _looks_like_path(pretrained):
-                    raise FileNotFoundError(
-                        f"CLIP weights file not found: {pretrained} (give an existing weights file, "
-                        f"or a pretrained tag of {model_name}: {', '.join(tags) or 'none known'})"
-                    )
                 else:
                     raise ValueError(
                         f"unknown pretrained tag {pretrained!r} for {model_name}: known tags are "
@@ -258,7 +325,7 @@ class ClipScorer:
                     model_name, pretrained=pretrained, device=device, precision=precision, cache_dir=cache_dir,
                     force_quick_gelu=quick_gelu,
                 )
-        except (RuntimeError, KeyError) as err:
+        except (RuntimeError, KeyError, ValueError, AssertionError) as err:  # open_clip asserts on shapes
             if weights.form in ("tag", "hf-hub"):
                 raise _download_failed(model_name if pretrained is None else f"{model_name} pretrained "
                                        f"{pretrained!r}", f"open_clip.create_model('{model_name}'"

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from clipprobe.concepts.pool import open_rgb
+
 SHEET_RANKS = tuple(range(1, 101, 5))
 WRONG_COLOUR = (220, 20, 20)
 WRONG_FRAME = 4  # pixels
@@ -47,9 +49,8 @@ def contact_sheet(
         x, y = (i % columns) * tile, header + (i // columns) * (tile + caption)
         row = positives.loc[rank]
         try:
-            with Image.open(Path(pool_root) / row["path"]) as image:
-                thumb = image.convert("RGB")
-                thumb.thumbnail((tile - 4, tile - 4))
+            thumb = open_rgb(Path(pool_root) / row["path"])
+            thumb.thumbnail((tile - 4, tile - 4))
         except OSError:
             thumb = Image.new("RGB", (tile - 4, tile - 4), "grey")
         sheet.paste(thumb, (x + 2, y + 2))
