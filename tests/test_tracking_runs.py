@@ -28,10 +28,12 @@ def test_a_run_mlflow_run_opened_for_a_resume_points_at_the_sweep(sweep, monkeyp
     client = MlflowClient()
     sweep_id = sweep.run_id
     mlflow.end_run()  # the sweep run ends (as an interrupted one has) before it is resumed
+    client.set_tag(sweep_id, runs.INTERRUPTED_TAG, "SIGINT")
     made = client.create_run(sweep.experiment_id).info.run_id  # what `mlflow run -P resume=...` opens
     monkeypatch.setenv("MLFLOW_RUN_ID", made)
     with fits.reopen_sweep(sweep_id) as run:
         assert run.info.run_id == sweep_id
+        assert runs.INTERRUPTED_TAG not in client.get_run(sweep_id).data.tags  # running again, not interrupted
     tags = client.get_run(made).data.tags
     assert tags[fits.RESUMES_TAG] == sweep_id and tags["mlflow.runName"] == f"probe: resumes {sweep_id}"
     assert sweep_id in tags["mlflow.note.content"] and runs.STEP_TAG not in tags

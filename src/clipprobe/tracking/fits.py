@@ -37,6 +37,7 @@ from clipprobe.tracking.fit_records import (  # noqa: F401 - the names a sweep's
 )
 from clipprobe.tracking.runs import (
     EPOCH_TAG,
+    INTERRUPTED_TAG,
     LEVEL_TAG,
     ended_killed_on_interrupt,
     get_step_run,
@@ -214,7 +215,9 @@ def log_results(sweep_run_id: str, table: pd.DataFrame, *, client: MlflowClient 
 def reopen_sweep(run_id: str, *, step: str = "probe"):
     """Re-open an earlier sweep run as the active run (``--resume RUN_ID``); one clear error when the
     id names no run or another step's run."""
-    get_step_run(run_id, step, source=f"--resume {run_id}", fix="pass the parent run id of `clipprobe probe`")
+    run = get_step_run(run_id, step, source=f"--resume {run_id}", fix="pass the parent run id of `clipprobe probe`")
+    if INTERRUPTED_TAG in run.data.tags:  # it runs again: an interrupt now is told by a new tag, the last by attempts
+        MlflowClient().delete_tag(run_id, INTERRUPTED_TAG)
     made = os.environ.get("MLFLOW_RUN_ID")
     if made and made != run_id:  # `mlflow run -P resume=...` opened a run of its own: say where the work goes
         client = MlflowClient()
