@@ -3,6 +3,8 @@ loads by the route a user's own CLIP file takes."""
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_clip_command_logs_registers_and_reports(tracking_store, tmp_path):
     from clipprobe.tracking.runs import find_latest_run
 
     runner = CliRunner()
-    made = runner.invoke(main, ["world", "--out", str(tmp_path / "w"), "--size", "32", "--train-per-class", "3",
+    made = runner.invoke(main, ["world", "--out", str(tmp_path / "my w"), "--size", "32", "--train-per-class", "3",
                                 "--val-per-class", "1", "--pool-size", "40"])
     assert made.exit_code == 0, made.output
     result = runner.invoke(main, ["clip", "--epochs", "1", "--batch-size", "8"], catch_exceptions=False)
@@ -91,8 +93,11 @@ def test_clip_command_logs_registers_and_reports(tracking_store, tmp_path):
     run = find_latest_run("clip")
     assert {"val_zero_shot_acc.colour", "val_zero_shot_acc.pattern", "val_zero_shot_acc.shape"} <= set(run.data.metrics)
     assert run.data.metrics["val_zero_shot_chance.shape"] == pytest.approx(0.1)
-    weights = tmp_path / "w" / "clip" / "WorldCLIP-ViT-T-8.pt"
+    weights = tmp_path / "my w" / "clip" / "WorldCLIP-ViT-T-8.pt"
     assert run.data.tags["clipprobe.clip_weights"] == str(weights.resolve()) and weights.with_suffix(".json").is_file()
+    # the command it prints to use the CLIP runs as printed, even from a folder with a space in its name
+    [hint] = [line for line in result.output.splitlines() if line.startswith("use it: ")]
+    assert shlex.split(hint.removeprefix("use it: "))[-2:] == ["--clip-weights", str(weights.resolve())]
     (version,) = MlflowClient().search_model_versions("name = 'world_clip'")
     assert version.tags["clipprobe.clip_weights_sha256"] == run.data.tags["clipprobe.clip_weights_sha256"]
     files = MlflowClient().list_logged_model_artifacts(version.source.removeprefix("models:/"), "extra_files")

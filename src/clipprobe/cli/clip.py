@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,4 +79,5 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
                .to_string(float_format=lambda v: f"{v:.3f}"))
     click.echo(f"weights {made.weights} (+ {made.config_file.name}), registered as {registered.uri}, "
                f"run {run.info.run_id}")
-    click.echo(f"use it: clipprobe concepts --clip-model {clip_model} --clip-weights {made.weights}")
+    click.echo("use it: " + shlex.join(["clipprobe", "concepts", "--clip-model", clip_model, "--clip-weights",
+                                       str(made.weights)]))
