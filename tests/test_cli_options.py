@@ -63,3 +63,19 @@ def test_epoch_refuses(given):
     res = _echo(options.Epoch())("--value", given)
     assert res.exit_code == 2
     assert f"expected an integer >= 0 or 'last', got {given!r}" in res.output
+
+
+def test_options_taking_a_run_id_say_so_in_every_command():
+    """--resume, --splits-run and --params-from take an MLflow run id: one metavar, RUN_ID, in every --help."""
+    from clipprobe.cli import COMMANDS, main
+
+    found = []
+    for step in COMMANDS:
+        command = main.get_command(click.Context(main), step)
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name in ("resume", "splits_run", "params_from") \
+                    and not param.is_flag:
+                found.append((step, param.name, param.metavar))
+    assert {(s, n) for s, n, _ in found} >= {("probe", "resume"), ("probe", "splits_run"), ("probe", "params_from"),
+                                             ("tune", "splits_run")}
+    assert {m for _, _, m in found} == {"RUN_ID"}, found

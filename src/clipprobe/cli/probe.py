@@ -31,9 +31,9 @@ _D = SweepConfig()
               help="Permutation baseline: probes refitted with the training labels shuffled (the test labels kept); "
                    "its p-value is (1 + #permuted >= real) / (1 + permutations). 0 turns it off.")
 @click.option("--seed", default=_D.seed, show_default=True, type=int)
-@click.option("--splits-run", default=None,
+@click.option("--splits-run", default=None, metavar="RUN_ID",
               help="Concepts run whose concepts/splits.parquet to use. Default: the experiment's latest.")
-@click.option("--params-from", default=None,
+@click.option("--params-from", default=None, metavar="RUN_ID",
               help="Tune run id: its tune/best_params.json gives each probe kind's hyper-parameters.")
 @click.option("--resume", default=None, metavar="RUN_ID",
               help=f"Finish an interrupted sweep with its stored {CONFIG_ARTIFACT}; only missing fits run. "

@@ -35,7 +35,7 @@ _D = TuneConfig()
               help="TPE sampler seed (give parallel workers different seeds).")
 @click.option("--folds", default=_D.folds, show_default=True, type=int,
               help="Stratified folds of the training part (the test part is never used).")
-@click.option("--splits-run", default=None, help="Concepts run whose concepts/splits.parquet to use. Default: the latest.")
+@click.option("--splits-run", default=None, metavar="RUN_ID", help="Concepts run whose concepts/splits.parquet to use. Default: the latest.")
 @click.option("--model-name", default=None,
               help="Registered backbone. Default: the model of the latest train/checkpoints run.")
 @click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
