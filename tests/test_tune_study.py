@@ -187,3 +187,30 @@ def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
     assert len(done) == 12
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
+
+
+def test_a_trial_stopped_by_ctrl_c_is_logged_without_a_traceback(tmp_path):
+    """Optuna logs the trial Ctrl-C (or SIGTERM) stops as failed with the whole traceback; the interrupt is the
+    user's, so the line stays and the traceback goes (an error's traceback is kept)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(level=logging.WARNING)
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        for raised in (KeyboardInterrupt(), ValueError("a bug")):
+            def objective(trial, raised=raised):
+                raise raised
+
+            with pytest.raises(type(raised)):
+                optuna.create_study().optimize(objective, n_trials=1)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    failed = [r for r in records if "because of the following error" in r.getMessage()]
+    assert [r.getMessage().split("error: ")[1] for r in failed] == ["KeyboardInterrupt().", "ValueError('a bug')."]
+    assert failed[0].exc_info is None and failed[1].exc_info is not None

@@ -38,6 +38,19 @@ from clipprobe.probes.kinds import ProbeKind, probe_kind
 
 log = logging.getLogger(__name__)
 
+
+class _InterruptWithoutTraceback(logging.Filter):
+    """Optuna logs a trial that Ctrl-C or SIGTERM stops as a failed trial with the whole traceback; the
+    interrupt is the user's, not an error: keep the line, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_InterruptWithoutTraceback())
+
 DEFAULT_FOLDS = 3
 DEFAULT_N_TRIALS = 20
 DEFAULT_SEED = 0
