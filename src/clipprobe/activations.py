@@ -140,6 +140,11 @@ class ImageSet:
         return len(self.paths)
 
 
+def image_set_key(root: str | Path, paths: Sequence[str], transform: Any) -> str:
+    """The images' part of a cache key: which files (path, size, mtime), decoded how, transformed how."""
+    return f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform) + DECODING)}"
+
+
 def load_images(
     root: str | Path,
     paths: Sequence[str],
@@ -156,7 +161,7 @@ def load_images(
     paths = tuple(paths)
     if not paths:
         raise ValueError("no images to load: the concept splits select none")
-    key = f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform) + DECODING)}"
+    key = image_set_key(root, paths, transform)
     target = None
     if cache_dir is not None:
         target = Path(cache_dir) / "images" / f"{key}.npy"
@@ -563,8 +568,18 @@ class ActivationCache:
     def __init__(self, root: str | Path = DEFAULT_CACHE_DIR) -> None:
         self.root = Path(root)
 
-    def folder(self, fingerprint: str, images: ImageSet, options: ExtractOptions) -> Path:
-        return self.root / f"{fingerprint[:16]}-{images.key}-{options.key()}"
+    def folder(self, fingerprint: str, images: ImageSet | str, options: ExtractOptions) -> Path:
+        """The folder of one checkpoint's activations on an image set (or its ``image_set_key``)."""
+        key = images if isinstance(images, str) else images.key
+        return self.root / f"{fingerprint[:16]}-{key}-{options.key()}"
+
+    def stored(self, folder: Path) -> dict[str, list[str]]:
+        """What ``folder``'s meta.json says it holds (module path -> precisions); empty when nothing yet."""
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return meta.get("stored", {}) if meta.get("format") == _FORMAT_VERSION else {}
 
     def get(
         self,

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipprobe.activations import ExtractOptions
+from clipprobe.activations import ActivationCache, ExtractOptions, image_set_key
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import load_backbone
+from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
+from clipprobe.disk_budget import CacheBudget, cache_budget, describe_plan, module_shapes
 from clipprobe.executors import SweepJob
 from clipprobe.sweep import CheckpointRef, check_distinct_weights, concept_tasks, select_checkpoints
 from clipprobe.sweep_config import SweepConfig
@@ -153,6 +155,24 @@ class SweepWork:
     cache_dir: str | Path = "."
     keep_cache: bool = True
     batch_size: int = ExtractOptions.batch_size
+
+
+def budget(inputs: SweepInputs, work: SweepWork) -> tuple[str, CacheBudget]:
+    """The sweep's size (one line: checkpoints, modules, concepts, probe kinds, fits, images) and what its
+    activation cache will write under ``work.cache_dir``, from one checkpoint's module shapes on one image.
+    Its ``check()`` refuses a sweep the disk cannot hold, before any run exists."""
+    config = inputs.config
+    paths, tasks, _groups = concept_tasks(inputs.splits, config.concepts)
+    backbone = inputs.refs[0].load()
+    modules = resolve_probe_modules(backbone.module, config.modules or backbone.probe_modules or None)
+    image = backbone.transform(open_rgb(Path(inputs.splits.pool_root) / paths[0])).float().numpy()
+    shapes = module_shapes(backbone.module, {p: p for p in modules.values()}, image)
+    cache = ActivationCache(work.cache_dir)
+    spent = cache_budget(cache, shapes=shapes, image_shape=image.shape,
+                         images_key=image_set_key(inputs.splits.pool_root, paths, backbone.transform),
+                         n_images=len(paths), fingerprints=[r.fingerprint for r in inputs.refs],
+                         options=config.extract_options(work.batch_size), keep_cache=work.keep_cache)
+    return describe_plan(len(inputs.refs), len(modules), len(tasks), config.probes, len(paths)), spent
 
 
 @dataclass(frozen=True)
