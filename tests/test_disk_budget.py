@@ -85,3 +85,35 @@ def test_probe_prints_its_plan_and_refuses_a_full_disk_before_any_run(tracking_s
     result = CliRunner().invoke(main, ["probe", *OPTS, "--no-keep-cache"])
     assert result.exit_code == 0, result.output
     assert "--no-keep-cache: at most" in result.output
+
+
+def test_a_sweep_without_map_probes_caches_pooled_vectors_only(tmp_path):
+    from forward_count import ForwardCount
+
+    from clipprobe.sweep import Sweep, SweepPlan
+
+    splits = make_splits(tmp_path / "pool")
+    model = mobilenet()
+    counted = ForwardCount(model)
+    gap_only = Sweep(splits, SweepPlan(probes=("linear_gap", "non_linear_gap")), cache_dir=tmp_path / "cache",
+                     progress=False)
+    assert not gap_only.plan.needs_maps
+    images = gap_only.images(TRANSFORM)
+    acts = gap_only.cache.get(model, MODULES, images, fingerprint="a" * 64, progress=False,
+                              maps=gap_only.plan.needs_maps)
+    assert not list(acts.folder.glob("*.map.npy"))  # no full maps written
+    shapes = module_shapes(mobilenet(), MODULES, images.pixels[0])
+    assert written_bytes(acts.folder) == activation_bytes(shapes, len(images), maps=False)
+    with pytest.raises(KeyError, match="has no full maps .* get it again with maps=True"):
+        acts.map("features.0")
+    passes = counted.batches
+    again = gap_only.cache.get(model, MODULES, images, fingerprint="a" * 64, progress=False, maps=False)
+    assert counted.batches == passes  # read from the cache
+    # a sweep with a full-map probe on the same checkpoint runs the pass again and gets its maps
+    with_maps = Sweep(splits, SweepPlan(probes=("non_linear_non_gap",)), cache_dir=tmp_path / "cache", progress=False)
+    assert with_maps.plan.needs_maps
+    full = with_maps.cache.get(model, MODULES, images, fingerprint="a" * 64, progress=False, maps=True)
+    assert counted.batches > passes
+    assert full.map("features.0").shape == (len(images), 8 * 16 * 16)
+    np.testing.assert_array_equal(full.gap("features.4"), again.gap("features.4"))
+    assert written_bytes(full.folder) == activation_bytes(shapes, len(images))

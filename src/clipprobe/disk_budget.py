@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from clipprobe.activations import ActivationCache, ExtractOptions, forward_activations
+from clipprobe.activations import ActivationCache, ExtractOptions, forward_activations, holds
 
 NPY_HEADER = 128  # bytes numpy writes before an .npy file's data at these ranks
 
@@ -31,13 +31,15 @@ def module_shapes(model: nn.Module, modules: Mapping[str, str], image: np.ndarra
     return shapes
 
 
-def activation_bytes(shapes: Mapping[str, Sequence[int]], n_images: int) -> int:
-    """Bytes ``ActivationCache`` writes for these modules over ``n_images``: per module the full maps (bf16,
-    2 bytes a value), their float32 offsets (one per map value) and the pooled float32 vectors."""
+def activation_bytes(shapes: Mapping[str, Sequence[int]], n_images: int, *, maps: bool = True) -> int:
+    """Bytes ``ActivationCache`` writes for these modules over ``n_images``: per module the pooled float32
+    vectors and, with ``maps``, the full maps (bf16, 2 bytes a value) and their float32 offsets."""
     total = 0
     for shape in shapes.values():
         values, channels = int(np.prod(shape)), int(shape[0])
-        total += n_images * values * 2 + values * 4 + n_images * channels * 4 + 3 * NPY_HEADER
+        total += n_images * channels * 4 + NPY_HEADER
+        if maps:
+            total += n_images * values * 2 + values * 4 + 2 * NPY_HEADER
     return total
 
 
@@ -92,17 +94,18 @@ class CacheBudget:
 
 def cache_budget(cache: ActivationCache, *, shapes: Mapping[str, Sequence[int]], image_shape: Sequence[int],
                  images_key: str, n_images: int, fingerprints: Sequence[str], options: ExtractOptions,
-                 keep_cache: bool) -> CacheBudget:
-    """The budget of probing ``fingerprints``' checkpoints on one image set: a checkpoint whose folder already
-    holds every module in ``shapes`` writes nothing, nor do images already decoded under the cache."""
+                 keep_cache: bool, maps: bool = True) -> CacheBudget:
+    """The budget of probing ``fingerprints``' checkpoints on one image set (``maps``: full maps too): a
+    checkpoint whose folder already holds every module in ``shapes`` writes nothing, nor do images already
+    decoded under the cache."""
     def cached(fingerprint: str) -> bool:
         stored = cache.stored(cache.folder(fingerprint, images_key, options))
-        return all(stored.get(path) for path in shapes)
+        return all(any(holds(stored.get(path, []), p, maps) for p in ("fp32", "bf16")) for path in shapes)
 
     images_file = cache.root / "images" / f"{images_key}.npy"
     images = 0 if images_file.is_file() else n_images * int(np.prod(image_shape)) * 4 + NPY_HEADER
     to_write = sum(not cached(f) for f in fingerprints)
-    return CacheBudget(cache.root, activation_bytes(shapes, n_images), images, len(fingerprints), to_write,
+    return CacheBudget(cache.root, activation_bytes(shapes, n_images, maps=maps), images, len(fingerprints), to_write,
                        keep_cache, free_bytes(cache.root))
 
 

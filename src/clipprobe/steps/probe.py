@@ -171,7 +171,8 @@ def budget(inputs: SweepInputs, work: SweepWork) -> tuple[str, CacheBudget]:
     spent = cache_budget(cache, shapes=shapes, image_shape=image.shape,
                          images_key=image_set_key(inputs.splits.pool_root, paths, backbone.transform),
                          n_images=len(paths), fingerprints=[r.fingerprint for r in inputs.refs],
-                         options=config.extract_options(work.batch_size), keep_cache=work.keep_cache)
+                         options=config.extract_options(work.batch_size), keep_cache=work.keep_cache,
+                         maps=config.plan().needs_maps)
     return describe_plan(len(inputs.refs), len(modules), len(tasks), config.probes, len(paths)), spent
 
 
