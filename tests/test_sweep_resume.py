@@ -4,12 +4,15 @@ reading them all back took minutes before the first new fit."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from sweep_fakes import mobilenet
 from test_sweep_tracking import fit_runs, log_splits, probe, register
 
 from clipprobe.cli import main
+from clipprobe.executors import LocalExecutor
 from clipprobe.tracking import fits
 from clipprobe.tracking.fit_writer import FitWriter
 from clipprobe.tracking.sweep_fits import SweepFits
@@ -48,10 +51,15 @@ def test_resume_reads_only_the_killed_checkpoints_fits_and_refits_nothing(tracki
         return real_runs(self, epoch, checkpoint_run=checkpoint_run)
 
     monkeypatch.setattr(SweepFits, "runs", spy)
+    returned = []
+    real_run = LocalExecutor.run
+    monkeypatch.setattr(LocalExecutor, "run", lambda self, job, done: returned.append(real_run(self, job, done)) or returned[-1])
     result = CliRunner().invoke(main, ["probe", "--resume", sweep_id, "--cache-dir", "cache", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "2 of 4 checkpoints already probed and 3 fits of the others logged" in result.output
     assert "13 new fits" in result.output
+    # the executor hands back counts per forward precision, not the rows (which grew ~1 MB a checkpoint at scale)
+    assert returned == [Counter({"fp32": 13})]
     # the killed checkpoint's fits (to decide), its rows (for its epoch metrics), then the results table once
     assert reads == [(None, killed), (2, None), (None, None)]
     after = {fits.fit_key(r.data.params): r.info.run_id for r in fit_runs(client, sweep_id)}

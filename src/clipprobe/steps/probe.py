@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,12 +206,10 @@ def run(inputs: SweepInputs, work: SweepWork, *, resume: str | None = None, expe
 def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callable[[str], None]) -> SweepOutcome:
     """Every missing fit of the sweep, by the executor; then the results table and the attempt's stats."""
     reader = SweepFits(run_id)
-    done = reader.finished(delete_unfinished=True)  # a resume: drop half-written fits, keep the rest
-    if done:
-        say(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
+    refs, done = _missing(reader, fits.CheckpointRuns(run_id), inputs.refs, say)
     job = SweepJob(sweep_run_id=run_id, tracking_uri=runs.absolute_uri(runs.tracking_uri()),
                    registry_uri=runs.absolute_uri(runs.registry_uri()), splits=inputs.splits,
-                   plan=inputs.config.plan(), refs=inputs.refs,
+                   plan=inputs.config.plan(), refs=refs,
                    cache_dir=str(Path(work.cache_dir).resolve()),  # workers start elsewhere: no relative paths
                    extract=inputs.config.extract_options(work.batch_size), device=work.device,
                    keep_cache=work.keep_cache)
@@ -223,12 +220,35 @@ def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callabl
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the open checkpoint runs end KILLED too
         with contextlib.suppress(Exception):
             fits.CheckpointRuns(run_id).end_open("KILLED")
-            fits.log_attempt(run_id, attempt, n_new_fits=len(reader.finished()) - len(done),
+            todo = {r.epoch for r in refs}  # new fits can only be in the checkpoints this attempt probed
+            started = [run for e, (run, _s) in fits.CheckpointRuns(run_id).statuses().items() if e in todo]
+            fits.log_attempt(run_id, attempt, n_new_fits=sum(len(reader.finished(checkpoint_run=c)) for c in started)
+                             - len(done),
                              seconds=time.perf_counter() - start)
         raise
     seconds = time.perf_counter() - start
     table = reader.table()
     fits.log_results(run_id, table)
-    fits.log_attempt(run_id, attempt, n_new_fits=len(new), seconds=seconds)
+    fits.log_attempt(run_id, attempt, n_new_fits=sum(new.values()), seconds=seconds)
     runs.log_metrics({"n_fits": len(table)})
-    return SweepOutcome(run_id, len(new), seconds, dict(sorted(Counter(r["precision"] for r in new).items())))
+    return SweepOutcome(run_id, sum(new.values()), seconds, dict(sorted(new.items())))
+
+
+def _missing(reader: SweepFits, checkpoint_runs: fits.CheckpointRuns, refs: Sequence[CheckpointRef],
+             say: Callable[[str], None]) -> tuple[tuple[CheckpointRef, ...], set]:
+    """What a (resumed) sweep still has to fit: the checkpoints whose run is not FINISHED, and the fits of
+    those already logged. A checkpoint run ends FINISHED only after every fit of it was written
+    (``executors.local.probe_checkpoint``), so a finished checkpoint's fit runs are never read: at the seed's
+    scale reading 150,000 fit runs back takes minutes. Half-written fits of open checkpoints are deleted
+    (``SweepFits.finished``), to be redone."""
+    status = checkpoint_runs.statuses()
+    complete = {e for e, (_run, s) in status.items() if s == "FINISHED"}
+    todo = tuple(r for r in refs if r.epoch not in complete)
+    done: set = set()
+    for ref in todo:
+        if ref.epoch in status:
+            done |= reader.finished(delete_unfinished=True, checkpoint_run=status[ref.epoch][0])
+    if complete or done:
+        say(f"{len(refs) - len(todo)} of {len(refs)} checkpoints already probed and {len(done)} fits of the others "
+            f"logged under {reader.sweep_run_id}: fitting only the rest")
+    return todo, done
