@@ -81,6 +81,7 @@ def test_probe_prints_its_plan_and_refuses_a_full_disk_before_any_run(tracking_s
     assert result.exit_code == 0, result.output
     assert "plan: 2 checkpoints x 2 modules x 2 concepts x 2 probe kinds = 16 fits; 89 images" in result.output
     assert "per checkpoint" in result.output and "kept: " in result.output and "for 2 checkpoints not cached" in result.output
+    assert "checkpoints: 100%" in result.output and "2/2" in result.output  # the sweep's own progress bar
     # epochs 0 and 1 are cached now: a sweep over all three writes one new checkpoint folder
     result = CliRunner().invoke(main, ["probe", *OPTS, "--no-keep-cache"])
     assert result.exit_code == 0, result.output

@@ -9,6 +9,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm import tqdm
+
 from clipprobe.activations import ExtractOptions
 from clipprobe.concepts.splits import ConceptSplits
 from clipprobe.sweep import CheckpointRef, FitKey, Sweep, SweepPlan, rows_by_epoch
@@ -90,7 +92,9 @@ class LocalExecutor:
         done = set(done)
         out: Counter[str] = Counter()
         try:
-            for ref in sorted(job.refs, key=lambda c: c.epoch):
+            # the whole sweep's progress and ETA, over the per-checkpoint bars (decode, forward, probes)
+            for ref in tqdm(sorted(job.refs, key=lambda c: c.epoch), desc="checkpoints", unit="checkpoint",
+                            disable=not job.progress):
                 rows = probe_checkpoint(sweep, writer, checkpoints, ref, done=done, before=before.get(ref.epoch, []))
                 out.update(row["precision"] for row in rows)
         except BaseException:
