@@ -72,6 +72,17 @@ def test_too_few_images_names_the_numbers():
         select_splits(_scores(250), SEED_VOCAB)
 
 
+def test_a_concept_with_too_few_positives_names_the_fix_that_works():
+    # one positive cannot sit in both parts whatever the test fraction: the fix is more positives
+    with pytest.raises(ValueError, match=r"^1 positive cannot have images in both the train and the test part: "
+                                         r"every class needs at least 2; raise --top-k$"):
+        select_splits(_scores(300), SEED_VOCAB, top_k=1)
+    with pytest.raises(ValueError, match=r"test_fraction 0.1 of 4 positives puts 0 in test: .*change --test-fraction"):
+        select_splits(_scores(300), SEED_VOCAB, top_k=4, test_fraction=0.1)
+    table = select_splits(_scores(300), SEED_VOCAB, top_k=2)  # the fewest that work: one in each part
+    assert (table[table["label"] == 1].groupby(["concept", "part"]).size() == 1).all()
+
+
 def test_round_trip_keeps_metadata(tmp_path):
     table = select_splits(_scores(320), SEED_VOCAB, top_k=20, negatives=40)
     meta = {"pool_root": str(tmp_path), "prompt": "x {concept}", "seed": 0, "logit_scale": 100.0}

@@ -138,6 +138,49 @@ def test_control_task_labels_are_one_per_class_same_in_train_and_test() -> None:
     assert control_task_labels(one, seed=0) is None
 
 
+def test_control_task_has_the_concepts_positive_rate_with_few_classes() -> None:
+    # The concept world: 10 shapes, ~30 of a concept's 300 images each, a third positive. One coin per
+    # class made the control's positive share anything from 0.09 to 0.73 (the demo's dotted: 0.09,
+    # so its control majority baseline was 0.88 and every dotted selectivity about -0.2 by the draw alone).
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(100, int), np.zeros(200, int)]
+    train = np.zeros(300, bool)
+    train[rng.choice(100, 70, replace=False)] = True
+    train[100 + rng.choice(200, 140, replace=False)] = True
+    shapes = np.array(["circle", "square", "star", "triangle", "cross", "hexagon", "ellipse", "diamond",
+                       "pentagon", "trapezoid"])
+    positive_count = dict.fromkeys(shapes, 0)
+    for i in range(200):
+        classes = shapes[rng.permutation(np.arange(300) % 10)]
+        task = ConceptTask(f"concept{i}", np.arange(300), labels, train, classes=classes)
+        ctrl = control_task_labels(task, seed=0)
+        assert abs(ctrl.mean() - 1 / 3) <= 0.05 + 1e-9, (i, ctrl.mean())  # half a class's share of the images
+        for part in (train, ~train):
+            assert len(np.unique(ctrl[part])) == 2
+        for s in shapes:
+            assert len(np.unique(ctrl[classes == s])) == 1
+            positive_count[s] += int(ctrl[classes == s][0])
+    # every class equally likely to be a control positive (3 or 4 of 10 per draw: 0.3-0.4 of 200 draws)
+    assert all(40 <= n <= 100 for n in positive_count.values()), positive_count
+
+
+def test_control_task_rate_with_uneven_classes_and_imagenet_scale() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.ones(100, int), np.zeros(200, int)]
+    train = np.zeros(300, bool)
+    train[rng.choice(100, 70, replace=False)] = True
+    train[100 + rng.choice(200, 140, replace=False)] = True
+    # ImageNet-like: 300 images from ~250 classes, mostly one image each
+    many = rng.integers(0, 1000, 300)
+    ctrl = control_task_labels(ConceptTask("striped", np.arange(300), labels, train, classes=many), seed=1)
+    assert abs(ctrl.mean() - 1 / 3) <= 0.01
+    # one class holds 80% of the images: the rate cannot be met, but both labels still occur in each part
+    skewed = np.where(np.arange(300) < 240, 0, 1 + np.arange(300) % 5)
+    ctrl = control_task_labels(ConceptTask("dotted", np.arange(300), labels, train, classes=skewed), seed=0)
+    assert ctrl is not None and 0 < ctrl.mean() < 1
+    assert len(np.unique(ctrl[skewed == 0])) == 1
+
+
 @pytest.mark.parametrize("kind", ["linear_gap", "non_linear_gap"])
 def test_probes_planted_concept_is_found_and_permutations_are_not(kind: str) -> None:
     rng = np.random.default_rng(1)

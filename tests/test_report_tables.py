@@ -154,6 +154,20 @@ def test_table_marks_a_change_since_the_previous_epoch_only_when_significant():
     assert (tables_long(build_tables(results, epoch=1))["change"] == "").all()  # nothing before epoch 1
 
 
+def test_legend_counts_the_family_the_correction_ran_over():
+    results = synthetic_results()  # 3 concepts x 4 modules x 2 probes = 24 cells at epoch 3
+    # the striped cells at epoch 2 carry no per-image results (a sweep resumed from an older one):
+    # 8 cells are shown untested, and Holm ran over the other 16
+    old = (results["concept"] == "striped") & (results["epoch"] == 2)
+    results.loc[old, "test_correct"] = ""
+    tables = build_tables(results)
+    cells = tables_long(tables)
+    assert cells["change_from"].notna().sum() == 24 and cells["change_p"].notna().sum() == 16
+    assert "Holm-corrected, alpha 0.05, over 16 tested cells; 8 cells without per-image predictions" in to_text(tables)
+    everything = build_tables(synthetic_results())
+    assert "Holm-corrected, alpha 0.05, over 24 tested cells)" in to_text(everything)
+
+
 def test_two_sweeps_with_no_fit_in_common_is_one_clear_line():
     a = synthetic_results(concepts=(("red", "colour"),))
     b = synthetic_results(concepts=(("male", "gender"),))
@@ -196,7 +210,23 @@ def test_uniform_high_module_needs_the_paired_tests_to_back_it():
     _set(results, at3 & results["module"].isin(["module:0", "module:2"]), 78)
     assert uniform_high_modules(results) == []
     untested = synthetic_results().drop(columns=["test_correct", "test_images"])
-    assert "(not tested: no per-image predictions)" in uniform_high_modules(untested)[0].message
+    assert ("(not tested against both neighbours: no per-image predictions on the same test images)"
+            in uniform_high_modules(untested)[0].message)
+
+
+def test_uniform_high_module_beats_both_neighbours_only_when_tested_against_both():
+    results = synthetic_results()
+    # module:2's last epoch has no per-image results: module:1's cells are tested against module:0 only,
+    # which cannot show that they beat both neighbours
+    results.loc[(results["module"] == "module:2") & (results["epoch"] == 3), "test_correct"] = ""
+    (flag,) = uniform_high_modules(results)
+    assert "6 of 6 cells beat both" not in flag.message
+    assert "(not tested against both neighbours: no per-image predictions on the same test images)" in flag.message
+    # only red has module:2 cells: its 2 cells are tested against both neighbours, the other 4 against one
+    results = synthetic_results()
+    results = results[(results["concept"] == "red") | (results["module"] != "module:2")]
+    (flag,) = uniform_high_modules(results)
+    assert "; 2 of 2 cells beat both neighbours" in flag.message and "4 cells not tested against both" in flag.message
 
 
 def test_at_majority_uses_the_exact_interval():

@@ -34,6 +34,10 @@ def stratified_parts(labels: np.ndarray, test_fraction: float, rng: np.random.Ge
     parts = np.full(len(labels), "train", dtype=object)
     for value in (1, 0):
         rows = np.flatnonzero(labels == value)
+        if len(rows) == 1:
+            name, option = ("positive", "--top-k") if value else ("negative", "--negatives")
+            raise ValueError(f"1 {name} cannot have images in both the train and the test part: every class "
+                             f"needs at least 2; raise {option}")
         n_test = round(len(rows) * test_fraction)
         if len(rows) and not 0 < n_test < len(rows):
             raise ValueError(

@@ -21,8 +21,8 @@ What each number measures (see also docs/statistics.md):
   is ``1 / (1 + P)`` (0.05 at the default P = 19).
 - ``test_control_acc`` / ``test_selectivity``: the control task of Hewitt and Liang (2019) asks "does
   the probe find the concept, or the class of the image?". Each image class (an ImageNet class, a
-  concept-world shape) gets one random label, 1 with the concept's positive rate, the same in train
-  and test. A probe that only recognises classes scores high on it; a striped probe must not just
+  concept-world shape) gets one random label, the same in train and test, chosen so that the share of
+  positive images is as close to the concept's as the class sizes allow. A probe that only recognises classes scores high on it; a striped probe must not just
   find zebras. ``test_selectivity`` = ``test_acc - test_control_acc``; both are NaN when the images
   carry no class.
 - ``test_correct`` ('0'/'1' per stored test image, in the task's row order) and ``test_images`` (a
@@ -47,7 +47,7 @@ from clipprobe.probes.kinds import ProbeKind
 
 DEFAULT_PERMUTATIONS = 19  # the fewest permutations whose p-value can reach 0.05
 PREDICTION_FIELDS = ("test_correct", "test_images")  # per-image results: strings, not metrics
-_CONTROL_DRAWS = 100  # redraws of the per-class control labels until both parts hold both labels
+_CONTROL_DRAWS = 100  # redraws of the control's class order until both parts hold both labels
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def auroc(score: np.ndarray, y: np.ndarray) -> float:
 
 
 def majority_accuracy(y_train: np.ndarray, y_test: np.ndarray) -> float:
-    """Accuracy on the test part of always answering the training part's majority class."""
+    """Accuracy on the test part of always answering the training part's majority class (a tie answers 0)."""
     majority = int(np.mean(np.asarray(y_train)) > 0.5)
     return accuracy(np.full(len(y_test), majority), y_test)
 
@@ -156,7 +156,8 @@ def corrected_resampled_t_interval(values: Sequence[float], n_train: int, n_test
 
     The J splits share images, so their accuracies are correlated; the variance of the mean is taken
     as ``(1/J + n_test/n_train) * s^2`` (s^2 the sample variance over splits), with J - 1 degrees of
-    freedom. NaN for fewer than two splits. (Neither scipy nor statsmodels has this correction; the
+    freedom. NaN for fewer than two splits; zero width when all J accuracies are equal (s = 0: the t
+    interval then says nothing, it is not certainty). (Neither scipy nor statsmodels has this correction; the
     t quantile is scipy's.)
     """
     v = np.asarray(values, float)
@@ -213,20 +214,36 @@ def permutation_labels(task: ConceptTask, permutation: int, seed: int) -> np.nda
 
 
 def control_task_labels(task: ConceptTask, seed: int) -> np.ndarray | None:
-    """Hewitt-and-Liang control labels: one random 0/1 per image class (1 with the concept's positive
-    rate), the same in train and test. Draws that leave a part with one label are redrawn (seeded);
-    None when the images carry no class, or fewer than two classes, or no draw works."""
+    """Hewitt-and-Liang control labels: one random 0/1 per image class, the same in train and test, with
+    the concept's positive rate as nearly as the class sizes allow (within half a class).
+
+    The classes are taken in a seeded random order; each becomes positive while the positive images stay
+    within the concept's count, then the smallest class left joins when that brings the count closer
+    (at least one class of each label). With classes of equal size this is a uniformly random set of
+    them. One coin per class would leave the share to chance: with the 10 classes of the concept world
+    it ranged from 0.09 to 0.73 for a rate of 1/3, and the control's own majority baseline with it.
+    Orders that leave a part with one label are redrawn (seeded); None when the images carry no class,
+    or fewer than two classes, or no order works."""
     if task.classes is None:
         return None
-    _, inverse = np.unique(np.asarray(task.classes), return_inverse=True)
-    n_classes = int(inverse.max()) + 1
+    _, inverse, counts = np.unique(np.asarray(task.classes), return_inverse=True, return_counts=True)
+    n_classes = len(counts)
     if n_classes < 2:
         return None
-    rate = float(np.mean(task.labels))
+    target = int(np.sum(task.labels))  # positive images of the concept
     train = np.asarray(task.train, bool)
     rng = _rng(seed, task.concept, 0, 1)
     for _ in range(_CONTROL_DRAWS):
-        labels = (rng.random(n_classes) < rate).astype(np.int64)[inverse]
+        positive = np.zeros(n_classes, bool)
+        taken = 0
+        for c in rng.permutation(n_classes):
+            if taken + counts[c] <= target:
+                positive[c], taken = True, taken + counts[c]
+        left = np.flatnonzero(~positive)
+        smallest = left[np.argmin(counts[left])]
+        if not positive.any() or (len(left) > 1 and abs(taken + counts[smallest] - target) < target - taken):
+            positive[smallest] = True
+        labels = positive.astype(np.int64)[inverse.ravel()]
         if len(np.unique(labels[train])) == 2 and len(np.unique(labels[~train])) == 2:
             return labels
     return None

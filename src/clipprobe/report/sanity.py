@@ -42,8 +42,9 @@ def uniform_high_modules(results: pd.DataFrame, epoch: int | None = None, *, hig
     """Modules whose every cell (concept x probe) is >= ``high`` within ``spread`` of each other,
     whose mean beats both neighbouring modules' means by ``margin`` (so the first and last modules,
     where uniform high scores are expected, are never flagged), and where at least half the cells
-    beat the same cell at both neighbours by a paired test (Holm over all those tests). Without
-    per-image predictions the flag is raised on the point estimates and says it is untested."""
+    beat the same cell at both neighbours by a paired test (Holm over all those tests), among the cells
+    tested against both or refuted by one. Without per-image predictions on the same test images as
+    both neighbours the flag is raised on the point estimates and says it is untested."""
     data = normalize_results(results)
     at = data[data["epoch"] == select_epoch(data, epoch)]
     stats = at.groupby("module_index")["test_acc"].agg(["min", "max", "mean", "count"]).sort_index()
@@ -77,21 +78,27 @@ def uniform_high_modules(results: pd.DataFrame, epoch: int | None = None, *, hig
     adjusted = adjust([t[3] for t in tests], method)
     flags = []
     for m, _, s, lead in candidates:
-        mine = [(t, q) for t, q in zip(tests, adjusted, strict=True) if t[0] == m]
-        tested = [(t, q) for t, q in mine if not math.isnan(q)]
+        by_cell: dict[tuple[str, str], list[float]] = {}
+        for t, q in zip(tests, adjusted, strict=True):
+            if t[0] == m:
+                by_cell.setdefault(t[1], []).append(q)
+        # a cell beats both neighbours with a significant test against each; one test that is not
+        # significant refutes it; a cell lacking a test against a neighbour is neither
+        beat = [c for c, qs in by_cell.items() if len(qs) == 2 and all(q < alpha for q in qs)]
+        failed = [c for c, qs in by_cell.items() if any(q >= alpha for q in qs)]
+        untested = int(s["count"]) - len(beat) - len(failed)
         text = (f"{name_of[m]} scores {s['min']:.3f}-{s['max']:.3f} for every concept and probe "
                 f"({int(s['count'])} fits), {lead:.3f} above its neighbours")
-        if tested:
-            by_cell: dict[tuple[str, str], bool] = {}
-            for t, q in tested:
-                by_cell[t[1]] = by_cell.get(t[1], True) and q < alpha
-            n_beat = sum(by_cell.values())
-            if n_beat * 2 < len(by_cell):
+        if beat or failed:
+            if len(beat) * 2 < len(beat) + len(failed):
                 continue
-            text += (f"; {n_beat} of {len(by_cell)} cells beat both neighbours ({describe_test(method, alpha)} "
-                     f"over {len(tests)} tests)")
+            family = int(sum(not math.isnan(q) for q in adjusted))
+            text += (f"; {len(beat)} of {len(beat) + len(failed)} cells beat both neighbours "
+                     f"({describe_test(method, alpha)} over {family} tests)")
+            if untested:
+                text += f"; {untested} cells not tested against both (no per-image predictions on the same test images)"
         else:
-            text += " (not tested: no per-image predictions)"
+            text += " (not tested against both neighbours: no per-image predictions on the same test images)"
         flags.append(SanityFlag("uniform_high_module", text + ": check it is not seeing the raw image "
                                 "(colour/texture leak) before reading it as a concept"))
     return flags

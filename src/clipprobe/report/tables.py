@@ -296,9 +296,11 @@ def legend(tables: Sequence[ConceptTable]) -> str:
     changed = [t for t in tables if t.cells["change_from"].notna().any()]
     if changed:
         since = int(changed[0].cells["change_from"].dropna().iloc[0])
-        n = sum(int(t.cells["change_from"].notna().sum()) for t in tables)
-        text += (f"; ↑/↓ = changed since epoch {since} ({describe_test()}, over {n} cells; "
-                 "cells without per-image predictions are not tested)")
+        tested = sum(int(t.cells["change_p"].notna().sum()) for t in tables)  # the correction's family
+        untested = sum(int(t.cells["change_from"].notna().sum()) for t in tables) - tested
+        text += f"; ↑/↓ = changed since epoch {since} ({describe_test()}, over {tested} tested cells"
+        text += (f"; {untested} cells without per-image predictions on the same test images are not tested)"
+                 if untested else ")")
     return text
 
 
