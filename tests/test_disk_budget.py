@@ -118,3 +118,14 @@ def test_a_sweep_without_map_probes_caches_pooled_vectors_only(tmp_path):
     assert full.map("features.0").shape == (len(images), 8 * 16 * 16)
     np.testing.assert_array_equal(full.gap("features.4"), again.gap("features.4"))
     assert written_bytes(full.folder) == activation_bytes(shapes, len(images))
+
+
+def test_300_checkpoints_are_described_in_one_short_line():
+    from clipprobe.steps.probe import describe_checkpoints
+    from clipprobe.sweep import CheckpointRef
+
+    refs = [CheckpointRef(e, f"{e:064x}", load=lambda: None, version=str(e + 1)) for e in range(300)]
+    line = describe_checkpoints("mobilenet_v2", refs)
+    assert line == ("model: mobilenet_v2 (300 checkpoints: v1 = epoch 0, v2 = epoch 1, v3 = epoch 2, v4 = epoch 3, "
+                    "292 more, v297 = epoch 296, v298 = epoch 297, v299 = epoch 298, v300 = epoch 299)")
+    assert describe_checkpoints("toy", refs[:2]) == "model: toy (v1 = epoch 0, v2 = epoch 1)"

@@ -55,8 +55,14 @@ def concept_splits(run_id: str) -> ConceptSplits:
     return load_splits(path)
 
 
-def describe_checkpoints(model_name: str, refs: Sequence[CheckpointRef]) -> str:
-    return f"model: {model_name} (" + ", ".join(f"v{r.version} = epoch {r.epoch}" for r in refs) + ")"
+def describe_checkpoints(model_name: str, refs: Sequence[CheckpointRef], *, show: int = 8) -> str:
+    """``model: NAME (v1 = epoch 0, ...)``; past ``show`` checkpoints the first and last few and the count, so
+    300 checkpoints stay one readable line."""
+    parts = [f"v{r.version} = epoch {r.epoch}" for r in refs]
+    if len(parts) <= show:
+        return f"model: {model_name} (" + ", ".join(parts) + ")"
+    parts = [*parts[:show // 2], f"{len(parts) - show} more", *parts[-(show // 2):]]
+    return f"model: {model_name} ({len(refs)} checkpoints: " + ", ".join(parts) + ")"
 
 
 def params_from(run_id: str, probes: Sequence[str]) -> dict[str, dict[str, Any]]:
