@@ -120,7 +120,7 @@ def test_resume_with_ray_workers_fits_only_the_missing(tracking_store, tmp_path,
     out = CliRunner().invoke(main, ["probe", "--resume", sweep_id, "--executor", "ray", "--cache-dir", "cache",
                                     "--device", "cpu"])
     assert out.exit_code == 0, out.output
-    assert "11 fits already logged" in out.output
+    assert "1 of 3 checkpoints already probed and 3 fits of the others logged" in out.output
     assert f"{3 * PER_EPOCH - 11} new fits" in out.output
     keys = finished_keys(client, sweep_id)
     assert len(keys) == 3 * PER_EPOCH and len(set(keys)) == len(keys)

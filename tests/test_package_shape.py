@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("clipprobe", "clipprobe.devices", "clipprobe.world", "clipprobe.parquet", "clipprobe.step_config"),
     ("clipprobe.concepts",),
     ("clipprobe.backbones",),
-    ("clipprobe.activations",),
+    ("clipprobe.activations", "clipprobe.disk_budget"),
     ("clipprobe.probes",),
     ("clipprobe.sweep", "clipprobe.sweep_config", "clipprobe.tuning", "clipprobe.tune_config"),
     ("clipprobe.report",),

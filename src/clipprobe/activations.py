@@ -140,6 +140,11 @@ class ImageSet:
         return len(self.paths)
 
 
+def image_set_key(root: str | Path, paths: Sequence[str], transform: Any) -> str:
+    """The images' part of a cache key: which files (path, size, mtime), decoded how, transformed how."""
+    return f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform) + DECODING)}"
+
+
 def load_images(
     root: str | Path,
     paths: Sequence[str],
@@ -156,7 +161,7 @@ def load_images(
     paths = tuple(paths)
     if not paths:
         raise ValueError("no images to load: the concept splits select none")
-    key = f"{pool_fingerprint(root, paths, with_mtime=True)}-{_short(repr(transform) + DECODING)}"
+    key = image_set_key(root, paths, transform)
     target = None
     if cache_dir is not None:
         target = Path(cache_dir) / "images" / f"{key}.npy"
@@ -495,6 +500,9 @@ class CheckpointActivations:
 
     def map(self, path: str) -> Bf16Matrix:
         """Full maps ``(images, channels*height*width)``: bf16 bits of ``value - offset`` on disk, read as float32."""
+        if not self._file(path, "map").is_file():
+            raise KeyError(f"module {path!r} has no full maps in {self.folder}: its pass stored pooled vectors only "
+                           "(ActivationCache.get(..., maps=False)); get it again with maps=True")
         return Bf16Matrix(np.load(self._file(path, "map"), mmap_mode="r"), self.map_offset(path),
                           computed_in=self.precision_of(path))
 
@@ -531,6 +539,14 @@ def _merge_meta(meta_path: Path, mine: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+GAP_ONLY = ":gap"  # a meta.json ``stored`` entry "fp32:gap": that precision's pooled vectors, no full maps
+
+
+def holds(stored: Sequence[str], precision: str, maps: bool = True) -> bool:
+    """Whether a module's ``stored`` entries (meta.json) hold its ``precision`` files, with full maps if ``maps``."""
+    return precision in stored or (not maps and f"{precision}{GAP_ONLY}" in stored)
+
+
 LEASES = "leases"  # in a cache folder: one file per process reading it, named <pid>@<host>.<random>
 
 
@@ -563,8 +579,18 @@ class ActivationCache:
     def __init__(self, root: str | Path = DEFAULT_CACHE_DIR) -> None:
         self.root = Path(root)
 
-    def folder(self, fingerprint: str, images: ImageSet, options: ExtractOptions) -> Path:
-        return self.root / f"{fingerprint[:16]}-{images.key}-{options.key()}"
+    def folder(self, fingerprint: str, images: ImageSet | str, options: ExtractOptions) -> Path:
+        """The folder of one checkpoint's activations on an image set (or its ``image_set_key``)."""
+        key = images if isinstance(images, str) else images.key
+        return self.root / f"{fingerprint[:16]}-{key}-{options.key()}"
+
+    def stored(self, folder: Path) -> dict[str, list[str]]:
+        """What ``folder``'s meta.json says it holds (module path -> precisions); empty when nothing yet."""
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return meta.get("stored", {}) if meta.get("format") == _FORMAT_VERSION else {}
 
     def get(
         self,
@@ -577,8 +603,13 @@ class ActivationCache:
         device: str | torch.device = "cpu",
         progress: bool = True,
         native_bf16: bool | None = None,
+        maps: bool = True,
     ) -> CheckpointActivations:
         """The activations of ``modules`` (display name -> path); runs a pass for the ones not cached.
+
+        ``maps=False`` (no probe of the sweep reads full maps) stores the pooled vectors only: at 224 px the
+        maps are ~2 MB an image, the pooled vectors ~12 KB. Such a module is recorded as ``<precision>:gap``
+        in meta.json's ``stored``, and a later ``get`` that wants its maps runs its pass again.
 
         With ``auto`` precision on a device with native bf16 (``native_bf16`` overrides
         ``devices.native_bf16(device)``), each module not yet decided is calibrated (``calibrate``) and the
@@ -610,16 +641,16 @@ class ActivationCache:
         else:
             plan = dict.fromkeys(wanted, options.precision)
         for precision in ("bf16", "fp32"):
-            todo = [p for p in wanted if plan[p] == precision and precision not in meta["stored"].get(p, [])]
+            todo = [p for p in wanted if plan[p] == precision and not holds(meta["stored"].get(p, []), precision, maps)]
             if not todo:
                 continue
             log.info("activations %s: one %s pass over %d images for %d modules", folder.name, precision,
                      len(images), len(todo))
             shapes = self._extract(model, todo, images, folder, dataclasses.replace(options, precision=precision),
-                                   device, progress)
+                                   device, progress, maps=maps)
             meta["shapes"].update(shapes)
             for p in todo:
-                meta["stored"].setdefault(p, []).append(precision)
+                meta["stored"].setdefault(p, []).append(precision if maps else f"{precision}{GAP_ONLY}")
             changed = True
         if changed:
             meta = _merge_meta(meta_path, meta)
@@ -677,11 +708,13 @@ class ActivationCache:
         return True
 
     def _extract(self, model: nn.Module, todo: list[str], images: ImageSet, folder: Path,
-                 options: ExtractOptions, device: str | torch.device, progress: bool) -> dict[str, list[int]]:
+                 options: ExtractOptions, device: str | torch.device, progress: bool,
+                 maps: bool = True) -> dict[str, list[int]]:
         n = len(images)
         precision = options.precision
+        want_maps = maps
         gaps: dict[str, np.ndarray] = {}
-        maps: dict[str, np.ndarray] = {}
+        stored_maps: dict[str, np.ndarray] = {}
         offsets: dict[str, torch.Tensor] = {}
         shapes: dict[str, list[int]] = {}
 
@@ -689,25 +722,30 @@ class ActivationCache:
             if out.ndim != 4:
                 raise ValueError(f"module {path!r} outputs shape {tuple(out.shape)}: expected (batch, channels, height, width)")
             values = out.float()
-            if path not in maps:
+            if path not in gaps:
                 shapes[path] = list(out.shape[1:])
                 gaps[path] = np.empty((n, out.shape[1]), dtype=np.float32)
-                maps[path] = np.lib.format.open_memmap(
+            if want_maps and path not in stored_maps:
+                stored_maps[path] = np.lib.format.open_memmap(
                     _temporary(folder / f"{path}.{precision}.map.npy"), mode="w+", dtype=np.uint16, shape=(n, out[0].numel()))
                 offsets[path] = map_offset(values)
             stop = start + out.shape[0]
             gaps[path][start:stop] = values.mean((2, 3)).cpu().numpy()
+            if not want_maps:
+                return
             # torch copies the centred bf16 bits from the output's layout (channels_last) into the memmap's rows
             bits = (values - offsets[path]).to(torch.bfloat16).view(torch.int16)
-            torch.from_numpy(maps[path][start:stop].view(np.int16)).view(out.shape).copy_(bits)
+            torch.from_numpy(stored_maps[path][start:stop].view(np.int16)).view(out.shape).copy_(bits)
 
         forward_activations(model, {p: p for p in todo}, images.pixels, sink, options=options,
                             device=device, progress=progress)
         for path in todo:
             _save_atomic(folder / f"{path}.{precision}.gap.npy", gaps[path])
+            if not want_maps:
+                continue
             _save_atomic(folder / f"{path}.{precision}.map_offset.npy", offsets[path].reshape(-1).cpu().numpy())
-            maps[path].flush()
-            tmp = maps[path].filename
-            del maps[path]
+            stored_maps[path].flush()
+            tmp = stored_maps[path].filename
+            del stored_maps[path]
             os.replace(tmp, folder / f"{path}.{precision}.map.npy")
         return shapes

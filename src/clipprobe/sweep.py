@@ -90,6 +90,11 @@ class SweepPlan:
         if self.repeats < 0:
             raise ValueError(f"repeats={self.repeats} is negative: expected 0 (stored split only) or more")
 
+    @property
+    def needs_maps(self) -> bool:
+        """Whether a probe kind of the plan reads full activation maps (else only pooled vectors are cached)."""
+        return any(probe_kind(p).features == "map" for p in self.probes)
+
     def params_of(self, probe: str) -> dict[str, Any]:
         """Every hyper-parameter of a probe kind, validated, seeded by the sweep's seed unless given."""
         kind = probe_kind(probe)
@@ -179,7 +184,7 @@ class Sweep:
         hooked pass with the sweep's extract options (read from the cache when it has them)."""
         return self.cache.get(backbone.module, dict(modules), self.images(backbone.transform),
                               fingerprint=backbone.fingerprint, options=self.extract, device=self.device,
-                              progress=self.progress, native_bf16=self.native_bf16)
+                              progress=self.progress, native_bf16=self.native_bf16, maps=self.plan.needs_maps)
 
     def run(
         self,

@@ -94,7 +94,9 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
         if resume:
             click.echo(f"resuming sweep {resume} with its stored {CONFIG_ARTIFACT}")
         inputs = step.resolve(config, experiment_name=None if resume else experiment_name, device=device)
-    click.echo(inputs.describe(device))
+        plan, disk = step.budget(inputs, work)
+        disk.check()  # a sweep the disk cannot hold stops here, before it writes anything
+    click.echo("\n".join([inputs.describe(device), plan, disk.describe()]))
     done = step.run(inputs, work, resume=resume, experiment_name=experiment_name, say=click.echo)
     if done.precisions:
         click.echo("forward pass as run: " + ", ".join(f"{p} for {n} fits" for p, n in done.precisions.items()))

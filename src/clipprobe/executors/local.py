@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from tqdm import tqdm
 
 from clipprobe.activations import ExtractOptions
 from clipprobe.concepts.splits import ConceptSplits
@@ -74,21 +77,26 @@ class LocalExecutor:
 
     name = "local"
 
-    def run(self, job: SweepJob, done: Collection[FitKey]) -> list[dict[str, Any]]:
-        """Every fit of ``job`` not in ``done``; returns the new rows."""
+    def run(self, job: SweepJob, done: Collection[FitKey]) -> Counter[str]:
+        """Every fit of ``job`` not in ``done``; returns how many new fits ran in each forward precision (not
+        the rows: at the seed's scale those would grow by ~1 MB a checkpoint, and they are in the store)."""
         from clipprobe.tracking.fit_writer import FitWriter
         from clipprobe.tracking.fits import CheckpointRuns
         from clipprobe.tracking.sweep_fits import SweepFits
 
-        before = rows_by_epoch(SweepFits(job.sweep_run_id).table().to_dict("records")) if done else {}
+        reader = SweepFits(job.sweep_run_id)  # only the checkpoints this job resumes are read back
+        resumed = sorted({int(key[3]) for key in done} & {r.epoch for r in job.refs})
+        before = rows_by_epoch([row for e in resumed for row in reader.table(e).to_dict("records")])
         sweep = job.sweep()
         writer, checkpoints = FitWriter(job.sweep_run_id), CheckpointRuns(job.sweep_run_id)
         done = set(done)
-        out: list[dict[str, Any]] = []
+        out: Counter[str] = Counter()
         try:
-            for ref in sorted(job.refs, key=lambda c: c.epoch):
-                out.extend(probe_checkpoint(sweep, writer, checkpoints, ref, done=done,
-                                            before=before.get(ref.epoch, [])))
+            # the whole sweep's progress and ETA, over the per-checkpoint bars (decode, forward, probes)
+            for ref in tqdm(sorted(job.refs, key=lambda c: c.epoch), desc="checkpoints", unit="checkpoint",
+                            disable=not job.progress):
+                rows = probe_checkpoint(sweep, writer, checkpoints, ref, done=done, before=before.get(ref.epoch, []))
+                out.update(row["precision"] for row in rows)
         except BaseException:
             with contextlib.suppress(Exception):
                 writer.close()  # what was submitted before the failure still gets logged

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -108,8 +109,9 @@ class RayExecutor:
                                   "and its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token) here") from None
         return True
 
-    def run(self, job: SweepJob, done: Collection[FitKey]) -> list[dict[str, Any]]:
-        """Every fit of ``job`` not yet logged, one task per checkpoint that has work; the new rows."""
+    def run(self, job: SweepJob, done: Collection[FitKey]) -> Counter[str]:
+        """Every fit of ``job`` not yet logged, one task per checkpoint that has work; how many new fits ran in
+        each forward precision (the rows themselves are in the store)."""
         import ray
 
         started = self._connect()
@@ -121,14 +123,14 @@ class RayExecutor:
             shared = ray.put(job)
             pending = {task.remote(shared, ref.epoch): ref.epoch for ref in sorted(job.refs, key=lambda r: r.epoch)}
             log.info("ray: %d checkpoint tasks on %s", len(pending), ray.cluster_resources())
-            out: list[dict[str, Any]] = []
+            out: Counter[str] = Counter()
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     epoch = pending.pop(ref)
                     rows = ray.get(ref)
                     log.info("epoch %d: %d new fits", epoch, len(rows))
-                    out.extend(rows)
+                    out.update(row["precision"] for row in rows)
             return out
         except BaseException:  # a task failed, or Ctrl-C / SIGTERM here: stop the others (a resume redoes them)
             for other in pending:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipprobe.activations import ExtractOptions
+from clipprobe.activations import ActivationCache, ExtractOptions, image_set_key
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import load_backbone
+from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
+from clipprobe.disk_budget import CacheBudget, cache_budget, describe_plan, module_shapes
 from clipprobe.executors import SweepJob
 from clipprobe.sweep import CheckpointRef, check_distinct_weights, concept_tasks, select_checkpoints
 from clipprobe.sweep_config import SweepConfig
@@ -54,8 +55,14 @@ def concept_splits(run_id: str) -> ConceptSplits:
     return load_splits(path)
 
 
-def describe_checkpoints(model_name: str, refs: Sequence[CheckpointRef]) -> str:
-    return f"model: {model_name} (" + ", ".join(f"v{r.version} = epoch {r.epoch}" for r in refs) + ")"
+def describe_checkpoints(model_name: str, refs: Sequence[CheckpointRef], *, show: int = 8) -> str:
+    """``model: NAME (v1 = epoch 0, ...)``; past ``show`` checkpoints the first and last few and the count, so
+    300 checkpoints stay one readable line."""
+    parts = [f"v{r.version} = epoch {r.epoch}" for r in refs]
+    if len(parts) <= show:
+        return f"model: {model_name} (" + ", ".join(parts) + ")"
+    parts = [*parts[:show // 2], f"{len(parts) - show} more", *parts[-(show // 2):]]
+    return f"model: {model_name} ({len(refs)} checkpoints: " + ", ".join(parts) + ")"
 
 
 def params_from(run_id: str, probes: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -155,6 +162,25 @@ class SweepWork:
     batch_size: int = ExtractOptions.batch_size
 
 
+def budget(inputs: SweepInputs, work: SweepWork) -> tuple[str, CacheBudget]:
+    """The sweep's size (one line: checkpoints, modules, concepts, probe kinds, fits, images) and what its
+    activation cache will write under ``work.cache_dir``, from one checkpoint's module shapes on one image.
+    Its ``check()`` refuses a sweep the disk cannot hold, before any run exists."""
+    config = inputs.config
+    paths, tasks, _groups = concept_tasks(inputs.splits, config.concepts)
+    backbone = inputs.refs[0].load()
+    modules = resolve_probe_modules(backbone.module, config.modules or backbone.probe_modules or None)
+    image = backbone.transform(open_rgb(Path(inputs.splits.pool_root) / paths[0])).float().numpy()
+    shapes = module_shapes(backbone.module, {p: p for p in modules.values()}, image)
+    cache = ActivationCache(work.cache_dir)
+    spent = cache_budget(cache, shapes=shapes, image_shape=image.shape,
+                         images_key=image_set_key(inputs.splits.pool_root, paths, backbone.transform),
+                         n_images=len(paths), fingerprints=[r.fingerprint for r in inputs.refs],
+                         options=config.extract_options(work.batch_size), keep_cache=work.keep_cache,
+                         maps=config.plan().needs_maps)
+    return describe_plan(len(inputs.refs), len(modules), len(tasks), config.probes, len(paths)), spent
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     run_id: str
@@ -186,12 +212,10 @@ def run(inputs: SweepInputs, work: SweepWork, *, resume: str | None = None, expe
 def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callable[[str], None]) -> SweepOutcome:
     """Every missing fit of the sweep, by the executor; then the results table and the attempt's stats."""
     reader = SweepFits(run_id)
-    done = reader.finished(delete_unfinished=True)  # a resume: drop half-written fits, keep the rest
-    if done:
-        say(f"{len(done)} fits already logged under {run_id}: fitting only the rest")
+    refs, done = _missing(reader, fits.CheckpointRuns(run_id), inputs.refs, say)
     job = SweepJob(sweep_run_id=run_id, tracking_uri=runs.absolute_uri(runs.tracking_uri()),
                    registry_uri=runs.absolute_uri(runs.registry_uri()), splits=inputs.splits,
-                   plan=inputs.config.plan(), refs=inputs.refs,
+                   plan=inputs.config.plan(), refs=refs,
                    cache_dir=str(Path(work.cache_dir).resolve()),  # workers start elsewhere: no relative paths
                    extract=inputs.config.extract_options(work.batch_size), device=work.device,
                    keep_cache=work.keep_cache)
@@ -202,12 +226,35 @@ def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callabl
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the open checkpoint runs end KILLED too
         with contextlib.suppress(Exception):
             fits.CheckpointRuns(run_id).end_open("KILLED")
-            fits.log_attempt(run_id, attempt, n_new_fits=len(reader.finished()) - len(done),
+            todo = {r.epoch for r in refs}  # new fits can only be in the checkpoints this attempt probed
+            started = [run for e, (run, _s) in fits.CheckpointRuns(run_id).statuses().items() if e in todo]
+            fits.log_attempt(run_id, attempt, n_new_fits=sum(len(reader.finished(checkpoint_run=c)) for c in started)
+                             - len(done),
                              seconds=time.perf_counter() - start)
         raise
     seconds = time.perf_counter() - start
     table = reader.table()
     fits.log_results(run_id, table)
-    fits.log_attempt(run_id, attempt, n_new_fits=len(new), seconds=seconds)
+    fits.log_attempt(run_id, attempt, n_new_fits=sum(new.values()), seconds=seconds)
     runs.log_metrics({"n_fits": len(table)})
-    return SweepOutcome(run_id, len(new), seconds, dict(sorted(Counter(r["precision"] for r in new).items())))
+    return SweepOutcome(run_id, sum(new.values()), seconds, dict(sorted(new.items())))
+
+
+def _missing(reader: SweepFits, checkpoint_runs: fits.CheckpointRuns, refs: Sequence[CheckpointRef],
+             say: Callable[[str], None]) -> tuple[tuple[CheckpointRef, ...], set]:
+    """What a (resumed) sweep still has to fit: the checkpoints whose run is not FINISHED, and the fits of
+    those already logged. A checkpoint run ends FINISHED only after every fit of it was written
+    (``executors.local.probe_checkpoint``), so a finished checkpoint's fit runs are never read: at the seed's
+    scale reading 150,000 fit runs back takes minutes. Half-written fits of open checkpoints are deleted
+    (``SweepFits.finished``), to be redone."""
+    status = checkpoint_runs.statuses()
+    complete = {e for e, (_run, s) in status.items() if s == "FINISHED"}
+    todo = tuple(r for r in refs if r.epoch not in complete)
+    done: set = set()
+    for ref in todo:
+        if ref.epoch in status:
+            done |= reader.finished(delete_unfinished=True, checkpoint_run=status[ref.epoch][0])
+    if complete or done:
+        say(f"{len(refs) - len(todo)} of {len(refs)} checkpoints already probed and {len(done)} fits of the others "
+            f"logged under {reader.sweep_run_id}: fitting only the rest")
+    return todo, done

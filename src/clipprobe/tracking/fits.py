@@ -179,6 +179,13 @@ class CheckpointRuns:
             log_once(self.client, target, f"{EPOCH_METRICS_TAG}/{epoch}", metrics)
         self.client.set_terminated(run_id, "FINISHED", end_time=now_ms())
 
+    def statuses(self) -> dict[int, tuple[str, str]]:
+        """Epoch -> (run id, status) of each checkpoint run of the sweep: one search over one run per checkpoint."""
+        found = search_all_runs(self.client, [self.experiment_id],
+                                f"tags.`{PARENT_TAG}` = '{self.sweep_run_id}' and tags.`{LEVEL_TAG}` = 'checkpoint'")
+        return {int(r.data.tags[EPOCH_TAG]): (r.info.run_id, r.info.status)
+                for r in found if r.data.tags.get(EPOCH_TAG, "").isdigit()}
+
     def open_runs(self) -> list[str]:
         """Ids of this sweep's checkpoint runs still RUNNING."""
         return [r.info.run_id for r in search_all_runs(

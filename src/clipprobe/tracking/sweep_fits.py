@@ -10,7 +10,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from clipprobe.tracking.fit_records import SWEEP_TAG, FitKey, fit_key, fit_row, results_frame
-from clipprobe.tracking.runs import LEVEL_TAG, search_all_runs
+from clipprobe.tracking.runs import LEVEL_TAG, PARENT_TAG, search_all_runs
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +30,25 @@ class SweepFits:
         self.sweep_run_id = sweep_run_id
         self.experiment_id = self.client.get_run(sweep_run_id).info.experiment_id
 
-    def runs(self, epoch: int | None = None) -> list[Run]:
-        """Every fit run of the sweep (of one checkpoint's ``epoch`` when given), whatever its status, oldest first."""
+    def runs(self, epoch: int | None = None, *, checkpoint_run: str | None = None) -> list[Run]:
+        """Every fit run of the sweep (of one checkpoint's ``epoch`` when given, or below its ``checkpoint_run``,
+        which also finds a fit run killed before its params were logged), whatever its status, oldest first."""
         only = "" if epoch is None else f" and params.epoch = '{int(epoch)}'"
+        if checkpoint_run is not None:
+            only += f" and tags.`{PARENT_TAG}` = '{checkpoint_run}'"
         found = search_all_runs(self.client, [self.experiment_id],
                                 f"{fits_filter(self.sweep_run_id)} and tags.`{LEVEL_TAG}` = 'fit'{only}")
         return sorted(found, key=lambda r: (r.info.start_time, r.info.run_id))
 
-    def finished(self, *, delete_unfinished: bool = False, epoch: int | None = None) -> set[FitKey]:
+    def finished(self, *, delete_unfinished: bool = False, epoch: int | None = None,
+                 checkpoint_run: str | None = None) -> set[FitKey]:
         """Identities of the fits logged FINISHED. With ``delete_unfinished`` (what a resume does before it
         fits the rest), a fit run a killed process left RUNNING is deleted (its fit is redone) and a second
         FINISHED run of the same fit (two writers raced) too, so every fit ends with exactly one run.
-        ``epoch``: that checkpoint's fits only (a worker owning one checkpoint leaves the others' runs alone)."""
+        ``epoch`` / ``checkpoint_run``: that checkpoint's fits only (a worker owning one checkpoint leaves the
+        others' runs alone)."""
         done: set[FitKey] = set()
-        for run in self.runs(epoch):
+        for run in self.runs(epoch, checkpoint_run=checkpoint_run):
             if run.info.status == FINISHED:
                 key = fit_key(run.data.params)
                 if key not in done:

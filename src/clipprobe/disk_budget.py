@@ -1,0 +1,116 @@
+"""What a sweep's activation cache will write, said before it writes, and refused when the disk cannot hold it.
+
+At the seed's sizes (224 px, ~2,700 images, MobileNetV2's 19 modules) the full maps take ~5.6 GB per
+checkpoint, so 300 kept checkpoints want ~1.7 TB; with ``--no-keep-cache`` one checkpoint's maps at a
+time. The sizes come from the module output shapes of one forward pass on one image, times the images.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from clipprobe.activations import ActivationCache, ExtractOptions, forward_activations, holds
+
+NPY_HEADER = 128  # bytes numpy writes before an .npy file's data at these ranks
+
+
+def module_shapes(model: nn.Module, modules: Mapping[str, str], image: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """``(channels, height, width)`` per module path, from one hooked pass over ``image`` (``(3, H, W)``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    device = next((p.device for p in model.parameters()), "cpu")
+    forward_activations(model, modules, image[None].astype(np.float32),
+                        lambda path, _start, out: shapes.__setitem__(path, tuple(out.shape[1:])),
+                        options=ExtractOptions(batch_size=1, channels_last=False, fold_batchnorm=False),
+                        device=device, progress=False)
+    return shapes
+
+
+def activation_bytes(shapes: Mapping[str, Sequence[int]], n_images: int, *, maps: bool = True) -> int:
+    """Bytes ``ActivationCache`` writes for these modules over ``n_images``: per module the pooled float32
+    vectors and, with ``maps``, the full maps (bf16, 2 bytes a value) and their float32 offsets."""
+    total = 0
+    for shape in shapes.values():
+        values, channels = int(np.prod(shape)), int(shape[0])
+        total += n_images * channels * 4 + NPY_HEADER
+        if maps:
+            total += n_images * values * 2 + values * 4 + 2 * NPY_HEADER
+    return total
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Free bytes on the filesystem that holds ``folder`` (or would, once its nearest existing parent makes it)."""
+    path = Path(folder).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class CacheBudget:
+    """The disk a sweep's cache needs under ``folder``: ``images`` (decoded once, 0 when cached) and
+    ``per_checkpoint`` for each of ``to_write`` checkpoints not cached yet (of ``checkpoints``)."""
+
+    folder: Path
+    per_checkpoint: int
+    images: int
+    checkpoints: int
+    to_write: int
+    keep_cache: bool
+    free: int
+
+    @property
+    def peak(self) -> int:
+        """The most the sweep adds to the disk at once: every new checkpoint kept, or one at a time."""
+        held = self.to_write if self.keep_cache else min(1, self.to_write)
+        return self.images + held * self.per_checkpoint
+
+    def describe(self) -> str:
+        kept = (f"kept: {gib(self.peak)} for {self.to_write} checkpoints not cached yet"
+                if self.keep_cache else f"--no-keep-cache: at most {gib(self.peak)} at a time")
+        return (f"activation cache ({self.folder}): {gib(self.per_checkpoint)} per checkpoint + {gib(self.images)} "
+                f"of decoded images; {kept}; {gib(self.free)} free")
+
+    def check(self) -> None:
+        """``ValueError`` naming the sizes and the fixes when the sweep would fill the disk."""
+        if self.peak <= self.free:
+            return
+        fixes = ["--cache-dir on a disk with more room", "fewer --epochs or --modules"]
+        if self.keep_cache and self.to_write > 1:
+            fixes.insert(0, f"--no-keep-cache (then at most {gib(self.images + self.per_checkpoint)} at a time)")
+        raise ValueError(f"the activation cache needs {gib(self.peak)} under {self.folder} ({gib(self.per_checkpoint)} "
+                         f"per checkpoint x {self.to_write if self.keep_cache else 1} + {gib(self.images)} of images) "
+                         f"but only {gib(self.free)} is free: pass {', or '.join(fixes)}")
+
+
+def cache_budget(cache: ActivationCache, *, shapes: Mapping[str, Sequence[int]], image_shape: Sequence[int],
+                 images_key: str, n_images: int, fingerprints: Sequence[str], options: ExtractOptions,
+                 keep_cache: bool, maps: bool = True) -> CacheBudget:
+    """The budget of probing ``fingerprints``' checkpoints on one image set (``maps``: full maps too): a
+    checkpoint whose folder already holds every module in ``shapes`` writes nothing, nor do images already
+    decoded under the cache."""
+    def cached(fingerprint: str) -> bool:
+        stored = cache.stored(cache.folder(fingerprint, images_key, options))
+        return all(any(holds(stored.get(path, []), p, maps) for p in ("fp32", "bf16")) for path in shapes)
+
+    images_file = cache.root / "images" / f"{images_key}.npy"
+    images = 0 if images_file.is_file() else n_images * int(np.prod(image_shape)) * 4 + NPY_HEADER
+    to_write = sum(not cached(f) for f in fingerprints)
+    return CacheBudget(cache.root, activation_bytes(shapes, n_images, maps=maps), images, len(fingerprints), to_write,
+                       keep_cache, free_bytes(cache.root))
+
+
+def describe_plan(n_checkpoints: int, modules: int, concepts: int, probes: Sequence[str], n_images: int) -> str:
+    """The sweep's size in one line: fits, and the images of each checkpoint's forward pass."""
+    fits = n_checkpoints * modules * concepts * len(probes)
+    return (f"plan: {n_checkpoints} checkpoints x {modules} modules x {concepts} concepts x {len(probes)} probe kinds "
+            f"= {fits:,} fits; {n_images:,} images through one forward pass per checkpoint")
