@@ -79,3 +79,29 @@ def test_options_taking_a_run_id_say_so_in_every_command():
     assert {(s, n) for s, n, _ in found} >= {("probe", "resume"), ("probe", "splits_run"), ("probe", "params_from"),
                                              ("tune", "splits_run")}
     assert {m for _, _, m in found} == {"RUN_ID"}, found
+
+
+def _every_option():
+    from clipprobe.cli import COMMANDS, main
+
+    yield "clipprobe", main
+    for step in COMMANDS:
+        yield step, main.get_command(click.Context(main), step)
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    """`clipprobe <cmd> --help` explains every option, and names its default: shown by click, or said in the
+    help (options whose default is "nothing given" and on/off flags need neither)."""
+    no_help, no_default = [], []
+    for step, command in _every_option():
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name in ("help", "version"):
+                continue
+            name = f"{step} {param.opts[0]}"
+            if len((param.help or "").split()) < 3:
+                no_help.append(name)
+            unset = param.default in (None, "", ()) or param.is_flag and param.default is not True
+            if not (unset or param.show_default or "default" in (param.help or "").lower()):
+                no_default.append(name)
+    assert no_help == [], f"options without help: {no_help}"
+    assert no_default == [], f"options whose --help hides their default: {no_default}"

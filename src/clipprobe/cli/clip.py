@@ -21,14 +21,17 @@ DEFAULT_REGISTERED_NAME = "world_clip"
               help="Concept world folder (with truth.parquet). Default: the latest world run's.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Folder for <model>.pt and <model>.json. Default: <world>/clip.")
-@click.option("--epochs", default=_DEFAULT.epochs, show_default=True, type=int)
+@click.option("--epochs", default=_DEFAULT.epochs, show_default=True, type=int,
+              help="Passes over the world's training images (colours are learnt by ~5, patterns later).")
 @click.option("--batch-size", default=_DEFAULT.batch_size, show_default=True, type=int,
               help="Image-caption pairs per step (the contrastive loss's negatives).")
 @click.option("--lr", default=_DEFAULT.lr, show_default=True, type=float, help="Peak AdamW learning rate.")
-@click.option("--weight-decay", default=_DEFAULT.weight_decay, show_default=True, type=float)
+@click.option("--weight-decay", default=_DEFAULT.weight_decay, show_default=True, type=float,
+              help="AdamW weight decay on weight matrices (none on gains, biases, positions, temperature).")
 @click.option("--warmup-pct", default=_DEFAULT.warmup_pct, show_default=True, type=float,
               help="Share of the steps warming the learning rate up before its cosine decay.")
-@click.option("--seed", default=_DEFAULT.seed, show_default=True, type=int)
+@click.option("--seed", default=_DEFAULT.seed, show_default=True, type=int,
+              help="Seeds the initial weights, the data order and the captions drawn.")
 @click.option("--clip-model", default=_DEFAULT.model_name, show_default=True,
               help="Architecture name: the open_clip config is saved as <name>.json beside the weights.")
 @click.option("--prompt", default=DEFAULT_PROMPT, show_default=True,

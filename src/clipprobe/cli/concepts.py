@@ -41,7 +41,8 @@ _CLIP_OPTIONS = ("clip_model", "clip_pretrained", "clip_weights")
               "checkpoint (epoch_N.pt), OpenAI's TorchScript archive (ViT-B-32.pt) or .safetensors.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_D.precision, show_default=True,
               help="bf16 on CPU or fp16 on GPU halve memory and time.")
-@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True,
+              help="Images per CLIP forward batch (--source clip).")
 @click.option("--num-workers", type=int, default=_D.num_workers, show_default=True,
               help="DataLoader processes decoding images while the model runs.")
 @click.option("--chunk-size", type=int, default=_D.chunk_size, show_default=True,
@@ -56,7 +57,8 @@ _CLIP_OPTIONS = ("clip_model", "clip_pretrained", "clip_weights")
               "(a striped probe must not just find zebras); needs image classes.")
 @click.option("--test-fraction", type=float, default=_D.test_fraction, show_default=True,
               help="Share of each class stored as the test part (stratified).")
-@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--seed", type=int, default=_D.seed, show_default=True,
+              help="Seeds the negatives' draw, ties among positives and the train/test split (per concept).")
 @click.option("--vocabulary", default=None,
               help="Concept groups: seed, world or a TOML file. Default: world on the concept world, else seed.")
 @click.option("--prompt", default=_D.prompt, show_default=True, help="Prompt template with {concept}.")

@@ -48,7 +48,7 @@ def probe_epochs(epochs: int) -> list[int]:
 @click.option("--permutations", default=0, show_default=True, type=int,
               help="Permutation-baseline refits per probe fit; 0 (off) keeps the demo within minutes, the probe "
                    "step's own default is 19.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Passed as --seed to every step.")
 @click.option("--clip/--no-clip", "with_clip", default=True, show_default=True,
               help="Also train the world CLIP, mine concepts with it and probe the last epoch on its labels; "
                    "--no-clip runs the annotation path only.")

@@ -30,7 +30,8 @@ _D = SweepConfig()
 @click.option("--permutations", default=_D.permutations, show_default=True, type=int,
               help="Permutation baseline: probes refitted with the training labels shuffled (the test labels kept); "
                    "its p-value is (1 + #permuted >= real) / (1 + permutations). 0 turns it off.")
-@click.option("--seed", default=_D.seed, show_default=True, type=int)
+@click.option("--seed", default=_D.seed, show_default=True, type=int,
+              help="Seeds the re-splits, the permutations' shuffles and the probes' initial weights.")
 @click.option("--splits-run", default=None, metavar="RUN_ID",
               help="Concepts run whose concepts/splits.parquet to use. Default: the experiment's latest.")
 @click.option("--params-from", default=None, metavar="RUN_ID",

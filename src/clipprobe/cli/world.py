@@ -25,10 +25,13 @@ DEFAULT_OUT = "worlds/default"
 @click.command()
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Folder to write train/, val/, pool/ and truth.parquet into.")
-@click.option("--seed", default=_DEFAULT.seed, show_default=True, type=int)
+@click.option("--seed", default=_DEFAULT.seed, show_default=True, type=int,
+              help="Seeds every image's drawing: the same seed and sizes give the same world.")
 @click.option("--size", default=_DEFAULT.size, show_default=True, type=int, help="Image side in pixels (224 for realistic benchmarks).")
-@click.option("--train-per-class", default=_DEFAULT.train_per_class, show_default=True, type=int)
-@click.option("--val-per-class", default=_DEFAULT.val_per_class, show_default=True, type=int)
+@click.option("--train-per-class", default=_DEFAULT.train_per_class, show_default=True, type=int,
+              help="Images per shape (class) in train/.")
+@click.option("--val-per-class", default=_DEFAULT.val_per_class, show_default=True, type=int,
+              help="Images per shape (class) in val/.")
 @click.option("--pool-size", default=_DEFAULT.pool_size, show_default=True, type=int,
               help="Images in the flat pool/ folder (the stand-in for ImageNet's validation folder).")
 @click.option("--shapes", type=options.Names(), default="all", show_default=True,
