@@ -129,3 +129,51 @@ def test_300_checkpoints_are_described_in_one_short_line():
     assert line == ("model: mobilenet_v2 (300 checkpoints: v1 = epoch 0, v2 = epoch 1, v3 = epoch 2, v4 = epoch 3, "
                     "292 more, v297 = epoch 296, v298 = epoch 297, v299 = epoch 298, v300 = epoch 299)")
     assert describe_checkpoints("toy", refs[:2]) == "model: toy (v1 = epoch 0, v2 = epoch 1)"
+
+
+def test_no_keep_cache_holds_one_checkpoint_per_worker_running_at_once(tmp_path):
+    """Each worker keeps its checkpoint's activations until it is done: N workers at once peak at N of them."""
+    per, images = 5 * 2**30, 2**30
+    one = CacheBudget("cache", per, images, 300, 300, False, free=100 * 2**30)
+    assert one.peak == images + per and "at a time;" in one.describe()
+    eight = CacheBudget("cache", per, images, 300, 300, False, free=100 * 2**30, workers=8,
+                        workers_from="a new local Ray cluster has 8 CPUs and 0 GPUs, a checkpoint task takes 1 CPU")
+    assert eight.peak == images + 8 * per
+    assert ("--no-keep-cache: at most 41.0 GiB at a time (8 workers at once: a new local Ray cluster has 8 CPUs "
+            "and 0 GPUs, a checkpoint task takes 1 CPU)") in eight.describe()
+    eight.check()  # 41 GiB of 100
+    with pytest.raises(ValueError, match=r"needs 41\.0 GiB under cache \(5\.0 GiB per checkpoint x 8 \+ 1\.0 GiB of "
+                                         r"images\) but only 30\.0 GiB is free: .* or fewer checkpoints at once "
+                                         r"\(8 assumed: a new local Ray"):
+        CacheBudget("cache", per, images, 300, 300, False, free=30 * 2**30, workers=8, workers_from="a new local Ray "
+                    "cluster").check()
+    # more workers than checkpoints left to write: only those are held
+    assert CacheBudget("cache", per, images, 300, 3, False, free=0, workers=8).peak == images + 3 * per
+    # keeping the cache: --no-keep-cache is offered with the peak it would have under these workers
+    with pytest.raises(ValueError, match=r"pass --no-keep-cache \(then at most 41\.0 GiB at a time\)"):
+        CacheBudget("cache", per, images, 300, 300, True, free=100 * 2**30, workers=8).check()
+
+    # through cache_budget, as the probe step calls it with its executor's parallelism
+    cache = ActivationCache(tmp_path / "cache")
+    shapes = {"features.0": (8, 16, 16)}
+    budget = cache_budget(cache, shapes=shapes, image_shape=(3, 16, 16), images_key="k", n_images=10,
+                          fingerprints=["a" * 64, "b" * 64, "c" * 64], options=ExtractOptions(), keep_cache=False,
+                          workers=2, workers_from="test")
+    assert (budget.workers, budget.held) == (2, 2)
+    assert budget.peak == budget.images + 2 * activation_bytes(shapes, 10)
+
+
+def test_executors_say_how_many_checkpoints_run_at_once(monkeypatch):
+    pytest.importorskip("ray")
+    from clipprobe.executors import LocalExecutor
+    from clipprobe.executors import ray as ray_executor
+
+    assert LocalExecutor().parallelism()[0] == 1
+    assert ray_executor.tasks_at_once({"CPU": 16.0, "GPU": 2.0}, 0.0) == 16  # a CPU task each
+    assert ray_executor.tasks_at_once({"CPU": 16.0, "GPU": 2.0}, 0.5) == 4  # 2 GPUs / 0.5 a task
+    assert ray_executor.tasks_at_once({"CPU": 2.0, "GPU": 8.0}, 1.0) == 2  # CPUs bound it too
+    assert ray_executor.tasks_at_once({"CPU": 16.0}, 1.0) == 1  # no GPU: at least one (Ray would wait)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_executor, "local_resources", lambda: {"CPU": 12.0, "GPU": 1.0})
+    n, why = ray_executor.RayExecutor(gpus_per_task=0.25).parallelism()
+    assert (n, why) == (4, "a new local Ray cluster has 12 CPUs and 1 GPUs, a checkpoint task takes 0.25 GPU")

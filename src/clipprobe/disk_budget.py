@@ -2,7 +2,7 @@
 
 At the seed's sizes (224 px, ~2,700 images, MobileNetV2's 19 modules) the full maps take ~5.6 GB per
 checkpoint, so 300 kept checkpoints want ~1.7 TB; with ``--no-keep-cache`` one checkpoint's maps at a
-time. The sizes come from the module output shapes of one forward pass on one image, times the images.
+time per worker running at once (one in this process, one per running task under Ray). The sizes come from the module output shapes of one forward pass on one image, times the images.
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def gib(n: float) -> str:
 @dataclass(frozen=True)
 class CacheBudget:
     """The disk a sweep's cache needs under ``folder``: ``images`` (decoded once, 0 when cached) and
-    ``per_checkpoint`` for each of ``to_write`` checkpoints not cached yet (of ``checkpoints``)."""
+    ``per_checkpoint`` for each of ``to_write`` checkpoints not cached yet (of ``checkpoints``).
+
+    ``workers``: checkpoints processed at once (each holds its own until done, so without ``keep_cache``
+    the peak is one per worker); ``workers_from``: where that number came from, said in ``describe()``."""
 
     folder: Path
     per_checkpoint: int
@@ -67,16 +70,23 @@ class CacheBudget:
     to_write: int
     keep_cache: bool
     free: int
+    workers: int = 1
+    workers_from: str = ""
+
+    @property
+    def held(self) -> int:
+        """Checkpoints' activations on the disk at once: every new one kept, or one per worker."""
+        return self.to_write if self.keep_cache else min(self.workers, self.to_write)
 
     @property
     def peak(self) -> int:
-        """The most the sweep adds to the disk at once: every new checkpoint kept, or one at a time."""
-        held = self.to_write if self.keep_cache else min(1, self.to_write)
-        return self.images + held * self.per_checkpoint
+        """The most the sweep adds to the disk at once: every new checkpoint kept, or one per worker."""
+        return self.images + self.held * self.per_checkpoint
 
     def describe(self) -> str:
+        workers = f" ({self.workers} workers at once: {self.workers_from})" if self.workers > 1 else ""
         kept = (f"kept: {gib(self.peak)} for {self.to_write} checkpoints not cached yet"
-                if self.keep_cache else f"--no-keep-cache: at most {gib(self.peak)} at a time")
+                if self.keep_cache else f"--no-keep-cache: at most {gib(self.peak)} at a time{workers}")
         return (f"activation cache ({self.folder}): {gib(self.per_checkpoint)} per checkpoint + {gib(self.images)} "
                 f"of decoded images; {kept}; {gib(self.free)} free")
 
@@ -85,19 +95,23 @@ class CacheBudget:
         if self.peak <= self.free:
             return
         fixes = ["--cache-dir on a disk with more room", "fewer --epochs or --modules"]
-        if self.keep_cache and self.to_write > 1:
-            fixes.insert(0, f"--no-keep-cache (then at most {gib(self.images + self.per_checkpoint)} at a time)")
+        bounded = min(self.workers, self.to_write)
+        if self.keep_cache and self.to_write > bounded:
+            fixes.insert(0, f"--no-keep-cache (then at most {gib(self.images + bounded * self.per_checkpoint)} at a "
+                            "time)")
+        if self.workers > 1:
+            fixes.append(f"fewer checkpoints at once ({self.workers} assumed: {self.workers_from})")
         raise ValueError(f"the activation cache needs {gib(self.peak)} under {self.folder} ({gib(self.per_checkpoint)} "
-                         f"per checkpoint x {self.to_write if self.keep_cache else 1} + {gib(self.images)} of images) "
+                         f"per checkpoint x {self.held} + {gib(self.images)} of images) "
                          f"but only {gib(self.free)} is free: pass {', or '.join(fixes)}")
 
 
 def cache_budget(cache: ActivationCache, *, shapes: Mapping[str, Sequence[int]], image_shape: Sequence[int],
                  images_key: str, n_images: int, fingerprints: Sequence[str], options: ExtractOptions,
-                 keep_cache: bool, maps: bool = True) -> CacheBudget:
+                 keep_cache: bool, maps: bool = True, workers: int = 1, workers_from: str = "") -> CacheBudget:
     """The budget of probing ``fingerprints``' checkpoints on one image set (``maps``: full maps too): a
     checkpoint whose folder already holds every module in ``shapes`` writes nothing, nor do images already
-    decoded under the cache."""
+    decoded under the cache. ``workers`` checkpoints run at once (``workers_from``: how that is known)."""
     def cached(fingerprint: str) -> bool:
         stored = cache.stored(cache.folder(fingerprint, images_key, options))
         return all(any(holds(stored.get(path, []), p, maps) for p in ("fp32", "bf16")) for path in shapes)
@@ -106,7 +120,7 @@ def cache_budget(cache: ActivationCache, *, shapes: Mapping[str, Sequence[int]],
     images = 0 if images_file.is_file() else n_images * int(np.prod(image_shape)) * 4 + NPY_HEADER
     to_write = sum(not cached(f) for f in fingerprints)
     return CacheBudget(cache.root, activation_bytes(shapes, n_images, maps=maps), images, len(fingerprints), to_write,
-                       keep_cache, free_bytes(cache.root))
+                       keep_cache, free_bytes(cache.root), max(1, workers), workers_from)
 
 
 def describe_plan(n_checkpoints: int, modules: int, concepts: int, probes: Sequence[str], n_images: int) -> str:

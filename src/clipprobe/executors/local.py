@@ -77,6 +77,10 @@ class LocalExecutor:
 
     name = "local"
 
+    def parallelism(self) -> tuple[int, str]:
+        """Checkpoints processed at once, and how that is known: one, here."""
+        return 1, "local: one checkpoint after another"
+
     def run(self, job: SweepJob, done: Collection[FitKey]) -> Counter[str]:
         """Every fit of ``job`` not in ``done``; returns how many new fits ran in each forward precision (not
         the rows: at the seed's scale those would grow by ~1 MB a checkpoint, and they are in the store)."""

@@ -24,6 +24,28 @@ log = logging.getLogger(__name__)
 
 WORKER_TAG = "clipprobe.worker"  # on a checkpoint run: host:pid of the worker that ran it (last attempt)
 DEFAULT_MAX_RETRIES = 3  # Ray retries a task whose worker process died this often
+TASK_CPUS = 1  # what a checkpoint task asks of Ray (its default num_cpus for a task)
+
+
+def tasks_at_once(resources: dict[str, float], gpus_per_task: float) -> int:
+    """How many checkpoint tasks a cluster with ``resources`` (Ray's ``{"CPU": .., "GPU": ..}``) runs at once:
+    its CPUs over a task's one CPU, and with ``gpus_per_task`` at most its GPUs over that share; at least one."""
+    n = int(resources.get("CPU", 1) // TASK_CPUS)
+    if gpus_per_task:
+        n = min(n, int(resources.get("GPU", 0) // gpus_per_task))
+    return max(1, n)
+
+
+def local_resources() -> dict[str, float]:
+    """What ``ray.init()`` gives a new cluster on this machine: its CPUs (as Ray counts them, cgroup limits
+    included) and visible CUDA devices."""
+    import torch
+
+    try:
+        from ray._private.utils import get_num_cpus  # Ray's own count (private: may move)
+    except ImportError:
+        get_num_cpus = os.cpu_count
+    return {"CPU": float(get_num_cpus() or 1), "GPU": float(torch.cuda.device_count())}
 
 
 def run_checkpoint_task(job: SweepJob, epoch: int) -> list[dict[str, Any]]:
@@ -86,6 +108,7 @@ class RayExecutor:
         if gpus_per_task < 0:
             raise ValueError(f"--gpus-per-task {gpus_per_task}: expected 0 (CPU tasks) or more")
         self.address, self.gpus_per_task, self.max_retries = address, gpus_per_task, max_retries
+        self._joined = False  # parallelism() joined a cluster that run() is to leave
 
     def _connect(self) -> bool:
         """Join the cluster at ``address`` (None: RAY_ADDRESS, else a new local one). True when we started it."""
@@ -109,12 +132,33 @@ class RayExecutor:
                                   "and its token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token) here") from None
         return True
 
+    def parallelism(self) -> tuple[int, str]:
+        """Checkpoint tasks running at once, and how that is known: a new local cluster's size is read from this
+        machine; a running cluster (``address``, RAY_ADDRESS) is joined and asked (``run`` then uses, and
+        leaves, that connection)."""
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("--executor ray needs Ray: pip install 'clipprobe[ray]'") from None
+        if ray.is_initialized():
+            have, where = ray.cluster_resources(), "the Ray cluster"
+        elif self.address is None and not os.environ.get("RAY_ADDRESS"):
+            have, where = local_resources(), "a new local Ray cluster"
+        else:
+            self._joined = self._connect()
+            have, where = ray.cluster_resources(), f"the Ray cluster at {self.address or os.environ['RAY_ADDRESS']}"
+        share = f"{self.gpus_per_task:g} GPU" if self.gpus_per_task else f"{TASK_CPUS} CPU"
+        n = tasks_at_once(have, self.gpus_per_task)
+        return n, (f"{where} has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs, "
+                   f"a checkpoint task takes {share}")
+
     def run(self, job: SweepJob, done: Collection[FitKey]) -> Counter[str]:
         """Every fit of ``job`` not yet logged, one task per checkpoint that has work; how many new fits ran in
         each forward precision (the rows themselves are in the store)."""
         import ray
 
-        started = self._connect()
+        started = self._connect() or self._joined
+        self._joined = False
         pending: dict[Any, int] = {}
         try:
             task = ray.remote(run_checkpoint_task).options(

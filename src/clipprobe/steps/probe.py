@@ -164,7 +164,8 @@ class SweepWork:
 
 def budget(inputs: SweepInputs, work: SweepWork) -> tuple[str, CacheBudget]:
     """The sweep's size (one line: checkpoints, modules, concepts, probe kinds, fits, images) and what its
-    activation cache will write under ``work.cache_dir``, from one checkpoint's module shapes on one image.
+    activation cache will write under ``work.cache_dir``, from one checkpoint's module shapes on one image
+    (without ``keep_cache``: one checkpoint's worth per checkpoint ``work.runner`` processes at once).
     Its ``check()`` refuses a sweep the disk cannot hold, before any run exists."""
     config = inputs.config
     paths, tasks, _groups = concept_tasks(inputs.splits, config.concepts)
@@ -173,11 +174,12 @@ def budget(inputs: SweepInputs, work: SweepWork) -> tuple[str, CacheBudget]:
     image = backbone.transform(open_rgb(Path(inputs.splits.pool_root) / paths[0])).float().numpy()
     shapes = module_shapes(backbone.module, {p: p for p in modules.values()}, image)
     cache = ActivationCache(work.cache_dir)
+    workers, workers_from = work.runner.parallelism()
     spent = cache_budget(cache, shapes=shapes, image_shape=image.shape,
                          images_key=image_set_key(inputs.splits.pool_root, paths, backbone.transform),
                          n_images=len(paths), fingerprints=[r.fingerprint for r in inputs.refs],
                          options=config.extract_options(work.batch_size), keep_cache=work.keep_cache,
-                         maps=config.plan().needs_maps)
+                         maps=config.plan().needs_maps, workers=workers, workers_from=workers_from)
     return describe_plan(len(inputs.refs), len(modules), len(tasks), config.probes, len(paths)), spent
 
 
