@@ -9,8 +9,10 @@ from PIL import Image
 from report_fakes import synthetic_results
 
 from clipprobe.report.plots import (
+    MAX_MARKED_EPOCHS,
     VMAX,
     VMIN,
+    accuracy_figure,
     accuracy_over_epochs,
     check_modules,
     concept_order,
@@ -91,3 +93,21 @@ def test_the_majority_baseline_is_marked_on_the_colour_scale(tmp_path):
     plain = what_where_when(results.assign(test_majority_acc=float("nan")), "linear_gap", tmp_path / "plain.png")
     assert _red_pixels(plain) == 0
     assert _red_pixels(marked) > 25  # a line about 3 px high across the bar
+
+
+def _module_lines(fig, modules):
+    return [line for ax in fig.axes for line in ax.get_lines() if line.get_label() in modules]
+
+
+def test_accuracy_lines_mark_each_epoch_only_while_few_epochs():
+    """Up to 30 epochs every point has a marker; 300 epochs of markers would bury the lines, so they go."""
+    modules = ["module:1", "module:10"]
+    few = synthetic_results(epochs=tuple(range(MAX_MARKED_EPOCHS)), concepts=(("red", "colour"),))
+    lines = _module_lines(accuracy_figure(few, "linear_gap", modules), modules)
+    assert len(lines) == 2 and {line.get_marker() for line in lines} == {"o"}
+    assert len(lines[0].get_xdata()) == 30
+    many = synthetic_results(epochs=tuple(range(300)), concepts=(("red", "colour"), ("blue", "colour")))
+    lines = _module_lines(accuracy_figure(many, "linear_gap", modules), modules)
+    assert len(lines) == 4 and {line.get_marker() for line in lines} <= {"", "None", None}
+    assert len(lines[0].get_xdata()) == 300  # every epoch still on the line
+

@@ -22,6 +22,7 @@ VMIN, VMAX = 0.5, 1.0
 PANEL_INCHES = (3.4, 3.2)
 MAX_COLUMNS = 4
 DPI = 100
+MAX_MARKED_EPOCHS = 30  # accuracy lines mark each epoch up to this many epochs; beyond, markers would clutter them
 
 
 def grid_shape(n_panels: int) -> tuple[int, int]:
@@ -57,7 +58,13 @@ def _check_probe(data: pd.DataFrame, probe: str) -> pd.DataFrame:
 
 def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin: float = VMIN,
                     vmax: float = VMAX, dpi: int = DPI) -> Path:
-    """Heatmaps of test accuracy, module (rows) x epoch (columns), one panel per concept."""
+    """Heatmaps of test accuracy, module (rows) x epoch (columns), one panel per concept, saved to ``path``."""
+    return _save(what_where_when_figure(results, probe, vmin=vmin, vmax=vmax, dpi=dpi), path)
+
+
+def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = VMIN, vmax: float = VMAX,
+                           dpi: int = DPI) -> Figure:
+    """The figure of :func:`what_where_when`."""
     data = _check_probe(normalize_results(results), probe)
     concepts = concept_order(data)
     epochs = epochs_of(data)
@@ -71,7 +78,8 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
         sub = data[data["concept"] == concept]
         grid = sub.pivot_table(index="module_index", columns="epoch", values="test_acc",
                                aggfunc="mean").reindex(index=modules, columns=epochs)
-        image = ax.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="viridis",
+        values = grid.to_numpy(dtype=float)
+        image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis",
                           vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(f"{concept} ({sub['group'].iloc[0]})", fontsize=10)
         ax.set_yticks(range(len(modules)), names, fontsize=7)
@@ -89,7 +97,7 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
             bar.ax.axhline(base, color="red", lw=3)
             ticks = [t for t in bar.get_ticks() if vmin <= t <= vmax and abs(t - base) > 0.04]
             bar.set_ticks([*ticks, base], labels=[f"{t:g}" for t in ticks] + [f"majority {base:.3f}"])
-    return _save(fig, path)
+    return fig
 
 
 def modules_in_order(results: pd.DataFrame) -> list[str]:
@@ -123,7 +131,14 @@ def _span(names: Sequence[str]) -> str:
 
 def accuracy_over_epochs(results: pd.DataFrame, probe: str, modules: Sequence[str], path: str | Path,
                          *, ylim: tuple[float, float] = (VMIN, VMAX), dpi: int = DPI) -> Path:
-    """Lines of test accuracy over epochs for ``modules``, 95% interval bands, majority dashed."""
+    """Lines of test accuracy over epochs for ``modules``, 95% interval bands, majority dashed; saved to ``path``."""
+    return _save(accuracy_figure(results, probe, modules, ylim=ylim, dpi=dpi), path)
+
+
+def accuracy_figure(results: pd.DataFrame, probe: str, modules: Sequence[str], *,
+                    ylim: tuple[float, float] = (VMIN, VMAX), dpi: int = DPI) -> Figure:
+    """The figure of :func:`accuracy_over_epochs`: a marker on each epoch up to ``MAX_MARKED_EPOCHS``
+    epochs, plain lines beyond (300 epochs of markers hide the lines)."""
     data = _check_probe(normalize_results(results), probe)
     modules = check_modules(data, modules)
     concepts = concept_order(data)
@@ -139,7 +154,8 @@ def accuracy_over_epochs(results: pd.DataFrame, probe: str, modules: Sequence[st
             if line.empty:
                 continue
             x = line.index.to_numpy()
-            ax.plot(x, line["test_acc"], marker="o", ms=3, color=colour, label=module)
+            ax.plot(x, line["test_acc"], marker="o" if len(x) <= MAX_MARKED_EPOCHS else "", ms=3, color=colour,
+                    label=module)
             ax.fill_between(x, line["test_acc_ci_low"], line["test_acc_ci_high"], color=colour, alpha=0.2)
         majority = sub["test_majority_acc"].dropna()
         if not majority.empty:
@@ -155,7 +171,7 @@ def accuracy_over_epochs(results: pd.DataFrame, probe: str, modules: Sequence[st
     for ax in list(axes.flat)[len(concepts):]:
         ax.set_axis_off()
     fig.suptitle(f"{probe}: test accuracy over epochs with 95% intervals", fontsize=11)
-    return _save(fig, path)
+    return fig
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
