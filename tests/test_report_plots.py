@@ -18,6 +18,7 @@ from clipprobe.report.plots import (
     concept_order,
     default_modules,
     what_where_when,
+    what_where_when_figure,
 )
 
 
@@ -111,3 +112,20 @@ def test_accuracy_lines_mark_each_epoch_only_while_few_epochs():
     assert len(lines) == 4 and {line.get_marker() for line in lines} <= {"", "None", None}
     assert len(lines[0].get_xdata()) == 300  # every epoch still on the line
 
+
+def test_small_heatmaps_write_each_cells_accuracy_in_it():
+    """One epoch makes each panel a single column of colours: every cell gets its accuracy written, at its
+    (epoch, module) place; a wide sweep's panels stay unwritten."""
+    results = synthetic_results(concepts=(("red", "colour"), ("blue", "colour")), modules=(0, 10),
+                                probes=("linear_gap",), epochs=(5,))
+    acc = {("red", 0): 0.5, ("red", 10): 0.875, ("blue", 0): 0.625, ("blue", 10): 1.0}
+    results["test_acc"] = [acc[(c, m)] for c, m in zip(results["concept"], results["module_index"], strict=True)]
+    fig = what_where_when_figure(results, "linear_gap")
+    red, blue = fig.axes[:2]
+    written = {ax.get_title().split()[0]: {(t.get_position(), t.get_text()) for t in ax.texts} for ax in (red, blue)}
+    assert written == {"red": {((0, 0), "0.500"), ((0, 1), "0.875")}, "blue": {((0, 0), "0.625"), ((0, 1), "1.000")}}
+    wide = synthetic_results(concepts=(("red", "colour"),), epochs=tuple(range(7)))
+    assert not what_where_when_figure(wide, "linear_gap").axes[0].texts
+    # a missing fit's cell stays blank
+    holed = results[~((results["concept"] == "red") & (results["module_index"] == 10))]
+    assert [t.get_text() for t in what_where_when_figure(holed, "linear_gap").axes[0].texts] == ["0.500"]

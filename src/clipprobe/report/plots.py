@@ -23,6 +23,7 @@ PANEL_INCHES = (3.4, 3.2)
 MAX_COLUMNS = 4
 DPI = 100
 MAX_MARKED_EPOCHS = 30  # accuracy lines mark each epoch up to this many epochs; beyond, markers would clutter them
+MAX_WRITTEN_CELLS = (20, 6)  # heatmap cells get their accuracy written when a panel has at most these modules, epochs
 
 
 def grid_shape(n_panels: int) -> tuple[int, int]:
@@ -64,7 +65,8 @@ def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin
 
 def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = VMIN, vmax: float = VMAX,
                            dpi: int = DPI) -> Figure:
-    """The figure of :func:`what_where_when`."""
+    """The figure of :func:`what_where_when`. Panels of at most ``MAX_WRITTEN_CELLS`` (modules, epochs) have
+    each cell's accuracy written in it (a sweep of one epoch is a single column of colours otherwise)."""
     data = _check_probe(normalize_results(results), probe)
     concepts = concept_order(data)
     epochs = epochs_of(data)
@@ -81,6 +83,8 @@ def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = V
         values = grid.to_numpy(dtype=float)
         image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis",
                           vmin=vmin, vmax=vmax, interpolation="nearest")
+        if values.shape[0] <= MAX_WRITTEN_CELLS[0] and values.shape[1] <= MAX_WRITTEN_CELLS[1]:
+            _write_cells(ax, values, vmin, vmax)
         ax.set_title(f"{concept} ({sub['group'].iloc[0]})", fontsize=10)
         ax.set_yticks(range(len(modules)), names, fontsize=7)
         step = max(1, len(epochs) // 8)
@@ -98,6 +102,15 @@ def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = V
             ticks = [t for t in bar.get_ticks() if vmin <= t <= vmax and abs(t - base) > 0.04]
             bar.set_ticks([*ticks, base], labels=[f"{t:g}" for t in ticks] + [f"majority {base:.3f}"])
     return fig
+
+
+def _write_cells(ax, values: np.ndarray, vmin: float, vmax: float) -> None:
+    """Each known cell's accuracy (3 decimals) in its centre, dark on viridis' bright end, white elsewhere."""
+    for (row, col), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            bright = (value - vmin) / (vmax - vmin) > 0.6
+            ax.text(col, row, f"{value:.3f}", ha="center", va="center", fontsize=6,
+                    color="black" if bright else "white")
 
 
 def modules_in_order(results: pd.DataFrame) -> list[str]:
