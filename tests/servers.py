@@ -135,6 +135,12 @@ class RayHead:
     client: str
     folder: Path
 
+    def client_server_logs(self, chars: int = 1500) -> str:
+        """The end of each Ray Client server log of this head (the proxier's and each client's own): what a
+        failed ``ray://`` connection leaves, shown in the failing test's message."""
+        logs = sorted(self.folder.glob("t/session_*/logs/ray_client_server*.err"))
+        return "\n".join(f"--- {f.name}:\n{f.read_text(errors='replace')[-chars:]}" for f in logs) or "(no client logs)"
+
 
 @contextlib.contextmanager
 def ray_head(env: dict[str, str] | None = None, cpus: int = 2, timeout: float = 240) -> Iterator[RayHead]:
@@ -152,7 +158,10 @@ def ray_head(env: dict[str, str] | None = None, cpus: int = 2, timeout: float = 
         [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--ray-client-server-port", str(client_port), "--num-cpus", str(cpus), "--temp-dir", str(folder / "t"),
          "--include-dashboard", "false", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # a Ray Client connection starts a server process of its own; Ray waits 30 s for its channel, which
+        # a loaded 2-core machine can miss: give it 120 s
+        env={**os.environ, "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120", **(env or {})})
     try:
         deadline = time.time() + timeout
         while True:  # up once both ports answer

@@ -174,6 +174,9 @@ def test_executors_say_how_many_checkpoints_run_at_once(monkeypatch):
     assert ray_executor.tasks_at_once({"CPU": 2.0, "GPU": 8.0}, 1.0) == 2  # CPUs bound it too
     assert ray_executor.tasks_at_once({"CPU": 16.0}, 1.0) == 1  # no GPU: at least one (Ray would wait)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # another test's session cluster may be up
     monkeypatch.setattr(ray_executor, "local_resources", lambda: {"CPU": 12.0, "GPU": 1.0})
     n, why = ray_executor.RayExecutor(gpus_per_task=0.25).parallelism()
     assert (n, why) == (4, "a new local Ray cluster has 12 CPUs and 1 GPUs, a checkpoint task takes 0.25 GPU")

@@ -52,7 +52,7 @@ def test_probe_joins_a_cluster_started_apart(mode, head, tracking_store, tmp_pat
     address = head.address if mode == "address" else head.client
     driver = clipprobe_cli("probe", *OPTS, "--executor", "ray", "--ray-address", address, "--epochs", "0-1",
                            cwd=tmp_path, env=AUTH)
-    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:] + head.client_server_logs()
     ckpts = every_fit_once(MlflowClient(), 2 * PER_EPOCH)
     assert sorted(r.data.tags["clipprobe.epoch"] for r in ckpts) == ["0", "1"]
     assert all(r.info.status == "FINISHED" and r.data.tags[WORKER_TAG] for r in ckpts)
