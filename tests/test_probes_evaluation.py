@@ -138,15 +138,21 @@ def test_control_task_labels_are_one_per_class_same_in_train_and_test() -> None:
     assert control_task_labels(one, seed=0) is None
 
 
+def _seed_split(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's concept split: 100 positives and 200 negatives, 70% of each in the training part."""
+    labels = np.r_[np.ones(100, int), np.zeros(200, int)]
+    train = np.zeros(300, bool)
+    train[rng.choice(100, 70, replace=False)] = True
+    train[100 + rng.choice(200, 140, replace=False)] = True
+    return labels, train
+
+
 def test_control_task_has_the_concepts_positive_rate_with_few_classes() -> None:
     # The concept world: 10 shapes, ~30 of a concept's 300 images each, a third positive. One coin per
     # class made the control's positive share anything from 0.09 to 0.73 (the demo's dotted: 0.09,
     # so its control majority baseline was 0.88 and every dotted selectivity about -0.2 by the draw alone).
     rng = np.random.default_rng(3)
-    labels = np.r_[np.ones(100, int), np.zeros(200, int)]
-    train = np.zeros(300, bool)
-    train[rng.choice(100, 70, replace=False)] = True
-    train[100 + rng.choice(200, 140, replace=False)] = True
+    labels, train = _seed_split(rng)
     shapes = np.array(["circle", "square", "star", "triangle", "cross", "hexagon", "ellipse", "diamond",
                        "pentagon", "trapezoid"])
     positive_count = dict.fromkeys(shapes, 0)
@@ -166,10 +172,7 @@ def test_control_task_has_the_concepts_positive_rate_with_few_classes() -> None:
 
 def test_control_task_rate_with_uneven_classes_and_imagenet_scale() -> None:
     rng = np.random.default_rng(4)
-    labels = np.r_[np.ones(100, int), np.zeros(200, int)]
-    train = np.zeros(300, bool)
-    train[rng.choice(100, 70, replace=False)] = True
-    train[100 + rng.choice(200, 140, replace=False)] = True
+    labels, train = _seed_split(rng)
     # ImageNet-like: 300 images from ~250 classes, mostly one image each
     many = rng.integers(0, 1000, 300)
     ctrl = control_task_labels(ConceptTask("striped", np.arange(300), labels, train, classes=many), seed=1)
