@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipprobe.activations import Bf16Matrix, to_bf16_bits
+from clipprobe.activations.features import Bf16Matrix, to_bf16_bits
 from clipprobe.probes.evaluation import ConceptTask, evaluate_concepts
 
 

@@ -44,7 +44,7 @@ def main() -> None:
     import mlflow
 
     from clipprobe.steps.probe import _missing
-    from clipprobe.sweep import CheckpointRef
+    from clipprobe.sweep.plan import CheckpointRef
     from clipprobe.tracking import fits, runs
     from clipprobe.tracking.fit_writer import FitWriter
     from clipprobe.tracking.sweep_fits import SweepFits

@@ -56,7 +56,7 @@ def make_world(workdir: Path, cfg: dict):
     no earlier concept took, so the concepts' image sets are disjoint: 9 x 300 = 2,700 distinct images.
     """
     from clipprobe.concepts.splits import ConceptSplits, stratified_parts
-    from clipprobe.world import WorldSpec, generate_world, read_truth
+    from clipprobe.world.generate import WorldSpec, generate_world, read_truth
 
     root = workdir / f"world-{cfg['size']}-{cfg['pool']}"
     if not (root / "truth.parquet").is_file():
@@ -235,8 +235,9 @@ def main() -> None:
     os.chdir(workdir)  # artifacts of the bench store land here
     torch.set_num_threads(os.cpu_count() or 1)
 
-    import clipprobe.sweep as sweep_mod
-    from clipprobe.activations import ActivationCache, ExtractOptions
+    import clipprobe.sweep.plan as sweep_mod
+    from clipprobe.activations.cache import ActivationCache
+    from clipprobe.activations.options import ExtractOptions
     from clipprobe.backbones.architectures import ImageTransform, build_model, default_probe_modules
     from clipprobe.backbones.checkpoints import fingerprint
     from clipprobe.backbones.loader import Backbone
@@ -245,7 +246,7 @@ def main() -> None:
         gram_product_dtype,
     )
     from clipprobe.probes.kinds import probe_kind
-    from clipprobe.sweep import DEFAULT_PROBES, CheckpointRef, Sweep, SweepPlan
+    from clipprobe.sweep.plan import DEFAULT_PROBES, CheckpointRef, Sweep, SweepPlan
     from clipprobe.tracking import fits, runs
     from clipprobe.tracking.fit_writer import FitWriter
     from clipprobe.tracking.sweep_fits import SweepFits

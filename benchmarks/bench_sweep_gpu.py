@@ -42,12 +42,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "bench_sweep_gpu.md"))
     args = parser.parse_args()
 
-    import clipprobe.sweep as sweep_mod
-    from clipprobe.activations import ActivationCache
+    import clipprobe.sweep.plan as sweep_mod
+    from clipprobe.activations.cache import ActivationCache
     from clipprobe.backbones.architectures import ImageTransform, build_model, default_probe_modules
     from clipprobe.backbones.checkpoints import fingerprint
     from clipprobe.backbones.loader import Backbone
-    from clipprobe.sweep import DEFAULT_PROBES, CheckpointRef, Sweep, SweepPlan
+    from clipprobe.sweep.plan import DEFAULT_PROBES, CheckpointRef, Sweep, SweepPlan
 
     cfg = SMALL if args.small else FULL
     workdir = Path(args.workdir).resolve()

@@ -96,10 +96,10 @@ def main() -> None:
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
-    from clipprobe.activations import ExtractOptions
+    from clipprobe.activations.options import ExtractOptions
     from clipprobe.backbones.loader import load_backbone
     from clipprobe.concepts.splits import load_splits
-    from clipprobe.sweep import CheckpointRef, Sweep, SweepPlan
+    from clipprobe.sweep.plan import CheckpointRef, Sweep, SweepPlan
     from clipprobe.tracking import runs
     from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 

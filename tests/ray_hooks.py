@@ -9,7 +9,7 @@ import time
 
 
 def slow_fits() -> None:
-    import clipprobe.sweep as sweep
+    import clipprobe.sweep.plan as sweep
 
     delay = float(os.environ.get("CLIPPROBE_TEST_FIT_DELAY", "0"))
     real = sweep.evaluate_concepts
@@ -20,7 +20,7 @@ def slow_fits() -> None:
 
     sweep.evaluate_concepts = slowed
 
-    import clipprobe.tuning as tuning
+    import clipprobe.tuning.studies as tuning
 
     trial_delay = float(os.environ.get("CLIPPROBE_TEST_TRIAL_DELAY", "0"))
     fit_block = tuning.fit_many

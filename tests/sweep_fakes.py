@@ -13,7 +13,7 @@ from clipprobe.backbones.architectures import ImageTransform, build_model, defau
 from clipprobe.backbones.checkpoints import fingerprint
 from clipprobe.backbones.loader import Backbone
 from clipprobe.concepts.splits import ConceptSplits, stratified_parts
-from clipprobe.sweep import CheckpointRef
+from clipprobe.sweep.plan import CheckpointRef
 
 COLOURS = {"red": (215, 35, 35), "blue": (35, 70, 215), "green": (35, 165, 55), "grey": (128, 128, 128)}
 SIZE = 32

@@ -12,14 +12,10 @@ from forward_count import ForwardCount
 from PIL import Image
 from torch import nn
 
-from clipprobe.activations import (
-    ActivationCache,
-    Bf16Matrix,
-    ExtractOptions,
-    from_bf16_bits,
-    load_images,
-    to_bf16_bits,
-)
+from clipprobe.activations.cache import ActivationCache
+from clipprobe.activations.decoding import load_images
+from clipprobe.activations.features import Bf16Matrix, from_bf16_bits, to_bf16_bits
+from clipprobe.activations.options import ExtractOptions
 
 
 class Scale(nn.Module):

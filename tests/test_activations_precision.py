@@ -15,19 +15,15 @@ import torch
 from forward_count import ForwardCount
 from sweep_fakes import TRANSFORM, make_splits, mobilenet
 
-from clipprobe import devices
-from clipprobe.activations import (
-    ActivationCache,
-    Bf16Matrix,
-    ExtractOptions,
-    calibrate,
-    from_bf16_bits,
-    load_images,
-    to_bf16_bits,
-)
+from clipprobe.activations.cache import ActivationCache
+from clipprobe.activations.decoding import load_images
+from clipprobe.activations.features import Bf16Matrix, from_bf16_bits, to_bf16_bits
+from clipprobe.activations.options import ExtractOptions
+from clipprobe.activations.precision import calibrate
 from clipprobe.backbones.checkpoints import fingerprint
+from clipprobe.core import devices
 from clipprobe.probes import fit_many
-from clipprobe.sweep import concept_tasks
+from clipprobe.sweep.plan import concept_tasks
 
 CONCEPTS = ("red", "blue", "green", "grey")
 MODULES = {"module:3": "features.3", "module:10": "features.10", "module:17": "features.17"}
@@ -65,7 +61,7 @@ def test_default_is_fp32_everywhere_and_auto_calibrates_only_with_native_bf16(mo
     with pytest.raises(ValueError, match="unknown precision 'fp16': expected one of fp32, bf16, auto"):
         ExtractOptions(precision="fp16")
     with pytest.raises(ValueError, match="auto is decided per module by ActivationCache.get"):
-        from clipprobe.activations import forward_activations
+        from clipprobe.activations.hooks import forward_activations
 
         forward_activations(mobilenet(), MODULES, np.zeros((1, 3, 32, 32), np.float32), lambda *a: None,
                             options=auto)
@@ -262,7 +258,7 @@ def test_stored_maps_keep_the_centred_variation(world):
 
 
 def test_fp32_passes_switch_off_tf32_on_cuda_and_restore_it():
-    from clipprobe.activations import ieee_fp32
+    from clipprobe.activations.hooks import ieee_fp32
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, matmul.fp32_precision

@@ -22,7 +22,7 @@ from clipprobe.cli import main
 from clipprobe.tracking import registry, runs
 from clipprobe.tracking.configs import load_config
 from clipprobe.tracking.registry import MLFLOW_REGISTRY
-from clipprobe.world import WorldSpec, generate_world
+from clipprobe.world.generate import WorldSpec, generate_world
 
 ARGS = {"model": "mobilenet_v2", "width_mult": 0.25, "num_classes": 3, "val_resize_size": 24, "val_crop_size": 24}
 

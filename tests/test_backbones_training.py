@@ -8,7 +8,7 @@ import torch
 from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint
 from clipprobe.backbones.training import TrainConfig, train, zero_init_residual
-from clipprobe.world import WorldSpec, generate_world
+from clipprobe.world.generate import WorldSpec, generate_world
 
 TINY = TrainConfig(width_mult=0.25, epochs=2, batch_size=8, lr=0.05, seed=3)
 

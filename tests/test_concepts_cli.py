@@ -9,8 +9,8 @@ from concepts_tiny_clip import register_tiny, tiny_weights
 from mlflow.tracking import MlflowClient
 
 from clipprobe.cli import main
-from clipprobe.concepts.parquet import read_table
 from clipprobe.concepts.splits import load_splits
+from clipprobe.core.parquet import read_table
 from clipprobe.tracking.runs import download_artifact, find_latest_run
 
 
@@ -42,7 +42,7 @@ def test_annotations_on_the_latest_world(world):
     truth = pd.read_parquet(world / "truth.parquet").set_index("path")["shape"]
     assert splits.has_image_class and splits.metadata["image_class_column"] == "shape"
     from clipprobe import __version__
-    from clipprobe.parquet import read_metadata
+    from clipprobe.core.parquet import read_metadata
 
     assert (splits.metadata["kind"], splits.metadata["clipprobe_version"]) == ("concept_splits", __version__)
     scores_made_by = read_metadata(download_artifact(run.info.run_id, "concepts/scores.parquet"))

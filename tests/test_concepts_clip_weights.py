@@ -143,7 +143,7 @@ def test_missing_downloads_fail_fast_naming_the_fix(tiny, tmp_path, offline):
 
 
 def test_concepts_records_the_weights_form_and_sha256(tiny, tracking_store, tmp_path, offline, monkeypatch):
-    from clipprobe.concepts.parquet import read_table
+    from clipprobe.core.parquet import read_table
     from clipprobe.tracking.runs import download_artifact, find_latest_run
 
     name, files = tiny

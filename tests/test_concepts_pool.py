@@ -103,7 +103,7 @@ def test_interrupted_scoring_resumes_from_the_written_chunks(scorer, tmp_path, m
 def test_phone_photos_and_16_bit_scans_decode_as_a_viewer_shows_them(tmp_path):
     """A JPEG stored sideways with an EXIF orientation, and a 16-bit greyscale PNG, as CLIP and the probe
     step see them: upright, and scaled to 8 bits (PIL's convert alone clips 16-bit values to white)."""
-    from clipprobe.activations import _decode
+    from clipprobe.activations.decoding import _decode
     from clipprobe.concepts.pool import PoolImages, open_rgb
 
     upright = np.zeros((20, 30, 3), np.uint8)

@@ -12,7 +12,6 @@ from clipprobe.concepts.annotations import (
     image_classes,
     positive_precision,
 )
-from clipprobe.concepts.parquet import write_table
 from clipprobe.concepts.splits import (
     SPLIT_COLUMNS,
     load_splits,
@@ -21,7 +20,8 @@ from clipprobe.concepts.splits import (
     write_splits,
 )
 from clipprobe.concepts.vocabulary import load_vocabulary
-from clipprobe.world import SHAPES
+from clipprobe.core.parquet import write_table
+from clipprobe.world.generate import SHAPES
 
 SEED_VOCAB = load_vocabulary("seed")
 

@@ -11,10 +11,17 @@ from click.testing import CliRunner
 from sweep_fakes import TRANSFORM, make_splits, mobilenet
 from test_sweep_tracking import OPTS, log_splits, register
 
-from clipprobe import disk_budget
-from clipprobe.activations import ActivationCache, ExtractOptions, load_images
+from clipprobe.activations import disk_budget
+from clipprobe.activations.cache import ActivationCache
+from clipprobe.activations.decoding import load_images
+from clipprobe.activations.disk_budget import (
+    CacheBudget,
+    activation_bytes,
+    cache_budget,
+    module_shapes,
+)
+from clipprobe.activations.options import ExtractOptions
 from clipprobe.cli import main
-from clipprobe.disk_budget import CacheBudget, activation_bytes, cache_budget, module_shapes
 from clipprobe.tracking import runs
 
 MODULES = {"features.0": "features.0", "features.1": "features.1", "features.4": "features.4"}
@@ -91,7 +98,7 @@ def test_probe_prints_its_plan_and_refuses_a_full_disk_before_any_run(tracking_s
 def test_a_sweep_without_map_probes_caches_pooled_vectors_only(tmp_path):
     from forward_count import ForwardCount
 
-    from clipprobe.sweep import Sweep, SweepPlan
+    from clipprobe.sweep.plan import Sweep, SweepPlan
 
     splits = make_splits(tmp_path / "pool")
     model = mobilenet()
@@ -122,7 +129,7 @@ def test_a_sweep_without_map_probes_caches_pooled_vectors_only(tmp_path):
 
 def test_300_checkpoints_are_described_in_one_short_line():
     from clipprobe.steps.probe import describe_checkpoints
-    from clipprobe.sweep import CheckpointRef
+    from clipprobe.sweep.plan import CheckpointRef
 
     refs = [CheckpointRef(e, f"{e:064x}", load=lambda: None, version=str(e + 1)) for e in range(300)]
     line = describe_checkpoints("mobilenet_v2", refs)

@@ -139,9 +139,9 @@ def test_two_ray_workers_share_one_study_through_an_rdb_storage(tracking_store, 
     from test_tune_tracking import BAD_LR, _trial_runs
     from tune_synthetic import concept_data
 
-    from clipprobe import tuning
     from clipprobe.executors.ray import RayExecutor
     from clipprobe.steps.tune import run_studies
+    from clipprobe.tuning import studies as tuning
 
     tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -191,8 +191,8 @@ def _kill_a_running_trial(storage: str, stop: threading.Event, killed: dict) -> 
     """Poll ``storage`` until a trial is mid-objective (its nested run open), then SIGKILL its worker."""
     import optuna
 
-    from clipprobe import tuning
     from clipprobe.tracking import trials
+    from clipprobe.tuning import studies as tuning
 
     store = tuning.open_storage(storage)
     deadline = time.time() + 300
@@ -214,10 +214,10 @@ def test_a_tune_worker_killed_mid_trial_fails_that_trial_and_its_share_ends_with
     from test_tune_tracking import BAD_LR, _trial_runs
     from tune_synthetic import concept_data
 
-    from clipprobe import tuning
     from clipprobe.executors.ray import RayExecutor
     from clipprobe.steps.tune import run_studies
     from clipprobe.tracking import trials
+    from clipprobe.tuning import studies as tuning
 
     tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
     storage = str(tmp_path / "optuna.journal")  # a journal file: no Optuna heartbeat, the share finds the lost trial

@@ -24,12 +24,12 @@ PACKAGE = SRC / "clipprobe"
 # (docs/architecture.md, "Layers"). report/ sits below tracking/: it builds tables and plots from a
 # results frame and never reads MLflow; tracking/ reads the frame back (and uses report's provenance).
 LAYERS: list[tuple[str, ...]] = [
-    ("clipprobe", "clipprobe.devices", "clipprobe.world", "clipprobe.parquet", "clipprobe.step_config"),
+    ("clipprobe", "clipprobe.core", "clipprobe.world"),
     ("clipprobe.concepts",),
     ("clipprobe.backbones",),
-    ("clipprobe.activations", "clipprobe.disk_budget"),
+    ("clipprobe.activations",),
     ("clipprobe.probes",),
-    ("clipprobe.sweep", "clipprobe.sweep_config", "clipprobe.tuning", "clipprobe.tune_config"),
+    ("clipprobe.sweep", "clipprobe.tuning"),
     ("clipprobe.report",),
     ("clipprobe.tracking",),
     ("clipprobe.executors",),
@@ -161,7 +161,7 @@ def test_imports_point_down_the_layers() -> None:
 
 def test_layer_of_rejects_an_unknown_module_and_takes_the_longest_prefix() -> None:
     assert layer_of("clipprobe.tracking.fits") == 7
-    assert layer_of("clipprobe.sweep_config") == 5 and layer_of("clipprobe.sweep") == 5
+    assert layer_of("clipprobe.sweep.config") == 5 and layer_of("clipprobe.sweep.plan") == 5
     with pytest.raises(AssertionError, match="clipprobe_x is in no layer"):
         layer_of("clipprobe_x")
 
@@ -189,3 +189,8 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
             if not dists & declared:
                 missing.setdefault(f"{top} ({'/'.join(sorted(dists))})", []).append(name)
     assert missing == {}, f"imported but not in pyproject's dependencies: {missing}"
+
+
+def test_every_module_lives_in_the_package_of_its_step() -> None:
+    """No flat modules at the package top: the folders show the pipeline (docs/architecture.md)."""
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]

@@ -135,7 +135,7 @@ def _offset_problem(n: int = 60, d: int = 300, seed: int = 6):
 
 
 def test_probes_drop_rule_judges_the_precision_features_were_computed_in() -> None:
-    from clipprobe.activations import PooledFeatures
+    from clipprobe.activations.features import PooledFeatures
     from clipprobe.probes.kinds import DEFAULT_DROP_RTOL, PRECISION_DROP_RTOL, drop_rtol_for
 
     assert drop_rtol_for("fp32", 0.0) == 0.0 and drop_rtol_for("fp32") == DEFAULT_DROP_RTOL  # fp32: as given
@@ -155,7 +155,7 @@ def test_probes_drop_rule_judges_the_precision_features_were_computed_in() -> No
 
 @pytest.mark.parametrize("form", ["explicit", "gram"])
 def test_probes_on_offset_bf16_maps_equal_probes_on_their_float32_values(form: str) -> None:
-    from clipprobe.activations import Bf16Matrix, to_bf16_bits
+    from clipprobe.activations.features import Bf16Matrix, to_bf16_bits
 
     spread, offset, Y, train = _offset_problem()
     stored = Bf16Matrix(to_bf16_bits(torch.from_numpy(spread)), offset)  # bf16 of the centred values

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from clipprobe.step_config import StepConfig
+from clipprobe.core.step_config import StepConfig
 from clipprobe.tracking.configs import load_config, log_config
 
 

@@ -12,7 +12,7 @@ from sweep_fakes import mobilenet, plant_red
 from test_sweep_tracking import OPTS, log_splits, register
 
 from clipprobe.cli import main
-from clipprobe.sweep_config import SweepConfig
+from clipprobe.sweep.config import SweepConfig
 from clipprobe.tracking import runs
 
 CONFIG_ARTIFACT = SweepConfig.artifact_path()

@@ -9,9 +9,9 @@ import pytest
 from forward_count import ForwardCount
 from sweep_fakes import Loads, blind, make_splits, mobilenet, plant_red, ref
 
-from clipprobe.activations import ExtractOptions
+from clipprobe.activations.options import ExtractOptions
 from clipprobe.report.significance import mcnemar_exact
-from clipprobe.sweep import (
+from clipprobe.sweep.plan import (
     DuplicateWeightsError,
     Sweep,
     SweepPlan,

@@ -10,7 +10,7 @@ from sweep_fakes import blind, make_splits, mobilenet, plant_red
 
 from clipprobe.cli import main
 from clipprobe.concepts.splits import write_splits
-from clipprobe.parquet import read_metadata
+from clipprobe.core.parquet import read_metadata
 from clipprobe.tracking import fits, registry, runs
 from clipprobe.tracking.fit_writer import FitWriter
 

@@ -12,9 +12,9 @@ from test_sweep_tracking import log_splits, register
 from clipprobe.cli import main
 from clipprobe.steps import probe as probe_step
 from clipprobe.steps import tune as tune_step
-from clipprobe.sweep import LATEST
+from clipprobe.sweep.plan import LATEST
 from clipprobe.tracking import configs, runs
-from clipprobe.tune_config import SAMPLE, TuneConfig
+from clipprobe.tuning.config import SAMPLE, TuneConfig
 
 
 def test_config_defaults_choices_and_checks():

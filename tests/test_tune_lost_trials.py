@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 from test_tune_tracking import _trial_runs
 from tune_synthetic import tune_tasks
 
-from clipprobe import tuning
 from clipprobe.executors import LocalExecutor
 from clipprobe.tracking import runs, trials
+from clipprobe.tuning import studies as tuning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -26,7 +26,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 HANGING_WORKER = """
 import sys, time
 from tune_synthetic import tune_tasks
-from clipprobe import tuning
+from clipprobe.tuning import studies as tuning
 from clipprobe.tracking.trials import TrialLogger
 
 url, parent = sys.argv[1], sys.argv[2]

@@ -15,10 +15,10 @@ import pytest
 from optuna.trial import FixedTrial, TrialState
 from tune_synthetic import concept_data, tune_tasks
 
-from clipprobe import tuning
 from clipprobe.probes.batched import fit_many
 from clipprobe.probes.evaluation import ConceptTask
 from clipprobe.probes.kinds import ProbeKind
+from clipprobe.tuning import studies as tuning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MLP_POINT = {"lr": 0.1, "weight_decay": 1e-3, "steps": 50, "hidden": 16, "dropout": 0.1}
@@ -162,7 +162,7 @@ def test_default_storage_is_a_journal_file_in_the_given_folder(tmp_path):
 WORKER = textwrap.dedent("""
     import pathlib, sys, time
     from tune_synthetic import tune_tasks
-    from clipprobe import tuning
+    from clipprobe.tuning import studies as tuning
     tasks = tune_tasks()
     ready = pathlib.Path(sys.argv[3])
     (ready / sys.argv[2]).touch()

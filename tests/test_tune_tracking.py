@@ -12,12 +12,12 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from tune_synthetic import concept_data
 
-from clipprobe import tuning
 from clipprobe.probes.evaluation import evaluate_concepts
 from clipprobe.probes.kinds import ProbeKind, SearchDim
 from clipprobe.steps.tune import run_studies
 from clipprobe.tracking import runs, trials
-from clipprobe.tune_config import sample_concepts, sample_modules
+from clipprobe.tuning import studies as tuning
+from clipprobe.tuning.config import sample_concepts, sample_modules
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 from clipprobe.cli import main
-from clipprobe.world import (
+from clipprobe.world.generate import (
     COLOURS,
     INK_FACTOR,
     WorldError,
@@ -96,7 +96,7 @@ def test_patterns_are_visible(world):
 
 def test_truth_table_carries_the_shared_provenance_scheme(world):
     from clipprobe import __version__
-    from clipprobe.parquet import read_metadata
+    from clipprobe.core.parquet import read_metadata
 
     assert read_metadata(world.truth_path) == {"kind": "world_truth", "clipprobe_version": __version__,
                                                "world_spec": world.spec.to_dict()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from clipprobe.probes.evaluation import ConceptTask
-from clipprobe.tuning import TuneTask, training_part
+from clipprobe.tuning.studies import TuneTask, training_part
 
 
 def concept_data(seed: int = 0, n_pos: int = 60, n_neg: int = 120, d: int = 12,

@@ -25,7 +25,7 @@ from clipprobe.backbones.architectures import (
     same_shapes,
     takes_width_mult,
 )
-from clipprobe.step_config import StepConfig
+from clipprobe.core.step_config import StepConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from clipprobe.backbones.architectures import (
     transform_from_args,
 )
 from clipprobe.backbones.checkpoints import fingerprint, load_into, model_shape, read_checkpoint
-from clipprobe.devices import resolve_device
+from clipprobe.core.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

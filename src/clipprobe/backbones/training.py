@@ -36,7 +36,7 @@ from clipprobe.backbones.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
-from clipprobe.step_config import StepConfig
+from clipprobe.core.step_config import StepConfig
 
 log = logging.getLogger(__name__)
 

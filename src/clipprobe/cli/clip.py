@@ -50,7 +50,7 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
     """
     from clipprobe.cli.failures import usage_errors
     from clipprobe.concepts import world_clip
-    from clipprobe.devices import resolve_device
+    from clipprobe.core.devices import resolve_device
     from clipprobe.tracking import clip_models, configs, discovery, runs
 
     if world_root is None:

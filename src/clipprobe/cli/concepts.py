@@ -77,7 +77,7 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
     from clipprobe.cli.failures import usage_errors
     from clipprobe.concepts import build
     from clipprobe.concepts.label_quality import quality_text
-    from clipprobe.devices import resolve_device
+    from clipprobe.core.devices import resolve_device
     from clipprobe.tracking import configs, datasets, discovery, runs
 
     if pool is None:  # the latest world's pool, with its truth

@@ -67,7 +67,7 @@ class Epochs(click.ParamType):
         self.words = words
 
     def convert(self, value, param, ctx):
-        from clipprobe.sweep import parse_epochs
+        from clipprobe.sweep.plan import parse_epochs
 
         if value is None or isinstance(value, tuple | int):
             return value

@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
-from clipprobe.activations import DEFAULT_CACHE_DIR, PRECISIONS, ExtractOptions
+from clipprobe.activations.cache import DEFAULT_CACHE_DIR
+from clipprobe.activations.options import PRECISIONS, ExtractOptions
 from clipprobe.cli import options
 from clipprobe.executors import EXECUTORS
-from clipprobe.sweep_config import SweepConfig
+from clipprobe.sweep.config import SweepConfig
 
 CONFIG_ARTIFACT = SweepConfig.artifact_path()
 _D = SweepConfig()

@@ -73,7 +73,7 @@ def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, devi
     """
     from clipprobe.backbones import training
     from clipprobe.cli.failures import usage_errors
-    from clipprobe.devices import resolve_device
+    from clipprobe.core.devices import resolve_device
     from clipprobe.tracking import configs, discovery, registry, runs
 
     # 0 (as MLproject passes it) or nothing: the learning rate from the batch size, the data's image size.

@@ -6,11 +6,11 @@ from dataclasses import fields
 
 import click
 
-from clipprobe.activations import DEFAULT_CACHE_DIR
+from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.cli import options
 from clipprobe.executors import EXECUTORS
-from clipprobe.sweep import LATEST
-from clipprobe.tune_config import DEFAULT_MODULE_SAMPLE, TuneConfig
+from clipprobe.sweep.plan import LATEST
+from clipprobe.tuning.config import DEFAULT_MODULE_SAMPLE, TuneConfig
 
 _D = TuneConfig()
 
@@ -59,11 +59,11 @@ def tune(ctx: click.Context, storage: str | None, cache_dir: str, executor: str,
     reads it), tune/config.json (what the studies tuned on), the best params as <kind>.<param>, and
     history / importance plots under tune/plots. Running the same command again resumes the studies.
     """
-    from clipprobe import tuning
     from clipprobe.cli.failures import usage_errors
-    from clipprobe.devices import resolve_device
+    from clipprobe.core.devices import resolve_device
     from clipprobe.steps import tune as step
     from clipprobe.tracking.trials import BEST_PARAMS_ARTIFACT
+    from clipprobe.tuning import studies as tuning
 
     with usage_errors():  # every setting is checked here, before a run exists
         config = TuneConfig(**options.given(ctx, [f.name for f in fields(TuneConfig)]))

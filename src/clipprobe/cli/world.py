@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from clipprobe.cli import options
-from clipprobe.world import (
+from clipprobe.world.generate import (
     COLOURS,
     PATTERNS,
     SHAPES,

@@ -27,15 +27,14 @@ from clipprobe.concepts.annotations import (
 )
 from clipprobe.concepts.classes import FOLDERS, read_image_classes
 from clipprobe.concepts.label_quality import label_quality, quality_metrics, with_truth
-from clipprobe.concepts.parquet import write_table
 from clipprobe.concepts.pool import DECODING, list_images, pool_fingerprint
 from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
 from clipprobe.concepts.sheets import write_contact_sheets
 from clipprobe.concepts.splits import NEGATIVES_MATCHING, select_splits, split_sizes, write_splits
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, Vocabulary, check_prompt, load_vocabulary
-from clipprobe.parquet import provenance
-from clipprobe.step_config import StepConfig
-from clipprobe.world import is_world_truth
+from clipprobe.core.parquet import provenance, write_table
+from clipprobe.core.step_config import StepConfig
+from clipprobe.world.generate import is_world_truth
 
 log = logging.getLogger(__name__)
 SCALE_NOTE = "softmax over the group's concepts of logit_scale * cosine(image, prompt)"

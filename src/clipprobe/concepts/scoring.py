@@ -37,9 +37,9 @@ from open_clip.pretrained import (
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from clipprobe.concepts.parquet import read_table, write_table
 from clipprobe.concepts.pool import PoolImages, collate_readable
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, Vocabulary, check_prompt
+from clipprobe.core.parquet import read_table, write_table
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipprobe.concepts.parquet import read_table, write_table
 from clipprobe.concepts.vocabulary import Vocabulary
+from clipprobe.core.parquet import read_table, write_table
 
 SPLIT_COLUMNS = ("concept", "group", "path", "rank", "probability", "label", "part")
 # Written when the images' classes are known (the concept world's shape); older files lack it.

@@ -26,8 +26,8 @@ from PIL import Image
 
 from clipprobe.concepts.scoring import file_sha256
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, check_prompt
-from clipprobe.step_config import StepConfig
-from clipprobe.world import read_truth
+from clipprobe.core.step_config import StepConfig
+from clipprobe.world.generate import read_truth
 
 log = logging.getLogger(__name__)
 

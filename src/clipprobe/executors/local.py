@@ -11,9 +11,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from clipprobe.activations import ExtractOptions
+from clipprobe.activations.options import ExtractOptions
 from clipprobe.concepts.splits import ConceptSplits
-from clipprobe.sweep import CheckpointRef, FitKey, Sweep, SweepPlan, rows_by_epoch
+from clipprobe.sweep.plan import CheckpointRef, FitKey, Sweep, SweepPlan, rows_by_epoch
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class SweepJob:
     progress: bool = True
 
     def sweep(self, *, progress: bool | None = None) -> Sweep:
-        from clipprobe.devices import resolve_device
+        from clipprobe.core.devices import resolve_device
 
         return Sweep(self.splits, self.plan, cache_dir=self.cache_dir, extract=self.extract,
                      device=resolve_device(self.device), keep_cache=self.keep_cache,
@@ -112,8 +112,8 @@ class LocalExecutor:
                    n_trials: int | None, timeout: float | None, seed: int, folds: int, device: str) -> Any:
         """One probe kind's study (a kind name or ``ProbeKind``) in this process, every trial a nested run of
         ``run_id``."""
-        from clipprobe import tuning
         from clipprobe.tracking.trials import TrialLogger
+        from clipprobe.tuning import studies as tuning
 
         logger = TrialLogger(run_id, tuning.check_kind(kind).name)
         storage = tuning.with_stale_callback(storage, logger)  # RDB heartbeats: a stale trial's run ends FAILED

@@ -17,8 +17,8 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from clipprobe.executors.local import SweepJob, probe_checkpoint
-from clipprobe.sweep import FitKey
-from clipprobe.tuning import worker_name
+from clipprobe.sweep.plan import FitKey
+from clipprobe.tuning.studies import worker_name
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,10 @@ def tune_task(tracking_uri: str, run_id: str, kind: Any, tasks: Sequence[Any], s
 
     Retried by Ray after its worker died, it fails the trial that worker left RUNNING (its run ends
     FAILED) and runs only what the share still lacks (``tuning.run_share``). Returns the trials it ran."""
-    from clipprobe import tuning
-    from clipprobe.devices import resolve_device
+    from clipprobe.core.devices import resolve_device
     from clipprobe.tracking.runs import use_stores
     from clipprobe.tracking.trials import TrialLogger
+    from clipprobe.tuning import studies as tuning
 
     use_stores(tracking_uri)
     pk = tuning.check_kind(kind)
@@ -194,8 +194,7 @@ class RayExecutor:
         import optuna
         import ray
 
-        from clipprobe import tuning
-
+        from clipprobe.tuning import studies as tuning
         if not isinstance(storage, str):
             raise ValueError("--executor ray needs --storage as a URL or a journal file path its workers can open")
         store = tuning.open_storage(storage)

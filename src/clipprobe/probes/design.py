@@ -2,7 +2,7 @@
 
 Sub-precision means below the resolution of the precision the features were computed and stored in:
 a feature matrix may say so with ``computed_in`` / ``stored_in`` ("fp32" or "bf16") and an ``offset``
-subtracted before storage (``clipprobe.activations.Bf16Matrix``, ``PooledFeatures``); plain arrays are float32.
+subtracted before storage (``clipprobe.activations.features.Bf16Matrix``, ``PooledFeatures``); plain arrays are float32.
 
 A *group* is a set of rows of X (training rows first) shared by probes that differ only in their labels.
 Its design is either the standardised features themselves ("explicit") or, when there are more features
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clipprobe.devices import native_bf16
+from clipprobe.core.devices import native_bf16
 from clipprobe.probes.kinds import drop_rtol_for
 from clipprobe.probes.solvers import cpu_workers, slices, threads_for, worker_pool
 

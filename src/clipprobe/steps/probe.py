@@ -16,15 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipprobe.activations import ActivationCache, ExtractOptions, image_set_key
+from clipprobe.activations.cache import ActivationCache
+from clipprobe.activations.decoding import image_set_key
+from clipprobe.activations.disk_budget import (
+    CacheBudget,
+    cache_budget,
+    describe_plan,
+    module_shapes,
+)
+from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import load_backbone
 from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
-from clipprobe.disk_budget import CacheBudget, cache_budget, describe_plan, module_shapes
 from clipprobe.executors import SweepJob
-from clipprobe.sweep import CheckpointRef, check_distinct_weights, concept_tasks, select_checkpoints
-from clipprobe.sweep_config import SweepConfig
+from clipprobe.sweep.config import SweepConfig
+from clipprobe.sweep.plan import (
+    CheckpointRef,
+    check_distinct_weights,
+    concept_tasks,
+    select_checkpoints,
+)
 from clipprobe.tracking import configs, fits, runs
 from clipprobe.tracking.discovery import latest_model_name, latest_splits_run_id
 from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints

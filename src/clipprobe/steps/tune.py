@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipprobe import tuning
-from clipprobe.activations import DEFAULT_CACHE_DIR, ExtractOptions
+from clipprobe.activations.cache import DEFAULT_CACHE_DIR
+from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import resolve_probe_modules
-from clipprobe.devices import resolve_device
+from clipprobe.core.devices import resolve_device
 from clipprobe.executors import LocalExecutor, make_executor
 from clipprobe.probes.kinds import ProbeKind, probe_kind
 from clipprobe.steps.probe import Experiment, checkpoints, concept_splits, describe_checkpoints
-from clipprobe.sweep import CheckpointRef, Sweep, SweepPlan
+from clipprobe.sweep.plan import CheckpointRef, Sweep, SweepPlan
 from clipprobe.tracking import configs, runs, trials
 from clipprobe.tracking.discovery import latest_model_name, latest_splits_run_id
-from clipprobe.tune_config import SAMPLE, TuneConfig, sample_concepts, sample_modules
+from clipprobe.tuning import studies as tuning
+from clipprobe.tuning.config import SAMPLE, TuneConfig, sample_concepts, sample_modules
 
 
 @dataclass(frozen=True)

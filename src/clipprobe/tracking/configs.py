@@ -1,4 +1,4 @@
-"""A step's typed config (``clipprobe.step_config``) logged with its run and read back from it."""
+"""A step's typed config (``clipprobe.core.step_config``) logged with its run and read back from it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import TypeVar
 
-from clipprobe.step_config import StepConfig
+from clipprobe.core.step_config import StepConfig
 from clipprobe.tracking import runs
 
 C = TypeVar("C", bound=StepConfig)

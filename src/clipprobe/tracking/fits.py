@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from clipprobe.parquet import provenance, write_table
+from clipprobe.core.parquet import provenance, write_table
 from clipprobe.tracking.fit_records import (  # noqa: F401 - the names a sweep's runs are read by
     BAD_NAME_CHARS,
     IDENTITY_COLUMNS,

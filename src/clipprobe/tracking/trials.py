@@ -24,7 +24,7 @@ from clipprobe.tracking.runs import (
     get_step_run,
     tracking_uri,
 )
-from clipprobe.tuning import ERROR_ATTR, WORKER_ATTR
+from clipprobe.tuning.studies import ERROR_ATTR, WORKER_ATTR
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from clipprobe import tuning
+from clipprobe.core.step_config import StepConfig
 from clipprobe.probes.kinds import ProbeKind
-from clipprobe.step_config import StepConfig
-from clipprobe.sweep import DEFAULT_PROBES, LATEST, parse_epochs, parse_names
+from clipprobe.sweep.plan import DEFAULT_PROBES, LATEST, parse_epochs, parse_names
+from clipprobe.tuning import studies as tuning
 
 SAMPLE = "sample"  # modules / concepts choice: a small spread of them (tune's default)
 DEFAULT_MODULE_SAMPLE = 3  # modules spread from first to last when --modules is not given

@@ -18,14 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipprobe.activations import (
-    DEFAULT_CACHE_DIR,
-    ActivationCache,
-    CheckpointActivations,
-    ExtractOptions,
-    ImageSet,
-    load_images,
-)
+from clipprobe.activations.cache import DEFAULT_CACHE_DIR, ActivationCache, CheckpointActivations
+from clipprobe.activations.decoding import ImageSet, load_images
+from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import Backbone
 from clipprobe.concepts.splits import ConceptSplits

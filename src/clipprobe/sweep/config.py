@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipprobe.activations import ExtractOptions
-from clipprobe.step_config import StepConfig
-from clipprobe.sweep import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan, parse_names
+from clipprobe.activations.options import ExtractOptions
+from clipprobe.core.step_config import StepConfig
+from clipprobe.sweep.plan import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan, parse_names
 
 
 def _names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:

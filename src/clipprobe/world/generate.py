@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from clipprobe import parquet
-from clipprobe.step_config import StepConfig
+from clipprobe.core import parquet
+from clipprobe.core.step_config import StepConfig
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "diamond", "star",
@@ -41,7 +41,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 PATTERNS: tuple[str, ...] = ("plain", "dotted", "striped", "zigzagged")
 SPLITS: tuple[str, ...] = ("train", "val", "pool")
 TRUTH_FILE = "truth.parquet"
-TRUTH_KIND = "world_truth"  # the truth table's provenance ``kind`` (clipprobe.parquet)
+TRUTH_KIND = "world_truth"  # the truth table's provenance ``kind`` (clipprobe.core.parquet)
 # Where truth tables written before the shared provenance scheme keep the kind and the spec.
 _OLD_KIND_KEY, _OLD_SPEC_KEY = b"clipprobe.kind", b"clipprobe.world_spec"
 # Pattern marks are the object's own colour darkened by this factor, so the hue stays the colour.
@@ -304,7 +304,7 @@ def generate_world(
 
 
 def write_truth(path: Path, rows: Sequence[WorldItem], spec: WorldSpec) -> None:
-    """Ground truth as Parquet; the generator's parameters travel in its provenance (``clipprobe.parquet``:
+    """Ground truth as Parquet; the generator's parameters travel in its provenance (``clipprobe.core.parquet``:
     ``kind`` = ``world_truth``, ``world_spec`` = the spec's stored form)."""
     cols = ("path", "split", "shape", "colour", "pattern", "cx", "cy", "radius", "rotation",
             "pattern_period", "pattern_axis")

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from clipprobe.activations import ActivationCache, ExtractOptions, forward_activations, holds
+from clipprobe.activations.cache import ActivationCache, holds
+from clipprobe.activations.hooks import forward_activations
+from clipprobe.activations.options import ExtractOptions
 
 NPY_HEADER = 128  # bytes numpy writes before an .npy file's data at these ranks
 

@@ -1,0 +1,1 @@
+"""Activations of probe modules: decoding, the hooked forward pass, precision, the on-disk cache."""

@@ -1,0 +1,1 @@
+"""Sweeps: checkpoint x module x concept x probe, and the sweep's typed config."""

@@ -1,0 +1,1 @@
+"""Optuna studies over probe hyper-parameters, and the tune step's typed config."""
