@@ -171,6 +171,7 @@ def bench_scale(args, work: Path) -> str:
     from servers import mlflow_server
 
     from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_records import results_frame
     from clipprobe.tracking.fit_writer import FitWriter
     from clipprobe.tracking.sweep_fits import SweepFits
 
@@ -189,15 +190,15 @@ def bench_scale(args, work: Path) -> str:
             rows = [fit_row(i, epoch) for i in range(FITS_PER_CHECKPOINT)]
             for r in rows:
                 writer.submit(ckpt, r, hparams={"weight_decay": 0.005})
-            writer.flush()
-            checkpoints.finish(epoch, rows)
+            writer.flush()  # then the checkpoint's results part, as executors.local.probe_checkpoint writes it
+            checkpoints.finish(epoch, rows, part=results_frame(writer.take_written(ckpt)))
             if (epoch + 1) % 10 == 0:
                 print(f"{epoch + 1}/{args.checkpoints} checkpoints written, {time.perf_counter() - t:.0f} s, "
                       f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
         writer.close()
         write_s = time.perf_counter() - t
         t2 = time.perf_counter()
-        table = SweepFits(run.info.run_id).table()
+        table = SweepFits(run.info.run_id).results()  # assembled from the checkpoints' parts, as the sweep does
         fits.log_results(run.info.run_id, table)
         results_s = time.perf_counter() - t2
         assert len(table) == n_fits, (len(table), n_fits)
@@ -215,7 +216,8 @@ def bench_scale(args, work: Path) -> str:
     with mlflow_server(uri, work / "served-scale", timeout=600) as url:
         first = ui_first_page(url, exp)
         again = ui_first_page(url, exp)
-    lines = ["| checkpoints | fit runs | write (the sweep's fit writer, in-process) | fit runs/s | results table read + logged | "
+    lines = ["| checkpoints | fit runs | write (the sweep's fit writer, in-process, with each checkpoint's results part) "
+             "| fit runs/s | results table assembled from the parts + logged | "
              "store size (sqlite + WAL) | `clipprobe compare` | UI first runs page (1st / 2nd call) |",
              "|---|---|---|---|---|---|---|---|",
              f"| {args.checkpoints} | {n_fits:,} | {write_s:.0f} s | {n_fits / write_s:.0f} | {results_s:.0f} s | "

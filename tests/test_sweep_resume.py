@@ -1,11 +1,13 @@
 """Resuming a sweep of many checkpoints reads back only the fits of the checkpoint it was killed in: a
 FINISHED checkpoint run means every fit of it was written, and at the seed's scale (150,000 fit runs)
-reading them all back took minutes before the first new fit."""
+reading them all back took minutes before the first new fit. Its results table is assembled from the
+checkpoints' results parts and equals what the fit runs hold, field by field."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pandas as pd
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from sweep_fakes import mobilenet
@@ -15,6 +17,8 @@ from clipprobe.cli import main
 from clipprobe.executors import LocalExecutor
 from clipprobe.tracking import fits
 from clipprobe.tracking.fit_writer import FitWriter
+from clipprobe.tracking.results import load_sweep_results
+from clipprobe.tracking.runs import RESULTS_PART_ARTIFACT
 from clipprobe.tracking.sweep_fits import SweepFits
 
 
@@ -60,8 +64,21 @@ def test_resume_reads_only_the_killed_checkpoints_fits_and_refits_nothing(tracki
     assert "13 new fits" in result.output
     # the executor hands back counts per forward precision, not the rows (which grew ~1 MB a checkpoint at scale)
     assert returned == [Counter({"fp32": 13})]
-    # the killed checkpoint's fits (to decide), its rows (for its epoch metrics), then the results table once
-    assert reads == [(None, killed), (2, None), (None, None)]
+    # the killed checkpoint's fits (to decide), its rows (for its epoch metrics and results part); the results
+    # table is assembled from the checkpoints' results parts: no fit is read back for it
+    assert reads == [(None, killed), (2, None)]
     after = {fits.fit_key(r.data.params): r.info.run_id for r in fit_runs(client, sweep_id)}
     assert len(after) == 32 == len(fit_runs(client, sweep_id))
     assert all(after[key] == run for key, run in before.items())  # nothing refitted
+
+    # probe/results.parquet, assembled from the parts, equals what the fit runs hold, field by field
+    monkeypatch.setattr(SweepFits, "runs", real_runs)
+    assembled, read_back = load_sweep_results(sweep_id), SweepFits(sweep_id).table()
+    assert len(assembled) == 32 and set(assembled["fit_run_id"]) == set(after.values())
+    pd.testing.assert_frame_equal(assembled, read_back)
+    # each checkpoint run holds its own part; the killed one's holds its 3 resumed fits and its 5 new ones
+    statuses = fits.CheckpointRuns(sweep_id).statuses()
+    parts = {e: pd.read_parquet(client.download_artifacts(run, RESULTS_PART_ARTIFACT, str(tmp_path / f"part{e}")))
+             for e, (run, _status) in statuses.items()}
+    assert {e: len(part) for e, part in parts.items()} == {0: 8, 1: 8, 2: 8, 3: 8}
+    assert set(parts[2]["fit_run_id"]) >= {run for key, run in before.items() if key[3] == 2}

@@ -56,8 +56,8 @@ def probe_checkpoint(sweep: Sweep, writer: Any, checkpoints: Any, ref: Checkpoin
                      ) -> list[dict[str, Any]]:
     """The fits of ``ref`` not in ``done``, each handed to ``writer`` (a ``tracking.fit_writer.FitWriter``) as
     a nested run of its checkpoint run as soon as it exists; then, once they are written, the checkpoint's
-    epoch metrics over ``before`` (its fits already logged) and the new ones (``checkpoints``: the sweep's
-    ``tracking.fits.CheckpointRuns``). Returns the new rows. ``tags`` go on the checkpoint run (which
+    epoch metrics and its results part over ``before`` (its fits already logged, as read back) and the new
+    ones (``checkpoints``: the sweep's ``tracking.fits.CheckpointRuns``). Returns the new rows. ``tags`` go on the checkpoint run (which
     worker ran it)."""
     ckpt = checkpoints.run_id(ref.epoch, params=checkpoint_params(ref))
     for key, value in (tags or {}).items():
@@ -68,7 +68,10 @@ def probe_checkpoint(sweep: Sweep, writer: Any, checkpoints: Any, ref: Checkpoin
 
     rows = sweep.run_checkpoint(ref, done=done, on_fit=on_fit)
     writer.flush()
-    checkpoints.finish(ref.epoch, [*before, *rows])
+    from clipprobe.tracking.fit_records import results_frame
+
+    part = results_frame([*before, *writer.take_written(ckpt)])  # what its fit runs hold, without reading them
+    checkpoints.finish(ref.epoch, [*before, *rows], part=part)
     return rows
 
 

@@ -241,13 +241,13 @@ def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callabl
         with contextlib.suppress(Exception):
             fits.CheckpointRuns(run_id).end_open("KILLED")
             todo = {r.epoch for r in refs}  # new fits can only be in the checkpoints this attempt probed
-            started = [run for e, (run, _s) in fits.CheckpointRuns(run_id).statuses().items() if e in todo]
-            fits.log_attempt(run_id, attempt, n_new_fits=sum(len(reader.finished(checkpoint_run=c)) for c in started)
-                             - len(done),
+            started = [run for run in reader.checkpoint_runs() if int(run.data.tags.get(runs.EPOCH_TAG, -1)) in todo]
+            # a finished checkpoint's results part counts its fits; only the killed ones are read back
+            fits.log_attempt(run_id, attempt, n_new_fits=sum(reader.n_finished(run) for run in started) - len(done),
                              seconds=time.perf_counter() - start)
         raise
     seconds = time.perf_counter() - start
-    table = reader.table()
+    table = reader.results()  # the checkpoints' results parts: no fit is read back
     fits.log_results(run_id, table)
     fits.log_attempt(run_id, attempt, n_new_fits=sum(new.values()), seconds=seconds)
     runs.log_metrics({"n_fits": len(table)})

@@ -4,7 +4,9 @@ a typed results row. The one schema the writer, the reader and ``probe/results.p
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -13,10 +15,11 @@ import pandas as pd
 from mlflow.entities import Metric, Run
 
 from clipprobe.tracking.bulk import FinishedRun
-from clipprobe.tracking.runs import (  # noqa: F401 - PARENT_TAG, RUN_NAME_TAG, RESULTS_ARTIFACT: read from here too
+from clipprobe.tracking.runs import (  # noqa: F401 - PARENT_TAG, RUN_NAME_TAG, RESULTS_*ARTIFACT: read from here too
     LEVEL_TAG,
     PARENT_TAG,
     RESULTS_ARTIFACT,
+    RESULTS_PART_ARTIFACT,
     RUN_NAME_TAG,
 )
 
@@ -80,18 +83,32 @@ def fit_record(sweep_run_id: str, checkpoint_run_id: str, row: Mapping[str, Any]
 def fit_row(run: Run) -> dict[str, Any]:
     """A fit run as a results row (typed by ``results_frame``): identity params, metric columns (NaN where
     missing), per-image strings ("" where the run has none) and its run id."""
-    p, m = run.data.params, run.data.metrics
+    return _row(run.data.params, run.data.metrics, run.info.run_id)
+
+
+def record_row(record: FinishedRun, run_id: str) -> dict[str, Any]:
+    """The results row ``fit_row`` reads back from the run ``record`` was written as (``run_id``), without
+    reading it: what a checkpoint's results part is made of."""
+    return _row(record.params, {m.key: _as_stored(m.value) for m in record.metrics}, run_id)
+
+
+def _as_stored(value: float) -> float:
+    """A metric value as MLflow's SQL store keeps it (an infinity becomes the largest float of its sign)."""
+    return value if not math.isinf(value) else math.copysign(sys.float_info.max, value)
+
+
+def _row(p: Mapping[str, str], m: Mapping[str, float], run_id: str) -> dict[str, Any]:
     row: dict[str, Any] = {c: p.get(c) for c in IDENTITY_COLUMNS}
     row.update({c: m.get(c, float("nan")) for c in METRIC_COLUMNS})
     row.update({c: p.get(c, "") for c in PREDICTION_COLUMNS})
-    row["fit_run_id"] = run.info.run_id
+    row["fit_run_id"] = run_id
     return row
 
 
-def results_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows -> the results table: architecture columns first, ints as ints, per-image strings as
+def results_frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows (or a frame) -> the results table: architecture columns first, ints as ints, per-image strings as
     strings ("" where unknown), sorted by fit identity."""
-    frame = pd.DataFrame(list(rows))
+    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     for c in (*IDENTITY_COLUMNS, *METRIC_COLUMNS, *PREDICTION_COLUMNS):
         if c not in frame.columns:
             frame[c] = pd.Series(dtype="float64" if c in METRIC_COLUMNS else "object")

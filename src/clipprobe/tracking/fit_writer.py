@@ -7,6 +7,7 @@ Public interface (what a sweep driver or a remote worker calls)::
     writer.flush()                             # wait for everything submitted; re-raise a write error
     writer.close()                             # flush and stop the thread
     writer.log_fits([(checkpoint_run_id, row, {"hparams": ...}), ...])   # synchronous, whole batch
+    writer.take_written(checkpoint_run_id)     # the written fits' results rows (a checkpoint's results part)
 
 A row is a results row (``fit_records.IDENTITY_COLUMNS`` + ``METRIC_COLUMNS`` + the per-image strings).
 On a SQL store of a tested schema revision (``bulk.fast_store``) a batch is one transaction
@@ -23,8 +24,8 @@ from typing import Any
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from clipprobe.tracking.bulk import fast_store, insert_finished_runs
-from clipprobe.tracking.fit_records import fit_record, now_ms
+from clipprobe.tracking.bulk import FinishedRun, fast_store, insert_finished_runs
+from clipprobe.tracking.fit_records import fit_record, now_ms, record_row
 from clipprobe.tracking.runs import enable_sqlite_wal, relax_sqlite_sync
 
 BATCH = 256  # fit runs per transaction at most
@@ -44,23 +45,39 @@ class FitWriter:
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._written: dict[str, list[dict[str, Any]]] = {}  # checkpoint run id -> rows of its written fits
 
     # ---------------------------------------------------------------- synchronous
     def log_fit(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
                 hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> str:
         """One fit run through MLflow's public calls (create_run, log_batch, set_terminated); its run id."""
-        rec = fit_record(self.sweep_run_id, checkpoint_run_id, row, hparams=hparams, tags=tags)
+        return self.log_fits([(checkpoint_run_id, row, {"hparams": hparams, "tags": tags})])[0]
+
+    def log_fits(self, items: Sequence[FitItem]) -> list[str]:
+        """Many fit runs: in one transaction on the fast store (whole or not at all), else one by one.
+        Each written fit's results row (``fit_records.record_row``) is kept for ``take_written``."""
+        records = [fit_record(self.sweep_run_id, ckpt, row, **kw) for ckpt, row, kw in items]
+        if self.fast is None:
+            ids = [self._public_calls(rec) for rec in records]
+        else:
+            ids = insert_finished_runs(self.fast, self.experiment_id, records)
+        with self._lock:
+            for (ckpt, _row, _kw), rec, run_id in zip(items, records, ids, strict=True):
+                self._written.setdefault(ckpt, []).append(record_row(rec, run_id))
+        return ids
+
+    def take_written(self, checkpoint_run_id: str) -> list[dict[str, Any]]:
+        """The results rows of the fits written below ``checkpoint_run_id`` since the last call (call
+        ``flush`` first): what its runs hold, as ``SweepFits.table`` would read them back."""
+        with self._lock:
+            return self._written.pop(checkpoint_run_id, [])
+
+    def _public_calls(self, rec: FinishedRun) -> str:
         run_id = self.client.create_run(self.experiment_id, start_time=rec.start_time, tags=dict(rec.tags)).info.run_id
         self.client.log_batch(run_id, metrics=list(rec.metrics), params=[Param(k, v) for k, v in rec.params.items()])
         self.client.set_terminated(run_id, "FINISHED", end_time=now_ms())
         return run_id
-
-    def log_fits(self, items: Sequence[FitItem]) -> list[str]:
-        """Many fit runs: in one transaction on the fast store (whole or not at all), else one by one."""
-        if self.fast is None:
-            return [self.log_fit(ckpt, row, **kw) for ckpt, row, kw in items]
-        records = [fit_record(self.sweep_run_id, ckpt, row, **kw) for ckpt, row, kw in items]
-        return insert_finished_runs(self.fast, self.experiment_id, records)
 
     # ---------------------------------------------------------------- background
     def submit(self, checkpoint_run_id: str, row: Mapping[str, Any], **kwargs: Any) -> None:

@@ -29,6 +29,7 @@ from clipprobe.tracking.fit_records import (  # noqa: F401 - the names a sweep's
     PARENT_TAG,
     PREDICTION_COLUMNS,
     RESULTS_ARTIFACT,
+    RESULTS_PART_ARTIFACT,
     RUN_NAME_TAG,
     SWEEP_TAG,
     fit_key,
@@ -162,13 +163,18 @@ class CheckpointRuns:
         self._ids[epoch] = run_id
         return run_id
 
-    def finish(self, epoch: int, rows: Iterable[Mapping[str, Any]]) -> None:
+    def finish(self, epoch: int, rows: Iterable[Mapping[str, Any]], *, part: pd.DataFrame | None = None) -> None:
         """Log the epoch's ``test_acc_<concept>/<NN>_<module>/<probe>`` and ``summary_metrics`` (step=epoch) on
         the sweep run (the "when" charts) and on the checkpoint run (what comparing two checkpoints shows),
         each exactly once, and mark the checkpoint run FINISHED. ``rows``: every fit of the epoch (the
-        resumed ones too); the fits must be written before (``FitWriter.flush``)."""
+        resumed ones too); the fits must be written before (``FitWriter.flush``). ``part``: the checkpoint's
+        results part (``results_frame`` of what its fit runs hold), logged before the run ends FINISHED,
+        so a FINISHED checkpoint run always has one (``SweepFits.results`` assembles them)."""
         epoch = int(epoch)
         run_id = self.run_id(epoch)
+        if part is not None:
+            log_table(run_id, RESULTS_PART_ARTIFACT, part, kind="probe_results_part", client=self.client,
+                      sweep_run_id=self.sweep_run_id, epoch=epoch)
         now = now_ms()
         mine = [r for r in rows if int(r["epoch"]) == epoch]
         values = {epoch_metric_name(r["concept"], r["module"], r["probe"], r.get("module_index")):
@@ -213,10 +219,17 @@ def log_once(client: MlflowClient, run_id: str, tag: str, metrics: list[Metric])
 def log_results(sweep_run_id: str, table: pd.DataFrame, *, client: MlflowClient | None = None) -> None:
     """Write ``probe/results.parquet`` on the sweep run (replacing an earlier one)."""
     client = client or MlflowClient()
+    log_table(sweep_run_id, RESULTS_ARTIFACT, table, kind="probe_results", client=client, sweep_run_id=sweep_run_id,
+              params=client.get_run(sweep_run_id).data.params)
+
+
+def log_table(run_id: str, artifact: str, table: pd.DataFrame, *, kind: str, client: MlflowClient,
+              **fields: Any) -> None:
+    """Write ``table`` as the Parquet artifact ``artifact`` of ``run_id`` (replacing an earlier one)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(RESULTS_ARTIFACT).name
-        write_table(table, path, provenance("probe_results", sweep_run_id=sweep_run_id, params=client.get_run(sweep_run_id).data.params))
-        client.log_artifact(sweep_run_id, str(path), str(Path(RESULTS_ARTIFACT).parent))
+        path = Path(tmp) / Path(artifact).name
+        write_table(table, path, provenance(kind, **fields))
+        client.log_artifact(run_id, str(path), str(Path(artifact).parent))
 
 
 def reopen_sweep(run_id: str, *, step: str = "probe"):

@@ -43,8 +43,8 @@ def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataF
     """One row per fit of the sweep ``run_id`` (columns as in docs/architecture.md).
 
     The parent's ``probe/results.parquet`` is read when present; otherwise (or with
-    ``prefer_artifact=False``) the finished nested fit runs are read (``SweepFits.table``: the rows
-    the Parquet was written from, typed alike), so fits logged by other workers are included.
+    ``prefer_artifact=False``) it is assembled as the sweep does (``SweepFits.results``: the finished
+    checkpoints' results parts, and the fit runs below open ones), so fits logged by other workers are included.
     """
     get_sweep(run_id)
     if prefer_artifact and _has_results_artifact(run_id):
@@ -53,12 +53,12 @@ def load_sweep_results(run_id: str, *, prefer_artifact: bool = True) -> pd.DataF
         path = download_artifact(run_id, RESULTS_ARTIFACT)
         log.info("sweep %s: reading %s", run_id, RESULTS_ARTIFACT)
         return pd.read_parquet(path)
-    table = SweepFits(run_id).table()
+    table = SweepFits(run_id).results()
     if table.empty:
         raise NotAProbeSweepError(
             f"probe sweep {run_id} has neither {RESULTS_ARTIFACT} nor finished nested fit runs"
         )
-    log.info("sweep %s: read %d nested fit runs", run_id, len(table))
+    log.info("sweep %s: assembled %d fits from its checkpoints", run_id, len(table))
     return table
 
 

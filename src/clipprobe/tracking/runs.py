@@ -29,6 +29,7 @@ MODEL_NAME_TAG = "clipprobe.model_name"  # on train / checkpoints / probe / tune
 PARENT_TAG = MLFLOW_PARENT_RUN_ID  # MLflow's own names for a nested run's parent and a run's name
 RUN_NAME_TAG = MLFLOW_RUN_NAME
 RESULTS_ARTIFACT = "probe/results.parquet"  # a probe sweep's results table
+RESULTS_PART_ARTIFACT = "probe/results_part.parquet"  # on a sweep's checkpoint run: that checkpoint's fits
 SPLITS_ARTIFACT = "concepts/splits.parquet"  # a concepts run's splits, read by probe and tune
 # Without this tag MLflow 3 opens an experiment on its GenAI overview instead of the runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

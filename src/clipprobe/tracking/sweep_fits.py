@@ -1,15 +1,28 @@
 """The one reader of a sweep's fit runs: which fits are done (resume), and their typed results table
-(``probe/results.parquet``, compare and the report read the same rows)."""
+(``probe/results.parquet``, assembled from the checkpoints' results parts; compare and the report read it)."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
-from clipprobe.tracking.fit_records import SWEEP_TAG, FitKey, fit_key, fit_row, results_frame
+from clipprobe.tracking.fit_records import (
+    RESULTS_PART_ARTIFACT,
+    SWEEP_TAG,
+    FitKey,
+    fit_key,
+    fit_row,
+    results_frame,
+)
 from clipprobe.tracking.runs import LEVEL_TAG, PARENT_TAG, search_all_runs
 
 log = logging.getLogger(__name__)
@@ -60,12 +73,12 @@ class SweepFits:
                 self.client.delete_run(run.info.run_id)
         return done
 
-    def table(self, epoch: int | None = None) -> pd.DataFrame:
-        """One typed row per FINISHED fit run (of one ``epoch`` when given), in the columns of
-        docs/architecture.md (``results_frame``). A second run of the same fit is left out (the first is
-        kept), as ``finished`` would delete it."""
+    def table(self, epoch: int | None = None, *, checkpoint_run: str | None = None) -> pd.DataFrame:
+        """One typed row per FINISHED fit run (of one ``epoch`` or below one ``checkpoint_run`` when given),
+        read back from the store, in the columns of docs/architecture.md (``results_frame``). A second run
+        of the same fit is left out (the first is kept), as ``finished`` would delete it."""
         rows, seen, skipped = [], set(), 0
-        for run in self.runs(epoch):
+        for run in self.runs(epoch, checkpoint_run=checkpoint_run):
             if run.info.status != FINISHED:
                 skipped += 1
                 continue
@@ -76,3 +89,46 @@ class SweepFits:
         if skipped:
             log.warning("sweep %s: skipped %d fit runs that are not FINISHED", self.sweep_run_id, skipped)
         return results_frame(rows)
+
+    def checkpoint_runs(self) -> list[Run]:
+        """The sweep's checkpoint runs (one per epoch), whatever their status."""
+        return search_all_runs(self.client, [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.sweep_run_id}' "
+                                                                  f"and tags.`{LEVEL_TAG}` = 'checkpoint'")
+
+    def results(self, *, workers: int = 8) -> pd.DataFrame:
+        """The sweep's results table without reading its fits back: the results part of each FINISHED
+        checkpoint run (``RESULTS_PART_ARTIFACT``, written from the records its writer logged), and the fit
+        runs read back only below checkpoint runs still open (or finished before parts existed). Equals
+        ``table()`` (tests/test_sweep_resume.py)."""
+        checkpoints = self.checkpoint_runs()
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # over HTTP each part is a download
+            parts = list(pool.map(self._part, checkpoints))
+        frames = [part if part is not None else self.table(checkpoint_run=run.info.run_id)
+                  for run, part in zip(checkpoints, parts, strict=True)]
+        read_back = sum(part is None for part in parts)
+        if read_back:
+            log.info("sweep %s: %d of %d checkpoints read back from their fit runs (open, or without a results part)",
+                     self.sweep_run_id, read_back, len(checkpoints))
+        frames = [f for f in frames if not f.empty]
+        return results_frame(pd.concat(frames, ignore_index=True) if frames else [])
+
+    def n_finished(self, checkpoint_run: Run) -> int:
+        """How many fits below ``checkpoint_run`` are logged FINISHED: its results part's rows when it has one,
+        else read back."""
+        part = self._part(checkpoint_run)
+        return len(part) if part is not None else len(self.finished(checkpoint_run=checkpoint_run.info.run_id))
+
+    def _part(self, run: Run) -> pd.DataFrame | None:
+        if run.info.status != FINISHED:
+            return None
+        try:
+            repository = get_artifact_repository(run.info.artifact_uri)
+            if isinstance(repository, LocalArtifactRepository):  # its own path: no copy
+                return pd.read_parquet(repository.download_artifacts(RESULTS_PART_ARTIFACT))
+            with tempfile.TemporaryDirectory() as tmp:
+                local = str(Path(tmp) / Path(RESULTS_PART_ARTIFACT).name)
+                # one file, without the progress bar MLflow's download_artifacts draws for each call (300 at scale)
+                repository._download_file(remote_file_path=RESULTS_PART_ARTIFACT, local_path=local)
+                return pd.read_parquet(local)
+        except (MlflowException, OSError):
+            return None  # finished before parts existed: read back
