@@ -8,14 +8,18 @@ Fits are synthetic rows with every column of a real fit (docs/architecture.md); 
 fit writer the sweep uses (batches of up to 256 fits per transaction on SQL stores, MLflow's public calls
 over REST). PostgreSQL is started by tests/servers.py (PostgreSQL 15 binaries and psycopg2 needed).
 
-Writes benchmarks/results/bench_tracking_writers.md and bench_tracking_scale.md.
-Usage: python benchmarks/bench_tracking.py [writers] [scale] [--fits-sql 2000] [--fits-server 200]
+``latency``: PostgreSQL directly against `mlflow server` with 1, 2 and 4 writers, with 0 and ``--delay-ms``
+added per request by a loopback proxy (benchmarks/delay_proxy.py), with the server's CPU share.
+
+Writes benchmarks/results/bench_tracking_writers.md, bench_tracking_scale_<N>.md, bench_tracking_latency.md.
+Usage: python benchmarks/bench_tracking.py [writers] [scale] [latency] [--fits-sql 2000] [--fits-server 200]
        [--checkpoints 300] [--workdir .cache/bench_tracking]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -37,6 +41,7 @@ CONCEPTS = ("red", "blue", "green", "yellow", "dotted", "striped", "zigzagged", 
 PROBES = ("linear_gap", "non_linear_gap", "non_linear_non_gap")
 MODULES = 19
 FITS_PER_CHECKPOINT = len(CONCEPTS) * MODULES * len(PROBES)  # 513
+FIT_THREADS = int(os.environ.get("MLFLOW_HTTP_POOL_MAXSIZE", "10"))  # FitWriter.requests_in_flight over REST
 
 
 def fit_row(i: int, epoch: int) -> dict:
@@ -152,6 +157,68 @@ def bench_writers(args, work: Path) -> str:
     return "\n".join(lines)
 
 
+def _session_cpu_s(match: str) -> float:
+    """CPU seconds (user + system) so far of the processes whose session leader's command line holds ``match``
+    (``mlflow server`` runs in a session of its own: tests/servers.py), or of the children of such a process
+    (PostgreSQL's backends below its postmaster)."""
+    tick, stats = os.sysconf("SC_CLK_TCK"), {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(proc.name)] = (int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]),
+                                         (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    leaders = {pid for pid, (_ppid, _sid, _cpu, cmd) in stats.items() if match in cmd}
+    mine = {pid for pid, (ppid, sid, _cpu, _cmd) in stats.items() if pid in leaders or sid in leaders or ppid in leaders}
+    return sum(stats[pid][2] for pid in mine) / tick
+
+
+def bench_latency(args, work: Path) -> str:
+    """Fit runs/s: PostgreSQL directly (the bulk writer) and through `mlflow server` (MLflow's public calls,
+    ``FitWriter.requests_in_flight`` fits at once), 1, 2 and 4 writer processes, with 0 and ``--delay-ms``
+    added to every request by a loopback proxy (benchmarks/delay_proxy.py); the server's and PostgreSQL's
+    CPU share (of one core) over each row."""
+    from delay_proxy import delay_proxy
+    from servers import mlflow_server, postgres_server
+
+    lines = ["| path | added delay per request | writers | fits per writer | fit runs/s (all writers) | wall s | "
+             "mlflow server CPU (% of one core) | PostgreSQL CPU (% of one core) | load average (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(path: str, uri: str, delay_ms: int, writers: int, n: int, server_port: int | None) -> None:
+        server = f"--port {server_port}" if server_port else None
+        cpu0 = (_session_cpu_s(server) if server else 0.0, _session_cpu_s(str(pg.folder)))
+        try:
+            rate, wall = writers_rate(uri, writers, n)
+        except RuntimeError as err:
+            lines.append(f"| {path} | {delay_ms} ms | {writers} | {n} | failed: {err} | | | | |")
+            print(lines[-1], flush=True)
+            return
+        cpu = ((_session_cpu_s(server) - cpu0[0]) / wall * 100 if server else None,
+               (_session_cpu_s(str(pg.folder)) - cpu0[1]) / wall * 100)
+        lines.append(f"| {path} | {delay_ms} ms | {writers} | {n} | {rate:.1f} | {wall:.1f} | "
+                     f"{'' if cpu[0] is None else f'{cpu[0]:.0f}%'} | {cpu[1]:.0f}% | {os.getloadavg()[0]:.1f} |")
+        print(lines[-1], flush=True)
+
+    with postgres_server() as pg:
+        artifacts = work / "served"
+        artifacts.mkdir(exist_ok=True)
+        with mlflow_server(pg.new_database(), artifacts) as url:
+            port = int(url.rsplit(":", 1)[1])
+            for delay_ms in (0, args.delay_ms):
+                with delay_proxy("127.0.0.1", pg.port, delay_ms / 1000) as pg_proxy, \
+                        delay_proxy("127.0.0.1", port, delay_ms / 1000) as http_proxy:
+                    for writers in (1, 2, 4):
+                        direct = pg.new_database()
+                        if delay_ms:
+                            direct = direct.replace(f":{pg.port}/", f":{pg_proxy}/")
+                        row("PostgreSQL 15 direct (bulk SQL)", direct, delay_ms, writers, args.fits_sql, None)
+                        served = f"http://127.0.0.1:{http_proxy}" if delay_ms else url
+                        row(f"mlflow server (2 workers) -> PostgreSQL 15 (REST, {FIT_THREADS} fits in flight)", served,
+                            delay_ms, writers, args.fits_server, port)
+    return "\n".join(lines)
+
+
 def ui_first_page(url: str, experiment_id: str, search_filter: str = "") -> float:
     """Seconds for the runs-table call the UI makes on opening an experiment (with ``search_filter``)."""
     body = json.dumps({"experiment_ids": [experiment_id], "filter": search_filter, "run_view_type": "ACTIVE_ONLY",
@@ -257,13 +324,14 @@ def machine(note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "ui"],
+    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "ui", "latency"],
                         help="ui: the UI's first runs page on the store a scale run left in --workdir")
     parser.add_argument("--fits-sql", type=int, default=2000)
     parser.add_argument("--stores", default="all", choices=["all", "sqlite"],
                         help="writers: all three stores, or sqlite alone (written to bench_tracking_writers_sqlite.md)")
     parser.add_argument("--fits-server", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=300)
+    parser.add_argument("--delay-ms", type=int, default=20, help="latency: the delay added per request")
     parser.add_argument("--workdir", default=".cache/bench_tracking")
     parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
     args = parser.parse_args()
@@ -286,6 +354,11 @@ def main() -> None:
             f"({args.checkpoints * FITS_PER_CHECKPOINT:,} of 153,900 fit runs); not extrapolated.")
         (RESULTS / f"bench_tracking_scale_{args.checkpoints}.md").write_text(
             "# The seed's scale on the tracking side (sqlite)\n\n" + head + table + frac + "\n")
+    if "latency" in args.parts:
+        table = bench_latency(args, work)
+        (RESULTS / "bench_tracking_latency.md").write_text(
+            f"# Fit runs/s over a network's latency: PostgreSQL directly and through `mlflow server`, 0 and "
+            f"{args.delay_ms} ms added per request\n\n" + head + table + "\n")
     if "ui" in args.parts:
         table = bench_ui(args, work)
         (RESULTS / "bench_tracking_ui.md").write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -97,8 +98,35 @@ def test_the_background_writer_batches_and_stores_without_sql_use_the_public_cal
     assert sum(batches) == 5 and len(sweep.reader.runs()) == 5
     sweep.writer.fast = None  # as with a tracking server over REST
     public = []
-    monkeypatch.setattr(FitWriter, "log_fit", lambda self, *a, **k: public.append(a) or "id")
+    monkeypatch.setattr(FitWriter, "_public_calls", lambda self, record: public.append(record) or "id")
     assert real(sweep.writer, [(ckpt, {**ROW, "concept": "f"}, {})]) == ["id"] and len(public) == 1
+
+
+def test_over_rest_fits_are_in_flight_at_once_and_a_failed_fit_leaves_no_run_behind(sweep, monkeypatch):
+    writer = sweep.writer
+    writer.fast, writer.requests_in_flight = None, 4  # MLflow's public calls, as through a tracking server
+    ckpt = sweep.checkpoints.run_id(1)
+    together = threading.Barrier(4, timeout=60)  # broken unless four fits are in flight at the same time
+    real = writer.client.log_batch
+
+    def log_batch(run_id, **kwargs):
+        concept = next(p.value for p in kwargs["params"] if p.key == "concept")
+        if concept.startswith("first"):
+            together.wait()
+        if concept == "bad":
+            raise MlflowException("the server went away")
+        return real(run_id, **kwargs)
+
+    monkeypatch.setattr(writer.client, "log_batch", log_batch)
+    ids = writer.log_fits([(ckpt, {**ROW, "epoch": 1, "concept": f"first{i}"}, {}) for i in range(4)])
+    assert len(set(ids)) == 4
+    with pytest.raises(MlflowException, match="went away"):
+        writer.log_fits([(ckpt, {**ROW, "epoch": 1, "concept": c}, {}) for c in ("a", "bad", "b")])
+    runs = sweep.reader.runs()
+    # the failed fit's run was deleted: no half-written run; every other fit is one FINISHED run
+    assert sorted(r.data.params["concept"] for r in runs) == ["a", "b", "first0", "first1", "first2", "first3"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert [row["fit_run_id"] for row in writer.take_written(ckpt)] == ids  # rows of the batch that landed
 
 
 def test_the_fast_writer_runs_only_on_a_tested_schema_and_else_writes_the_same_rows_publicly(sweep, caplog):

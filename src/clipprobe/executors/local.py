@@ -57,8 +57,10 @@ def probe_checkpoint(sweep: Sweep, writer: Any, checkpoints: Any, ref: Checkpoin
     """The fits of ``ref`` not in ``done``, each handed to ``writer`` (a ``tracking.fit_writer.FitWriter``) as
     a nested run of its checkpoint run as soon as it exists; then, once they are written, the checkpoint's
     epoch metrics and its results part over ``before`` (its fits already logged, as read back) and the new
-    ones (``checkpoints``: the sweep's ``tracking.fits.CheckpointRuns``). Returns the new rows. ``tags`` go on the checkpoint run (which
-    worker ran it)."""
+    ones (``checkpoints``: the sweep's ``tracking.fits.CheckpointRuns``). Returns the new rows. ``tags`` go on
+    the checkpoint run (which worker ran it)."""
+    from clipprobe.tracking.fit_records import results_frame
+
     ckpt = checkpoints.run_id(ref.epoch, params=checkpoint_params(ref))
     for key, value in (tags or {}).items():
         checkpoints.client.set_tag(ckpt, key, value)
@@ -68,7 +70,6 @@ def probe_checkpoint(sweep: Sweep, writer: Any, checkpoints: Any, ref: Checkpoin
 
     rows = sweep.run_checkpoint(ref, done=done, on_fit=on_fit)
     writer.flush()
-    from clipprobe.tracking.fit_records import results_frame
 
     part = results_frame([*before, *writer.take_written(ckpt)])  # what its fit runs hold, without reading them
     checkpoints.finish(ref.epoch, [*before, *rows], part=part)

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,14 @@ Experiment = tuple[str | None, str]  # (id, name) as runs.chosen_experiment give
 def checkpoints(model_name: str, epochs: Sequence[int] | str | None, *, device: str) -> list[CheckpointRef]:
     """The model's registered checkpoints of the asked epochs (``sweep.select_checkpoints``: None for all,
     ``sweep.LATEST`` for the newest), by epoch; each loads its weights on ``device`` only when asked."""
-    refs = [CheckpointRef(c.epoch, c.fingerprint, name=model_name, version=c.version,
-                          load=lambda uri=c.uri: load_backbone(uri, device=device, registry=MLFLOW_REGISTRY))
+    refs = [CheckpointRef(c.epoch, c.fingerprint, name=model_name, version=c.version, load=partial(_load, c.uri, device))
             for c in list_checkpoints(model_name)]
     return select_checkpoints(refs, epochs)
+
+
+def _load(uri: str, device: str) -> Any:
+    with runs.quiet_artifact_downloads():  # no bar of MLflow's per checkpoint under the sweep's own bars
+        return load_backbone(uri, device=device, registry=MLFLOW_REGISTRY)
 
 
 def concept_splits(run_id: str) -> ConceptSplits:
@@ -201,6 +206,7 @@ class SweepOutcome:
     n_new: int
     seconds: float
     precisions: Mapping[str, int]  # forward pass precision as run -> new fits
+    table: Any = field(default=None, repr=False, compare=False)  # the results table logged (a DataFrame)
 
 
 def run(inputs: SweepInputs, work: SweepWork, *, resume: str | None = None, experiment_name: str | None = None,
@@ -219,7 +225,7 @@ def run(inputs: SweepInputs, work: SweepWork, *, resume: str | None = None, expe
         if not resume:
             configs.log_config(config)
         outcome = _fit_missing(run_id, inputs, work, say)
-        fits.describe_sweep(run_id)  # findings, links to the model versions and the report
+        fits.describe_sweep(run_id, outcome.table)  # findings, links to the model versions and the report
     return outcome
 
 
@@ -251,7 +257,7 @@ def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callabl
     fits.log_results(run_id, table)
     fits.log_attempt(run_id, attempt, n_new_fits=sum(new.values()), seconds=seconds)
     runs.log_metrics({"n_fits": len(table)})
-    return SweepOutcome(run_id, sum(new.values()), seconds, dict(sorted(new.items())))
+    return SweepOutcome(run_id, sum(new.values()), seconds, dict(sorted(new.items())), table)
 
 
 def _missing(reader: SweepFits, checkpoint_runs: fits.CheckpointRuns, refs: Sequence[CheckpointRef],

@@ -11,22 +11,28 @@ Public interface (what a sweep driver or a remote worker calls)::
 
 A row is a results row (``fit_records.IDENTITY_COLUMNS`` + ``METRIC_COLUMNS`` + the per-image strings).
 On a SQL store of a tested schema revision (``bulk.fast_store``) a batch is one transaction
-(``bulk.insert_finished_runs``); elsewhere each fit takes MLflow's three public calls.
+(``bulk.insert_finished_runs``); elsewhere (a tracking server) each fit takes MLflow's three public calls,
+and up to ``MLFLOW_HTTP_POOL_MAXSIZE`` fits (MLflow's connection pool size, 10 unless set) are in flight at
+once, so the network's latency is paid once per batch, not per fit. ``submit`` blocks while 10,000 fits wait
+(backpressure: memory stays flat when the server is slower than the probes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from mlflow.entities import Param
+from mlflow.environment_variables import MLFLOW_HTTP_POOL_MAXSIZE
 from mlflow.tracking import MlflowClient
 
 from clipprobe.tracking.bulk import FinishedRun, fast_store, insert_finished_runs
 from clipprobe.tracking.fit_records import fit_record, now_ms, record_row
-from clipprobe.tracking.runs import enable_sqlite_wal, relax_sqlite_sync
+from clipprobe.tracking.runs import enable_sqlite_wal, end_run_quietly, relax_sqlite_sync
 
 BATCH = 256  # fit runs per transaction at most
 FitItem = tuple[str, Mapping[str, Any], Mapping[str, Any]]  # (checkpoint run id, row, fit_record keywords)
@@ -46,20 +52,27 @@ class FitWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+        # over REST: fits in flight at once, as many as MLflow's HTTP connection pool keeps connections
+        self.requests_in_flight = max(1, MLFLOW_HTTP_POOL_MAXSIZE.get())
+        self._pool: ThreadPoolExecutor | None = None
         self._written: dict[str, list[dict[str, Any]]] = {}  # checkpoint run id -> rows of its written fits
 
     # ---------------------------------------------------------------- synchronous
     def log_fit(self, checkpoint_run_id: str, row: Mapping[str, Any], *,
                 hparams: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> str:
-        """One fit run through MLflow's public calls (create_run, log_batch, set_terminated); its run id."""
+        """One fit run through MLflow's public calls (create_run, log_batch, the run's end); its run id."""
         return self.log_fits([(checkpoint_run_id, row, {"hparams": hparams, "tags": tags})])[0]
 
     def log_fits(self, items: Sequence[FitItem]) -> list[str]:
         """Many fit runs: in one transaction on the fast store (whole or not at all), else one by one.
         Each written fit's results row (``fit_records.record_row``) is kept for ``take_written``."""
         records = [fit_record(self.sweep_run_id, ckpt, row, **kw) for ckpt, row, kw in items]
-        if self.fast is None:
-            ids = [self._public_calls(rec) for rec in records]
+        if self.fast is None:  # many fits in flight, each its three calls in order in one thread
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.requests_in_flight, thread_name_prefix="clipprobe-fit")
+            futures = [self._pool.submit(self._public_calls, rec) for rec in records]
+            wait(futures)  # every fit of the batch ended (written, or failed and deleted) before an error is raised
+            ids = [f.result() for f in futures]
         else:
             ids = insert_finished_runs(self.fast, self.experiment_id, records)
         with self._lock:
@@ -75,8 +88,16 @@ class FitWriter:
 
     def _public_calls(self, rec: FinishedRun) -> str:
         run_id = self.client.create_run(self.experiment_id, start_time=rec.start_time, tags=dict(rec.tags)).info.run_id
-        self.client.log_batch(run_id, metrics=list(rec.metrics), params=[Param(k, v) for k, v in rec.params.items()])
-        self.client.set_terminated(run_id, "FINISHED", end_time=now_ms())
+        try:
+            self.client.log_batch(run_id, metrics=list(rec.metrics),
+                                  params=[Param(k, v) for k, v in rec.params.items()])
+            end_run_quietly(self.client, run_id, "FINISHED", now_ms())
+        except BaseException:
+            # no half-written fit run stays behind; should this fail too (the server is gone), the run stays
+            # RUNNING and a resume deletes it (SweepFits.finished) and redoes the fit
+            with contextlib.suppress(Exception):
+                self.client.delete_run(run_id)
+            raise
         return run_id
 
     # ---------------------------------------------------------------- background
@@ -96,11 +117,14 @@ class FitWriter:
         self._raise_error()
 
     def close(self) -> None:
-        """Flush and stop the background thread."""
+        """Flush and stop the background thread (and the request threads)."""
         if self._thread is not None and self._queue is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = self._queue = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._raise_error()
 
     def _drain(self) -> None:

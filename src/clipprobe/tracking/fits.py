@@ -40,6 +40,7 @@ from clipprobe.tracking.runs import (
     EPOCH_TAG,
     INTERRUPTED_TAG,
     LEVEL_TAG,
+    end_run_quietly,
     ended_killed_on_interrupt,
     get_step_run,
     runs_table_url,
@@ -183,7 +184,7 @@ class CheckpointRuns:
         metrics = [Metric(k, values[k], now, epoch) for k in sorted(values)]
         for target in (self.sweep_run_id, run_id):
             log_once(self.client, target, f"{EPOCH_METRICS_TAG}/{epoch}", metrics)
-        self.client.set_terminated(run_id, "FINISHED", end_time=now_ms())
+        end_run_quietly(self.client, run_id, "FINISHED")
 
     def statuses(self) -> dict[int, tuple[str, str]]:
         """Epoch -> (run id, status) of each checkpoint run of the sweep: one search over one run per checkpoint."""
@@ -202,7 +203,7 @@ class CheckpointRuns:
     def end_open(self, status: str) -> None:
         """End every checkpoint run of the sweep still RUNNING with ``status`` (KILLED on an interrupt)."""
         for run_id in self.open_runs():
-            self.client.set_terminated(run_id, status, end_time=now_ms())
+            end_run_quietly(self.client, run_id, status)
 
 
 def log_once(client: MlflowClient, run_id: str, tag: str, metrics: list[Metric]) -> None:

@@ -384,6 +384,33 @@ def chosen_experiment(experiment_name: str | None = None) -> tuple[str | None, s
 SEARCH_PAGE = SEARCH_MAX_RESULTS_THRESHOLD  # runs per search page: MLflow's largest
 
 
+@contextmanager
+def quiet_artifact_downloads() -> Iterator[None]:
+    """Without MLflow's "Downloading artifacts" bar for each download inside (a sweep loads every checkpoint's
+    model: hundreds of bars under its own), unless the user set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def end_run_quietly(client: MlflowClient, run_id: str, status: str = "FINISHED", end_time: int | None = None) -> None:
+    """``client.set_terminated`` without its side call: through a tracking server MLflow prints "View run ... at"
+    and "View experiment at" for every run it ends, and reads the run back to do so (one request more). A
+    sweep ends hundreds of thousands of nested runs; the sweep run itself still ends with MLflow's one link."""
+    import time
+
+    from mlflow.entities import RunStatus
+
+    end = end_time if end_time is not None else int(time.time() * 1000)
+    client._tracking_client.store.update_run_info(run_id, RunStatus.from_string(status), end, None)
+
+
 def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
     """Every run matching ``filter_string``, through MLflow's own pagination (``SEARCH_PAGE`` per page)."""
     return get_results_from_paginated_fn(

@@ -21,6 +21,7 @@ from clipprobe.tracking.runs import (
     PARENT_TAG,
     RUN_NAME_TAG,
     download_artifact,
+    end_run_quietly,
     get_step_run,
     tracking_uri,
 )
@@ -127,7 +128,7 @@ class TrialLogger:
         if ERROR_ATTR in trial.user_attrs:
             tags.append(RunTag(ERROR_ATTR, str(trial.user_attrs[ERROR_ATTR])))
         self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-        self.client.set_terminated(run_id, _RUN_STATUS.get(trial.state, "KILLED"), end_time=end)
+        end_run_quietly(self.client, run_id, _RUN_STATUS.get(trial.state, "KILLED"), end)
         self.run_ids[trial.number] = run_id
         return run_id
 
