@@ -247,7 +247,7 @@ def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callabl
         with contextlib.suppress(Exception):
             fits.CheckpointRuns(run_id).end_open("KILLED")
             todo = {r.epoch for r in refs}  # new fits can only be in the checkpoints this attempt probed
-            started = [run for run in reader.checkpoint_runs() if int(run.data.tags.get(runs.EPOCH_TAG, -1)) in todo]
+            started = [run for run in reader.checkpoint_runs() if run.epoch in todo]
             # a finished checkpoint's results part counts its fits; only the killed ones are read back
             fits.log_attempt(run_id, attempt, n_new_fits=sum(reader.n_finished(run) for run in started) - len(done),
                              seconds=time.perf_counter() - start)
