@@ -64,6 +64,15 @@ def test_each_planted_unit_gets_its_known_when(units):
     assert len(when) == 5  # chance units never pass
 
 
+def test_categorical_columns_as_the_scorer_writes_them_give_the_same_answers(units):
+    categorical = units.astype({c: "category" for c in ("module", "module_path", "concept", "group")})
+    plain = unit_emergence(units)
+    pd.testing.assert_frame_equal(unit_emergence(categorical).astype({"module": str, "concept": str, "group": str}),
+                                  plain.astype({"module": str, "concept": str, "group": str}))
+    assert module_emergence(categorical)["emerged_epoch"].tolist() == module_emergence(units)["emerged_epoch"].tolist()
+    assert detector_counts(categorical)["n_detectors"].sum() == detector_counts(units)["n_detectors"].sum()
+
+
 def test_the_test_corrects_over_every_step_and_is_conservative(units):
     steps = epoch_steps(units)
     n_series = sum(UNITS.values()) * 2

@@ -133,7 +133,7 @@ def unit_emergence(units: pd.DataFrame, *, alpha: float = ALPHA, method: str = M
     _check(units)
     passing = is_detector(units)
     last_epoch = units["epoch"].max()
-    ever = units.loc[passing].groupby(list(UNIT_KEYS), sort=False)["epoch"].min().rename("first_epoch")
+    ever = units.loc[passing].groupby(list(UNIT_KEYS), sort=False, observed=True)["epoch"].min().rename("first_epoch")
     if ever.empty:
         return pd.DataFrame(columns=list(UNIT_WHEN_COLUMNS))
     steps = epoch_steps(units, alpha=alpha, method=method)
@@ -150,7 +150,7 @@ def unit_emergence(units: pd.DataFrame, *, alpha: float = ALPHA, method: str = M
     flags = units[[*UNIT_KEYS, "epoch"]].assign(passing=passing).merge(
         start.rename("start").reset_index(), on=list(UNIT_KEYS))
     failing_after = flags[(flags["epoch"] >= flags["start"]) & ~flags["passing"]]
-    failed = failing_after.groupby(list(UNIT_KEYS), sort=False).size()
+    failed = failing_after.groupby(list(UNIT_KEYS), sort=False, observed=True).size()
     out["stays"] = ~out.index.isin(failed.index)
     last = units.loc[units["epoch"] == last_epoch].set_index(list(UNIT_KEYS))
     out["last_auroc"] = last["auroc"].reindex(out.index).to_numpy(float)
@@ -171,13 +171,13 @@ def module_emergence(units: pd.DataFrame, *, alpha: float = ALPHA, method: str =
     last = passing[passing["epoch"] == last_epoch].sort_values(["auroc", "unit"], ascending=[False, True],
                                                                kind="stable")
     best = last.drop_duplicates(["module", "concept"]).set_index(["module", "concept"])
-    counts = passing.groupby(["module", "concept", "epoch"])["_passing"].sum()
-    n_units = units.groupby(["module", "concept"], sort=False)["unit"].nunique()
+    counts = passing.groupby(["module", "concept", "epoch"], observed=True)["_passing"].sum()
+    n_units = units.groupby(["module", "concept"], sort=False, observed=True)["unit"].nunique()
     per_unit = when.set_index(list(UNIT_KEYS)) if not when.empty else None
     group_of = _groups(units)
-    emerged = (when.dropna(subset=["emerged_epoch"]).groupby(["module", "concept"], sort=False)["emerged_epoch"]
+    emerged = (when.dropna(subset=["emerged_epoch"]).groupby(["module", "concept"], sort=False, observed=True)["emerged_epoch"]
                .agg(["min", "size"]) if not when.empty else pd.DataFrame(columns=["min", "size"]))
-    with_detector = counts[counts > 0].reset_index().groupby(["module", "concept"], sort=False)["epoch"].min()
+    with_detector = counts[counts > 0].reset_index().groupby(["module", "concept"], sort=False, observed=True)["epoch"].min()
     rows = []
     for (module, concept), n in n_units.items():
         row: dict = {"module": module, "concept": concept, "group": group_of.get(concept, ""), "n_units": int(n)}
@@ -213,9 +213,9 @@ def detector_counts(units: pd.DataFrame, *, by: str = "group") -> pd.DataFrame:
     _check(units)
     data = units[["epoch", "module", "unit", by]].assign(_passing=is_detector(units))
     hits = data[data["_passing"]].drop_duplicates(["epoch", "module", by, "unit"])
-    counts = hits.groupby(["epoch", "module", by], sort=False).size().rename("n_detectors")
+    counts = hits.groupby(["epoch", "module", by], sort=False, observed=True).size().rename("n_detectors")
     grid = data.drop_duplicates(["epoch", "module", by])[["epoch", "module", by]]
-    n_units = units.groupby(["epoch", "module"], sort=False)["unit"].nunique().rename("n_units")
+    n_units = units.groupby(["epoch", "module"], sort=False, observed=True)["unit"].nunique().rename("n_units")
     out = grid.merge(counts.reset_index(), on=["epoch", "module", by], how="left").merge(
         n_units.reset_index(), on=["epoch", "module"])
     out["n_detectors"] = out["n_detectors"].fillna(0).astype(int)
