@@ -122,3 +122,18 @@ def test_the_when_in_words(units):
         "no unit rises significantly")
     with pytest.raises(ValueError, match="units table lacks column.s. q_value"):
         unit_emergence(units.drop(columns="q_value"))
+
+
+def test_top_activating_images_per_unit():
+    from clipprobe.neurons.cards import TOP_IMAGE_COLUMNS, top_activating
+
+    pooled = np.array([[0.1, 5.0], [0.9, 1.0], [0.5, 3.0], [0.9, 0.0]])
+    top = top_activating(pooled, ["a.png", "b.png", "c.png", "d.png"], k=3, epoch=5, module="module:3")
+    assert list(top.columns) == list(TOP_IMAGE_COLUMNS)
+    assert top[top["unit"] == 0]["path"].tolist() == ["b.png", "d.png", "c.png"]  # a tie keeps image order
+    assert top[top["unit"] == 1]["path"].tolist() == ["a.png", "c.png", "b.png"]
+    assert top[top["unit"] == 1]["activation"].tolist() == [5.0, 3.0, 1.0]
+    assert set(top["epoch"]) == {5} and top["rank"].tolist() == [1, 2, 3, 1, 2, 3]
+    assert top_activating(pooled, list("abcd"), units=[1], k=2)["path"].tolist() == ["a", "c"]
+    with pytest.raises(ValueError, match=r"expected \(images, units\) with one row per path \(3 paths\)"):
+        top_activating(pooled, ["a", "b", "c"])
