@@ -293,6 +293,41 @@ def bench_scale(args, work: Path) -> str:
     return "\n".join(lines)
 
 
+def bench_assemble(args, work: Path) -> str:
+    """The sweep's results table assembled from its checkpoints' results parts (``SweepFits.results``, what the
+    sweep does at its end) on the store ``scale`` left in ``work`` (finished or stopped part way), plus the
+    Parquet written, ``--repeat`` times."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from clipprobe.core.parquet import write_table
+    from clipprobe.tracking.sweep_fits import SweepFits
+
+    uri = f"sqlite:///{work / 'scale.db'}"
+    if not (work / "scale.db").exists():
+        raise SystemExit(f"{work / 'scale.db'}: no store; run the scale part first with the same --workdir")
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    sweep = client.search_runs(exps, "tags.`clipprobe.step` = 'probe'")[0].info.run_id
+    lines = ["| finished checkpoints | fits | checkpoint runs found (one SQL query) | parts read + assembled | "
+             "+ Parquet written | load average (1 min) at start |", "|---|---|---|---|---|---|"]
+    for _ in range(args.repeat):
+        load = os.getloadavg()[0]
+        reader = SweepFits(sweep, client)
+        t = time.perf_counter()
+        found = reader.checkpoint_runs()
+        t_found = time.perf_counter() - t
+        table = reader.results()
+        t_table = time.perf_counter() - t
+        with tempfile.TemporaryDirectory() as tmp:
+            write_table(table, Path(tmp) / "results.parquet", {"kind": "probe_results"})
+        lines.append(f"| {sum(r.status == 'FINISHED' for r in found)} | {len(table):,} | {t_found:.1f} s | "
+                     f"{t_table:.1f} s | {time.perf_counter() - t:.1f} s | {load:.1f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def bench_ui(args, work: Path) -> str:
     """The UI's first runs page on the store ``scale`` left in ``work``: all runs (the UI's default) and the
     steps-and-sweeps filter that ``make ui`` opens (one row per step and sweep)."""
@@ -324,19 +359,20 @@ def machine(note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "ui", "latency"],
+    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "ui", "latency", "assemble"],
                         help="ui: the UI's first runs page on the store a scale run left in --workdir")
     parser.add_argument("--fits-sql", type=int, default=2000)
     parser.add_argument("--stores", default="all", choices=["all", "sqlite"],
                         help="writers: all three stores, or sqlite alone (written to bench_tracking_writers_sqlite.md)")
     parser.add_argument("--fits-server", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3, help="assemble: how many times")
     parser.add_argument("--delay-ms", type=int, default=20, help="latency: the delay added per request")
     parser.add_argument("--workdir", default=".cache/bench_tracking")
     parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
-    if args.parts != ["ui"]:
+    if not set(args.parts) <= {"ui", "assemble"}:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_tracking.py " + shlex.join(sys.argv[1:])
@@ -359,6 +395,10 @@ def main() -> None:
         (RESULTS / "bench_tracking_latency.md").write_text(
             f"# Fit runs/s over a network's latency: PostgreSQL directly and through `mlflow server`, 0 and "
             f"{args.delay_ms} ms added per request\n\n" + head + table + "\n")
+    if "assemble" in args.parts:
+        table = bench_assemble(args, work)
+        (RESULTS / "bench_tracking_assemble.md").write_text(
+            "# A sweep's results table assembled from its checkpoints' results parts (sqlite)\n\n" + head + table + "\n")
     if "ui" in args.parts:
         table = bench_ui(args, work)
         (RESULTS / "bench_tracking_ui.md").write_text(
