@@ -22,7 +22,7 @@ from clipprobe.neurons.schema import (
     SUMMARY_COLUMNS,
     UNIT_COLUMNS,
 )
-from clipprobe.neurons.sparse import SparseResult, smallest_k, sparse_probes
+from clipprobe.neurons.sparse import SparseResult, smallest_k, sparse_probes_of_modules
 from clipprobe.neurons.wpmi import soft_wpmi
 from clipprobe.probes.evaluation import ConceptTask
 
@@ -112,22 +112,34 @@ def _module_units(epoch: int, module: str, path: str, pooled: np.ndarray, inputs
             if concept in mask_concepts:
                 iou[c] = scores[:, mask_concepts.index(concept)]
     C = len(concepts)
+    rows = C * n_units
+
+    def same(value: Any) -> pd.Categorical:  # one value on every row, without a Python list of rows
+        return pd.Categorical.from_codes(np.zeros(rows, np.int8), [value]) if value is not None else \
+            pd.Categorical.from_codes(np.full(rows, -1, np.int8), ["none"])
+
+    def coded(values: np.ndarray, codes: np.ndarray) -> pd.Categorical:
+        names = sorted({v for v in values if v is not None})
+        lookup = {v: i for i, v in enumerate(names)}
+        per_unit = np.array([lookup.get(v, -1) for v in values], np.int32)
+        return pd.Categorical.from_codes(per_unit[codes], names or ["none"])
+
+    unit_of_row = np.tile(np.arange(n_units), C)
+    concept_of_row = np.repeat(np.arange(C), n_units)
     table = pd.DataFrame({
-        "epoch": np.full(C * n_units, epoch, np.int32),
-        "module": pd.Categorical([module] * (C * n_units)),
-        "module_path": pd.Categorical([path] * (C * n_units)),
-        "unit": np.tile(np.arange(n_units, dtype=np.int32), C),
-        "concept": pd.Categorical(np.repeat(concepts, n_units)),
-        "group": pd.Categorical(np.repeat([inputs.groups[c] for c in concepts], n_units)),
+        "epoch": np.full(rows, epoch, np.int32),
+        "module": same(module), "module_path": same(path),
+        "unit": unit_of_row.astype(np.int32),
+        "concept": pd.Categorical.from_codes(concept_of_row, concepts),
+        "group": coded(np.array([inputs.groups[c] for c in concepts], dtype=object), concept_of_row),
         "auroc": au.ravel(), "p_value": p.ravel(), "q_value": q.ravel(),
         "soft_wpmi": wpmi.ravel(), "iou": iou.ravel(),
-        "auroc_label": pd.Categorical(np.tile(auroc_label, C)),
-        "wpmi_label": pd.Categorical(np.tile(wpmi_label, C)),
-        "iou_label": pd.Categorical(np.tile(iou_label, C)),
-        "pooling": pd.Categorical([inputs.pooling] * (C * n_units)),
-        "p_method": pd.Categorical(np.concatenate(methods)),
-        "label_source": pd.Categorical([inputs.label_source if inputs.probabilities is not None else None]
-                                       * (C * n_units)),
+        "auroc_label": coded(auroc_label, unit_of_row),
+        "wpmi_label": coded(wpmi_label, unit_of_row),
+        "iou_label": coded(iou_label, unit_of_row),
+        "pooling": same(inputs.pooling),
+        "p_method": pd.Categorical(np.concatenate(methods), categories=["asymptotic", "exact"]),
+        "label_source": same(inputs.label_source if inputs.probabilities is not None else None),
         "n_pos": np.repeat(np.asarray(n_pos, np.int32), n_units),
         "n_neg": np.repeat(np.asarray(n_neg, np.int32), n_units),
     }, columns=list(UNIT_COLUMNS))
@@ -145,17 +157,20 @@ def _module_units(epoch: int, module: str, path: str, pooled: np.ndarray, inputs
 
 def score_checkpoint(epoch: int, modules: Mapping[str, str], pooled: Callable[[str], np.ndarray],
                      inputs: UnitInputs, *, maps: Callable[[str], np.ndarray] | None = None,
-                     probe_params: Mapping[str, Any] | None = None,
-                     device: str | torch.device = "cpu") -> NeuronTables:
+                     probe_params: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
+                     full: Mapping[tuple[str, str], tuple[int, int]] | None = None) -> NeuronTables:
     """Score every unit of ``modules`` (display name -> module path) of one checkpoint against every concept.
 
     ``pooled(path)`` gives a module's mean-pooled activations ``(images, units)`` (``CheckpointActivations.gap``);
     ``maps(path)`` its maps ``(images, units, h, w)``, needed for max pooling and for IoU (only called then).
-    Sparse probes always read the mean-pooled features, like the sweep's ``linear_gap`` probe."""
+    Sparse probes always read the mean-pooled features, like the sweep's ``linear_gap`` probe; ``full`` (module,
+    concept) -> (correct, n_test) of the sweep's own ``linear_gap`` fit spares refitting it (k = all)."""
     units, sparse, summary = [], [], []
     needs_maps = inputs.pooling == "max" or inputs.masks is not None
+    counts: dict[str, list[dict[str, Any]]] = {}
+    gaps = {}
     for module, path in modules.items():
-        gap = pooled(path)
+        gap = gaps[module] = pooled(path)
         module_maps = maps(path) if (needs_maps and maps is not None) else None
         if inputs.pooling == "max":
             if module_maps is None:
@@ -164,11 +179,13 @@ def score_checkpoint(epoch: int, modules: Mapping[str, str], pooled: Callable[[s
             values = pool_maps(module_maps.reshape(module_maps.shape[0], -1), module_maps.shape[1], "max")
         else:
             values = np.asarray(gap, np.float32)
-        table, counts = _module_units(epoch, module, path, values, inputs, module_maps)
+        table, counts[module] = _module_units(epoch, module, path, values, inputs, module_maps)
         units.append(table)
-        results = sparse_probes(gap, inputs.tasks, ks=inputs.ks, params=probe_params, device=device)
+    curves = sparse_probes_of_modules(gaps, inputs.tasks, ks=inputs.ks, params=probe_params, device=device,
+                                      full=full)
+    for module, results in curves.items():
         sparse.append(_sparse_frame(epoch, module, inputs.groups, results))
-        for row in counts:
+        for row in counts[module]:
             mine = [s for s in results if s.concept == row["concept"]]
             full = mine[-1]
             summary.append({"epoch": epoch, "module": module, "group": inputs.groups[row["concept"]], **row,

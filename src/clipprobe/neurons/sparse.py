@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,11 @@ from clipprobe.probes.solvers import fit_logistic
 
 SPARSE_PROBE = "linear_gap"  # the probe kind fitted on the chosen units (k = all is the sweep's own probe)
 STD_FLOOR = 1e-3  # Gurnee et al.: x / (10 * max(std, 1e-3)) before the mean difference
+
+
+@lru_cache(maxsize=4096)
+def _interval(correct: int, n: int, confidence: float) -> tuple[float, float]:
+    return exact_interval(correct, n, confidence)  # a root search each: the 7 k x concepts x modules share few (correct, n)
 
 
 @dataclass(frozen=True)
@@ -47,73 +53,91 @@ def rank_units(x_train: np.ndarray, y_train: np.ndarray) -> np.ndarray:
 def sparse_probes(X: np.ndarray, tasks: Sequence[ConceptTask], *, ks: Sequence[int] = SPARSE_KS,
                   params: Mapping[str, Any] | None = None, confidence: float = 0.95,
                   device: str | torch.device = "cpu") -> list[SparseResult]:
-    """For each task, the linear probe (``SPARSE_PROBE``'s objective: train-standardised units, L2 logistic,
-    ``weight_decay`` on the mean loss) on its k top-ranked units, k in ``ks`` below the unit count, and on all.
+    """``sparse_probes_of_modules`` for one module's features ``X`` ``(images, units)``."""
+    return sparse_probes_of_modules({"": X}, tasks, ks=ks, params=params, confidence=confidence, device=device)[""]
 
-    Units are ranked on the stored training part only (``rank_units``). The k < all probes of every task
-    share one batched Newton solve (``probes.solvers.fit_logistic``, columns zero-padded to the largest k,
-    which the L2 term keeps at zero weight); k = all is one ``fit_many`` over the tasks, the same fit as the
-    sweep's stored-split probe. Test accuracy on the stored test part with its exact (Clopper-Pearson)
-    interval, as the full probe reports it. Results by task, k ascending."""
+
+def sparse_probes_of_modules(features: Mapping[str, np.ndarray], tasks: Sequence[ConceptTask], *,
+                             ks: Sequence[int] = SPARSE_KS, params: Mapping[str, Any] | None = None,
+                             confidence: float = 0.95, device: str | torch.device = "cpu",
+                             full: Mapping[tuple[str, str], tuple[int, int]] | None = None,
+                             ) -> dict[str, list[SparseResult]]:
+    """For each module's features ``(images, units)`` and each task, the linear probe (``SPARSE_PROBE``'s
+    objective: train-standardised units, L2 logistic, ``weight_decay`` on the mean loss) on its k top-ranked
+    units, k in ``ks`` below the unit count, and on all units.
+
+    Units are ranked on the stored training part only (``rank_units``). The probes of one k share one batched
+    Newton solve over every module and task (``probes.solvers.fit_logistic``); k = all is one ``fit_many`` per
+    module over the tasks, the same fit as the sweep's stored-split probe, unless ``full`` already holds its
+    (correct, n_test) per (module, concept) (the sweep's ``linear_gap`` result with the same parameters).
+    Test accuracy on the stored test part with its exact (Clopper-Pearson) interval, as the full probe reports
+    it. Results per module by task, k ascending."""
     hp = probe_kind(SPARSE_PROBE).params(params)
-    d = X.shape[1]
-    small = sorted({int(k) for k in ks if 0 < int(k) < d})
-    rtol = drop_rtol_for(getattr(X, "computed_in", "fp32"), hp["drop_rtol"])
-    ranked: list[np.ndarray] = []
-    blocks: list[tuple[int, int]] = []  # (task, k) per probe of the batched solve
     n_max = max(len(t.rows) for t in tasks)
-    r = max(small) if small else 0
-    B = len(tasks) * len(small)
-    F = torch.zeros(B, n_max, max(r, 1), dtype=torch.float64)
-    y = torch.zeros(B, n_max, dtype=torch.float64)
-    w = torch.zeros(B, n_max, dtype=torch.float64)
-    for t, task in enumerate(tasks):
-        rows = np.asarray(task.rows)
-        train = np.asarray(task.train, bool)
-        x = np.asarray(X[rows], np.float64)
-        order = rank_units(x[train], np.asarray(task.labels)[train])
-        ranked.append(order)
-        if not small:
+    ranked: dict[tuple[str, int], np.ndarray] = {}
+    standardised: dict[tuple[str, int], torch.Tensor] = {}  # the top max(k) units, train-standardised
+    for module, X in features.items():
+        rtol = drop_rtol_for(getattr(X, "computed_in", "fp32"), hp["drop_rtol"])
+        top_k = max((int(k) for k in ks if 0 < int(k) < X.shape[1]), default=0)
+        for t, task in enumerate(tasks):
+            train = np.asarray(task.train, bool)
+            x = np.asarray(X[np.asarray(task.rows)], np.float64)
+            order = ranked[(module, t)] = rank_units(x[train], np.asarray(task.labels)[train])
+            if top_k:
+                top = torch.as_tensor(x[:, order[:top_k]])
+                standardised[(module, t)] = standardise(top, *feature_stats(top[torch.as_tensor(train)], rtol))
+    correct: dict[tuple[str, int, int], tuple[int, int]] = {}  # (module, task, k) -> (correct, n_test)
+    for k in sorted({int(k) for k in ks if int(k) > 0}):
+        blocks = [(m, t) for m, X in features.items() if k < X.shape[1] for t in range(len(tasks))]
+        if not blocks:
             continue
-        top = torch.as_tensor(x[:, order[:r]])
-        mean, std, keep = feature_stats(top[torch.as_tensor(train)], rtol)
-        z = standardise(top, mean, std, keep)
-        for k in small:
-            b = len(blocks)
-            F[b, : len(rows), :k] = z[:, :k]
-            y[b, : len(rows)] = torch.as_tensor(np.asarray(task.labels), dtype=torch.float64)
-            w[b, : len(rows)] = torch.as_tensor(train, dtype=torch.float64)
-            blocks.append((t, k))
-    logits = None
-    if blocks:
+        F = torch.zeros(len(blocks), n_max, k, dtype=torch.float64)
+        y = torch.zeros(len(blocks), n_max, dtype=torch.float64)
+        w = torch.zeros(len(blocks), n_max, dtype=torch.float64)
+        for b, (m, t) in enumerate(blocks):
+            n = len(tasks[t].rows)
+            F[b, :n] = standardised[(m, t)][:, :k]
+            y[b, :n] = torch.as_tensor(np.asarray(tasks[t].labels), dtype=torch.float64)
+            w[b, :n] = torch.as_tensor(np.asarray(tasks[t].train, bool), dtype=torch.float64)
         beta, bias = fit_logistic(F, y, w, hp["weight_decay"], hp["max_iter"], hp["tol"])
-        logits = (torch.einsum("bnr,br->bn", F, beta) + bias[:, None]).numpy()
-    # k = all: the sweep's own probe on every unit, one pass over the tasks
-    N = X.shape[0]
-    Y = np.zeros((len(tasks), N), np.int64)
-    tr = np.zeros((len(tasks), N), bool)
-    ev = np.zeros((len(tasks), N), bool)
-    for t, task in enumerate(tasks):
-        rows = np.asarray(task.rows)
-        Y[t, rows] = task.labels
-        tr[t, rows[np.asarray(task.train, bool)]] = True
-        ev[t, rows] = True
-    full = fit_many(SPARSE_PROBE, X, Y, tr, ev, hp, device=device).scores.double().numpy()
+        pred = ((torch.einsum("bnr,br->bn", F, beta) + bias[:, None]) > 0).numpy()
+        for b, (m, t) in enumerate(blocks):
+            correct[(m, t, k)] = _count(pred[b, : len(tasks[t].rows)], tasks[t])
+    for module, X in features.items():
+        d = X.shape[1]
+        if full is not None and all((module, task.concept) in full for task in tasks):
+            for t, task in enumerate(tasks):
+                correct[(module, t, d)] = full[(module, task.concept)]
+            continue
+        N = X.shape[0]
+        Y = np.zeros((len(tasks), N), np.int64)
+        tr = np.zeros((len(tasks), N), bool)
+        ev = np.zeros((len(tasks), N), bool)
+        for t, task in enumerate(tasks):
+            rows = np.asarray(task.rows)
+            Y[t, rows] = task.labels
+            tr[t, rows[np.asarray(task.train, bool)]] = True
+            ev[t, rows] = True
+        scores = fit_many(SPARSE_PROBE, X, Y, tr, ev, hp, device=device).scores.numpy()
+        for t, task in enumerate(tasks):
+            correct[(module, t, d)] = _count(scores[t, np.asarray(task.rows)] > 0, task)
 
-    out: list[SparseResult] = []
-    for t, task in enumerate(tasks):
-        rows = np.asarray(task.rows)
-        test = ~np.asarray(task.train, bool)
-        labels = np.asarray(task.labels)
-        per_k = [(k, logits[b, : len(rows)]) for b, (tb, k) in enumerate(blocks) if tb == t]
-        per_k.append((d, full[t, rows]))
-        for k, score in per_k:
-            correct = int(((score[test] > 0).astype(int) == labels[test]).sum())
-            n_test = int(test.sum())
-            low, high = exact_interval(correct, n_test, confidence)
-            out.append(SparseResult(task.concept, k, tuple(int(u) for u in ranked[t][:k]), correct / n_test,
-                                    low, high, n_test))
+    out: dict[str, list[SparseResult]] = {}
+    for module, X in features.items():
+        results = out[module] = []
+        for t, task in enumerate(tasks):
+            for k in sorted({int(k) for k in ks if 0 < int(k) < X.shape[1]} | {X.shape[1]}):
+                c, n_test = correct[(module, t, k)]
+                low, high = _interval(c, n_test, confidence)
+                results.append(SparseResult(task.concept, k, tuple(int(u) for u in ranked[(module, t)][:k]),
+                                            c / n_test, low, high, n_test))
     return out
+
+
+def _count(pred: np.ndarray, task: ConceptTask) -> tuple[int, int]:
+    """(correct, n_test) of 0/1 predictions on a task's rows, over its stored test part."""
+    test = ~np.asarray(task.train, bool)
+    return int((np.asarray(pred).astype(int)[test] == np.asarray(task.labels)[test]).sum()), int(test.sum())
 
 
 def smallest_k(results: Sequence[SparseResult]) -> int | None:
