@@ -85,7 +85,7 @@ def sparse_probes_of_modules(features: Mapping[str, np.ndarray], tasks: Sequence
             order = ranked[(module, t)] = rank_units(x[train], np.asarray(task.labels)[train])
             if top_k:
                 top = torch.as_tensor(x[:, order[:top_k]])
-                standardised[(module, t)] = standardise(top, *feature_stats(top[torch.as_tensor(train)], rtol))
+                standardised[(module, t)] = standardise(top, *feature_stats(top[torch.from_numpy(train.copy())], rtol))
     correct: dict[tuple[str, int, int], tuple[int, int]] = {}  # (module, task, k) -> (correct, n_test)
     for k in sorted({int(k) for k in ks if int(k) > 0}):
         blocks = [(m, t) for m, X in features.items() if k < X.shape[1] for t in range(len(tasks))]
@@ -97,8 +97,8 @@ def sparse_probes_of_modules(features: Mapping[str, np.ndarray], tasks: Sequence
         for b, (m, t) in enumerate(blocks):
             n = len(tasks[t].rows)
             F[b, :n] = standardised[(m, t)][:, :k]
-            y[b, :n] = torch.as_tensor(np.asarray(tasks[t].labels), dtype=torch.float64)
-            w[b, :n] = torch.as_tensor(np.asarray(tasks[t].train, bool), dtype=torch.float64)
+            y[b, :n] = torch.as_tensor(np.array(tasks[t].labels), dtype=torch.float64)
+            w[b, :n] = torch.as_tensor(np.array(tasks[t].train, bool), dtype=torch.float64)
         beta, bias = fit_logistic(F, y, w, hp["weight_decay"], hp["max_iter"], hp["tol"])
         pred = ((torch.einsum("bnr,br->bn", F, beta) + bias[:, None]) > 0).numpy()
         for b, (m, t) in enumerate(blocks):

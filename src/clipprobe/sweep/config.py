@@ -47,6 +47,7 @@ class SweepConfig(StepConfig):
     fold_batchnorm: bool = ExtractOptions.fold_batchnorm
     calibration_images: int = ExtractOptions.calibration_images
     calibration_rtol: float = ExtractOptions.calibration_rtol
+    neurons: bool = False  # after the fits, score every unit of each checkpoint (the `neurons` step, same cache)
 
     def __post_init__(self) -> None:
         for name in ("modules", "concepts"):

@@ -1,0 +1,195 @@
+"""The neurons step: unit scores (AUROC / p / q, soft-WPMI, IoU where masks exist, sparse probes) for every
+checkpoint of an existing probe sweep, from its activation cache; tables and metrics logged on the sweep's runs.
+
+``resolve`` picks the sweep (the newest finished one unless named) and everything it scored with, before anything
+is logged; ``run`` scores the checkpoints not scored yet (a checkpoint run tagged ``clipprobe.neurons`` is done),
+one at a time, and joins the parts into ``neurons/{units,sparse,summary}.parquet`` on the sweep run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from clipprobe.activations.cache import DEFAULT_CACHE_DIR
+from clipprobe.concepts.splits import ConceptSplits
+from clipprobe.neurons.config import NeuronsConfig
+from clipprobe.neurons.score import UnitInputs, score_checkpoint
+from clipprobe.neurons.wpmi import clip_probabilities, truth_probabilities
+from clipprobe.sweep.config import SweepConfig
+from clipprobe.sweep.plan import CheckpointRef, Sweep, concept_tasks, select_checkpoints
+from clipprobe.tracking import configs, runs, units
+from clipprobe.tracking.results import find_latest_sweep, get_sweep, load_sweep_results
+
+log = logging.getLogger(__name__)
+
+SIMILARITY_ARTIFACT = "concepts/similarity.parquet"  # a concepts run's CLIP cosines: path + one column per concept
+
+
+@dataclass(frozen=True)
+class NeuronsInputs:
+    """A resolved neurons run: its config (every choice made), the sweep's config, checkpoints and splits, and
+    what unit scoring reads besides the activations."""
+
+    config: NeuronsConfig
+    sweep: SweepConfig
+    refs: tuple[CheckpointRef, ...]
+    splits: ConceptSplits
+    inputs: UnitInputs
+    full: Mapping[tuple[int, str, str], tuple[int, int]]  # (epoch, module, concept) -> the sweep's linear_gap
+
+    def describe(self) -> str:
+        c = self.config
+        modules = ", ".join(c.modules) if c.modules else "those of the sweep"
+        source = {None: "none (no CLIP similarities or truth found: soft-WPMI left empty)",
+                  "clip": "CLIP (softmax over the concepts of 10 x cosine)",
+                  "truth": "the true labels"}[self.inputs.label_source if self.inputs.probabilities is not None
+                                               else None]
+        return "\n".join([
+            f"sweep: {c.sweep_run} ({self.sweep.model_name}; epochs {', '.join(map(str, c.epochs or ()))})",
+            f"modules: {modules}; concepts: "
+            f"{', '.join(t.concept for t in self.inputs.tasks)}",
+            f"unit scores: AUROC ({c.pooling} pooling) + Mann-Whitney p + BH q; soft-WPMI from {source}; "
+            f"IoU: {'masks' if self.inputs.masks is not None else 'no masks'}; sparse probes k = "
+            f"{', '.join(map(str, c.ks))}, all",
+        ])
+
+
+def probabilities(splits: ConceptSplits, paths: list[str], concepts: list[str]) -> tuple[np.ndarray | None, str]:
+    """p(concept | image) over the sweep's images for soft-WPMI, and where it came from.
+
+    CLIP's cosines when the concepts run kept them (``SIMILARITY_ARTIFACT``, read by the caller into the splits'
+    metadata ``similarity`` path); else the truth: the splits' ``truth`` column (a concept world) or, where the
+    concept source is the annotations, their labels. An image outside a concept's split counts as not having it."""
+    similarity = splits.metadata.get("similarity")
+    if similarity:
+        table = pd.read_parquet(similarity).set_index("path")
+        missing = [c for c in concepts if c not in table.columns]
+        if not missing and set(paths) <= set(table.index):
+            return clip_probabilities(table.loc[paths, concepts].to_numpy(np.float64)), "clip"
+        log.warning("%s lacks concepts %s or images of the sweep: soft-WPMI from the truth", similarity, missing)
+    column = "truth" if "truth" in splits.table.columns else ("label" if splits.metadata.get("source") ==
+                                                              "annotations" else None)
+    if column is None:
+        return None, "clip"
+    index = {p: i for i, p in enumerate(paths)}
+    truth = np.zeros((len(paths), len(concepts)), np.int64)
+    for c, concept in enumerate(concepts):
+        rows = splits.select(concept)
+        has = rows[pd.to_numeric(rows[column], errors="coerce").fillna(0).astype(int) == 1]["path"]
+        truth[[index[p] for p in has if p in index], c] = 1
+    return truth_probabilities(truth), "truth"
+
+
+def _full_probes(sweep_run: str) -> dict[tuple[int, str, str], tuple[int, int]]:
+    """The sweep's own linear_gap fits: (epoch, module, concept) -> (correct, n_test), k = all of the curves."""
+    try:
+        table = load_sweep_results(sweep_run)
+    except ValueError:
+        return {}
+    lin = table[table["probe"] == "linear_gap"]
+    return {(int(r.epoch), str(r.module), str(r.concept)): (int(round(r.test_acc * r.n_test)), int(r.n_test))
+            for r in lin.itertuples()}
+
+
+def resolve(config: NeuronsConfig, *, experiment_name: str | None = None, device: str = "cpu") -> NeuronsInputs:
+    """``config`` with the sweep chosen and every setting checked against it, before anything is logged:
+    ``LookupError`` (no sweep) or ``ValueError`` (a bad setting)."""
+    from clipprobe.steps.probe import checkpoints, concept_splits
+
+    sweep_run = config.sweep_run or find_latest_sweep(experiment_name).info.run_id
+    get_sweep(sweep_run)
+    try:
+        sweep = configs.load_config(SweepConfig, sweep_run)
+    except LookupError:
+        raise ValueError(f"sweep {sweep_run} stores no {SweepConfig.artifact_path()} (an older clipprobe made it): "
+                         "run `clipprobe probe` again") from None
+    available = checkpoints(sweep.model_name or "", sweep.epochs, device=device)
+    epochs = config.epochs if config.epochs is not None else tuple(r.epoch for r in available)
+    unknown = sorted(set(epochs) - {r.epoch for r in available})
+    if unknown:
+        raise ValueError(f"epoch(s) {', '.join(map(str, unknown))} were not probed by sweep {sweep_run}: it has "
+                         f"epochs {', '.join(str(r.epoch) for r in available)}")
+    refs = select_checkpoints(available, list(epochs))
+    splits = concept_splits(sweep.splits_run or "")
+    sweep_concepts = list(sweep.concepts or splits.concepts)
+    concepts = list(config.concepts or sweep_concepts)
+    extra = [c for c in concepts if c not in sweep_concepts]
+    if extra:
+        raise ValueError(f"concept(s) {', '.join(extra)} not in sweep {sweep_run}: it probed {', '.join(sweep_concepts)}")
+    if config.modules is not None and sweep.modules is not None:
+        extra = [m for m in config.modules if m not in sweep.modules]
+        if extra:
+            raise ValueError(f"module(s) {', '.join(extra)} not in sweep {sweep_run}: it probed "
+                             f"{', '.join(sweep.modules)}")
+    paths, tasks, groups = concept_tasks(splits, sweep.concepts)  # the rows of the sweep's cached activations
+    tasks = [t for t in tasks if t.concept in concepts]
+    try:
+        similarity = runs.download_artifact(sweep.splits_run or "", SIMILARITY_ARTIFACT)
+        splits = ConceptSplits(splits.table, {**splits.metadata, "similarity": str(similarity)})
+    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact: no CLIP cosines kept
+        pass
+    P, source = probabilities(splits, paths, sweep_concepts)
+    unit_inputs = UnitInputs(tasks, groups, P, sweep_concepts, source, pooling=config.pooling, ks=config.ks)
+    config = NeuronsConfig(sweep_run=sweep_run, epochs=tuple(r.epoch for r in refs), modules=config.modules,
+                           concepts=tuple(concepts), pooling=config.pooling, ks=config.ks)
+    return NeuronsInputs(config, sweep, tuple(refs), splits, unit_inputs, _full_probes(sweep_run))
+
+
+@dataclass(frozen=True)
+class NeuronsOutcome:
+    sweep_run: str
+    scored: tuple[int, ...]  # epochs scored by this call
+    skipped: tuple[int, ...]  # epochs already scored before
+    rows: Mapping[str, int]  # rows per joined table
+    seconds: float
+
+
+def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, device: str = "cpu",
+        batch_size: int | None = None, progress: bool = True, say: Callable[[str], None] = print) -> NeuronsOutcome:
+    """Score every checkpoint of ``inputs`` not scored yet, logging each as it is done, then join the tables."""
+    from clipprobe.core.devices import resolve_device
+
+    config, sweep = inputs.config, inputs.sweep
+    sweep_run = config.sweep_run or ""
+    done = units.scored_epochs(sweep_run)
+    todo = [r for r in inputs.refs if r.epoch not in done]
+    if len(todo) < len(inputs.refs):
+        say(f"{len(inputs.refs) - len(todo)} of {len(inputs.refs)} checkpoints already scored under {sweep_run}: "
+            "scoring only the rest")
+    units.log_config(sweep_run, config)
+    dev = str(resolve_device(device))
+    extract = sweep.extract_options(batch_size) if batch_size else sweep.extract_options()
+    runner = Sweep(inputs.splits, sweep.plan(), cache_dir=cache_dir, extract=extract, device=dev, progress=False)
+    metadata = {"sweep_run_id": sweep_run, "config": config.to_dict(), "model_name": sweep.model_name,
+                "splits_run": sweep.splits_run}
+    start = time.perf_counter()
+    for ref in tqdm(todo, desc="unit scores", unit="checkpoint", disable=not progress):
+        backbone = ref.backbone()
+        modules = runner.modules_of(backbone)
+        if config.modules is not None:
+            modules = {m: p for m, p in modules.items() if m in config.modules or p in config.modules}
+        acts = runner.activations(backbone, modules)  # the sweep's cache; a forward pass only if it was deleted
+        del backbone
+        full = {(m, c): v for (e, m, c), v in inputs.full.items() if e == ref.epoch}
+        maps = None
+        if config.pooling == "max" or inputs.inputs.masks is not None:
+            def maps(path: str, acts: Any = acts) -> np.ndarray:
+                return np.asarray(acts.map(path)).reshape(-1, *acts.map_shape(path))
+        tables = score_checkpoint(ref.epoch, modules, acts.gap, inputs.inputs, maps=maps, full=full or None,
+                                  device=dev, probe_params=sweep.plan().params_of("linear_gap")
+                                  if "linear_gap" in sweep.probes else None)
+        runner.cache.release(acts)
+        units.log_checkpoint(sweep_run, ref.epoch, {"units": tables.units, "sparse": tables.sparse,
+                                                    "summary": tables.summary}, metadata)
+    rows = units.log_tables(sweep_run, metadata)
+    return NeuronsOutcome(sweep_run, tuple(r.epoch for r in todo), tuple(sorted(done)), rows,
+                          time.perf_counter() - start)

@@ -1,0 +1,161 @@
+"""Unit scores in MLflow: per-checkpoint parts and the three ``neurons/*.parquet`` tables on the sweep run, summary
+metrics on each checkpoint run (never one run per unit), and which checkpoints are already scored (resume)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from clipprobe.core.parquet import METADATA_KEY, provenance
+from clipprobe.core.step_config import StepConfig
+from clipprobe.neurons.schema import SPARSE_COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS
+from clipprobe.tracking.fit_records import BAD_NAME_CHARS, now_ms
+from clipprobe.tracking.fits import CheckpointRuns
+from clipprobe.tracking.runs import EPOCH_TAG, LEVEL_TAG, PARENT_TAG, search_all_runs
+
+TABLES = ("units", "sparse", "summary")
+ARTIFACT_DIR = "neurons"
+PARTS_DIR = f"{ARTIFACT_DIR}/parts"  # neurons/parts/epoch_<NNNN>/<table>.parquet: one checkpoint's rows
+SCORED_TAG = "clipprobe.neurons"  # on a checkpoint run: "scored" once its parts and summary metrics are logged
+SUMMARY_METRICS = {  # summary column -> metric name under neurons/<module>/<concept>/
+    "n_detectors_auroc": "n_detectors", "n_detectors_iou": "n_detectors_iou", "smallest_k": "smallest_k",
+    "best_auroc": "best_auroc", "best_unit": "best_unit", "full_test_acc": "full_test_acc",
+}
+
+
+_INTS = {"epoch", "unit", "n_pos", "n_neg", "k", "n_test", "n_units", "n_detectors_auroc", "n_detectors_iou",
+         "best_unit", "smallest_k"}
+_FLOATS = {"auroc", "p_value", "q_value", "soft_wpmi", "iou", "test_acc", "test_acc_ci_low", "test_acc_ci_high",
+           "best_auroc", "full_test_acc", "full_test_acc_ci_low", "full_test_acc_ci_high"}
+
+
+def _schema(columns: tuple[str, ...]) -> pa.Schema:
+    """Arrow types of a neurons table: the same in every part whatever its values (a label column all null in
+    one part is still a string column)."""
+    return pa.schema([(c, pa.int64() if c in _INTS else pa.float64() if c in _FLOATS else pa.string())
+                      for c in columns])
+
+
+SCHEMAS = {"units": _schema(UNIT_COLUMNS), "sparse": _schema(SPARSE_COLUMNS), "summary": _schema(SUMMARY_COLUMNS)}
+
+
+def _arrow(name: str, frame: pd.DataFrame, metadata: Mapping[str, Any]) -> pa.Table:
+    schema = SCHEMAS[name]
+    arrays = []
+    for field in schema:
+        col = frame[field.name]
+        if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object:
+            col = col.astype(object).where(col.notna(), None)
+        arrays.append(pa.array(col, type=field.type, from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata({METADATA_KEY: json.dumps(dict(metadata)).encode()}))
+
+
+def _write(name: str, frame: pd.DataFrame, path: Path, metadata: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_arrow(name, frame, metadata), path)
+
+
+def artifact_of(table: str) -> str:
+    """``neurons/<table>.parquet``."""
+    return f"{ARTIFACT_DIR}/{table}.parquet"
+
+
+def metric_name(module: str, concept: str, name: str) -> str:
+    """``neurons/<module>/<concept>/<name>`` (``neurons/module:3/red/n_detectors``)."""
+    return BAD_NAME_CHARS.sub("_", f"neurons/{module}/{concept}/{name}")
+
+
+def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
+    """The checkpoint run's metrics from its summary rows (NaN / null values left out)."""
+    out = {}
+    for row in summary.to_dict("records"):
+        for column, name in SUMMARY_METRICS.items():
+            value = row.get(column)
+            if value is not None and not pd.isna(value):
+                out[metric_name(row["module"], row["concept"], name)] = float(value)
+    return out
+
+
+def scored_epochs(sweep_run_id: str, *, client: MlflowClient | None = None) -> set[int]:
+    """Epochs whose checkpoint run carries ``SCORED_TAG``: their parts and metrics are logged."""
+    client = client or MlflowClient()
+    experiment_id = client.get_run(sweep_run_id).info.experiment_id
+    found = search_all_runs(client, [experiment_id],
+                            f"tags.`{PARENT_TAG}` = '{sweep_run_id}' and tags.`{LEVEL_TAG}` = 'checkpoint' "
+                            f"and tags.`{SCORED_TAG}` = 'scored'")
+    return {int(r.data.tags[EPOCH_TAG]) for r in found if r.data.tags.get(EPOCH_TAG, "").isdigit()}
+
+
+def log_config(sweep_run_id: str, config: StepConfig, *, client: MlflowClient | None = None) -> None:
+    """``neurons/config.json`` on the sweep run (the resolved config the tables were computed with)."""
+    client = client or MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(config.to_json())
+        client.log_artifact(sweep_run_id, str(path), ARTIFACT_DIR)
+
+
+def log_checkpoint(sweep_run_id: str, epoch: int, tables: Mapping[str, pd.DataFrame], metadata: Mapping[str, Any],
+                   *, client: MlflowClient | None = None) -> None:
+    """One checkpoint's rows as parts on the sweep run, then its summary metrics and ``SCORED_TAG`` on its
+    checkpoint run in one ``log_batch`` (so a checkpoint counts as scored only with everything logged)."""
+    client = client or MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / f"epoch_{int(epoch):04d}"
+        for name in TABLES:
+            _write(name, tables[name], folder / f"{name}.parquet",
+                   provenance(f"neurons_{name}", **{**metadata, "epoch": int(epoch)}))
+        client.log_artifacts(sweep_run_id, str(folder), f"{PARTS_DIR}/{folder.name}")
+    run_id = CheckpointRuns(sweep_run_id, client).run_id(epoch)
+    now = now_ms()
+    metrics = [Metric(k, v, now, int(epoch)) for k, v in sorted(summary_metrics(tables["summary"]).items())]
+    for i in range(0, max(len(metrics), 1), 999):  # MLflow's 1000 entities per batch; the tag goes with the last
+        last = i + 999 >= len(metrics)
+        client.log_batch(run_id, metrics=metrics[i:i + 999], tags=[RunTag(SCORED_TAG, "scored")] if last else [])
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "FINISHED", end_time=now_ms())
+
+
+def log_tables(sweep_run_id: str, metadata: Mapping[str, Any], *, client: MlflowClient | None = None) -> dict[str, int]:
+    """Join every part into ``neurons/units.parquet``, ``neurons/sparse.parquet`` and ``neurons/summary.parquet``
+    on the sweep run (row groups streamed part by part, never the whole table in memory), with the project's
+    provenance; returns the rows per table."""
+    client = client or MlflowClient()
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = Path(client.download_artifacts(sweep_run_id, PARTS_DIR, tmp))
+        out = Path(tmp) / "out"
+        for name in TABLES:
+            files = sorted(parts.glob(f"epoch_*/{name}.parquet"))
+            counts[name] = 0
+            if not files:
+                continue
+            meta = provenance(f"neurons_{name}", **{**metadata, "sweep_run_id": sweep_run_id,
+                                                    "epochs": [int(f.parent.name.split("_")[1]) for f in files]})
+            schema = SCHEMAS[name].with_metadata({METADATA_KEY: json.dumps(meta).encode()})
+            (out / f"{name}.parquet").parent.mkdir(parents=True, exist_ok=True)
+            with pq.ParquetWriter(out / f"{name}.parquet", schema) as writer:
+                for f in files:
+                    part = pq.read_table(f).replace_schema_metadata(schema.metadata)
+                    counts[name] += part.num_rows
+                    writer.write_table(part)
+        client.log_artifacts(sweep_run_id, str(out), ARTIFACT_DIR)
+    return counts
+
+
+def read_table(sweep_run_id: str, table: str = "units", *, columns: list[str] | None = None) -> pd.DataFrame:
+    """One of the sweep's neurons tables (only ``columns`` when given: the units table is read column-wise)."""
+    if table not in TABLES:
+        raise ValueError(f"unknown neurons table {table!r}: expected one of {', '.join(TABLES)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = MlflowClient().download_artifacts(sweep_run_id, artifact_of(table), tmp)
+        return pq.read_table(path, columns=columns).to_pandas()

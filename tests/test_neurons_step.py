@@ -1,0 +1,95 @@
+"""`clipprobe neurons` and `probe --neurons` on a tiny registry and a real temporary MLflow store: the three tables
+on the sweep run with their provenance, summary metrics on the checkpoint runs, resume without duplicates."""
+
+from __future__ import annotations
+
+import pandas as pd
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from sweep_fakes import blind, make_splits, mobilenet, plant_red
+from test_sweep_tracking import register
+
+from clipprobe.cli import main
+from clipprobe.concepts.splits import write_splits
+from clipprobe.core.parquet import read_metadata
+from clipprobe.neurons.schema import SPARSE_COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS
+from clipprobe.tracking import runs, units
+from clipprobe.tracking.fits import CheckpointRuns
+
+PROBE = ["probe", "--modules", "module:0,module:1", "--probes", "linear_gap", "--repeats", "0", "--permutations",
+         "0", "--cache-dir", "cache", "--device", "cpu"]
+NEURONS = ["neurons", "--ks", "1,2", "--cache-dir", "cache", "--device", "cpu"]
+
+
+def _setup(tmp_path) -> None:
+    register({0: blind(mobilenet()), 2: plant_red(mobilenet())})
+    splits = make_splits(tmp_path / "pool")
+    table = splits.table.assign(truth=splits.table["label"])  # known colours: soft-WPMI from the truth
+    path = write_splits(table, tmp_path / "splits.parquet", splits.metadata)
+    with runs.step_run("concepts"):
+        runs.log_artifact(path, "concepts")
+
+
+def _invoke(*args: str):
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_neurons_step_logs_tables_metrics_and_resumes(tracking_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    _invoke(*PROBE)
+    sweep = runs.find_latest_run("probe").info.run_id
+    out = _invoke(*NEURONS).output
+    assert f"sweep: {sweep}" in out and "soft-WPMI from the true labels" in out
+
+    tables = {name: units.read_table(sweep, name) for name in units.TABLES}
+    assert tuple(tables["units"].columns) == UNIT_COLUMNS and tuple(tables["sparse"].columns) == SPARSE_COLUMNS
+    assert tuple(tables["summary"].columns) == SUMMARY_COLUMNS
+    u = tables["units"]
+    n_units = u[u["epoch"] == 0].groupby("module")["unit"].nunique().sum()
+    assert len(u) == 2 * n_units * 2  # epochs x units of module:0 and module:1 x concepts
+    made = read_metadata(MlflowClient().download_artifacts(sweep, units.artifact_of("units"), str(tmp_path)))
+    assert made["kind"] == "neurons_units" and made["sweep_run_id"] == sweep and made["epochs"] == [0, 2]
+
+    red = u[(u["epoch"] == 2) & (u["module"] == "module:0") & (u["concept"] == "red")]
+    best = red.sort_values("auroc", ascending=False).iloc[0]
+    assert best["unit"] == 0 and best["auroc"] > 0.95 and best["wpmi_label"] == "red"
+    blind_red = u[(u["epoch"] == 0) & (u["concept"] == "red")]
+    assert blind_red["q_value"].min() >= 0.05  # epoch 0 sees nothing
+    s = tables["summary"].set_index(["epoch", "module", "concept"])
+    assert s.loc[(2, "module:0", "red"), "n_detectors_auroc"] >= 1 and s.loc[(0, "module:0", "red"), "n_detectors_auroc"] == 0
+    # k = all is the sweep's own linear_gap fit
+    results = pd.read_parquet(runs.download_artifact(sweep, runs.RESULTS_ARTIFACT))
+    lin = results.set_index(["epoch", "module", "concept"])["test_acc"]
+    for key, row in s.iterrows():
+        assert row["full_test_acc"] == lin.loc[key]
+    assert set(tables["sparse"]["k"]) == {1, 2, *set(s["n_units"])}
+
+    checkpoint_runs = CheckpointRuns(sweep)
+    client = MlflowClient()
+    metrics = client.get_run(checkpoint_runs.run_id(2)).data.metrics
+    assert metrics[units.metric_name("module:0", "red", "n_detectors")] >= 1
+    assert metrics[units.metric_name("module:0", "red", "best_unit")] == 0
+    assert units.scored_epochs(sweep) == {0, 2}
+
+    # a second call scores nothing; a checkpoint left unscored (as by an interrupt) is scored alone, no duplicates
+    assert "2 of 2 checkpoints already scored" in _invoke(*NEURONS).output
+    client.delete_tag(checkpoint_runs.run_id(2), units.SCORED_TAG)
+    out = _invoke(*NEURONS).output
+    assert "1 of 2 checkpoints already scored" in out
+    again = units.read_table(sweep, "units")
+    assert len(again) == len(u)
+    pd.testing.assert_frame_equal(again.sort_values(["epoch", "module", "unit", "concept"]).reset_index(drop=True),
+                                  u.sort_values(["epoch", "module", "unit", "concept"]).reset_index(drop=True))
+
+
+def test_probe_with_neurons_does_both(tracking_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    out = _invoke(*PROBE, "--epochs", "2", "--neurons").output
+    sweep = runs.find_latest_run("probe")
+    assert sweep.data.params["neurons"] == "True" and "unit scores: 1 checkpoints" in out
+    summary = units.read_table(sweep.info.run_id, "summary")
+    assert set(summary["epoch"]) == {2} and len(summary) == 2 * 2
