@@ -166,6 +166,7 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
         say(f"{len(inputs.refs) - len(todo)} of {len(inputs.refs)} checkpoints already scored under {sweep_run}: "
             "scoring only the rest")
     units.log_config(sweep_run, config)
+    units.note_entry_run(sweep_run)
     dev = str(resolve_device(device))
     extract = sweep.extract_options(batch_size) if batch_size else sweep.extract_options()
     runner = Sweep(inputs.splits, sweep.plan(), cache_dir=cache_dir, extract=extract, device=dev, progress=False)

@@ -4,6 +4,7 @@ metrics on each checkpoint run (never one run per unit), and which checkpoints a
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,11 +21,20 @@ from clipprobe.core.step_config import StepConfig
 from clipprobe.neurons.schema import SPARSE_COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS
 from clipprobe.tracking.fit_records import BAD_NAME_CHARS, now_ms
 from clipprobe.tracking.fits import CheckpointRuns
-from clipprobe.tracking.runs import EPOCH_TAG, LEVEL_TAG, PARENT_TAG, search_all_runs
+from clipprobe.tracking.runs import (
+    EPOCH_TAG,
+    LEVEL_TAG,
+    NOTE_TAG,
+    PARENT_TAG,
+    RUN_NAME_TAG,
+    STEP_TAG,
+    search_all_runs,
+)
 
 TABLES = ("units", "sparse", "summary")
 ARTIFACT_DIR = "neurons"
 PARTS_DIR = f"{ARTIFACT_DIR}/parts"  # neurons/parts/epoch_<NNNN>/<table>.parquet: one checkpoint's rows
+SWEEP_RUN_TAG = "clipprobe.sweep_run"  # on the run `mlflow run -e neurons` opens: the sweep it scored
 SCORED_TAG = "clipprobe.neurons"  # on a checkpoint run: "scored" once its parts and summary metrics are logged
 SUMMARY_METRICS = {  # summary column -> metric name under neurons/<module>/<concept>/
     "n_detectors_auroc": "n_detectors", "n_detectors_iou": "n_detectors_iou", "smallest_k": "smallest_k",
@@ -93,6 +103,19 @@ def scored_epochs(sweep_run_id: str, *, client: MlflowClient | None = None) -> s
                             f"tags.`{PARENT_TAG}` = '{sweep_run_id}' and tags.`{LEVEL_TAG}` = 'checkpoint' "
                             f"and tags.`{SCORED_TAG}` = 'scored'")
     return {int(r.data.tags[EPOCH_TAG]) for r in found if r.data.tags.get(EPOCH_TAG, "").isdigit()}
+
+
+def note_entry_run(sweep_run_id: str, *, client: MlflowClient | None = None) -> None:
+    """Under `mlflow run -e neurons`, the run MLflow opened: a `neurons` step run whose note points at the sweep
+    the unit scores were logged on (the tables live there, beside the fits they score)."""
+    made = os.environ.get("MLFLOW_RUN_ID")
+    if not made or made == sweep_run_id:
+        return
+    client = client or MlflowClient()
+    client.log_batch(made, tags=[RunTag(STEP_TAG, "neurons"), RunTag(RUN_NAME_TAG, f"neurons: sweep {sweep_run_id}"),
+                                 RunTag(SWEEP_RUN_TAG, sweep_run_id),
+                                 RunTag(NOTE_TAG, f"Unit scores of the probe sweep {sweep_run_id}: its artifacts "
+                                                  f"`{ARTIFACT_DIR}/` and its checkpoint runs' `neurons/*` metrics.")])
 
 
 def log_config(sweep_run_id: str, config: StepConfig, *, client: MlflowClient | None = None) -> None:
