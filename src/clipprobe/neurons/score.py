@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from clipprobe.neurons.auroc import POOLINGS, bh_q, pool_maps, unit_auroc
-from clipprobe.neurons.iou import unit_iou
+from clipprobe.neurons.iou import MapReader, unit_iou
 from clipprobe.neurons.schema import (
     DETECTOR_IOU,
     DETECTOR_Q,
@@ -162,7 +162,8 @@ def score_checkpoint(epoch: int, modules: Mapping[str, str], pooled: Callable[[s
     """Score every unit of ``modules`` (display name -> module path) of one checkpoint against every concept.
 
     ``pooled(path)`` gives a module's mean-pooled activations ``(images, units)`` (``CheckpointActivations.gap``);
-    ``maps(path)`` its maps ``(images, units, h, w)``, needed for max pooling and for IoU (only called then).
+    ``maps(path)`` its maps ``(images, units, h, w)`` (an array or ``iou.MapReader``; None where the module has
+    none, e.g. ``logits``), read only for max pooling and for IoU.
     Sparse probes always read the mean-pooled features, like the sweep's ``linear_gap`` probe; ``full`` (module,
     concept) -> (correct, n_test) of the sweep's own ``linear_gap`` fit spares refitting it (k = all)."""
     units, sparse, summary = [], [], []
@@ -172,12 +173,13 @@ def score_checkpoint(epoch: int, modules: Mapping[str, str], pooled: Callable[[s
     for module, path in modules.items():
         gap = gaps[module] = pooled(path)
         module_maps = maps(path) if (needs_maps and maps is not None) else None
-        if inputs.pooling == "max":
-            if module_maps is None:
-                raise ValueError(f"pooling 'max' needs the maps of {module}: the sweep cached pooled vectors only; "
-                                 "use pooling 'mean' or probe with a map probe kind so maps are cached")
-            values = pool_maps(module_maps.reshape(module_maps.shape[0], -1), module_maps.shape[1], "max")
-        else:
+        if inputs.pooling == "max" and module_maps is None and maps is None:
+            raise ValueError(f"pooling 'max' needs the maps of {module}: pass maps (the activation cache's)")
+        if inputs.pooling == "max" and module_maps is not None:
+            flat = module_maps.flat if isinstance(module_maps, MapReader) else \
+                np.asarray(module_maps).reshape(module_maps.shape[0], -1)
+            values = pool_maps(flat, module_maps.shape[1], "max")
+        else:  # mean pooling, or a module without spatial extent (logits: its pooled vector is itself)
             values = np.asarray(gap, np.float32)
         table, counts[module] = _module_units(epoch, module, path, values, inputs, module_maps)
         units.append(table)

@@ -19,7 +19,7 @@ EPSILON = 1e-7  # inside the log
 
 def clip_probabilities(similarity: np.ndarray, scale: float = CLIP_SCALE) -> np.ndarray:
     """p(m | x) ``(images, concepts)``: softmax over concepts of ``scale`` times CLIP's cosine similarities."""
-    s = torch.as_tensor(np.asarray(similarity, np.float64))
+    s = torch.as_tensor(np.array(similarity, np.float64))
     return torch.softmax(scale * s, dim=1).numpy()
 
 

@@ -22,17 +22,17 @@ from tqdm import tqdm
 from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.concepts.splits import ConceptSplits
 from clipprobe.neurons.config import NeuronsConfig
+from clipprobe.neurons.iou import MapReader
 from clipprobe.neurons.score import UnitInputs, score_checkpoint
 from clipprobe.neurons.wpmi import clip_probabilities, truth_probabilities
 from clipprobe.sweep.config import SweepConfig
 from clipprobe.sweep.plan import CheckpointRef, Sweep, concept_tasks, select_checkpoints
-from clipprobe.tracking import configs, runs, units
+from clipprobe.tracking import configs, units
+from clipprobe.tracking.concept_tables import read_similarities
 from clipprobe.tracking.results import find_latest_sweep, get_sweep, load_sweep_results
+from clipprobe.world.masks import load_masks, mask_concepts
 
 log = logging.getLogger(__name__)
-
-SIMILARITY_ARTIFACT = "concepts/similarity.parquet"  # a concepts run's CLIP cosines: path + one column per concept
-
 
 @dataclass(frozen=True)
 class NeuronsInputs:
@@ -63,30 +63,40 @@ class NeuronsInputs:
         ])
 
 
-def probabilities(splits: ConceptSplits, paths: list[str], concepts: list[str]) -> tuple[np.ndarray | None, str]:
-    """p(concept | image) over the sweep's images for soft-WPMI, and where it came from.
+def probabilities(splits: ConceptSplits, paths: list[str], concepts: list[str],
+                  similarities: pd.DataFrame | None) -> tuple[np.ndarray | None, list[str], str]:
+    """p(concept | image) over the sweep's images for soft-WPMI, its concepts (columns) and where it came from.
 
-    CLIP's cosines when the concepts run kept them (``SIMILARITY_ARTIFACT``, read by the caller into the splits'
-    metadata ``similarity`` path); else the truth: the splits' ``truth`` column (a concept world) or, where the
-    concept source is the annotations, their labels. An image outside a concept's split counts as not having it."""
-    similarity = splits.metadata.get("similarity")
-    if similarity:
-        table = pd.read_parquet(similarity).set_index("path")
-        missing = [c for c in concepts if c not in table.columns]
-        if not missing and set(paths) <= set(table.index):
-            return clip_probabilities(table.loc[paths, concepts].to_numpy(np.float64)), "clip"
-        log.warning("%s lacks concepts %s or images of the sweep: soft-WPMI from the truth", similarity, missing)
+    CLIP's cosines when the concepts run kept them (``concepts/similarities.parquet``: softmax over the whole
+    vocabulary of 10 x cosine, CLIP-Dissect's p(m | x)); else the truth over the sweep's concepts: the splits'
+    ``truth`` column (a concept world) or, where the concept source is the annotations, their labels (an image
+    outside a concept's split counts as not having it); else None (soft-WPMI left empty)."""
+    if similarities is not None:
+        table = similarities.set_index("path")
+        vocabulary = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+        if set(paths) <= set(table.index):
+            return clip_probabilities(table.loc[paths, vocabulary].to_numpy(np.float64)), vocabulary, "clip"
+        log.warning("the concepts run's similarities lack images of the sweep: soft-WPMI from the truth")
     column = "truth" if "truth" in splits.table.columns else ("label" if splits.metadata.get("source") ==
                                                               "annotations" else None)
     if column is None:
-        return None, "clip"
+        return None, list(concepts), "clip"
     index = {p: i for i, p in enumerate(paths)}
     truth = np.zeros((len(paths), len(concepts)), np.int64)
     for c, concept in enumerate(concepts):
         rows = splits.select(concept)
         has = rows[pd.to_numeric(rows[column], errors="coerce").fillna(0).astype(int) == 1]["path"]
         truth[[index[p] for p in has if p in index], c] = 1
-    return truth_probabilities(truth), "truth"
+    return truth_probabilities(truth), list(concepts), "truth"
+
+
+def masks_of(splits: ConceptSplits, paths: list[str]) -> tuple[np.ndarray | None, list[str]]:
+    """The pool's pixel masks (``masks/<concept>/...``, the world's or a user's) of the sweep's images, as
+    ``(images, concepts, H, W)`` bool, and their concepts; ``(None, [])`` when the pool has none."""
+    concepts = mask_concepts(splits.pool_root)
+    if not concepts:
+        return None, []
+    return load_masks(splits.pool_root, paths, concepts), concepts
 
 
 def _full_probes(sweep_run: str) -> dict[tuple[int, str, str], tuple[int, int]]:
@@ -133,12 +143,14 @@ def resolve(config: NeuronsConfig, *, experiment_name: str | None = None, device
     paths, tasks, groups = concept_tasks(splits, sweep.concepts)  # the rows of the sweep's cached activations
     tasks = [t for t in tasks if t.concept in concepts]
     try:
-        similarity = runs.download_artifact(sweep.splits_run or "", SIMILARITY_ARTIFACT)
-        splits = ConceptSplits(splits.table, {**splits.metadata, "similarity": str(similarity)})
-    except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact: no CLIP cosines kept
-        pass
-    P, source = probabilities(splits, paths, sweep_concepts)
-    unit_inputs = UnitInputs(tasks, groups, P, sweep_concepts, source, pooling=config.pooling, ks=config.ks)
+        similarities, _meta = read_similarities(sweep.splits_run or "")
+    except LookupError as err:
+        log.info("soft-WPMI without CLIP: %s", err)
+        similarities = None
+    P, vocabulary, source = probabilities(splits, paths, sweep_concepts, similarities)
+    masks, masked = masks_of(splits, paths)
+    unit_inputs = UnitInputs(tasks, groups, P, vocabulary, source, masks=masks, mask_concepts=masked,
+                             pooling=config.pooling, ks=config.ks)
     config = NeuronsConfig(sweep_run=sweep_run, epochs=tuple(r.epoch for r in refs), modules=config.modules,
                            concepts=tuple(concepts), pooling=config.pooling, ks=config.ks)
     return NeuronsInputs(config, sweep, tuple(refs), splits, unit_inputs, _full_probes(sweep_run))
@@ -178,14 +190,23 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
         modules = runner.modules_of(backbone)
         if config.modules is not None:
             modules = {m: p for m, p in modules.items() if m in config.modules or p in config.modules}
-        acts = runner.activations(backbone, modules)  # the sweep's cache; a forward pass only if it was deleted
+        want_maps = config.pooling == "max" or inputs.inputs.masks is not None
+        # the sweep's cache; a forward pass only if it was deleted, or for maps the sweep did not keep
+        acts = runner.cache.get(backbone.module, dict(modules), runner.images(backbone.transform),
+                                fingerprint=backbone.fingerprint, options=runner.extract, device=runner.device,
+                                progress=False, native_bf16=runner.native_bf16,
+                                maps=want_maps or runner.plan.needs_maps)
         del backbone
         full = {(m, c): v for (e, m, c), v in inputs.full.items() if e == ref.epoch}
-        maps = None
-        if config.pooling == "max" or inputs.inputs.masks is not None:
-            def maps(path: str, acts: Any = acts) -> np.ndarray:
-                return np.asarray(acts.map(path)).reshape(-1, *acts.map_shape(path))
-        tables = score_checkpoint(ref.epoch, modules, acts.gap, inputs.inputs, maps=maps, full=full or None,
+
+        def maps(path: str, acts: Any = acts) -> MapReader | None:
+            try:
+                return MapReader(acts.map(path), acts.map_shape(path))
+            except KeyError:  # logits: no maps
+                return None
+
+        tables = score_checkpoint(ref.epoch, modules, acts.gap, inputs.inputs, maps=maps if want_maps else None,
+                                  full=full or None,
                                   device=dev, probe_params=sweep.plan().params_of("linear_gap")
                                   if "linear_gap" in sweep.probes else None)
         runner.cache.release(acts)
