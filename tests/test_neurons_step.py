@@ -93,7 +93,7 @@ def test_neurons_step_logs_tables_metrics_and_resumes(tracking_store, tmp_path, 
     metrics = client.get_run(checkpoint_runs.run_id(2)).data.metrics
     assert metrics[units.metric_name("module:0", "red", "n_detectors")] >= 1
     assert metrics[units.metric_name("module:0", "red", "best_unit")] == 0
-    assert units.scored_epochs(sweep) == {0, 2}
+    assert units.scored_modules(sweep) == {0: {"module:0", "module:1"}, 2: {"module:0", "module:1"}}
 
     # a second call scores nothing; a checkpoint left unscored (as by an interrupt) is scored alone, no duplicates
     assert "2 of 2 checkpoints already scored" in _invoke(*NEURONS).output
@@ -101,9 +101,15 @@ def test_neurons_step_logs_tables_metrics_and_resumes(tracking_store, tmp_path, 
     out = _invoke(*NEURONS).output
     assert "1 of 2 checkpoints already scored" in out
     again = units.read_table(sweep, "units")
-    assert len(again) == len(u)
-    pd.testing.assert_frame_equal(again.sort_values(["epoch", "module", "unit", "concept"]).reset_index(drop=True),
-                                  u.sort_values(["epoch", "module", "unit", "concept"]).reset_index(drop=True))
+    order = ["epoch", "module", "unit", "concept"]
+    pd.testing.assert_frame_equal(again.sort_values(order).reset_index(drop=True),
+                                  u.sort_values(order).reset_index(drop=True))
+    # a module outside the sweep (the classifier's own outputs) is scored on its own, beside the others
+    _invoke(*NEURONS, "--modules", "logits")
+    with_logits = units.read_table(sweep, "units")
+    logits = with_logits[with_logits["module"] == "logits"]
+    assert len(logits) == 2 * 4 * 2 and len(with_logits) == len(u) + len(logits)  # epochs x 4 classes x concepts
+    assert logits["iou"].isna().all() and units.scored_modules(sweep)[2] == {"module:0", "module:1", "logits"}
 
 
 def test_probe_with_neurons_does_both_and_labels_by_clip(tracking_store, tmp_path, monkeypatch):

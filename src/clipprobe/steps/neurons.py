@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from clipprobe.activations.cache import DEFAULT_CACHE_DIR
+from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.concepts.splits import ConceptSplits
 from clipprobe.neurons.config import NeuronsConfig
 from clipprobe.neurons.iou import MapReader
@@ -135,11 +136,8 @@ def resolve(config: NeuronsConfig, *, experiment_name: str | None = None, device
     extra = [c for c in concepts if c not in sweep_concepts]
     if extra:
         raise ValueError(f"concept(s) {', '.join(extra)} not in sweep {sweep_run}: it probed {', '.join(sweep_concepts)}")
-    if config.modules is not None and sweep.modules is not None:
-        extra = [m for m in config.modules if m not in sweep.modules]
-        if extra:
-            raise ValueError(f"module(s) {', '.join(extra)} not in sweep {sweep_run}: it probed "
-                             f"{', '.join(sweep.modules)}")
+    if config.modules is not None:  # any module of the backbone (logits too); unknown names raise naming the model's
+        resolve_probe_modules(refs[0].load().module, list(config.modules))
     paths, tasks, groups = concept_tasks(splits, sweep.concepts)  # the rows of the sweep's cached activations
     tasks = [t for t in tasks if t.concept in concepts]
     try:
@@ -172,24 +170,29 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
 
     config, sweep = inputs.config, inputs.sweep
     sweep_run = config.sweep_run or ""
-    done = units.scored_epochs(sweep_run)
-    todo = [r for r in inputs.refs if r.epoch not in done]
+    done = units.scored_modules(sweep_run)
+    dev = str(resolve_device(device))
+    extract = sweep.extract_options(batch_size) if batch_size else sweep.extract_options()
+    runner = Sweep(inputs.splits, sweep.plan(), cache_dir=cache_dir, extract=extract, device=dev, progress=False)
+    named = config.modules if config.modules is not None else sweep.modules  # None: every module of the backbone
+    todo = [r for r in inputs.refs if named is None or not set(named) <= done.get(r.epoch, set())]
     if len(todo) < len(inputs.refs):
         say(f"{len(inputs.refs) - len(todo)} of {len(inputs.refs)} checkpoints already scored under {sweep_run}: "
             "scoring only the rest")
     units.log_config(sweep_run, config)
     units.note_entry_run(sweep_run)
-    dev = str(resolve_device(device))
-    extract = sweep.extract_options(batch_size) if batch_size else sweep.extract_options()
-    runner = Sweep(inputs.splits, sweep.plan(), cache_dir=cache_dir, extract=extract, device=dev, progress=False)
     metadata = {"sweep_run_id": sweep_run, "config": config.to_dict(), "model_name": sweep.model_name,
                 "splits_run": sweep.splits_run}
     start = time.perf_counter()
+    scored = []
     for ref in tqdm(todo, desc="unit scores", unit="checkpoint", disable=not progress):
         backbone = ref.backbone()
-        modules = runner.modules_of(backbone)
-        if config.modules is not None:
-            modules = {m: p for m, p in modules.items() if m in config.modules or p in config.modules}
+        modules = resolve_probe_modules(backbone.module, list(named) if named is not None else
+                                        backbone.probe_modules or None)
+        modules = {m: p for m, p in modules.items() if m not in done.get(ref.epoch, set())}
+        if not modules:
+            continue
+        scored.append(ref.epoch)
         want_maps = config.pooling == "max" or inputs.inputs.masks is not None
         # the sweep's cache; a forward pass only if it was deleted, or for maps the sweep did not keep
         acts = runner.cache.get(backbone.module, dict(modules), runner.images(backbone.transform),
@@ -202,7 +205,7 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
         def maps(path: str, acts: Any = acts) -> MapReader | None:
             try:
                 return MapReader(acts.map(path), acts.map_shape(path))
-            except KeyError:  # logits: no maps
+            except (KeyError, ValueError):  # logits: no maps
                 return None
 
         tables = score_checkpoint(ref.epoch, modules, acts.gap, inputs.inputs, maps=maps if want_maps else None,
@@ -213,5 +216,5 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
         units.log_checkpoint(sweep_run, ref.epoch, {"units": tables.units, "sparse": tables.sparse,
                                                     "summary": tables.summary}, metadata)
     rows = units.log_tables(sweep_run, metadata)
-    return NeuronsOutcome(sweep_run, tuple(r.epoch for r in todo), tuple(sorted(done)), rows,
+    return NeuronsOutcome(sweep_run, tuple(scored), tuple(sorted(e for e in done if e not in scored)), rows,
                           time.perf_counter() - start)

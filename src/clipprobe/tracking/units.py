@@ -3,6 +3,7 @@ metrics on each checkpoint run (never one run per unit), and which checkpoints a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -33,9 +34,9 @@ from clipprobe.tracking.runs import (
 
 TABLES = ("units", "sparse", "summary")
 ARTIFACT_DIR = "neurons"
-PARTS_DIR = f"{ARTIFACT_DIR}/parts"  # neurons/parts/epoch_<NNNN>/<table>.parquet: one checkpoint's rows
+PARTS_DIR = f"{ARTIFACT_DIR}/parts"  # neurons/parts/epoch_<NNNN>/<modules key>/<table>.parquet: a checkpoint's rows
 SWEEP_RUN_TAG = "clipprobe.sweep_run"  # on the run `mlflow run -e neurons` opens: the sweep it scored
-SCORED_TAG = "clipprobe.neurons"  # on a checkpoint run: "scored" once its parts and summary metrics are logged
+SCORED_TAG = "clipprobe.neurons"  # on a checkpoint run: JSON list of the modules whose parts and metrics are logged
 SUMMARY_METRICS = {  # summary column -> metric name under neurons/<module>/<concept>/
     "n_detectors_auroc": "n_detectors", "n_detectors_iou": "n_detectors_iou", "smallest_k": "smallest_k",
     "best_auroc": "best_auroc", "best_unit": "best_unit", "full_test_acc": "full_test_acc",
@@ -95,14 +96,15 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def scored_epochs(sweep_run_id: str, *, client: MlflowClient | None = None) -> set[int]:
-    """Epochs whose checkpoint run carries ``SCORED_TAG``: their parts and metrics are logged."""
+def scored_modules(sweep_run_id: str, *, client: MlflowClient | None = None) -> dict[int, set[str]]:
+    """Epoch -> the modules already scored at that checkpoint (its run's ``SCORED_TAG``: a JSON list)."""
     client = client or MlflowClient()
     experiment_id = client.get_run(sweep_run_id).info.experiment_id
     found = search_all_runs(client, [experiment_id],
                             f"tags.`{PARENT_TAG}` = '{sweep_run_id}' and tags.`{LEVEL_TAG}` = 'checkpoint' "
-                            f"and tags.`{SCORED_TAG}` = 'scored'")
-    return {int(r.data.tags[EPOCH_TAG]) for r in found if r.data.tags.get(EPOCH_TAG, "").isdigit()}
+                            f"and tags.`{SCORED_TAG}` LIKE '[%'")
+    return {int(r.data.tags[EPOCH_TAG]): set(json.loads(r.data.tags[SCORED_TAG]))
+            for r in found if r.data.tags.get(EPOCH_TAG, "").isdigit()}
 
 
 def note_entry_run(sweep_run_id: str, *, client: MlflowClient | None = None) -> None:
@@ -129,22 +131,28 @@ def log_config(sweep_run_id: str, config: StepConfig, *, client: MlflowClient | 
 
 def log_checkpoint(sweep_run_id: str, epoch: int, tables: Mapping[str, pd.DataFrame], metadata: Mapping[str, Any],
                    *, client: MlflowClient | None = None) -> None:
-    """One checkpoint's rows as parts on the sweep run, then its summary metrics and ``SCORED_TAG`` on its
-    checkpoint run in one ``log_batch`` (so a checkpoint counts as scored only with everything logged)."""
+    """One checkpoint's rows (some modules) as a part on the sweep run, then their summary metrics and the
+    modules added to ``SCORED_TAG`` on the checkpoint run, the tag in the last ``log_batch`` (so modules count
+    as scored only with everything logged). A part is named by its modules: scoring the same modules again
+    (after an interrupt) replaces it, never duplicates it."""
     client = client or MlflowClient()
+    modules = sorted(set(tables["summary"]["module"].astype(str)))
+    key = hashlib.sha1("\n".join(modules).encode()).hexdigest()[:12]
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / f"epoch_{int(epoch):04d}"
+        folder = Path(tmp) / key
         for name in TABLES:
             _write(name, tables[name], folder / f"{name}.parquet",
-                   provenance(f"neurons_{name}", **{**metadata, "epoch": int(epoch)}))
-        client.log_artifacts(sweep_run_id, str(folder), f"{PARTS_DIR}/{folder.name}")
+                   provenance(f"neurons_{name}", **{**metadata, "epoch": int(epoch), "modules": modules}))
+        client.log_artifacts(sweep_run_id, str(folder), f"{PARTS_DIR}/epoch_{int(epoch):04d}/{key}")
     run_id = CheckpointRuns(sweep_run_id, client).run_id(epoch)
+    run = client.get_run(run_id)
+    scored = sorted(set(json.loads(run.data.tags.get(SCORED_TAG, "[]"))) | set(modules))
     now = now_ms()
     metrics = [Metric(k, v, now, int(epoch)) for k, v in sorted(summary_metrics(tables["summary"]).items())]
     for i in range(0, max(len(metrics), 1), 999):  # MLflow's 1000 entities per batch; the tag goes with the last
         last = i + 999 >= len(metrics)
-        client.log_batch(run_id, metrics=metrics[i:i + 999], tags=[RunTag(SCORED_TAG, "scored")] if last else [])
-    if client.get_run(run_id).info.status == "RUNNING":
+        client.log_batch(run_id, metrics=metrics[i:i + 999], tags=[RunTag(SCORED_TAG, json.dumps(scored))] if last else [])
+    if run.info.status == "RUNNING":
         client.set_terminated(run_id, "FINISHED", end_time=now_ms())
 
 
@@ -158,12 +166,12 @@ def log_tables(sweep_run_id: str, metadata: Mapping[str, Any], *, client: Mlflow
         parts = Path(client.download_artifacts(sweep_run_id, PARTS_DIR, tmp))
         out = Path(tmp) / "out"
         for name in TABLES:
-            files = sorted(parts.glob(f"epoch_*/{name}.parquet"))
+            files = sorted(parts.glob(f"epoch_*/*/{name}.parquet"))
             counts[name] = 0
             if not files:
                 continue
             meta = provenance(f"neurons_{name}", **{**metadata, "sweep_run_id": sweep_run_id,
-                                                    "epochs": [int(f.parent.name.split("_")[1]) for f in files]})
+                                                    "epochs": sorted({int(f.parent.parent.name.split("_")[1]) for f in files})})
             schema = SCHEMAS[name].with_metadata({METADATA_KEY: json.dumps(meta).encode()})
             (out / f"{name}.parquet").parent.mkdir(parents=True, exist_ok=True)
             with pq.ParquetWriter(out / f"{name}.parquet", schema) as writer:
