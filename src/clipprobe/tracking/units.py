@@ -114,6 +114,8 @@ def note_entry_run(sweep_run_id: str, *, client: MlflowClient | None = None) -> 
     if not made or made == sweep_run_id:
         return
     client = client or MlflowClient()
+    if STEP_TAG in client.get_run(made).data.tags:  # a step's own run (the demo's main, a probe sweep): not ours
+        return
     client.log_batch(made, tags=[RunTag(STEP_TAG, "neurons"), RunTag(RUN_NAME_TAG, f"neurons: sweep {sweep_run_id}"),
                                  RunTag(SWEEP_RUN_TAG, sweep_run_id),
                                  RunTag(NOTE_TAG, f"Unit scores of the probe sweep {sweep_run_id}: its artifacts "
