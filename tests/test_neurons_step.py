@@ -18,6 +18,7 @@ from clipprobe.core.parquet import provenance, read_metadata, write_table
 from clipprobe.neurons.schema import SPARSE_COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS
 from clipprobe.tracking import runs, units
 from clipprobe.tracking.fits import CheckpointRuns
+from clipprobe.tracking.neurons_tables import load_unit_tables
 from clipprobe.world.masks import write_mask
 
 PROBE = ["probe", "--modules", "module:0,module:1", "--probes", "linear_gap", "--repeats", "0", "--permutations",
@@ -87,6 +88,11 @@ def test_neurons_step_logs_tables_metrics_and_resumes(tracking_store, tmp_path, 
     for key, row in s.iterrows():
         assert row["full_test_acc"] == lin.loc[key]
     assert set(tables["sparse"]["k"]) == {1, 2, *set(s["n_units"])}
+    top = tables["top_images"]  # the unit cards' images: the best units' top 20 pool images
+    planted = top[(top["epoch"] == 2) & (top["module"] == "module:0") & (top["unit"] == 0)]
+    assert list(planted["rank"]) == list(range(1, 21)) and planted["path"].str.startswith("red_").all()
+    read_back = load_unit_tables(sweep)  # what compare's report reads
+    assert read_back is not None and read_back.pool_root == tmp_path / "pool" and len(read_back.units) == len(u)
 
     checkpoint_runs = CheckpointRuns(sweep)
     client = MlflowClient()

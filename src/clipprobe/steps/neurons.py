@@ -22,6 +22,7 @@ from tqdm import tqdm
 from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.concepts.splits import ConceptSplits
+from clipprobe.neurons.cards import TOP_IMAGE_COLUMNS, top_activating
 from clipprobe.neurons.config import NeuronsConfig
 from clipprobe.neurons.iou import MapReader
 from clipprobe.neurons.score import UnitInputs, score_checkpoint
@@ -182,7 +183,8 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
     units.log_config(sweep_run, config)
     units.note_entry_run(sweep_run)
     metadata = {"sweep_run_id": sweep_run, "config": config.to_dict(), "model_name": sweep.model_name,
-                "splits_run": sweep.splits_run}
+                "splits_run": sweep.splits_run, "pool_root": str(inputs.splits.pool_root)}
+    paths = runner.paths  # the rows of the cached activations (relative to pool_root)
     start = time.perf_counter()
     scored = []
     for ref in tqdm(todo, desc="unit scores", unit="checkpoint", disable=not progress):
@@ -212,9 +214,14 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
                                   full=full or None,
                                   device=dev, probe_params=sweep.plan().params_of("linear_gap")
                                   if "linear_gap" in sweep.probes else None)
+        top = [top_activating(acts.gap(path), paths, units=sorted(set(best)), epoch=ref.epoch, module=module)
+               for module, path in modules.items()
+               if len(best := tables.summary.loc[tables.summary["module"] == module, "best_unit"].astype(int))]
         runner.cache.release(acts)
         units.log_checkpoint(sweep_run, ref.epoch, {"units": tables.units, "sparse": tables.sparse,
-                                                    "summary": tables.summary}, metadata)
+                                                    "summary": tables.summary,
+                                                    "top_images": pd.concat(top, ignore_index=True) if top else
+                                                    pd.DataFrame(columns=list(TOP_IMAGE_COLUMNS))}, metadata)
     rows = units.log_tables(sweep_run, metadata)
     return NeuronsOutcome(sweep_run, tuple(scored), tuple(sorted(e for e in done if e not in scored)), rows,
                           time.perf_counter() - start)

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from clipprobe.core.parquet import METADATA_KEY, provenance
 from clipprobe.core.step_config import StepConfig
+from clipprobe.neurons.cards import TOP_IMAGE_COLUMNS
 from clipprobe.neurons.schema import SPARSE_COLUMNS, SUMMARY_COLUMNS, UNIT_COLUMNS
 from clipprobe.tracking.fit_records import BAD_NAME_CHARS, now_ms
 from clipprobe.tracking.fits import CheckpointRuns
@@ -32,7 +33,7 @@ from clipprobe.tracking.runs import (
     search_all_runs,
 )
 
-TABLES = ("units", "sparse", "summary")
+TABLES = ("units", "sparse", "summary", "top_images")  # top_images: the best units' top pool images (cards)
 ARTIFACT_DIR = "neurons"
 PARTS_DIR = f"{ARTIFACT_DIR}/parts"  # neurons/parts/epoch_<NNNN>/<modules key>/<table>.parquet: a checkpoint's rows
 SWEEP_RUN_TAG = "clipprobe.sweep_run"  # on the run `mlflow run -e neurons` opens: the sweep it scored
@@ -44,9 +45,9 @@ SUMMARY_METRICS = {  # summary column -> metric name under neurons/<module>/<con
 
 
 _INTS = {"epoch", "unit", "n_pos", "n_neg", "k", "n_test", "n_units", "n_detectors_auroc", "n_detectors_iou",
-         "best_unit", "smallest_k"}
+         "best_unit", "smallest_k", "rank"}
 _FLOATS = {"auroc", "p_value", "q_value", "soft_wpmi", "iou", "test_acc", "test_acc_ci_low", "test_acc_ci_high",
-           "best_auroc", "full_test_acc", "full_test_acc_ci_low", "full_test_acc_ci_high"}
+           "best_auroc", "full_test_acc", "full_test_acc_ci_low", "full_test_acc_ci_high", "activation"}
 
 
 def _schema(columns: tuple[str, ...]) -> pa.Schema:
@@ -56,7 +57,8 @@ def _schema(columns: tuple[str, ...]) -> pa.Schema:
                       for c in columns])
 
 
-SCHEMAS = {"units": _schema(UNIT_COLUMNS), "sparse": _schema(SPARSE_COLUMNS), "summary": _schema(SUMMARY_COLUMNS)}
+SCHEMAS = {"units": _schema(UNIT_COLUMNS), "sparse": _schema(SPARSE_COLUMNS), "summary": _schema(SUMMARY_COLUMNS),
+           "top_images": _schema(TOP_IMAGE_COLUMNS)}
 
 
 def _arrow(name: str, frame: pd.DataFrame, metadata: Mapping[str, Any]) -> pa.Table:
