@@ -91,6 +91,8 @@ class SweepConfig(StepConfig):
         other = SweepConfig.from_dict({**self.to_dict(), **given}) if given else self
         out = []
         for name in given:
+            if name == "neurons":  # what runs after the fits, not how they are computed: a resume may add it
+                continue
             mine, theirs = getattr(self, name), getattr(other, name)
             if name in ("epochs", "modules", "concepts", "probes") and mine is not None and theirs is not None:
                 mine, theirs = set(mine), set(theirs)
