@@ -71,7 +71,7 @@ def test_pool_maps_mean_and_max() -> None:
 
 def _wpmi_by_hand(a: np.ndarray, P: np.ndarray, top: int) -> np.ndarray:
     units, concepts = a.shape[1], P.shape[1]
-    w = np.linspace(0.998, 0.97, top)
+    w = 0.998 - np.arange(top) / top * (0.998 - 0.97)  # CLIP-Dissect's similarity.soft_wpmi
     given = np.zeros((units, concepts))
     for k in range(units):
         order = np.argsort(-a[:, k], kind="stable")[:top]
@@ -124,3 +124,11 @@ def test_iou_threshold_is_the_top_half_percent() -> None:
     maps = np.arange(2 * 1 * 20 * 20, dtype=np.float32).reshape(2, 1, 20, 20)  # 800 distinct values
     T = unit_thresholds(maps)
     assert np.sum(maps > T[0]) == 4  # 0.5% of 800
+
+
+def test_rank_weights_follow_clip_dissects_code() -> None:
+    from clipprobe.neurons.wpmi import rank_weights
+
+    w = rank_weights(100)
+    assert w[0] == 0.998 and w[-1] == pytest.approx(0.97028) and len(w) == 100
+    assert np.allclose(np.diff(w), -0.028 / 100)

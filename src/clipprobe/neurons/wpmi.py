@@ -32,8 +32,9 @@ def truth_probabilities(labels: np.ndarray) -> np.ndarray:
 
 
 def rank_weights(top: int, first: float = WEIGHT_FIRST, last: float = WEIGHT_LAST) -> np.ndarray:
-    """p_j for ranks 1 .. top, falling linearly from ``first`` to ``last``."""
-    return np.linspace(first, last, top) if top > 1 else np.array([first])
+    """p_j for ranks 1 .. top: ``first - (j - 1) / top * (first - last)``, as CLIP-Dissect's ``soft_wpmi`` builds
+    them (``p_start - arange(top) / top * (p_start - p_end)``), so rank 100 of 100 gets 0.97028, not 0.97."""
+    return first - np.arange(top) / top * (first - last)
 
 
 def soft_wpmi(activations: np.ndarray, probabilities: np.ndarray, *, top: int = TOP_IMAGES,
