@@ -101,6 +101,25 @@ def test_csv_is_seed_shaped_at_full_precision_and_readable_as_a_reference(tmp_pa
     assert list(ref["module"][:4]) == ["module:0", "module:1", "module:2", "module:10"]
 
 
+def test_selectivity_reads_undefined_where_the_concept_is_a_class_and_says_how_much_where_partly():
+    results = synthetic_results()
+    results["class_alignment"] = results["concept"].map({"red": 1.0, "blue": 0.4, "striped": 0.0})
+    tables = build_tables(results)
+    red, blue, striped = tables
+    text, md, html = to_text(tables), to_markdown(tables), to_html(tables)
+    for rendered in (text, md, html):
+        assert rendered.count("n/a (concept = class)") == len(MODULES) * len(PROBES) + 1  # red's cells + legend
+    assert "selectivity n/a" in red.test_size() and "class-aligned" not in red.test_size()
+    assert "class-aligned: 40% of positives are in wholly positive classes" in blue.test_size()
+    assert "class" not in striped.test_size()
+    sel = results[(results["concept"] == "blue") & (results["epoch"] == 3)]["test_selectivity"]
+    assert all(f"{v:+.3f}" in md for v in sel)  # a partly aligned concept keeps its numbers
+    wide = tables_wide(tables)
+    assert wide.loc[wide["concept"] == "red", "linear_gap_selectivity"].isna().all()
+    assert wide.loc[wide["concept"] == "blue", "linear_gap_selectivity"].notna().all()
+    assert list(wide.groupby("concept", sort=False)["class_alignment"].first()) == [1.0, 0.4, 0.0]
+
+
 def _set(frame, hit, k: int, correct: str | None = None):
     """Cells ``hit`` get k of 90 right (the first k images of their concept's order unless ``correct``)."""
     from clipprobe.probes.evaluation import exact_interval

@@ -25,6 +25,10 @@ What each number measures (see also docs/statistics.md):
   positive images is as close to the concept's as the class sizes allow. A probe that only recognises classes scores high on it; a striped probe must not just
   find zebras. ``test_selectivity`` = ``test_acc - test_control_acc``; both are NaN when the images
   carry no class.
+- ``class_alignment``: the share of the concept's positive images whose class is wholly positive (no
+  negative image of the concept has that class). At 1 the concept is a class or a union of classes: the
+  control task can then draw exactly the concept, so selectivity cannot tell concept from class and the
+  report shows it as undefined; between 0 and 1 that share of the positives is class-like. NaN without classes.
 - ``test_correct`` ('0'/'1' per stored test image, in the task's row order) and ``test_images`` (a
   hash of those images' ids) let two fits on the same test images be compared by a paired test.
 """
@@ -32,6 +36,7 @@ What each number measures (see also docs/statistics.md):
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -110,6 +115,7 @@ class ProbeResult:
     n_dropped_features: int
     test_correct: str
     test_images: str
+    class_alignment: float = math.nan
 
     def to_dict(self) -> dict[str, float | int | str]:
         """Column name -> value for a results row (metrics and the per-image ``PREDICTION_FIELDS``)."""
@@ -249,6 +255,19 @@ def control_task_labels(task: ConceptTask, seed: int) -> np.ndarray | None:
     return None
 
 
+def class_alignment(task: ConceptTask) -> float:
+    """The share of the concept's positives whose class holds no negative of the concept (NaN without classes).
+
+    1.0: the concept is a class or a union of classes, so a control task that draws whole classes can draw
+    the concept itself and selectivity is undefined; 0.0: no class is wholly positive."""
+    if task.classes is None:
+        return math.nan
+    classes, labels = np.asarray(task.classes), np.asarray(task.labels)
+    negative_classes = set(classes[labels == 0].tolist())
+    positives = classes[labels == 1]
+    return float(np.mean([c not in negative_classes for c in positives.tolist()]))
+
+
 def hash_test_images(task: ConceptTask) -> str:
     """A short hash of the stored test images, in row order: image ids when known, else rows of X
     (``rows:`` prefix; then only comparable within one sweep)."""
@@ -352,6 +371,7 @@ def evaluate_concepts(
             n_train=int(stored.sum()), n_test=n_test, n_test_pos=int(y[te].sum()), repeats=repeats,
             permutations=permutations, n_dropped_features=int(fit.n_dropped_features[b0]),
             test_correct="".join("1" if c else "0" for c in correct), test_images=hash_test_images(task),
+            class_alignment=class_alignment(task),
         ))
     return results
 
