@@ -120,6 +120,19 @@ def test_selectivity_reads_undefined_where_the_concept_is_a_class_and_says_how_m
     assert list(wide.groupby("concept", sort=False)["class_alignment"].first()) == [1.0, 0.4, 0.0]
 
 
+def test_compression_sits_beside_accuracy_when_the_sweep_has_mdl(tmp_path):
+    results = synthetic_results()
+    assert "compr." not in to_markdown(build_tables(results))  # sweeps without MDL keep their shape
+    results["compression"] = 1.0 + results["module_index"] + 0.5 * results["epoch"]
+    tables = build_tables(results)
+    md, text = to_markdown(tables), to_text(tables)
+    assert "| module | linear_gap [95% CI] | sel. | compr. | non_linear_gap [95% CI] | sel. | compr. | majority |" in md
+    red10 = results[(results["concept"] == "red") & (results["module"] == "module:10") & (results["epoch"] == 3)]
+    assert f"{red10['compression'].iloc[0]:.2f}" in text and "compr. = MDL compression" in text
+    wide = tables_wide(tables)
+    assert (wide.loc[wide["module"] == "module:10", "linear_gap_compression"] == 1.0 + 10 + 1.5).all()
+
+
 def _set(frame, hit, k: int, correct: str | None = None):
     """Cells ``hit`` get k of 90 right (the first k images of their concept's order unless ``correct``)."""
     from clipprobe.probes.evaluation import exact_interval

@@ -31,6 +31,9 @@ _D = SweepConfig()
 @click.option("--permutations", default=_D.permutations, show_default=True, type=int,
               help="Permutation baseline: probes refitted with the training labels shuffled (the test labels kept); "
                    "its p-value is (1 + #permuted >= real) / (1 + permutations). 0 turns it off.")
+@click.option("--mdl/--no-mdl", default=_D.mdl, show_default=True,
+              help="Online codelength (Voita and Titov's MDL) of every fit on its training part, in bits, and its "
+                   "compression (uniform / online): one probe more per doubling block.")
 @click.option("--seed", default=_D.seed, show_default=True, type=int,
               help="Seeds the re-splits, the permutations' shuffles and the probes' initial weights.")
 @click.option("--splits-run", default=None, metavar="RUN_ID",

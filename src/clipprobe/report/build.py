@@ -23,6 +23,9 @@ import pandas as pd
 from clipprobe.report import diff, intro, labels, page, plots, reference, sanity, tables
 
 log = logging.getLogger(__name__)
+_COMPRESSION_NOTE = ("<p>The MDL compression heatmaps show uniform / online codelength of the training labels "
+                     "(Voita and Titov): 1 = nothing learnt, higher = the concept is learnt from fewer examples. "
+                     "They rank cells whose accuracy saturates at 1.000.</p>")
 
 
 @dataclass
@@ -95,6 +98,10 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
         for probe in tables.probes_in(data):
             files.append(plots.what_where_when(data, probe, folder / "plots" / f"what_where_when_{probe}.png"))
             heatmaps.append((f"what-where-when {probe}", files[-1]))
+            if data.loc[data["probe"] == probe, "compression"].notna().any():  # sweeps with MDL
+                files.append(plots.what_where_when(data, probe, folder / "plots" / f"what_where_when_compression_{probe}.png",
+                                                   metric="compression"))
+                heatmaps.append((f"what-where-when {probe} MDL compression", files[-1]))
             files.append(plots.accuracy_over_epochs(data, probe, chosen,
                                                     folder / "plots" / f"accuracy_over_epochs_{probe}.png"))
             lines.append((f"accuracy over epochs {probe}", files[-1]))
@@ -108,6 +115,7 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
         sections += [(f"{heading}: what-where-when (test accuracy, module x epoch)",
                       "<p>Each panel is one concept: rows are modules from the input (bottom) to the head (top), "
                       "columns are epochs. The line on the colour scale marks the majority baseline.</p>"
+                      + (_COMPRESSION_NOTE if data["compression"].notna().any() else "")
                       + "\n".join(page.embed_png(p, alt) for alt, p in heatmaps)),
                      (f"{heading}: accuracy over epochs",
                       f"<p>Lines for {html.escape(shown)}; bands are 95% intervals, the dashed line the majority "

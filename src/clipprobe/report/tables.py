@@ -6,7 +6,7 @@ images, Holm-corrected over the cells of the tables: ``report.significance``), a
 (accuracy minus the control-task accuracy, '-' where the images carry no class); the majority
 baseline sits beside it and the test size under each table. Where the concept is a class or a union of
 classes (``class_alignment`` = 1) selectivity reads "n/a (concept = class)"; a partly aligned concept says how
-much under its table. Renders as terminal text, Markdown,
+much under its table. Sweeps with MDL add each cell's compression (``compr.``). Renders as terminal text, Markdown,
 CSV and HTML fragments.
 """
 
@@ -30,11 +30,12 @@ REQUIRED = ("concept", "group", "module", "probe", "epoch", "test_acc", "test_ac
 OPTIONAL_METRICS = ("test_majority_acc", "test_control_acc", "test_selectivity", "n_test",
                     "n_test_pos", "repeats", "test_balanced_acc", "test_auroc", "train_acc",
                     "test_acc_resplit_mean", "test_acc_resplit_ci_low", "test_acc_resplit_ci_high",
-                    "test_permutation_acc", "test_permutation_p", "permutations", "class_alignment")
+                    "test_permutation_acc", "test_permutation_p", "permutations", "class_alignment", "compression")
 PREDICTIONS = ("test_correct", "test_images")  # per-image results; "" for sweeps made before them
 COUNTS = ("n_test", "n_test_pos", "repeats")
 CELL = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_control_acc", "test_selectivity",
-        "test_majority_acc", "test_permutation_p", "n_test", "n_test_pos", "repeats", "class_alignment")
+        "test_majority_acc", "test_permutation_p", "n_test", "n_test_pos", "repeats", "class_alignment",
+        "compression")
 CHANGE = ("change_from", "change_p", "change")  # vs the previous epoch: its epoch, adjusted p, mark
 _DIGITS = re.compile(r"(\d+)")
 CONCEPT_IS_CLASS = "n/a (concept = class)"  # selectivity where the control task can draw the concept itself
@@ -233,6 +234,7 @@ def tables_wide(tables: Sequence[ConceptTable]) -> pd.DataFrame:
                                                else c.get("test_selectivity", math.nan))
                 row[f"{probe}_permutation_p"] = c.get("test_permutation_p", math.nan)
                 row[f"{probe}_change_p"] = c.get("change_p", math.nan)
+                row[f"{probe}_compression"] = c.get("compression", math.nan)
             row["majority"] = shared["test_majority_acc"]
             row["class_alignment"] = t.alignment()
             for col in COUNTS:
@@ -270,11 +272,16 @@ def _maj(t: ConceptTable, module: str) -> str:
     return "-" if v.empty else f"{v.iloc[0]:.3f}"
 
 
+def _compr(c: pd.Series | None) -> str:
+    return "-" if c is None or pd.isna(c.get("compression", math.nan)) else f"{c['compression']:.2f}"
+
+
 def _grid(t: ConceptTable) -> tuple[list[str], list[list[str]]]:
-    """Header and string rows shared by every renderer."""
+    """Header and string rows shared by every renderer (a compression column per probe when the sweep has MDL)."""
+    mdl = t.cells["compression"].notna().any()
     header = ["module"]
     for p in t.probes:
-        header += [f"{p} [95% CI]", "sel."]
+        header += [f"{p} [95% CI]", "sel."] + (["compr."] if mdl else [])
     header.append("majority")
     rows = []
     for m in t.modules:
@@ -284,7 +291,7 @@ def _grid(t: ConceptTable) -> tuple[list[str], list[list[str]]]:
                 c = t.cell(m, p)
             except KeyError:
                 c = None
-            row += [_acc(c), _sel(c)]
+            row += [_acc(c), _sel(c)] + ([_compr(c)] if mdl else [])
         row.append(_maj(t, m))
         rows.append(row)
     return header, rows
@@ -317,6 +324,9 @@ def legend(tables: Sequence[ConceptTable]) -> str:
     text = ("[95% CI] = exact (Clopper-Pearson) interval over the stored split's test images; "
             "sel. = test accuracy minus the control-task accuracy (- where the images carry no class; "
             f"{CONCEPT_IS_CLASS} where every positive's class is wholly positive: docs/statistics.md)")
+    if any(t.cells["compression"].notna().any() for t in tables):
+        text += ("; compr. = MDL compression on the training part: uniform / online codelength (Voita and Titov), "
+                 "1 = nothing learnt, higher = fewer examples needed; it ranks cells whose accuracy ties")
     changed = [t for t in tables if t.cells["change_from"].notna().any()]
     if changed:
         since = int(changed[0].cells["change_from"].dropna().iloc[0])

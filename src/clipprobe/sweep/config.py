@@ -47,6 +47,7 @@ class SweepConfig(StepConfig):
     fold_batchnorm: bool = ExtractOptions.fold_batchnorm
     calibration_images: int = ExtractOptions.calibration_images
     calibration_rtol: float = ExtractOptions.calibration_rtol
+    mdl: bool = SweepPlan.mdl
 
     def __post_init__(self) -> None:
         for name in ("modules", "concepts"):
@@ -60,7 +61,8 @@ class SweepConfig(StepConfig):
     def plan(self) -> SweepPlan:
         """The part the sweep fits by."""
         return SweepPlan(modules=self.modules, concepts=self.concepts, probes=self.probes, repeats=self.repeats,
-                         permutations=self.permutations, seed=self.seed, hparams=self.hparams, hparams_source=self.hparams_source)
+                         permutations=self.permutations, seed=self.seed, hparams=self.hparams, hparams_source=self.hparams_source,
+                         mdl=self.mdl)
 
     def extract_options(self, batch_size: int = ExtractOptions.batch_size) -> ExtractOptions:
         """How the forward pass computes (the batch size does not change the numbers, so it is not stored)."""

@@ -71,6 +71,7 @@ class SweepPlan:
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hparams_source: Mapping[str, str] = field(default_factory=dict)
     fast_gram: bool = True  # False: float32 Gram-form products (probes.design.gram_product_dtype)
+    mdl: bool = True  # the online codelength and compression of every fit (probes.evaluation.mdl_blocks)
 
     def __post_init__(self) -> None:
         for p in self.probes:
@@ -241,7 +242,8 @@ class Sweep:
             tasks = [t for t in self.tasks if t.concept in todo[(module, probe)]]
             results = evaluate_concepts(acts.features(path, kind.features), tasks, kind, params,
                                         repeats=self.plan.repeats, permutations=self.plan.permutations,
-                                        seed=self.plan.seed, device=self.device, fast_gram=self.plan.fast_gram)
+                                        seed=self.plan.seed, device=self.device, fast_gram=self.plan.fast_gram,
+                                        mdl=self.plan.mdl)
             for task, result in zip(tasks, results, strict=True):
                 row = {
                     "concept": task.concept, "group": self.groups[task.concept], "module": module,
