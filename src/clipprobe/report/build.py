@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from clipprobe.report import diff, intro, labels, page, plots, reference, sanity, tables
+from clipprobe.report import diff, intro, labels, page, plots, reference, sanity, similarity, tables
 
 log = logging.getLogger(__name__)
 _COMPRESSION_NOTE = ("<p>The MDL compression heatmaps show uniform / online codelength of the training labels "
@@ -60,10 +60,12 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                  epoch: int | None = None, modules: Sequence[str] | None = None,
                  reference_table: pd.DataFrame | None = None, title: str = "clipprobe comparison",
                  provenance: Sequence[intro.Provenance] = (),
-                 label_sources: labels.LabelSources | None = None) -> Report:
+                 label_sources: labels.LabelSources | None = None,
+                 cka: Mapping[str, pd.DataFrame] | None = None) -> Report:
     """Introduction and provenance, then per sweep the what-where-when plots, accuracy over epochs,
     emergences, sanity flags and tables; then diffs (later sweeps vs the first), mined vs true labels
-    (``label_sources``: ``labels.csv`` per mined sweep) and the reference."""
+    (``label_sources``: ``labels.csv`` per mined sweep) and the reference. ``cka``: a sweep's CKA table by
+    sweep name (``probe/cka.parquet``), drawn after its tables (``cka.csv``, ``plots/cka_*.png``)."""
     prepared = _prepare(sweeps, epoch, modules)
     diffs = [(name, diff.diff_sweeps(prepared[0][1], data, epoch_a=epoch, epoch_b=epoch))
              for name, data, _, _ in prepared[1:]]
@@ -124,6 +126,14 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                       f"<pre>{html.escape(sanity.emergence_text(emerged))}</pre>"),
                      (f"{heading}: sanity flags", page.flags_html(flags)),
                      (f"{heading}: tables at epoch {built[0].epoch}", tables.to_html(built))]
+        if cka and cka.get(name) is not None:
+            settled = similarity.settled_text(cka[name])
+            cka[name].to_csv(folder / "cka.csv", index=False)
+            drawn = similarity.write_plots(cka[name], folder / "plots")
+            files += [folder / "cka.csv", *(p for _, p in drawn)]
+            text += [settled, ""]
+            sections.append((f"{heading}: representation similarity over training (CKA)",
+                             similarity.section_html(drawn, settled, page.embed_png)))
     first = prepared[0][0]
     for name, d in diffs:
         path = out / f"diff_{first}_vs_{name}.csv"

@@ -48,6 +48,7 @@ class SweepConfig(StepConfig):
     calibration_images: int = ExtractOptions.calibration_images
     calibration_rtol: float = ExtractOptions.calibration_rtol
     mdl: bool = SweepPlan.mdl
+    cka: bool = True  # representation similarity between modules and epochs after the fits (similarity.checkpoints)
 
     def __post_init__(self) -> None:
         for name in ("modules", "concepts"):

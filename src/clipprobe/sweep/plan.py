@@ -175,12 +175,15 @@ class Sweep:
         return resolve_probe_modules(backbone.module, self.plan.modules if self.plan.modules is not None
                                      else backbone.probe_modules or None)
 
-    def activations(self, backbone: Backbone, modules: Mapping[str, str]) -> CheckpointActivations:
+    def activations(self, backbone: Backbone, modules: Mapping[str, str], *,
+                    maps: bool | None = None) -> CheckpointActivations:
         """The activations of ``modules`` (display name -> path) of ``backbone`` on the sweep's images, by one
-        hooked pass with the sweep's extract options (read from the cache when it has them)."""
+        hooked pass with the sweep's extract options (read from the cache when it has them); full maps when a
+        probe kind of the plan reads them (``maps`` overrides: False for pooled vectors only)."""
         return self.cache.get(backbone.module, dict(modules), self.images(backbone.transform),
                               fingerprint=backbone.fingerprint, options=self.extract, device=self.device,
-                              progress=self.progress, native_bf16=self.native_bf16, maps=self.plan.needs_maps)
+                              progress=self.progress, native_bf16=self.native_bf16,
+                              maps=self.plan.needs_maps if maps is None else maps)
 
     def run(
         self,
