@@ -57,7 +57,7 @@ def test_batched_blocks_equal_one_probe_fitted_per_prefix() -> None:
     X[:, 0] += np.where(X[:, 1] > 0, 1.5, -1.5)
     labels = (X[:, 1] > 0).astype(int)
     task = _task(labels)
-    [r] = evaluate_concepts(X, [task], "linear_gap", permutations=0)
+    [r] = evaluate_concepts(X, [task], "linear_gap", permutations=0, mdl=True)
     order, ends = mdl_order(task, 0), mdl_blocks(int(task.train.sum()))
     online = float(ends[0])
     for start, stop in zip(ends[:-1], ends[1:], strict=True):
@@ -75,8 +75,8 @@ def test_a_separable_concept_compresses_far_more_than_a_shuffled_one(kind: str) 
     separable = (X[:, 0] > 0).astype(int)
     X[:, 0] += np.where(separable == 1, 3.0, -3.0)
     shuffled = np.random.default_rng(1).permutation(separable)
-    [sep] = evaluate_concepts(X, [_task(separable)], kind, permutations=0)
-    [shuf] = evaluate_concepts(X, [_task(shuffled, name="s")], kind, permutations=0)
+    [sep] = evaluate_concepts(X, [_task(separable)], kind, permutations=0, mdl=True)
+    [shuf] = evaluate_concepts(X, [_task(shuffled, name="s")], kind, permutations=0, mdl=True)
     assert sep.test_acc == 1.0 and sep.compression > 3.0
     assert 0.95 < shuf.compression < 1.05  # nothing to learn: the online code is the uniform one
     assert sep.compression > 3 * shuf.compression
@@ -89,7 +89,7 @@ def test_compression_ranks_two_cells_that_accuracy_ties_at_one() -> None:
     for margin in (1.0, 4.0):  # both linearly separable; the wide margin is learnt from fewer examples
         Xm = X.copy()
         Xm[:, 0] += np.where(labels == 1, margin, -margin)
-        [cells[margin]] = evaluate_concepts(Xm, [_task(labels)], "linear_gap", permutations=0)
+        [cells[margin]] = evaluate_concepts(Xm, [_task(labels)], "linear_gap", permutations=0, mdl=True)
     assert cells[1.0].test_acc == cells[4.0].test_acc == 1.0
     assert cells[1.0].test_acc_ci_low == cells[4.0].test_acc_ci_low  # the same exact interval: accuracy ties
     assert cells[4.0].compression > cells[1.0].compression + 1.0
@@ -98,7 +98,7 @@ def test_compression_ranks_two_cells_that_accuracy_ties_at_one() -> None:
 def test_permuted_labels_cost_about_n_log2_k_bits() -> None:
     X = _features()
     labels = np.random.default_rng(3).permutation(np.r_[np.ones(150, int), np.zeros(150, int)])
-    [r] = evaluate_concepts(X, [_task(labels)], "linear_gap", permutations=0)
+    [r] = evaluate_concepts(X, [_task(labels)], "linear_gap", permutations=0, mdl=True)
     n = 210  # training images; K = 2 labels: log2 K = 1 bit each
     assert r.mdl_uniform_bits == n
     assert abs(r.mdl_codelength_bits - n) <= 0.05 * n
@@ -107,7 +107,7 @@ def test_permuted_labels_cost_about_n_log2_k_bits() -> None:
 def test_mdl_off_leaves_the_columns_nan_and_the_other_numbers_unchanged() -> None:
     X = _features()
     task = _task((X[:, 0] > 0).astype(int))
-    [on] = evaluate_concepts(X, [task], "linear_gap", permutations=3, repeats=1)
-    [off] = evaluate_concepts(X, [task], "linear_gap", permutations=3, repeats=1, mdl=False)
+    [on] = evaluate_concepts(X, [task], "linear_gap", permutations=3, repeats=1, mdl=True)
+    [off] = evaluate_concepts(X, [task], "linear_gap", permutations=3, repeats=1)  # off by default
     assert math.isnan(off.mdl_codelength_bits) and math.isnan(off.compression)
     assert on.test_correct == off.test_correct and on.test_permutation_acc == off.test_permutation_acc

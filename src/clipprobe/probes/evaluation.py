@@ -343,7 +343,7 @@ def evaluate_concepts(
     confidence: float = 0.95,
     form: str = "auto",
     fast_gram: bool = True,
-    mdl: bool = True,
+    mdl: bool = False,
     mdl_first_block: int = MDL_FIRST_BLOCK,
 ) -> list[ProbeResult]:
     """Fit and score every concept of one module at once; one ``ProbeResult`` per task, in order.

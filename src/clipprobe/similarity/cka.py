@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from clipprobe.probes.solvers import threads_for
+
 MIN_IMAGES_DEBIASED = 4  # the unbiased HSIC divides by n - 3
 
 
@@ -72,5 +74,9 @@ def cka_matrix(representations: Sequence[np.ndarray | torch.Tensor], *, debiased
     n = {int(r.shape[0]) for r in representations}
     if len(n) != 1:
         raise ValueError(f"representations have {sorted(n)} images: CKA compares the same images")
-    flat = torch.stack([_normalised(r, debiased).flatten() for r in representations])
-    return (flat @ flat.T).clamp(-1.0, 1.0).numpy()
+    n_images = n.pop()
+    width = max(int(r.shape[1]) for r in representations)
+    # small programs run faster on one thread (probes.solvers.threads_for; benchmarks/results/code_timings.md)
+    with threads_for(len(representations) * n_images * n_images * max(width, len(representations))):
+        flat = torch.stack([_normalised(r, debiased).flatten() for r in representations])
+        return (flat @ flat.T).clamp(-1.0, 1.0).numpy()
