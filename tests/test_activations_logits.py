@@ -74,3 +74,16 @@ def test_a_map_probe_kind_refuses_logits_and_a_gap_sweep_probes_them(tmp_path):
     assert set(by_module) == {"module:3", LOGITS}
     assert by_module[LOGITS]["module_path"] == LOGITS and by_module[LOGITS]["n_test"] == 21
     assert 0 <= by_module[LOGITS]["test_acc"] <= 1
+
+
+def test_probe_refuses_logits_with_a_map_kind_in_one_usage_line_before_any_run(tracking_store):
+    from click.testing import CliRunner
+
+    from clipprobe.cli import main
+
+    res = CliRunner().invoke(main, ["probe", "--modules", "module:3,logits"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1] == (
+        "Error: module logits (the model's output, one value per class) has no maps for probe kind(s) "
+        "non_linear_non_gap: pass --probes with gap kinds only (linear_gap, non_linear_gap), or probe logits in a "
+        "sweep of its own")

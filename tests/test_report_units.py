@@ -99,3 +99,33 @@ def test_the_report_has_a_units_part_only_for_sweeps_with_neurons_tables(units, 
     assert not (tmp_path / "with" / "def67890" / "unit_when.csv").exists()
     without = write_report([("abc12345", results)], tmp_path / "without")
     assert "unit cards" not in without.html.read_text() and "units (" not in without.text
+
+
+def test_compare_reads_a_sweeps_neurons_tables_and_skips_a_sweep_without(tracking_store, units, pool, tmp_path):
+    import mlflow
+    from click.testing import CliRunner
+    from report_fakes import log_fake_sweep
+
+    from clipprobe.cli import main
+    from clipprobe.core.parquet import provenance, write_table
+
+    root, paths = pool
+    with_units = log_fake_sweep(synthetic_results(), tmp_path, nested=False)
+    without = log_fake_sweep(synthetic_results(seed=1), tmp_path, nested=False)
+    pooled = np.tile(np.arange(len(paths), dtype=float)[:, None], (1, 5))
+    folder = tmp_path / "neurons"
+    folder.mkdir()
+    units.to_parquet(folder / "units.parquet", index=False)
+    write_table(top_activating(pooled, paths, k=4, epoch=10, module="module:3"), folder / "top_images.parquet",
+                provenance("unit_top_images", pool_root=str(root)))
+    with mlflow.start_run(run_id=with_units):
+        mlflow.log_artifacts(str(folder), artifact_path="neurons")
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["compare", with_units, without, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "red / module:3: unit module:3/1 emerges at epoch 2" in res.output
+    first, second = with_units[:8], without[:8]
+    assert (out / first / "unit_when.csv").is_file() and not (out / second / "unit_when.csv").exists()
+    page = (out / "report.html").read_text()
+    assert f"sweep {first}: unit cards" in page and f"sweep {second}: unit cards" not in page
+    assert "module:3/1 top images at epoch 10" in page  # the card's contact sheet, from the pool's files

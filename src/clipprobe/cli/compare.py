@@ -13,7 +13,7 @@ from clipprobe.cli import options
 from clipprobe.report.build import write_report
 from clipprobe.report.labels import LabelSources
 from clipprobe.report.reference import read_reference_csv
-from clipprobe.tracking import fits, label_sources
+from clipprobe.tracking import fits, label_sources, neurons_tables
 from clipprobe.tracking import results as sweep_results
 from clipprobe.tracking import similarity as sweep_similarity
 from clipprobe.tracking.runs import log_artifacts, set_tags, step_run
@@ -42,7 +42,8 @@ def compare(run_ids: tuple[str, ...], epoch: int | None, modules: tuple[str, ...
             experiment_name: str | None) -> None:
     """Tables, plots and sanity flags for probe sweep RUN_IDS (default: the latest sweep).
 
-    With several sweeps, each later one is also compared cell by cell with the first.
+    With several sweeps, each later one is also compared cell by cell with the first. A sweep with neurons tables
+    (neurons/units.parquet) also gets its units: detectors per module over epochs, when units emerge, unit cards.
     Everything is written to --out and logged as artifacts of a `compare` run.
     """
     ids = [r.strip() for raw in run_ids for r in raw.replace(",", " ").split() if r.strip()]
@@ -56,11 +57,13 @@ def compare(run_ids: tuple[str, ...], epoch: int | None, modules: tuple[str, ...
                       in zip(sweeps, ids, strict=True)]
         ref = read_reference_csv(reference) if reference.strip() else None
         truth, mined = label_sources.label_sources(ids, [name for name, _ in sweeps])  # CLIP vs true labels
+        found = [(name, neurons_tables.load_unit_tables(run_id)) for (name, _), run_id in zip(sweeps, ids, strict=True)]
+        units = {name: tables for name, tables in found if tables is not None}  # sweeps without them: no units part
         # Built in a fresh folder so the run logs this report only, never stale files in --out.
         with tempfile.TemporaryDirectory(prefix="clipprobe-compare-") as tmp:
             report = write_report(sweeps, tmp, epoch=epoch, modules=None if modules is None else list(modules),
                                   reference_table=ref, provenance=provenance,
-                                  label_sources=LabelSources(truth, mined) if mined else None,
+                                  label_sources=LabelSources(truth, mined) if mined else None, units=units,
                                   cka={name: sweep_similarity.load_cka(run_id)
                                        for (name, _), run_id in zip(sweeps, ids, strict=True)},
                                   title=f"clipprobe: what, where and when ({', '.join(p.model for p in provenance)})")
