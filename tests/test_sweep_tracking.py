@@ -90,6 +90,7 @@ def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp
     red = table[(table.concept == "red") & (table.module == "module:0") & (table.probe == "linear_gap")]
     assert acc == dict(zip(red.epoch, red.test_acc, strict=True))
     assert acc[2] > acc[0] + 0.2
+    assert table["compression"].notna().all() and (table["mdl_uniform_bits"] == table["n_train"]).all()  # MDL: on
     # representation similarity (on by default): every pair of modules per epoch and of epochs per module
     cka = load_cka(sweep.info.run_id)
     assert len(cka) == 2 * 2 * 2 + 2 * 2 * 2 and set(cka["epoch_a"]) == {0, 2}

@@ -25,8 +25,8 @@ DEMO_CLIP_EPOCHS = 15
 DEMO_MODULES = ",".join(f"module:{i}" for i in range(0, 19, 3))
 
 
-# Measures beyond accuracy that a sweep computes only when asked (each adds more than 15% to it:
-# benchmarks/results/bench_measures_small.md); the demo shows them.
+# Measures beyond accuracy the demo shows whatever the sweep's defaults: MDL costs more where, as in the demo,
+# there are no permutations (55% of its sweep: benchmarks/results/bench_measures_small.md), but the demo shows it.
 DEMO_MEASURES = ("--mdl",)
 
 

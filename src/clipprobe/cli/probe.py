@@ -34,8 +34,8 @@ _D = SweepConfig()
 @click.option("--mdl/--no-mdl", default=_D.mdl, show_default=True,
               help="Online codelength (Voita and Titov's MDL) of every fit on its training part, in bits, and its "
                    "compression (uniform / online): one probe more per doubling block (about 5 at 210 training "
-                   "images). Off by default: it adds more than 15% to a sweep (benchmarks/results/bench_measures_small.md); "
-                   "the demo turns it on.")
+                   "images): 6% more time with the default repeats and permutations, 55% with --repeats 1 --permutations 0 "
+                   "(benchmarks/results/bench_measures_small.md).")
 @click.option("--cka/--no-cka", default=_D.cka, show_default=True,
               help="Debiased linear CKA between every pair of probed modules at each epoch and between every pair of "
                    "epochs of each module, from the pooled activations (probe/cka.parquet; drawn by compare).")

@@ -71,8 +71,8 @@ class SweepPlan:
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hparams_source: Mapping[str, str] = field(default_factory=dict)
     fast_gram: bool = True  # False: float32 Gram-form products (probes.design.gram_product_dtype)
-    mdl: bool = False  # the online codelength and compression of every fit: off, it adds more than 15% to a sweep
-    # (benchmarks/results/code_timings.md); the demo turns it on
+    mdl: bool = True  # the online codelength and compression of every fit: on, it adds at most 15% to a sweep of
+    # these defaults (benchmarks/results/code_timings.md)
 
     def __post_init__(self) -> None:
         for p in self.probes:
