@@ -116,6 +116,46 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
         row["acc_true"] * row["label_agreement"] + (1 - row["acc_true"]) * (1 - row["label_agreement"]))
     assert "CLIP-mined labels" in result.output and "expected = A * a + (1 - A) * (1 - a)" in result.output
 
+    # Units: the first sweep's units scored at every probed epoch (its modules and the logits), with IoU from
+    # the world's masks; and the classifier's own units name their own shape class once trained.
+    from clipprobe.tracking import units
+
+    table = units.read_table(sweep.info.run_id, "units", columns=["epoch", "module", "iou"])
+    assert sorted(table["epoch"].unique()) == epochs and set(table["module"]) == {*modules.split(","), "logits"}
+    assert table.loc[table["module"] != "logits", "iou"].notna().all()
+    trained_own = _own_class_labels(tmp_path / "world", last)
+    assert min(trained_own) >= 9, f"logit units labelled with their own class (soft-WPMI, AUROC): {trained_own}/10"
+    random_own = _own_class_labels(tmp_path / "world", 0)
+    assert max(random_own) <= 4, f"the random init's logits already name their classes: {random_own}/10"
+
+
+def _own_class_labels(world, epoch: int) -> tuple[int, int]:
+    """Of the 10 logit units of the demo's checkpoint at ``epoch``, how many get their own shape class as label by
+    soft-WPMI (p from the world's true shapes) and by AUROC, over 600 pool images (CLIP-Dissect's final-layer
+    check, with the truth in CLIP's place)."""
+    import numpy as np
+    import torch
+
+    from clipprobe.backbones.loader import load_backbone
+    from clipprobe.concepts.pool import open_rgb
+    from clipprobe.neurons.auroc import unit_auroc
+    from clipprobe.neurons.wpmi import soft_wpmi, truth_probabilities
+    from clipprobe.world.generate import read_truth
+
+    checkpoint = world / "checkpoints" / f"model_{epoch}.pth"
+    classes = list(torch.load(checkpoint, map_location="cpu", weights_only=False)["args"]["classes"])
+    backbone = load_backbone(checkpoint)
+    truth = read_truth(world / "truth.parquet")[0].to_pandas()
+    pool = truth[truth["split"] == "pool"].head(600)
+    x = torch.stack([backbone.transform(open_rgb(world / p)) for p in pool["path"]]).float()
+    with torch.no_grad():
+        logits = backbone.module.eval()(x).numpy()
+    y = np.array([classes.index(s) for s in pool["shape"]])
+    by_wpmi = soft_wpmi(logits, truth_probabilities(np.eye(len(classes), dtype=int)[y])).argmax(1)
+    by_auroc = np.stack([unit_auroc(logits, y == c).auroc for c in range(len(classes))]).argmax(0)
+    own = np.arange(len(classes))
+    return int((by_wpmi == own).sum()), int((by_auroc == own).sum())
+
 
 def _step_child(children, step: str, **params):
     """The one child run of ``step`` whose params include ``params``."""

@@ -213,14 +213,18 @@ def test_every_entry_point_runs_through_mlflow_run_with_its_defaults(tmp_path):
     _mlflow_run(tmp_path, uri, "checkpoints", folder=tmp_path / "ck")
     small = {"modules": "module:0,module:1", "probes": "linear_gap"}
     _mlflow_run(tmp_path, uri, "probe", repeats=0, permutations=0, keep_cache="false", **small)
+    _mlflow_run(tmp_path, uri, "neurons")  # its defaults: the latest sweep (its cache was deleted: one pass again)
     _mlflow_run(tmp_path, uri, "tune", n_trials=1, folds=2, **small)
     _mlflow_run(tmp_path, uri, "compare", out=tmp_path / "report")
     client = MlflowClient(tracking_uri=uri)
     made = {r.data.tags.get("clipprobe.step"): r for r in client.search_runs(["0"], "tags.`clipprobe.level` IS NULL")}
-    assert set(made) == {"world", "concepts", "checkpoints", "probe", "tune", "compare"}
+    assert set(made) == {"world", "concepts", "checkpoints", "probe", "neurons", "tune", "compare"}
     assert all(r.info.status == "FINISHED" for r in made.values())
     sweep = made["probe"].data.params
     assert sweep["model_name"] == "mobilenet_v2" and sweep["epochs"] == "0,1"  # resolved, not the "" typed
     assert sweep["allow_duplicate_weights"] == "False" and sweep["precision"] == "fp32"
     assert not {"", "''"} & set(sweep.values()) and not [k for k in sweep if k.endswith("_resolved")]
     assert (tmp_path / "report" / "report.html").is_file()
+    assert made["neurons"].data.tags["clipprobe.sweep_run"] == made["probe"].info.run_id
+    names = {a.path for a in client.list_artifacts(made["probe"].info.run_id, "neurons")}
+    assert {"neurons/units.parquet", "neurons/sparse.parquet", "neurons/summary.parquet"} <= names

@@ -102,3 +102,12 @@ def test_probe_takes_the_chosen_experiments_concepts_run_and_says_what_it_uses(t
     assert result.exit_code == 2
     assert "no finished concepts run in experiment 'empty'" in result.output and "--splits-run" in result.output
     assert other
+
+
+def test_neurons_flag_never_conflicts_on_resume():
+    """`probe --resume ID --neurons` may add unit scores to a sweep: the flag does not change its fits."""
+    from clipprobe.sweep.config import SweepConfig
+
+    stored = SweepConfig(repeats=0)
+    assert stored.conflicts({"neurons": True}) == []
+    assert stored.conflicts({"neurons": True, "repeats": 2}) == ["repeats=0"]

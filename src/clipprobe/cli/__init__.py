@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "concepts": "concepts",
     "probe": "probe",
     "tune": "tune",
+    "neurons": "neurons",
     "compare": "compare",
     "demo": "demo",
 }

@@ -78,6 +78,7 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
     from clipprobe.cli.clip import clip
     from clipprobe.cli.compare import compare
     from clipprobe.cli.concepts import concepts
+    from clipprobe.cli.neurons import neurons
     from clipprobe.cli.probe import probe
     from clipprobe.cli.train import train
     from clipprobe.cli.world import world
@@ -99,11 +100,14 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
               "--out-dir", f"{out_dir}/checkpoints", "--no-resume", "--device", device, *train_args)
         click.echo("== concepts: top-k splits from the world's ground truth")
         _step(ctx, concepts, "--source", "annotations", "--seed", seed)
-        click.echo(f"== probe: epochs {probed} x every module, concept and probe kind, each fit a nested run")
+        click.echo(f"== probe: epochs {probed} x every module, concept and probe kind, each fit a nested run; "
+                   "then every unit of them scored against the concepts (--neurons)")
         _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", probed, "--repeats", repeats,
-              "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device,
+              "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device, "--neurons",
               *DEMO_MEASURES)
         sweeps = [_latest("probe")]
+        click.echo("== neurons: the classifier's own units (logits) of the same checkpoints")
+        _step(ctx, neurons, "--sweep", sweeps[0].info.run_id, "--modules", "logits", "--device", device)
         if with_clip:
             click.echo("== clip: a small CLIP learns the world from captions of its known attributes")
             _step(ctx, clip, "--world", out_dir, "--out", f"{out_dir}/clip", "--epochs", clip_epochs,

@@ -68,6 +68,8 @@ _D = SweepConfig()
               help="Run the forward pass in channels_last layout (same values up to float32 rounding).")
 @click.option("--fold-batchnorm/--no-fold-batchnorm", default=_D.fold_batchnorm, show_default=True,
               help="Fold BatchNorm into the convolutions for the pass (same values up to float32 rounding).")
+@click.option("--neurons/--no-neurons", default=_D.neurons, show_default=True,
+              help="Then score every unit of each checkpoint from the same cache (`clipprobe neurons` on this sweep).")
 @click.option("--batch-size", default=ExtractOptions.batch_size, show_default=True, type=int,
               help="Images per forward batch.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
@@ -112,3 +114,13 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
         click.echo("forward pass as run: " + ", ".join(f"{p} for {n} fits" for p, n in done.precisions.items()))
     click.echo(f"probe sweep {done.run_id}: {done.n_new} new fits in {done.seconds:.1f} s; "
                f"results in probe/results.parquet")
+    if inputs.config.neurons:
+        from clipprobe.neurons.config import NeuronsConfig
+        from clipprobe.steps import neurons as neurons_step
+
+        units_inputs = neurons_step.resolve(NeuronsConfig(sweep_run=done.run_id), device=device)
+        click.echo(units_inputs.describe())
+        scored = neurons_step.run(units_inputs, cache_dir=cache_dir, device=device, batch_size=batch_size,
+                                  say=click.echo)
+        click.echo(f"unit scores: {len(scored.scored)} checkpoints in {scored.seconds:.1f} s; "
+                   f"{scored.rows.get('units', 0):,} unit rows in neurons/units.parquet")

@@ -109,7 +109,7 @@ def resumed_config(run_id: str, given: Mapping[str, Any]) -> SweepConfig:
     if clash:
         raise ValueError(f"--resume {run_id}: the sweep ran with {'; '.join(clash)}; the options given would mix "
                          "two settings in one sweep: drop them to resume, or start a new sweep without --resume")
-    return config
+    return config.replace(neurons=given["neurons"]) if given.get("neurons") is not None else config
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class SweepConfig(StepConfig):
     fold_batchnorm: bool = ExtractOptions.fold_batchnorm
     calibration_images: int = ExtractOptions.calibration_images
     calibration_rtol: float = ExtractOptions.calibration_rtol
+    neurons: bool = False  # after the fits, score every unit of each checkpoint (the `neurons` step, same cache)
     mdl: bool = SweepPlan.mdl
     cka: bool = True  # representation similarity between modules and epochs after the fits (similarity.checkpoints)
 
@@ -93,6 +94,8 @@ class SweepConfig(StepConfig):
         other = SweepConfig.from_dict({**self.to_dict(), **given}) if given else self
         out = []
         for name in given:
+            if name == "neurons":  # what runs after the fits, not how they are computed: a resume may add it
+                continue
             mine, theirs = getattr(self, name), getattr(other, name)
             if name in ("epochs", "modules", "concepts", "probes") and mine is not None and theirs is not None:
                 mine, theirs = set(mine), set(theirs)

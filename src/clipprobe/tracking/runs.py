@@ -34,7 +34,7 @@ SPLITS_ARTIFACT = "concepts/splits.parquet"  # a concepts run's splits, read by 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
-STEPS = ("world", "train", "checkpoints", "clip", "concepts", "probe", "tune", "compare", "main")
+STEPS = ("world", "train", "checkpoints", "clip", "concepts", "probe", "neurons", "tune", "compare", "main")
 
 
 def tracking_uri() -> str:
