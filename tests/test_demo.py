@@ -11,6 +11,7 @@ from clipprobe.cli import main
 from clipprobe.cli.demo import DEMO_MODEL, probe_epochs
 from clipprobe.concepts.vocabulary import load_vocabulary
 from clipprobe.tracking.runs import STEP_TAG, download_artifact, find_latest_run
+from clipprobe.tracking.similarity import load_cka
 
 WORLD = load_vocabulary("world")
 
@@ -82,6 +83,14 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
             assert row["test_acc_ci_low"] > row["test_majority_acc"], (
                 f"{colour} at module:0, epoch {epoch}: {row['test_acc']:.3f} "
                 f"[{row['test_acc_ci_low']:.3f}, {row['test_acc_ci_high']:.3f}] is not above the baseline")
+
+    # Beyond accuracy (issue 23): a shape is its class, so its selectivity is undefined; colours cut across shapes;
+    # the demo turns MDL on; CKA is on by default.
+    assert results.loc[results["concept"].isin(shapes), "class_alignment"].eq(1.0).all()
+    assert (results.loc[results["concept"].isin(colours), "class_alignment"] < 0.5).all()
+    assert results["compression"].notna().all() and (results["compression"] > 0).all()
+    cka = load_cka(sweep.info.run_id)
+    assert cka is not None and set(cka["module_a"]) == set(modules.split(",")) and set(cka["epoch_a"]) == set(epochs)
 
     # CLIP in the loop: the world CLIP names colours, its colour positives are mostly right, and the
     # last epoch probed on its labels sits beside the true-label sweep in the report.

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("clipprobe.backbones",),
     ("clipprobe.activations",),
     ("clipprobe.probes",),
-    ("clipprobe.sweep", "clipprobe.tuning", "clipprobe.neurons"),
+    ("clipprobe.sweep", "clipprobe.tuning", "clipprobe.neurons", "clipprobe.similarity"),
     ("clipprobe.report",),
     ("clipprobe.tracking",),
     ("clipprobe.executors",),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from clipprobe.probes.evaluation import (
     PREDICTION_FIELDS,
     auroc,
     balanced_accuracy,
+    class_alignment,
     control_task_labels,
     corrected_resampled_t_interval,
     exact_interval,
@@ -24,6 +25,7 @@ from clipprobe.probes.evaluation import (
     permutation_p_value,
     resplit,
 )
+from clipprobe.world.generate import WorldSpec, _plan, render_item
 
 
 def _tasks(X: np.ndarray, planted: float, n_concepts: int = 3, seed: int = 0) -> list[ConceptTask]:
@@ -247,6 +249,42 @@ def test_control_task_tells_a_class_detector_from_a_concept() -> None:
     X, task = _class_world(concept_follows_class=False)
     [r] = evaluate_concepts(X, [task], "linear_gap", permutations=0)
     assert r.test_acc < 0.75 and r.test_control_acc > 0.95 and r.test_selectivity < -0.2
+    assert r.class_alignment == 0.0  # every class holds negatives too
+
+
+def test_selectivity_is_flagged_undefined_for_a_class_aligned_concept() -> None:
+    X, task = _class_world(concept_follows_class=True)
+    [r] = evaluate_concepts(X, [task], "linear_gap", permutations=0)
+    assert r.class_alignment == 1.0  # a union of classes: the control task can draw the concept itself
+    [r] = evaluate_concepts(X, [replace(task, classes=None)], "linear_gap", permutations=0)
+    assert np.isnan(r.class_alignment)
+
+
+def _world_task(concept: str, truth: list, rng: np.random.Generator) -> ConceptTask:
+    """A concept of the generated world with its true positives and as many random negatives, classes = shapes."""
+    has = np.array([concept in (item.shape, item.colour) for item in truth])
+    pos, neg = np.flatnonzero(has), rng.choice(np.flatnonzero(~has), int(has.sum()), replace=False)
+    rows = np.r_[pos, neg]
+    labels = np.r_[np.ones(len(pos), int), np.zeros(len(neg), int)]
+    train = np.zeros(len(rows), bool)
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        train[rng.choice(idx, int(0.7 * len(idx)), replace=False)] = True
+    classes = np.array([truth[i].shape for i in rows])
+    return ConceptTask(concept, rows, labels, train, classes=classes)
+
+
+def test_class_alignment_of_the_worlds_shapes_and_colours() -> None:
+    # the world's shapes are its classes: a shape concept is its class (selectivity undefined); colours are
+    # drawn independently of the shape, so every colour's positives share their classes with negatives
+    spec = WorldSpec(size=16, train_per_class=0, val_per_class=0, pool_size=400)
+    truth = [render_item(np.random.default_rng([0, i]), spec, rel, split, shape)[1]
+             for i, (split, rel, shape) in enumerate(_plan(spec))]
+    rng = np.random.default_rng(0)
+    for shape in ("star", "circle"):
+        assert class_alignment(_world_task(shape, truth, rng)) == 1.0
+    for colour in ("red", "blue", "green"):
+        assert class_alignment(_world_task(colour, truth, rng)) < 0.1
 
 
 def test_probes_drops_sub_precision_feature_instead_of_amplifying_it() -> None:

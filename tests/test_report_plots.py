@@ -129,3 +129,30 @@ def test_small_heatmaps_write_each_cells_accuracy_in_it():
     # a missing fit's cell stays blank
     holed = results[~((results["concept"] == "red") & (results["module_index"] == 10))]
     assert [t.get_text() for t in what_where_when_figure(holed, "linear_gap").axes[0].texts] == ["0.500"]
+
+
+def test_the_what_where_when_plot_draws_mdl_compression(tmp_path):
+    results = synthetic_results()
+    with pytest.raises(ValueError, match="the sweep has no compression for linear_gap: probe with --mdl"):
+        what_where_when_figure(results, "linear_gap", metric="compression")
+    with pytest.raises(ValueError, match="unknown metric 'auroc'"):
+        what_where_when_figure(results, "linear_gap", metric="auroc")
+    results["compression"] = 1.0 + results["module_index"] + 0.5 * results["epoch"]
+    fig = what_where_when_figure(results[results["concept"] == "red"], "linear_gap", metric="compression")
+    image = fig.axes[0].images[0]
+    assert image.get_clim() == (1.0, float(results["compression"].max()))
+    np.testing.assert_allclose(image.get_array()[3], [11.5, 12.0, 12.5])  # module:10 (module_index 10) over epochs 1-3
+    assert "MDL compression" in fig.get_suptitle()
+    assert what_where_when(results, "linear_gap", tmp_path / "c.png", metric="compression").exists()
+
+
+def test_the_report_draws_compression_heatmaps_only_for_sweeps_with_mdl(tmp_path):
+    from clipprobe.report.build import write_report
+
+    plain = write_report([("plain", synthetic_results())], tmp_path / "plain")
+    assert not [f for f in plain.files if "compression" in f.name]
+    results = synthetic_results().assign(compression=2.0)
+    report = write_report([("mdl", results)], tmp_path / "mdl")
+    drawn = sorted(f.name for f in report.files if "compression" in f.name)
+    assert drawn == ["what_where_when_compression_linear_gap.png", "what_where_when_compression_non_linear_gap.png"]
+    assert "The MDL compression heatmaps" in report.html.read_text()

@@ -101,6 +101,38 @@ def test_csv_is_seed_shaped_at_full_precision_and_readable_as_a_reference(tmp_pa
     assert list(ref["module"][:4]) == ["module:0", "module:1", "module:2", "module:10"]
 
 
+def test_selectivity_reads_undefined_where_the_concept_is_a_class_and_says_how_much_where_partly():
+    results = synthetic_results()
+    results["class_alignment"] = results["concept"].map({"red": 1.0, "blue": 0.4, "striped": 0.0})
+    tables = build_tables(results)
+    red, blue, striped = tables
+    text, md, html = to_text(tables), to_markdown(tables), to_html(tables)
+    for rendered in (text, md, html):
+        assert rendered.count("n/a (concept = class)") == len(MODULES) * len(PROBES) + 1  # red's cells + legend
+    assert "selectivity n/a" in red.test_size() and "class-aligned" not in red.test_size()
+    assert "class-aligned: 40% of positives are in wholly positive classes" in blue.test_size()
+    assert "class" not in striped.test_size()
+    sel = results[(results["concept"] == "blue") & (results["epoch"] == 3)]["test_selectivity"]
+    assert all(f"{v:+.3f}" in md for v in sel)  # a partly aligned concept keeps its numbers
+    wide = tables_wide(tables)
+    assert wide.loc[wide["concept"] == "red", "linear_gap_selectivity"].isna().all()
+    assert wide.loc[wide["concept"] == "blue", "linear_gap_selectivity"].notna().all()
+    assert list(wide.groupby("concept", sort=False)["class_alignment"].first()) == [1.0, 0.4, 0.0]
+
+
+def test_compression_sits_beside_accuracy_when_the_sweep_has_mdl(tmp_path):
+    results = synthetic_results()
+    assert "compr." not in to_markdown(build_tables(results))  # sweeps without MDL keep their shape
+    results["compression"] = 1.0 + results["module_index"] + 0.5 * results["epoch"]
+    tables = build_tables(results)
+    md, text = to_markdown(tables), to_text(tables)
+    assert "| module | linear_gap [95% CI] | sel. | compr. | non_linear_gap [95% CI] | sel. | compr. | majority |" in md
+    red10 = results[(results["concept"] == "red") & (results["module"] == "module:10") & (results["epoch"] == 3)]
+    assert f"{red10['compression'].iloc[0]:.2f}" in text and "compr. = MDL compression" in text
+    wide = tables_wide(tables)
+    assert (wide.loc[wide["module"] == "module:10", "linear_gap_compression"] == 1.0 + 10 + 1.5).all()
+
+
 def _set(frame, hit, k: int, correct: str | None = None):
     """Cells ``hit`` get k of 90 right (the first k images of their concept's order unless ``correct``)."""
     from clipprobe.probes.evaluation import exact_interval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from clipprobe.concepts.splits import write_splits
 from clipprobe.core.parquet import read_metadata
 from clipprobe.tracking import fits, registry, runs
 from clipprobe.tracking.fit_writer import FitWriter
+from clipprobe.tracking.similarity import load_cka
 
 META = {"architecture": "mobilenet_v2", "width_mult": 0.25, "num_classes": 4, "val_resize_size": 32,
         "val_crop_size": 32}
@@ -88,6 +90,13 @@ def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp
     red = table[(table.concept == "red") & (table.module == "module:0") & (table.probe == "linear_gap")]
     assert acc == dict(zip(red.epoch, red.test_acc, strict=True))
     assert acc[2] > acc[0] + 0.2
+    assert table["compression"].notna().all() and (table["mdl_uniform_bits"] == table["n_train"]).all()  # MDL: on
+    # representation similarity (on by default): every pair of modules per epoch and of epochs per module
+    cka = load_cka(sweep.info.run_id)
+    assert len(cka) == 2 * 2 * 2 + 2 * 2 * 2 and set(cka["epoch_a"]) == {0, 2}
+    assert set(cka["module_a"]) == {"module:0", "module:1"} and "cka_seconds" in sweep.data.metrics
+    same = cka[(cka["module_a"] == cka["module_b"]) & (cka["epoch_a"] == cka["epoch_b"]) & (cka["epoch_a"] == 2)]
+    np.testing.assert_allclose(same["cka_debiased"], 1.0, atol=1e-9)
 
 
 def test_a_killed_sweep_resumes_with_exactly_one_run_per_fit(tracking_store, tmp_path, monkeypatch):

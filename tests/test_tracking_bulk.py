@@ -20,7 +20,8 @@ ROW = {
     "test_acc_resplit_mean": float("nan"), "test_acc_resplit_ci_low": float("nan"),
     "test_acc_resplit_ci_high": float("nan"), "test_permutation_acc": 0.64, "test_permutation_p": 0.05,
     "test_control_acc": 0.6, "test_selectivity": 0.3, "n_train": 210, "n_test": 90, "n_test_pos": 30,
-    "repeats": 0, "permutations": 19, "n_dropped_features": 2,
+    "repeats": 0, "permutations": 19, "n_dropped_features": 2, "class_alignment": 0.25,
+    "mdl_codelength_bits": 61.5, "mdl_uniform_bits": 210.0, "compression": 210.0 / 61.5,
     "test_correct": "1" * 81 + "0" * 9, "test_images": "0123456789abcdef",
 }
 

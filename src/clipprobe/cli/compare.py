@@ -15,6 +15,7 @@ from clipprobe.report.labels import LabelSources
 from clipprobe.report.reference import read_reference_csv
 from clipprobe.tracking import fits, label_sources, neurons_tables
 from clipprobe.tracking import results as sweep_results
+from clipprobe.tracking import similarity as sweep_similarity
 from clipprobe.tracking.runs import log_artifacts, set_tags, step_run
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def compare(run_ids: tuple[str, ...], epoch: int | None, modules: tuple[str, ...
             report = write_report(sweeps, tmp, epoch=epoch, modules=None if modules is None else list(modules),
                                   reference_table=ref, provenance=provenance,
                                   label_sources=LabelSources(truth, mined) if mined else None, units=units,
+                                  cka={name: sweep_similarity.load_cka(run_id)
+                                       for (name, _), run_id in zip(sweeps, ids, strict=True)},
                                   title=f"clipprobe: what, where and when ({', '.join(p.model for p in provenance)})")
             params = {"sweep_run_ids": ",".join(ids), "epoch": "last" if epoch is None else epoch,
                       "modules": ",".join(modules) if modules else "default",

@@ -25,6 +25,11 @@ DEMO_CLIP_EPOCHS = 15
 DEMO_MODULES = ",".join(f"module:{i}" for i in range(0, 19, 3))
 
 
+# Measures beyond accuracy the demo shows whatever the sweep's defaults: MDL costs more where, as in the demo,
+# there are no permutations (55% of its sweep: benchmarks/results/bench_measures_small.md), but the demo shows it.
+DEMO_MEASURES = ("--mdl",)
+
+
 def probe_epochs(epochs: int) -> list[int]:
     """Early, middle and late epochs to probe out of 0..``epochs``: the random init, a quarter, half, the end."""
     return sorted({0, epochs // 4, epochs // 2, epochs})
@@ -98,7 +103,8 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
         click.echo(f"== probe: epochs {probed} x every module, concept and probe kind, each fit a nested run; "
                    "then every unit of them scored against the concepts (--neurons)")
         _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", probed, "--repeats", repeats,
-              "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device, "--neurons")
+              "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device, "--neurons",
+              *DEMO_MEASURES)
         sweeps = [_latest("probe")]
         click.echo("== neurons: the classifier's own units (logits) of the same checkpoints")
         _step(ctx, neurons, "--sweep", sweeps[0].info.run_id, "--modules", "logits", "--device", device)
@@ -114,7 +120,7 @@ def demo(ctx: click.Context, out_dir: str, train_per_class: int, val_per_class: 
             click.echo(f"== probe: epoch {epochs} on CLIP's labels (same modules and probe kinds)")
             _step(ctx, probe, "--model-name", DEMO_MODEL, "--epochs", epochs, "--repeats", repeats,
                   "--permutations", permutations, "--modules", modules, "--seed", seed, "--device", device,
-                  "--splits-run", _latest("concepts").info.run_id)
+                  "--splits-run", _latest("concepts").info.run_id, *DEMO_MEASURES)
             sweeps.append(_latest("probe"))
         click.echo("== compare: the seed's tables, the what-where-when plot"
                    + (", CLIP's labels beside the truth" if with_clip else ""))

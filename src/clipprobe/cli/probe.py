@@ -31,6 +31,14 @@ _D = SweepConfig()
 @click.option("--permutations", default=_D.permutations, show_default=True, type=int,
               help="Permutation baseline: probes refitted with the training labels shuffled (the test labels kept); "
                    "its p-value is (1 + #permuted >= real) / (1 + permutations). 0 turns it off.")
+@click.option("--mdl/--no-mdl", default=_D.mdl, show_default=True,
+              help="Online codelength (Voita and Titov's MDL) of every fit on its training part, in bits, and its "
+                   "compression (uniform / online): one probe more per doubling block (about 5 at 210 training "
+                   "images): 6% more time with the default repeats and permutations, 55% with --repeats 1 --permutations 0 "
+                   "(benchmarks/results/bench_measures_small.md).")
+@click.option("--cka/--no-cka", default=_D.cka, show_default=True,
+              help="Debiased linear CKA between every pair of probed modules at each epoch and between every pair of "
+                   "epochs of each module, from the pooled activations (probe/cka.parquet; drawn by compare).")
 @click.option("--seed", default=_D.seed, show_default=True, type=int,
               help="Seeds the re-splits, the permutations' shuffles and the probes' initial weights.")
 @click.option("--splits-run", default=None, metavar="RUN_ID",

@@ -25,6 +25,19 @@ What each number measures (see also docs/statistics.md):
   positive images is as close to the concept's as the class sizes allow. A probe that only recognises classes scores high on it; a striped probe must not just
   find zebras. ``test_selectivity`` = ``test_acc - test_control_acc``; both are NaN when the images
   carry no class.
+- ``class_alignment``: the share of the concept's positive images whose class is wholly positive (no
+  negative image of the concept has that class). At 1 the concept is a class or a union of classes: the
+  control task can then draw exactly the concept, so selectivity cannot tell concept from class and the
+  report shows it as undefined; between 0 and 1 that share of the positives is class-like. NaN without classes.
+- ``mdl_codelength_bits``, ``mdl_uniform_bits``, ``compression``: the online code of Voita and Titov (2020)
+  on the stored training part, in bits. The training images in a seeded order, cut at doubling block
+  boundaries t1 < 2 t1 < ... < n (t1 = ``mdl_first_block``, at least 8 examples); the first block is
+  sent uniformly (t1 log2 K bits, K = 2), every later block with the probe trained on all blocks before it
+  (-log2 p(y | x)), or uniformly where that is shorter, one bit per block saying which (our probes train
+  to convergence, where Voita and Titov stop early on held-out data: a probe fitted to labels it cannot
+  learn is confidently wrong on the next block, 2.4 bits a label on shuffled labels). ``compression`` =
+  n log2 K / online codelength: about 1 when the labels cannot be learnt, large when a few examples
+  suffice. The block probes are fitted in the same batch as the others.
 - ``test_correct`` ('0'/'1' per stored test image, in the task's row order) and ``test_images`` (a
   hash of those images' ids) let two fits on the same test images be compared by a paired test.
 """
@@ -32,6 +45,7 @@ What each number measures (see also docs/statistics.md):
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -46,6 +60,8 @@ from clipprobe.probes.batched import fit_many
 from clipprobe.probes.kinds import ProbeKind
 
 DEFAULT_PERMUTATIONS = 19  # the fewest permutations whose p-value can reach 0.05
+MDL_FIRST_BLOCK = 8  # examples in the online code's first block (Voita and Titov's 0.1% is under one at n = 210)
+MDL_FIRST_FRACTION = 0.001  # their first block's share of the training data, used when it exceeds MDL_FIRST_BLOCK
 PREDICTION_FIELDS = ("test_correct", "test_images")  # per-image results: strings, not metrics
 _CONTROL_DRAWS = 100  # redraws of the control's class order until both parts hold both labels
 
@@ -110,6 +126,10 @@ class ProbeResult:
     n_dropped_features: int
     test_correct: str
     test_images: str
+    class_alignment: float = math.nan
+    mdl_codelength_bits: float = math.nan
+    mdl_uniform_bits: float = math.nan
+    compression: float = math.nan
 
     def to_dict(self) -> dict[str, float | int | str]:
         """Column name -> value for a results row (metrics and the per-image ``PREDICTION_FIELDS``)."""
@@ -249,6 +269,55 @@ def control_task_labels(task: ConceptTask, seed: int) -> np.ndarray | None:
     return None
 
 
+def class_alignment(task: ConceptTask) -> float:
+    """The share of the concept's positives whose class holds no negative of the concept (NaN without classes).
+
+    1.0: the concept is a class or a union of classes, so a control task that draws whole classes can draw
+    the concept itself and selectivity is undefined; 0.0: no class is wholly positive."""
+    if task.classes is None:
+        return math.nan
+    classes, labels = np.asarray(task.classes), np.asarray(task.labels)
+    negative_classes = set(classes[labels == 0].tolist())
+    positives = classes[labels == 1]
+    return float(np.mean([c not in negative_classes for c in positives.tolist()]))
+
+
+def mdl_blocks(n_train: int, first: int = MDL_FIRST_BLOCK) -> list[int]:
+    """The online code's block ends t1 < t2 < ... < n: t1 = max(first, 0.1% of n), then doubling, the last n.
+
+    ``[8, 16, 32, 64, 128, 210]`` for 210 training examples; ``[n]`` (only the uniform block) when n <= t1."""
+    if first < 1:
+        raise ValueError(f"first block of {first} examples: expected at least 1 (Voita and Titov's code needs one)")
+    t = max(first, math.ceil(MDL_FIRST_FRACTION * n_train))
+    ends = []
+    while t < n_train:
+        ends.append(t)
+        t *= 2
+    return [*ends, n_train]
+
+
+def mdl_order(task: ConceptTask, seed: int, first: int = MDL_FIRST_BLOCK) -> np.ndarray:
+    """The order in which the online code transmits the stored training part: positions into the task's rows.
+
+    Seeded random; when the first block would hold one label only, the earliest image of the missing label
+    swaps in for the block's last image, so that every block probe has both labels to learn from."""
+    labels = np.asarray(task.labels)
+    order = _rng(seed, task.concept, 0, 3).permutation(np.flatnonzero(np.asarray(task.train, bool)))
+    t1 = mdl_blocks(len(order), first)[0]
+    if t1 < len(order) and len(np.unique(labels[order[:t1]])) < 2:
+        missing = 1 - labels[order[0]]
+        later = t1 + int(np.argmax(labels[order[t1:]] == missing))
+        order[[t1 - 1, later]] = order[[later, t1 - 1]]
+    return order
+
+
+def codelength_bits(scores: np.ndarray, y: np.ndarray) -> float:
+    """Bits to send 0/1 labels ``y`` with a probe's logits ``scores``: sum of -log2 p(y | x), computed stably."""
+    s = np.asarray(scores, np.float64)
+    nats = np.logaddexp(0.0, np.where(np.asarray(y) == 1, -s, s))  # -log sigmoid(+-s)
+    return float(nats.sum() / math.log(2))
+
+
 def hash_test_images(task: ConceptTask) -> str:
     """A short hash of the stored test images, in row order: image ids when known, else rows of X
     (``rows:`` prefix; then only comparable within one sweep)."""
@@ -274,12 +343,15 @@ def evaluate_concepts(
     confidence: float = 0.95,
     form: str = "auto",
     fast_gram: bool = True,
+    mdl: bool = False,
+    mdl_first_block: int = MDL_FIRST_BLOCK,
 ) -> list[ProbeResult]:
     """Fit and score every concept of one module at once; one ``ProbeResult`` per task, in order.
 
     Per concept: the stored split (its metrics and exact interval), ``repeats`` stratified re-splits
     (the Nadeau-Bengio interval of their mean), ``permutations`` permutation-baseline probes and,
-    when ``task.classes`` is given, one control-task probe.
+    when ``task.classes`` is given, one control-task probe; with ``mdl``, one probe per block of the online
+    code after the first (``mdl_blocks``: trained on the blocks before it, the labels of the next block coded).
     """
     if repeats < 0:
         raise ValueError(f"repeats={repeats} is negative: expected 0 (stored split only) or more")
@@ -287,6 +359,7 @@ def evaluate_concepts(
         raise ValueError(f"permutations={permutations} is negative: expected 0 (no permutation baseline) or more")
     N = X.shape[0]
     probes: list[tuple[int, str, int, np.ndarray, np.ndarray]] = []  # (task, role, index, labels, train)
+    orders = [mdl_order(task, seed, mdl_first_block) for task in tasks] if mdl else []
     for t, task in enumerate(tasks):
         rows = np.asarray(task.rows)
         if rows.min() < 0 or rows.max() >= N:
@@ -299,6 +372,11 @@ def evaluate_concepts(
         control = control_task_labels(task, seed)
         if control is not None:
             probes.append((t, "control", 0, control, stored))
+        if mdl:
+            for i, end in enumerate(mdl_blocks(len(orders[t]), mdl_first_block)[:-1]):
+                prefix = np.zeros(len(rows), bool)
+                prefix[orders[t][:end]] = True
+                probes.append((t, "mdl", i, labels, prefix))
     B = len(probes)
     Y = np.zeros((B, N), np.int64)
     train = np.zeros((B, N), bool)
@@ -311,7 +389,7 @@ def evaluate_concepts(
     fit = fit_many(kind, X, Y, train, evaluate, params, device=device, form=form, fast_gram=fast_gram)
     scores = fit.scores.double().numpy()
 
-    by_task: dict[int, dict[str, list[int]]] = {t: {"split": [], "permutation": [], "control": []}
+    by_task: dict[int, dict[str, list[int]]] = {t: {"split": [], "permutation": [], "control": [], "mdl": []}
                                                 for t in range(len(tasks))}
     for b, (t, role, _, _, _) in enumerate(probes):
         by_task[t][role].append(b)
@@ -338,6 +416,13 @@ def evaluate_concepts(
         perm_accs = [acc_of(b, y) for b in by_task[t]["permutation"]]
         control = (acc_of(by_task[t]["control"][0], probes[by_task[t]["control"][0]][3])
                    if by_task[t]["control"] else float("nan"))
+        online = uniform = math.nan
+        if mdl:  # K = 2 labels: the uniform code spends log2 2 = 1 bit per label
+            order, ends = orders[t], mdl_blocks(len(orders[t]), mdl_first_block)
+            uniform, online = float(len(order)), float(ends[0])
+            for b, start, stop in zip(by_task[t]["mdl"], ends[:-1], ends[1:], strict=True):
+                block = order[start:stop]
+                online += 1 + min(codelength_bits(scores[b, rows[block]], y[block]), float(stop - start))
         results.append(ProbeResult(
             test_acc=acc, test_acc_ci_low=low, test_acc_ci_high=high,
             test_balanced_acc=balanced_accuracy(pred[te], y[te]),
@@ -352,6 +437,8 @@ def evaluate_concepts(
             n_train=int(stored.sum()), n_test=n_test, n_test_pos=int(y[te].sum()), repeats=repeats,
             permutations=permutations, n_dropped_features=int(fit.n_dropped_features[b0]),
             test_correct="".join("1" if c else "0" for c in correct), test_images=hash_test_images(task),
+            class_alignment=class_alignment(task),
+            mdl_codelength_bits=online, mdl_uniform_bits=uniform, compression=uniform / online,
         ))
     return results
 

@@ -21,10 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipprobe.report import diff, intro, labels, page, plots, reference, sanity, tables
+from clipprobe.report import diff, intro, labels, page, plots, reference, sanity, similarity, tables
 from clipprobe.report.units import UnitTables, units_part
 
 log = logging.getLogger(__name__)
+_COMPRESSION_NOTE = ("<p>The MDL compression heatmaps show uniform / online codelength of the training labels "
+                     "(Voita and Titov): 1 = nothing learnt, higher = the concept is learnt from fewer examples. "
+                     "They rank cells whose accuracy saturates at 1.000.</p>")
 
 
 @dataclass
@@ -60,11 +63,13 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                  reference_table: pd.DataFrame | None = None, title: str = "clipprobe comparison",
                  provenance: Sequence[intro.Provenance] = (),
                  label_sources: labels.LabelSources | None = None,
-                 units: Mapping[str, UnitTables] | None = None) -> Report:
+                 units: Mapping[str, UnitTables] | None = None,
+                 cka: Mapping[str, pd.DataFrame] | None = None) -> Report:
     """Introduction and provenance, then per sweep the what-where-when plots, accuracy over epochs,
     emergences, sanity flags, the units (``units``: neurons tables by sweep name; a sweep without them has no
     units part) and tables; then diffs (later sweeps vs the first), mined vs true labels
-    (``label_sources``: ``labels.csv`` per mined sweep) and the reference."""
+    (``label_sources``: ``labels.csv`` per mined sweep) and the reference. ``cka``: a sweep's CKA table by
+    sweep name (``probe/cka.parquet``), drawn after its tables (``cka.csv``, ``plots/cka_*.png``)."""
     prepared = _prepare(sweeps, epoch, modules)
     diffs = [(name, diff.diff_sweeps(prepared[0][1], data, epoch_a=epoch, epoch_b=epoch))
              for name, data, _, _ in prepared[1:]]
@@ -99,6 +104,10 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
         for probe in tables.probes_in(data):
             files.append(plots.what_where_when(data, probe, folder / "plots" / f"what_where_when_{probe}.png"))
             heatmaps.append((f"what-where-when {probe}", files[-1]))
+            if data.loc[data["probe"] == probe, "compression"].notna().any():  # sweeps with MDL
+                files.append(plots.what_where_when(data, probe, folder / "plots" / f"what_where_when_compression_{probe}.png",
+                                                   metric="compression"))
+                heatmaps.append((f"what-where-when {probe} MDL compression", files[-1]))
             files.append(plots.accuracy_over_epochs(data, probe, chosen,
                                                     folder / "plots" / f"accuracy_over_epochs_{probe}.png"))
             lines.append((f"accuracy over epochs {probe}", files[-1]))
@@ -112,6 +121,7 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
         sections += [(f"{heading}: what-where-when (test accuracy, module x epoch)",
                       "<p>Each panel is one concept: rows are modules from the input (bottom) to the head (top), "
                       "columns are epochs. The line on the colour scale marks the majority baseline.</p>"
+                      + (_COMPRESSION_NOTE if data["compression"].notna().any() else "")
                       + "\n".join(page.embed_png(p, alt) for alt, p in heatmaps)),
                      (f"{heading}: accuracy over epochs",
                       f"<p>Lines for {html.escape(shown)}; bands are 95% intervals, the dashed line the majority "
@@ -125,6 +135,14 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
             files += part.files
         sections += [(f"{heading}: sanity flags", page.flags_html(flags)),
                      (f"{heading}: tables at epoch {built[0].epoch}", tables.to_html(built))]
+        if cka and cka.get(name) is not None:
+            settled = similarity.settled_text(cka[name])
+            cka[name].to_csv(folder / "cka.csv", index=False)
+            drawn = similarity.write_plots(cka[name], folder / "plots")
+            files += [folder / "cka.csv", *(p for _, p in drawn)]
+            text += [settled, ""]
+            sections.append((f"{heading}: representation similarity over training (CKA)",
+                             similarity.section_html(drawn, settled, page.embed_png)))
     first = prepared[0][0]
     for name, d in diffs:
         path = out / f"diff_{first}_vs_{name}.csv"

@@ -61,7 +61,8 @@ def intro_lines(probes: Sequence[str], baseline: float | None) -> list[str]:
         "probe shows the concept only when its whole interval lies above it (in the heatmaps, the baseline is "
         "marked on the colour scale). sel. (selectivity) is the accuracy minus that of the same probe on a "
         "control task (Hewitt and Liang: labels tied to each image's class instead of the concept); a high "
-        "selectivity means the probe reads the concept rather than memorising the images' classes. Up/down "
+        "selectivity means the probe reads the concept rather than memorising the images' classes; it reads "
+        "n/a (concept = class) where the concept is itself a class or a union of classes. Up/down "
         "arrows mark a significant change since the previous epoch (McNemar's exact test on the same test "
         "images, Holm-corrected).",
         "Order: the what-where-when heatmaps first (module x epoch per concept), then accuracy over epochs per "

@@ -23,6 +23,7 @@ PANEL_INCHES = (3.4, 3.2)
 MAX_COLUMNS = 4
 DPI = 100
 MAX_MARKED_EPOCHS = 30  # accuracy lines mark each epoch up to this many epochs; beyond, markers would clutter them
+WHAT_WHERE_WHEN_METRICS = ("test_acc", "compression")
 MAX_WRITTEN_CELLS = (20, 6)  # heatmap cells get their accuracy written when a panel has at most these modules, epochs
 
 
@@ -58,16 +59,28 @@ def _check_probe(data: pd.DataFrame, probe: str) -> pd.DataFrame:
 
 
 def what_where_when(results: pd.DataFrame, probe: str, path: str | Path, *, vmin: float = VMIN,
-                    vmax: float = VMAX, dpi: int = DPI) -> Path:
-    """Heatmaps of test accuracy, module (rows) x epoch (columns), one panel per concept, saved to ``path``."""
-    return _save(what_where_when_figure(results, probe, vmin=vmin, vmax=vmax, dpi=dpi), path)
+                    vmax: float = VMAX, dpi: int = DPI, metric: str = "test_acc") -> Path:
+    """Heatmaps of test accuracy (or ``metric="compression"``), module (rows) x epoch (columns), one panel per
+    concept, saved to ``path``."""
+    return _save(what_where_when_figure(results, probe, vmin=vmin, vmax=vmax, dpi=dpi, metric=metric), path)
 
 
 def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = VMIN, vmax: float = VMAX,
-                           dpi: int = DPI) -> Figure:
+                           dpi: int = DPI, metric: str = "test_acc") -> Figure:
     """The figure of :func:`what_where_when`. Panels of at most ``MAX_WRITTEN_CELLS`` (modules, epochs) have
-    each cell's accuracy written in it (a sweep of one epoch is a single column of colours otherwise)."""
+    each cell's accuracy written in it (a sweep of one epoch is a single column of colours otherwise).
+
+    ``metric="compression"`` draws the MDL compression instead (uniform / online codelength, from 1 = nothing
+    learnt to the sweep's largest; no majority line): it still ranks cells where accuracy saturates at 1.000."""
+    if metric not in WHAT_WHERE_WHEN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}: the what-where-when plot draws {', '.join(WHAT_WHERE_WHEN_METRICS)}")
     data = _check_probe(normalize_results(results), probe)
+    accuracy = metric == "test_acc"
+    if not accuracy:
+        values_of = pd.to_numeric(data[metric], errors="coerce") if metric in data else pd.Series(dtype=float)
+        if values_of.dropna().empty:
+            raise ValueError(f"the sweep has no {metric} for {probe}: probe with --mdl to draw it")
+        vmin, vmax = 1.0, max(2.0, float(values_of.max()))
     concepts = concept_order(data)
     epochs = epochs_of(data)
     names = modules_in_order(data)
@@ -78,13 +91,13 @@ def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = V
     image = None
     for ax, concept in zip(axes.flat, concepts, strict=False):
         sub = data[data["concept"] == concept]
-        grid = sub.pivot_table(index="module_index", columns="epoch", values="test_acc",
+        grid = sub.pivot_table(index="module_index", columns="epoch", values=metric,
                                aggfunc="mean").reindex(index=modules, columns=epochs)
         values = grid.to_numpy(dtype=float)
         image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis",
                           vmin=vmin, vmax=vmax, interpolation="nearest")
         if values.shape[0] <= MAX_WRITTEN_CELLS[0] and values.shape[1] <= MAX_WRITTEN_CELLS[1]:
-            _write_cells(ax, values, vmin, vmax)
+            _write_cells(ax, values, vmin, vmax, ".3f" if accuracy else ".2f")
         ax.set_title(f"{concept} ({sub['group'].iloc[0]})", fontsize=10)
         ax.set_yticks(range(len(modules)), names, fontsize=7)
         step = max(1, len(epochs) // 8)
@@ -92,8 +105,11 @@ def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = V
         ax.set_xlabel("epoch (when)", fontsize=8)
     for ax in list(axes.flat)[len(concepts):]:
         ax.set_axis_off()
-    fig.suptitle(f"what-where-when: {probe} test accuracy (module = where, epoch = when)", fontsize=11)
-    if image is not None:
+    label = "test accuracy" if accuracy else "MDL compression"
+    fig.suptitle(f"what-where-when: {probe} {label} (module = where, epoch = when)", fontsize=11)
+    if image is not None and not accuracy:
+        fig.colorbar(image, ax=axes, shrink=0.8, label=f"compression = uniform / online codelength ({vmin:g}..{vmax:.3g})")
+    elif image is not None:
         bar = fig.colorbar(image, ax=axes, shrink=0.8, label=f"test accuracy ({vmin:g}..{vmax:g})")
         majority = data["test_majority_acc"].dropna()
         if not majority.empty and vmin <= float(majority.mean()) <= vmax:
@@ -104,12 +120,12 @@ def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = V
     return fig
 
 
-def _write_cells(ax, values: np.ndarray, vmin: float, vmax: float) -> None:
-    """Each known cell's accuracy (3 decimals) in its centre, dark on viridis' bright end, white elsewhere."""
+def _write_cells(ax, values: np.ndarray, vmin: float, vmax: float, fmt: str = ".3f") -> None:
+    """Each known cell's value in its centre, dark on viridis' bright end, white elsewhere."""
     for (row, col), value in np.ndenumerate(values):
         if np.isfinite(value):
             bright = (value - vmin) / (vmax - vmin) > 0.6
-            ax.text(col, row, f"{value:.3f}", ha="center", va="center", fontsize=6,
+            ax.text(col, row, f"{value:{fmt}}", ha="center", va="center", fontsize=6,
                     color="black" if bright else "white")
 
 

@@ -4,7 +4,9 @@ Each cell is the stored split's test accuracy at one epoch with its exact 95% in
 it changed significantly since the sweep's previous epoch (McNemar exact test on the same test
 images, Holm-corrected over the cells of the tables: ``report.significance``), and the selectivity
 (accuracy minus the control-task accuracy, '-' where the images carry no class); the majority
-baseline sits beside it and the test size under each table. Renders as terminal text, Markdown,
+baseline sits beside it and the test size under each table. Where the concept is a class or a union of
+classes (``class_alignment`` = 1) selectivity reads "n/a (concept = class)"; a partly aligned concept says how
+much under its table. Sweeps with MDL add each cell's compression (``compr.``). Renders as terminal text, Markdown,
 CSV and HTML fragments.
 """
 
@@ -28,13 +30,15 @@ REQUIRED = ("concept", "group", "module", "probe", "epoch", "test_acc", "test_ac
 OPTIONAL_METRICS = ("test_majority_acc", "test_control_acc", "test_selectivity", "n_test",
                     "n_test_pos", "repeats", "test_balanced_acc", "test_auroc", "train_acc",
                     "test_acc_resplit_mean", "test_acc_resplit_ci_low", "test_acc_resplit_ci_high",
-                    "test_permutation_acc", "test_permutation_p", "permutations")
+                    "test_permutation_acc", "test_permutation_p", "permutations", "class_alignment", "compression")
 PREDICTIONS = ("test_correct", "test_images")  # per-image results; "" for sweeps made before them
 COUNTS = ("n_test", "n_test_pos", "repeats")
 CELL = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_control_acc", "test_selectivity",
-        "test_majority_acc", "test_permutation_p", "n_test", "n_test_pos", "repeats")
+        "test_majority_acc", "test_permutation_p", "n_test", "n_test_pos", "repeats", "class_alignment",
+        "compression")
 CHANGE = ("change_from", "change_p", "change")  # vs the previous epoch: its epoch, adjusted p, mark
 _DIGITS = re.compile(r"(\d+)")
+CONCEPT_IS_CLASS = "n/a (concept = class)"  # selectivity where the control task can draw the concept itself
 
 
 def natural_key(name: str) -> tuple:
@@ -137,7 +141,19 @@ class ConceptTable:
         if self.cells["test_majority_acc"].notna().any():
             parts.append(f"majority baseline {_range(self.cells['test_majority_acc'], '.3f')}")
         parts.append(f"epoch {self.epoch}")
+        alignment = self.alignment()
+        if alignment >= 1.0:
+            parts.append("selectivity n/a: every positive's class is wholly positive (the concept is a class or a "
+                         "union of classes, so the control task cannot tell them apart)")
+        elif alignment > 0.0:
+            parts.append(f"class-aligned: {alignment:.0%} of positives are in wholly positive classes "
+                         "(selectivity partly measures class)")
         return "; ".join(parts)
+
+    def alignment(self) -> float:
+        """The concept's class alignment (share of positives in wholly positive classes); NaN when unknown."""
+        values = self.cells["class_alignment"].dropna()
+        return float(values.iloc[0]) if not values.empty else math.nan
 
 
 def _range(values: pd.Series, fmt: str = ".0f") -> str:
@@ -216,10 +232,13 @@ def tables_wide(tables: Sequence[ConceptTable]) -> pd.DataFrame:
                 row[f"{probe}_ci_low"] = c.get("test_acc_ci_low", math.nan)
                 row[f"{probe}_ci_high"] = c.get("test_acc_ci_high", math.nan)
                 row[f"{probe}_control"] = c.get("test_control_acc", math.nan)
-                row[f"{probe}_selectivity"] = c.get("test_selectivity", math.nan)
+                row[f"{probe}_selectivity"] = (math.nan if _concept_is_class(c)
+                                               else c.get("test_selectivity", math.nan))
                 row[f"{probe}_permutation_p"] = c.get("test_permutation_p", math.nan)
                 row[f"{probe}_change_p"] = c.get("change_p", math.nan)
+                row[f"{probe}_compression"] = c.get("compression", math.nan)
             row["majority"] = shared["test_majority_acc"]
+            row["class_alignment"] = t.alignment()
             for col in COUNTS:
                 row[col] = shared[col]
             rows.append(row)
@@ -240,7 +259,13 @@ def _acc(c: pd.Series | None) -> str:
     return f"{c['test_acc']:.3f} [{c['test_acc_ci_low']:.3f}, {c['test_acc_ci_high']:.3f}]{mark}"
 
 
+def _concept_is_class(c: pd.Series) -> bool:
+    return bool(c.get("class_alignment", math.nan) >= 1.0)
+
+
 def _sel(c: pd.Series | None) -> str:
+    if c is not None and _concept_is_class(c):
+        return CONCEPT_IS_CLASS
     return "-" if c is None or pd.isna(c["test_selectivity"]) else f"{c['test_selectivity']:+.3f}"
 
 
@@ -249,11 +274,16 @@ def _maj(t: ConceptTable, module: str) -> str:
     return "-" if v.empty else f"{v.iloc[0]:.3f}"
 
 
+def _compr(c: pd.Series | None) -> str:
+    return "-" if c is None or pd.isna(c.get("compression", math.nan)) else f"{c['compression']:.2f}"
+
+
 def _grid(t: ConceptTable) -> tuple[list[str], list[list[str]]]:
-    """Header and string rows shared by every renderer."""
+    """Header and string rows shared by every renderer (a compression column per probe when the sweep has MDL)."""
+    mdl = t.cells["compression"].notna().any()
     header = ["module"]
     for p in t.probes:
-        header += [f"{p} [95% CI]", "sel."]
+        header += [f"{p} [95% CI]", "sel."] + (["compr."] if mdl else [])
     header.append("majority")
     rows = []
     for m in t.modules:
@@ -263,7 +293,7 @@ def _grid(t: ConceptTable) -> tuple[list[str], list[list[str]]]:
                 c = t.cell(m, p)
             except KeyError:
                 c = None
-            row += [_acc(c), _sel(c)]
+            row += [_acc(c), _sel(c)] + ([_compr(c)] if mdl else [])
         row.append(_maj(t, m))
         rows.append(row)
     return header, rows
@@ -294,7 +324,11 @@ def to_text(tables: Sequence[ConceptTable]) -> str:
 def legend(tables: Sequence[ConceptTable]) -> str:
     """What the marks and columns mean (the line under every rendering)."""
     text = ("[95% CI] = exact (Clopper-Pearson) interval over the stored split's test images; "
-            "sel. = test accuracy minus the control-task accuracy (- where the images carry no class)")
+            "sel. = test accuracy minus the control-task accuracy (- where the images carry no class; "
+            f"{CONCEPT_IS_CLASS} where every positive's class is wholly positive: docs/statistics.md)")
+    if any(t.cells["compression"].notna().any() for t in tables):
+        text += ("; compr. = MDL compression on the training part: uniform / online codelength (Voita and Titov), "
+                 "1 = nothing learnt, higher = fewer examples needed; it ranks cells whose accuracy ties")
     changed = [t for t in tables if t.cells["change_from"].notna().any()]
     if changed:
         since = int(changed[0].cells["change_from"].dropna().iloc[0])

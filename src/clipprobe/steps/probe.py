@@ -31,6 +31,8 @@ from clipprobe.backbones.loader import load_backbone
 from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
 from clipprobe.executors import SweepJob
+from clipprobe.similarity.checkpoints import DEFAULT_MAX_IMAGES as CKA_MAX_IMAGES
+from clipprobe.similarity.checkpoints import sweep_cka
 from clipprobe.sweep.config import SweepConfig
 from clipprobe.sweep.plan import (
     CheckpointRef,
@@ -39,6 +41,7 @@ from clipprobe.sweep.plan import (
     select_checkpoints,
 )
 from clipprobe.tracking import configs, fits, runs
+from clipprobe.tracking import similarity as sweep_similarity
 from clipprobe.tracking.discovery import latest_model_name, latest_splits_run_id
 from clipprobe.tracking.registry import MLFLOW_REGISTRY, list_checkpoints
 from clipprobe.tracking.sweep_fits import SweepFits
@@ -257,7 +260,21 @@ def _fit_missing(run_id: str, inputs: SweepInputs, work: SweepWork, say: Callabl
     fits.log_results(run_id, table)
     fits.log_attempt(run_id, attempt, n_new_fits=sum(new.values()), seconds=seconds)
     runs.log_metrics({"n_fits": len(table)})
+    if inputs.config.cka:
+        _log_cka(run_id, inputs.refs, job, say)
     return SweepOutcome(run_id, sum(new.values()), seconds, dict(sorted(new.items())), table)
+
+
+def _log_cka(run_id: str, refs: Sequence[CheckpointRef], job: SweepJob, say: Callable[[str], None]) -> None:
+    """CKA between the sweep's modules and epochs (every checkpoint, also those probed by an earlier attempt),
+    logged as ``probe/cka.parquet`` with the seconds it took (``cka_seconds``)."""
+    start = time.perf_counter()
+    table = sweep_cka(job.sweep(progress=False), refs, max_images=CKA_MAX_IMAGES, progress=True)
+    sweep_similarity.log_cka(run_id, table, max_images=CKA_MAX_IMAGES)
+    seconds = time.perf_counter() - start
+    runs.log_metrics({"cka_seconds": seconds})
+    say(f"CKA between {table['module_a'].nunique()} modules and {table['epoch_a'].nunique()} epochs on "
+        f"{int(table['n_images'].iloc[0]) if len(table) else 0} images in {seconds:.1f} s: {sweep_similarity.CKA_ARTIFACT}")
 
 
 def _missing(reader: SweepFits, checkpoint_runs: fits.CheckpointRuns, refs: Sequence[CheckpointRef],

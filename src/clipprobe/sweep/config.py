@@ -48,6 +48,8 @@ class SweepConfig(StepConfig):
     calibration_images: int = ExtractOptions.calibration_images
     calibration_rtol: float = ExtractOptions.calibration_rtol
     neurons: bool = False  # after the fits, score every unit of each checkpoint (the `neurons` step, same cache)
+    mdl: bool = SweepPlan.mdl
+    cka: bool = True  # representation similarity between modules and epochs after the fits (similarity.checkpoints)
 
     def __post_init__(self) -> None:
         for name in ("modules", "concepts"):
@@ -61,7 +63,8 @@ class SweepConfig(StepConfig):
     def plan(self) -> SweepPlan:
         """The part the sweep fits by."""
         return SweepPlan(modules=self.modules, concepts=self.concepts, probes=self.probes, repeats=self.repeats,
-                         permutations=self.permutations, seed=self.seed, hparams=self.hparams, hparams_source=self.hparams_source)
+                         permutations=self.permutations, seed=self.seed, hparams=self.hparams, hparams_source=self.hparams_source,
+                         mdl=self.mdl)
 
     def extract_options(self, batch_size: int = ExtractOptions.batch_size) -> ExtractOptions:
         """How the forward pass computes (the batch size does not change the numbers, so it is not stored)."""

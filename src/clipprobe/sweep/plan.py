@@ -71,6 +71,8 @@ class SweepPlan:
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hparams_source: Mapping[str, str] = field(default_factory=dict)
     fast_gram: bool = True  # False: float32 Gram-form products (probes.design.gram_product_dtype)
+    mdl: bool = True  # the online codelength and compression of every fit: on, it adds at most 15% to a sweep of
+    # these defaults (benchmarks/results/code_timings.md)
 
     def __post_init__(self) -> None:
         for p in self.probes:
@@ -179,12 +181,15 @@ class Sweep:
         return resolve_probe_modules(backbone.module, self.plan.modules if self.plan.modules is not None
                                      else backbone.probe_modules or None)
 
-    def activations(self, backbone: Backbone, modules: Mapping[str, str]) -> CheckpointActivations:
+    def activations(self, backbone: Backbone, modules: Mapping[str, str], *,
+                    maps: bool | None = None) -> CheckpointActivations:
         """The activations of ``modules`` (display name -> path) of ``backbone`` on the sweep's images, by one
-        hooked pass with the sweep's extract options (read from the cache when it has them)."""
+        hooked pass with the sweep's extract options (read from the cache when it has them); full maps when a
+        probe kind of the plan reads them (``maps`` overrides: False for pooled vectors only)."""
         return self.cache.get(backbone.module, dict(modules), self.images(backbone.transform),
                               fingerprint=backbone.fingerprint, options=self.extract, device=self.device,
-                              progress=self.progress, native_bf16=self.native_bf16, maps=self.plan.needs_maps)
+                              progress=self.progress, native_bf16=self.native_bf16,
+                              maps=self.plan.needs_maps if maps is None else maps)
 
     def run(
         self,
@@ -246,7 +251,8 @@ class Sweep:
             tasks = [t for t in self.tasks if t.concept in todo[(module, probe)]]
             results = evaluate_concepts(acts.features(path, kind.features), tasks, kind, params,
                                         repeats=self.plan.repeats, permutations=self.plan.permutations,
-                                        seed=self.plan.seed, device=self.device, fast_gram=self.plan.fast_gram)
+                                        seed=self.plan.seed, device=self.device, fast_gram=self.plan.fast_gram,
+                                        mdl=self.plan.mdl)
             for task, result in zip(tasks, results, strict=True):
                 row = {
                     "concept": task.concept, "group": self.groups[task.concept], "module": module,

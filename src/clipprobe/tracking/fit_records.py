@@ -32,7 +32,7 @@ METRIC_COLUMNS = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "test_balan
                   "train_acc", "test_majority_acc", "test_acc_resplit_mean", "test_acc_resplit_ci_low",
                   "test_acc_resplit_ci_high", "test_permutation_acc", "test_permutation_p", "test_control_acc",
                   "test_selectivity", "n_train", "n_test", "n_test_pos", "repeats", "permutations",
-                  "n_dropped_features")
+                  "n_dropped_features", "class_alignment", "mdl_codelength_bits", "mdl_uniform_bits", "compression")
 INT_COLUMNS = ("epoch", "module_index", "n_train", "n_test", "n_test_pos", "repeats", "permutations", "n_dropped_features")
 # Per-image results for paired tests: strings, so Parquet columns and fit-run params, never metrics.
 # `test_correct`: '0'/'1' per stored test image; `test_images`: hash of those images (same hash = same test set).

@@ -85,6 +85,8 @@ def summary_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         out[f"mean_test_acc/all/{probe}"] = float(acc.mean())
         if "test_selectivity" in sub:
             sel = pd.to_numeric(sub["test_selectivity"], errors="coerce")
+            if "class_alignment" in sub:  # undefined where the concept is a class (docs/statistics.md)
+                sel = sel.where(~(pd.to_numeric(sub["class_alignment"], errors="coerce") >= 1.0))
             if sel.notna().any():
                 out[f"mean_test_selectivity/all/{probe}"] = float(sel.mean())
         if {"test_acc_ci_low", "test_majority_acc"} <= set(sub.columns):

@@ -1,0 +1,1 @@
+"""Representation similarity between modules and epochs (linear CKA), from the sweep's pooled activations."""
