@@ -194,3 +194,16 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
 def test_every_module_lives_in_the_package_of_its_step() -> None:
     """No flat modules at the package top: the folders show the pipeline (docs/architecture.md)."""
     assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]
+
+
+def test_no_test_file_imports_another() -> None:
+    """Shared fixtures and cases live in helper modules (tests/*.py not named test_*), so running one test file
+    never collects or depends on another's tests."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert offenders == [], offenders
+

@@ -9,7 +9,7 @@ from collections import Counter
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from sweep_fakes import mobilenet
-from test_sweep_tracking import fit_runs, log_splits, probe, register
+from sweep_store import fit_runs, log_splits, probe, register
 
 from clipprobe.cli import main
 from clipprobe.executors import LocalExecutor
