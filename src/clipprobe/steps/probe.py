@@ -29,7 +29,7 @@ from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import load_backbone
 from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
-from clipprobe.executors import SweepJob
+from clipprobe.executors import Executor, SweepJob
 from clipprobe.sweep.config import SweepConfig
 from clipprobe.sweep.plan import (
     CheckpointRef,
@@ -167,7 +167,7 @@ def resolve(config: SweepConfig, *, experiment_name: str | None = None, device: 
 class SweepWork:
     """Where and how a sweep's fits run; nothing here changes their numbers."""
 
-    runner: Any  # an executor (clipprobe.executors.make_executor)
+    runner: Executor
     device: str = "auto"  # as given: "auto" is resolved where the work runs
     cache_dir: str | Path = "."
     keep_cache: bool = True
