@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -59,6 +60,11 @@ def test_annotations_on_the_latest_world(world):
     assert load_config(ConceptsConfig, run.info.run_id) == ConceptsConfig(
         pool=world / "pool", truth=world.resolve() / "truth.parquet", source="annotations", top_k=10, negatives=30,
         vocabulary="world")
+    from clipprobe.tracking.concept_tables import read_similarities
+
+    with pytest.raises(LookupError, match=f"concepts run {run.info.run_id} takes its labels from annotations: it "
+                                          "has no CLIP similarities"):
+        read_similarities(run.info.run_id)
 
 
 def test_clip_source_with_local_weights_logs_precision(world, tmp_path):
@@ -83,6 +89,20 @@ def test_clip_source_with_local_weights_logs_precision(world, tmp_path):
     assert len(scores) == 160 and meta["clip_model"] == name and meta["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-4)
     assert meta["clip_weights_sha256"] == run.data.params["clip_weights_sha256"]
     assert load_splits(download_artifact(run.info.run_id, "concepts/splits.parquet")).has_image_class
+    # CLIP's raw cosines beside the probabilities: the group softmax of logit_scale * cosine gives the scores back.
+    from clipprobe.tracking.concept_tables import read_similarities
+
+    cosines, made_by = read_similarities(run.info.run_id)
+    assert list(cosines.columns) == ["path", *scores.columns[1:]] and cosines["path"].tolist() == scores["path"].tolist()
+    assert made_by["kind"] == "concept_similarities" and made_by["pool_fingerprint"] == meta["pool_fingerprint"]
+    assert made_by["clip_weights_sha256"] == meta["clip_weights_sha256"] and "probability" not in made_by
+    assert ((cosines.iloc[:, 1:] >= -1) & (cosines.iloc[:, 1:] <= 1)).all().all()
+    for group in (["red", "blue", "green", "yellow"], ["circle", "triangle", "star", "square"]):
+        logits = meta["logit_scale"] * cosines[group].to_numpy()
+        softmax = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(softmax / softmax.sum(1, keepdims=True), scores[group].to_numpy(), atol=1e-6)
+    with pytest.raises(LookupError, match="not a concepts run"):
+        read_similarities(find_latest_run("world").info.run_id)
     # Without a labels table: the scores come back from the chunk cache, and no class is known.
     rerun = _concepts(*[a for a in args if a not in ("--truth", str(world / "truth.parquet"))], "--seed", "1",
                       "--vocabulary", "world")

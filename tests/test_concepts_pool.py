@@ -78,7 +78,7 @@ def test_interrupted_scoring_resumes_from_the_written_chunks(scorer, tmp_path, m
                       num_workers=0, chunk_size=8)
 
     calls = []
-    real = scorer.score_images
+    real = scorer.score_and_cosines
 
     def flaky(images, text):
         calls.append(len(images))
@@ -86,15 +86,16 @@ def test_interrupted_scoring_resumes_from_the_written_chunks(scorer, tmp_path, m
             raise KeyboardInterrupt
         return real(images, text)
 
-    monkeypatch.setattr(scorer, "score_images", flaky)
+    monkeypatch.setattr(scorer, "score_and_cosines", flaky)
     with pytest.raises(KeyboardInterrupt):
         score_pool(scorer, tmp_path / "pool", paths, vocab, **kwargs)
     assert sorted(p.name for p in (tmp_path / "chunks").glob("chunk-*.parquet")) == ["chunk-00000.parquet"]
     calls.clear()
-    monkeypatch.setattr(scorer, "score_images", lambda images, text: calls.append(len(images)) or real(images, text))
+    monkeypatch.setattr(scorer, "score_and_cosines", lambda images, text: calls.append(len(images)) or real(images, text))
     resumed = score_pool(scorer, tmp_path / "pool", paths, vocab, **kwargs)
     assert sum(calls) == 12 and resumed.images_scored_now == 12  # only chunks 1 and 2
     np.testing.assert_allclose(resumed.scores[vocab.concepts], full.scores[vocab.concepts], rtol=1e-6)
+    np.testing.assert_allclose(resumed.similarities[vocab.concepts], full.similarities[vocab.concepts], rtol=1e-6)
     calls.clear()
     again = score_pool(scorer, tmp_path / "pool", paths, vocab, **{**kwargs, "resume_key": {"k": 2}})
     assert sum(calls) == 20 and again.images_scored_now == 20  # other settings: starts afresh

@@ -127,3 +127,9 @@ def test_planted_pool_end_to_end(scorer, tmp_path, monkeypatch):
     table = select_splits(out.scores, vocab, top_k=5, negatives=10, seed=0)
     top = table[(table.concept == "red") & (table.label == 1)]["path"].tolist()
     assert top == [f"p{i:02d}.png" for i in np.argsort(-reds)[:5]]
+    # The cosines are those of the planted embeddings: normalised channel means against the fixed axes.
+    means = np.stack([np.asarray(scorer.preprocess(Image.open(root / p).convert("RGB"))).mean(axis=(1, 2))
+                      for p in out.similarities["path"]])
+    expected = (means / np.linalg.norm(means, axis=1, keepdims=True)) @ axes.numpy().T
+    assert list(out.similarities.columns) == ["path", "red", "grey"]
+    np.testing.assert_allclose(out.similarities[["red", "grey"]].to_numpy(), expected, atol=1e-5)

@@ -32,7 +32,7 @@ from torch import nn
 
 from clipprobe.activations.decoding import ImageSet, save_atomic, temporary_beside
 from clipprobe.activations.features import Bf16Matrix, PooledFeatures
-from clipprobe.activations.hooks import forward_activations, map_offset
+from clipprobe.activations.hooks import forward_activations, map_offset, pooled
 from clipprobe.activations.options import FORMAT_VERSION, ExtractOptions
 from clipprobe.activations.precision import calibrate
 
@@ -92,6 +92,9 @@ class CheckpointActivations:
 
     def map(self, path: str) -> Bf16Matrix:
         """Full maps ``(images, channels*height*width)``: bf16 bits of ``value - offset`` on disk, read as float32."""
+        if not has_maps(self.map_shape(path)):
+            raise ValueError(f"module {path!r} outputs {self.map_shape(path)[0]} values an image, not maps: it has no "
+                             "full maps for a non-gap probe kind; probe it with a gap kind (linear_gap, non_linear_gap)")
         if not self._file(path, "map").is_file():
             raise KeyError(f"module {path!r} has no full maps in {self.folder}: its pass stored pooled vectors only "
                            "(ActivationCache.get(..., maps=False)); get it again with maps=True")
@@ -99,7 +102,7 @@ class CheckpointActivations:
                           computed_in=self.precision_of(path))
 
     def map_shape(self, path: str) -> tuple[int, ...]:
-        """``(channels, height, width)`` of a module's output."""
+        """``(channels, height, width)`` of a module's output; ``(classes,)`` for ``logits``."""
         self._check(path)
         return tuple(self.meta["shapes"][path])
 
@@ -132,6 +135,12 @@ def _merge_meta(meta_path: Path, mine: dict[str, Any]) -> dict[str, Any]:
 
 
 GAP_ONLY = ":gap"  # a meta.json ``stored`` entry "fp32:gap": that precision's pooled vectors, no full maps
+
+
+def has_maps(shape: Sequence[int]) -> bool:
+    """Whether a module output of this per-image shape has full maps: ``(channels, height, width)`` does;
+    ``(classes,)`` (``logits``) is its own pooled vector and has none."""
+    return len(shape) == 3
 
 
 def holds(stored: Sequence[str], precision: str, maps: bool = True) -> bool:
@@ -233,7 +242,8 @@ class ActivationCache:
         else:
             plan = dict.fromkeys(wanted, options.precision)
         for precision in ("bf16", "fp32"):
-            todo = [p for p in wanted if plan[p] == precision and not holds(meta["stored"].get(p, []), precision, maps)]
+            todo = [p for p in wanted if plan[p] == precision and not holds(
+                meta["stored"].get(p, []), precision, maps and has_maps(meta["shapes"].get(p, (0, 0, 0))))]
             if not todo:
                 continue
             log.info("activations %s: one %s pass over %d images for %d modules", folder.name, precision,
@@ -242,7 +252,8 @@ class ActivationCache:
                                    device, progress, maps=maps)
             meta["shapes"].update(shapes)
             for p in todo:
-                meta["stored"].setdefault(p, []).append(precision if maps else f"{precision}{GAP_ONLY}")
+                meta["stored"].setdefault(p, []).append(precision if maps and has_maps(shapes[p])
+                                                        else f"{precision}{GAP_ONLY}")
             changed = True
         if changed:
             meta = _merge_meta(meta_path, meta)
@@ -311,19 +322,21 @@ class ActivationCache:
         shapes: dict[str, list[int]] = {}
 
         def sink(path: str, start: int, out: torch.Tensor) -> None:
-            if out.ndim != 4:
-                raise ValueError(f"module {path!r} outputs shape {tuple(out.shape)}: expected (batch, channels, height, width)")
+            if out.ndim not in (2, 4):
+                raise ValueError(f"module {path!r} outputs shape {tuple(out.shape)}: expected (batch, channels, height, "
+                                 "width), or (batch, classes) for logits")
             values = out.float()
             if path not in gaps:
                 shapes[path] = list(out.shape[1:])
                 gaps[path] = np.empty((n, out.shape[1]), dtype=np.float32)
-            if want_maps and path not in stored_maps:
+            maps_here = want_maps and out.ndim == 4  # logits (batch, classes): pooled = itself, no maps
+            if maps_here and path not in stored_maps:
                 stored_maps[path] = np.lib.format.open_memmap(
                     temporary_beside(folder / f"{path}.{precision}.map.npy"), mode="w+", dtype=np.uint16, shape=(n, out[0].numel()))
                 offsets[path] = map_offset(values)
             stop = start + out.shape[0]
-            gaps[path][start:stop] = values.mean((2, 3)).cpu().numpy()
-            if not want_maps:
+            gaps[path][start:stop] = pooled(values).cpu().numpy()
+            if not maps_here:
                 return
             # torch copies the centred bf16 bits from the output's layout (channels_last) into the memmap's rows
             bits = (values - offsets[path]).to(torch.bfloat16).view(torch.int16)
@@ -333,7 +346,7 @@ class ActivationCache:
                             device=device, progress=progress)
         for path in todo:
             save_atomic(folder / f"{path}.{precision}.gap.npy", gaps[path])
-            if not want_maps:
+            if path not in stored_maps:
                 continue
             save_atomic(folder / f"{path}.{precision}.map_offset.npy", offsets[path].reshape(-1).cpu().numpy())
             stored_maps[path].flush()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from clipprobe.activations.cache import ActivationCache, holds
+from clipprobe.activations.cache import ActivationCache, has_maps, holds
 from clipprobe.activations.hooks import forward_activations
 from clipprobe.activations.options import ExtractOptions
 
@@ -23,7 +23,8 @@ NPY_HEADER = 128  # bytes numpy writes before an .npy file's data at these ranks
 
 
 def module_shapes(model: nn.Module, modules: Mapping[str, str], image: np.ndarray) -> dict[str, tuple[int, ...]]:
-    """``(channels, height, width)`` per module path, from one hooked pass over ``image`` (``(3, H, W)``)."""
+    """``(channels, height, width)`` per module path (``(classes,)`` for logits), from one hooked pass over
+    ``image`` (``(3, H, W)``)."""
     shapes: dict[str, tuple[int, ...]] = {}
     device = next((p.device for p in model.parameters()), "cpu")
     forward_activations(model, modules, image[None].astype(np.float32),
@@ -40,7 +41,7 @@ def activation_bytes(shapes: Mapping[str, Sequence[int]], n_images: int, *, maps
     for shape in shapes.values():
         values, channels = int(np.prod(shape)), int(shape[0])
         total += n_images * channels * 4 + NPY_HEADER
-        if maps:
+        if maps and has_maps(shape):
             total += n_images * values * 2 + values * 4 + 2 * NPY_HEADER
     return total
 
@@ -116,7 +117,8 @@ def cache_budget(cache: ActivationCache, *, shapes: Mapping[str, Sequence[int]],
     decoded under the cache. ``workers`` checkpoints run at once (``workers_from``: how that is known)."""
     def cached(fingerprint: str) -> bool:
         stored = cache.stored(cache.folder(fingerprint, images_key, options))
-        return all(any(holds(stored.get(path, []), p, maps) for p in ("fp32", "bf16")) for path in shapes)
+        return all(any(holds(stored.get(path, []), p, maps and has_maps(shape)) for p in ("fp32", "bf16"))
+                   for path, shape in shapes.items())
 
     images_file = cache.root / "images" / f"{images_key}.npy"
     images = 0 if images_file.is_file() else n_images * int(np.prod(image_shape)) * 4 + NPY_HEADER

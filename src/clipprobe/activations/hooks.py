@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from clipprobe.activations.options import ExtractOptions
+from clipprobe.backbones.architectures import probe_module
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,9 @@ def forward_activations(
         raise ValueError(f"forward_activations runs fp32 or bf16, got {options.precision!r}: "
                          "auto is decided per module by ActivationCache.get")
     targets = list(dict.fromkeys(modules.values()))
-    named = dict(model.named_modules())
-    missing = [p for p in targets if p not in named]
+    missing = [p for p in targets if probe_module(model, p) is None]
     if missing:
-        raise ValueError(f"unknown module {missing[0]!r}: not a path of model.named_modules()")
+        raise ValueError(f"unknown module {missing[0]!r}: not a path of model.named_modules() nor logits")
     captured: dict[str, torch.Tensor] = {}
 
     def make_hook(path: str):
@@ -101,8 +101,7 @@ def forward_activations(
         model = copy.deepcopy(model)  # the caller's model keeps its layout
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    named = dict(model.named_modules())
-    handles = [named[p].register_forward_hook(make_hook(p)) for p in targets]
+    handles = [probe_module(model, p).register_forward_hook(make_hook(p)) for p in targets]
     n = len(pixels)
     bf16 = options.precision == "bf16"
     try:
@@ -127,6 +126,17 @@ def forward_activations(
     finally:
         for h in handles:
             h.remove()
+
+
+def pooled(output: torch.Tensor) -> torch.Tensor:
+    """A module output's pooled vectors ``(batch, channels)``: the mean over positions of a map ``(batch,
+    channels, height, width)``; an output without positions (``logits``: ``(batch, classes)``) is itself."""
+    if output.ndim == 2:
+        return output
+    if output.ndim != 4:
+        raise ValueError(f"module output of shape {tuple(output.shape)}: expected (batch, channels, height, width) "
+                         "or (batch, features)")
+    return output.mean((2, 3))
 
 
 def map_offset(first: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipprobe.activations.hooks import forward_activations
+from clipprobe.activations.hooks import forward_activations, pooled
 from clipprobe.activations.options import CALIBRATION_QUANTILE, ExtractOptions
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def calibrate(
     result = {}
     for path in paths:
         exact, fast = (torch.cat(outputs[p][path]) for p in ("fp32", "bf16"))
-        gap_error = _quantile_error(exact.mean((2, 3)), fast.mean((2, 3)))
+        gap_error = _quantile_error(pooled(exact), pooled(fast))
         map_error = _quantile_error(exact.flatten(1), fast.flatten(1))
         ok = max(gap_error, map_error) <= options.calibration_rtol
         result[path] = {"precision": "bf16" if ok else "fp32", "gap_error": gap_error, "map_error": map_error,

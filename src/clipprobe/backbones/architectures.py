@@ -17,6 +17,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_VAL_RESIZE_SIZE = 256
 DEFAULT_VAL_CROP_SIZE = 224
 DEFAULT_ARCHITECTURE = "mobilenet_v2"  # the seed's backbone: training's, the loader's and the importer's default
+# The model's output (batch, classes) as a probe module: its units are the classes, pooled = itself, no maps.
+# Probed only when asked for (``--modules module:3,logits``); a model's own submodule of that name wins.
+LOGITS = "logits"
 # Module containers whose children are the natural probe points, tried in this order.
 _PROBE_CONTAINERS = ("features", "layers", "encoder.layers", "trunk_output", "blocks")
 _WIDTH_MULT_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
@@ -136,13 +139,23 @@ def default_probe_modules(model: nn.Module) -> dict[str, str]:
     return {name: name for name in weighted[:-1]}
 
 
+def probe_module(model: nn.Module, path: str) -> nn.Module | None:
+    """The module a probe path names: a ``named_modules`` path, or the model itself for ``logits`` (its
+    output); None for a path the model lacks."""
+    named = dict(model.named_modules())
+    if path in named and path != "":
+        return named[path]
+    return model if path == LOGITS else None
+
+
 def resolve_probe_modules(
     model: nn.Module, modules: Sequence[str] | Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """Probe modules as an ordered display name -> module path map, checked against the model.
 
     ``modules`` may be a mapping, or a list of display names (``module:7``) or paths
-    (``features.7`` or any ``named_modules`` path); None gives the default list.
+    (``features.7`` or any ``named_modules`` path), or ``logits`` (the model's output); None gives the default
+    list (without ``logits``).
     """
     defaults = default_probe_modules(model)
     if modules is None:
@@ -156,14 +169,13 @@ def resolve_probe_modules(
                 requested[item] = defaults[item]
             else:
                 requested[by_path.get(item, item)] = item
-    known = dict(model.named_modules())
     for name, path in requested.items():
-        if path not in known or path == "":
+        if probe_module(model, path) is None:
             listed = list(defaults.values())
             span = f"{listed[0]} .. {listed[-1]}" if listed else "no default modules"
             raise ValueError(
                 f"unknown module {path!r} (for {name!r}): the model has {span} "
-                "(any path of model.named_modules() works)"
+                f"(any path of model.named_modules() works, and {LOGITS} for the model's output)"
             )
     return requested
 

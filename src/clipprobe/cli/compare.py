@@ -34,7 +34,8 @@ _D = CompareConfig()
 def compare(ctx: click.Context, experiment_name: str | None, **_settings) -> None:
     """Tables, plots and sanity flags for probe sweep RUN_IDS (default: the latest sweep).
 
-    With several sweeps, each later one is also compared cell by cell with the first.
+    With several sweeps, each later one is also compared cell by cell with the first. A sweep with neurons tables
+    (neurons/units.parquet) also gets its units: detectors per module over epochs, when units emerge, unit cards.
     Everything is written to --out and logged as artifacts of a `compare` run.
     """
     from clipprobe.cli.failures import usage_errors

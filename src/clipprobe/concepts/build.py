@@ -38,6 +38,9 @@ from clipprobe.world.generate import is_world_truth
 
 log = logging.getLogger(__name__)
 SCALE_NOTE = "softmax over the group's concepts of logit_scale * cosine(image, prompt)"
+SIMILARITY_NOTE = "cosine(image, prompt) of L2-normalised CLIP embeddings, no scale, no softmax"
+SIMILARITIES_FILE = "similarities.parquet"  # in the step's concepts/ folder (CLIP runs only)
+SIMILARITIES_KIND = "concept_similarities"  # its provenance ``kind``
 # The concept world's classes (what its backbone is trained on): each split row's image_class.
 WORLD_CLASS_COLUMN = "shape"
 SOURCES = ("clip", "annotations")
@@ -186,7 +189,8 @@ def run_params(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer
 
 @dataclass
 class ConceptTables:
-    """The step's tables: scores per pool image, the splits, their sizes and (with labels) CLIP's label quality."""
+    """The step's tables: scores per pool image, the splits, their sizes and (with labels) CLIP's label quality;
+    with CLIP, also each pool image's cosine similarity to every concept (same rows as ``scores``)."""
 
     scores: pd.DataFrame
     splits: pd.DataFrame
@@ -196,11 +200,18 @@ class ConceptTables:
     meta: dict[str, Any]  # made_by() of the run
     split_meta: dict[str, Any]
     images_per_second: float | None = None  # of the images scored now (none when all came from the cache)
+    similarities: pd.DataFrame | None = None  # CLIP runs: path + one cosine column per concept
 
     def write(self, folder: Path, pool: Path) -> None:
-        """scores.parquet, splits.parquet, label_quality.parquet, contact_sheets/, unreadable.txt in ``folder``."""
+        """scores.parquet, similarities.parquet (CLIP), splits.parquet, label_quality.parquet, contact_sheets/,
+        unreadable.txt in ``folder``."""
         write_table(self.scores, folder / "scores.parquet",
                     provenance("concept_scores", **self.meta, n_unreadable=len(self.unreadable)))
+        if self.similarities is not None:
+            meta = {k: v for k, v in self.meta.items() if k != "probability"}
+            write_table(self.similarities, folder / SIMILARITIES_FILE,
+                        provenance(SIMILARITIES_KIND, **meta, similarity=SIMILARITY_NOTE,
+                                   n_unreadable=len(self.unreadable)))
         write_splits(self.splits, folder / "splits.parquet", provenance("concept_splits", **self.split_meta))
         if self.quality is not None:
             write_table(self.quality, folder / "label_quality.parquet",
@@ -242,7 +253,7 @@ def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSco
         scored = score_pool(scorer, config.pool, inputs.paths, inputs.vocabulary, config.prompt, chunk_dir=chunk_dir,
                             batch_size=config.batch_size, num_workers=config.num_workers,
                             chunk_size=config.chunk_size, resume_key=key)
-        scores, unreadable, known = scored.scores, scored.unreadable, None
+        scores, unreadable, known, similarities = scored.scores, scored.unreadable, None, scored.similarities
         if scored.images_scored_now and scored.seconds > 0:
             speed = scored.images_scored_now / scored.seconds
     else:
@@ -251,6 +262,7 @@ def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSco
             log.warning("%d unreadable image(s) skipped, e.g. %s", len(unreadable), unreadable[0])
         known = inputs.labels[~inputs.labels["path"].isin(set(unreadable))].reset_index(drop=True)
         scores = annotation_scores(known, inputs.vocabulary, config.top_k)
+        similarities = None
     splits = select_splits(scores, inputs.vocabulary, top_k=config.top_k, negatives=config.negatives,
                            test_fraction=config.test_fraction, seed=config.seed, known_labels=known,
                            image_classes=inputs.classes, negatives_matching=config.negatives_matching)
@@ -262,4 +274,4 @@ def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSco
     split_meta = {**meta, "top_k": config.top_k, "negatives": config.negatives, "test_fraction": config.test_fraction,
                   "negatives_matching": config.negatives_matching, "image_class_column": inputs.class_kind,
                   "class_labels": config.class_labels, "sizes": sizes.to_dict(orient="index")}
-    return ConceptTables(scores, splits, sizes, quality, unreadable, meta, split_meta, speed)
+    return ConceptTables(scores, splits, sizes, quality, unreadable, meta, split_meta, speed, similarities)

@@ -15,6 +15,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from clipprobe.world.masks import MASKS_FOLDER
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -70,13 +72,15 @@ def _unit_or_own_range(pixels: np.ndarray) -> np.ndarray:
 
 
 def list_images(root: str | Path) -> list[str]:
-    """POSIX paths, relative to ``root``, of every image file below it, sorted (hidden files skipped)."""
+    """POSIX paths, relative to ``root``, of every image file below it, sorted (hidden files and the pixel
+    masks' folder ``masks/`` at the top skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image pool folder not found: {root} (give an existing folder of images)")
     paths = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        top = Path(dirpath) == root
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (top and d == MASKS_FOLDER))
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 paths.append(Path(dirpath, name).relative_to(root).as_posix())

@@ -1,4 +1,5 @@
-"""CLIP zero-shot scoring of an image pool: per image, a softmax over each group's concepts.
+"""CLIP zero-shot scoring of an image pool: per image, a softmax over each group's concepts, and the raw cosine
+similarity to every concept (CLIP-Dissect's input, no softmax).
 
 CLIP weights come in the forms people have them: an open_clip pretrained tag, an ``hf-hub:`` name,
 a plain state dict, an open_clip training checkpoint (``epoch_N.pt``) or OpenAI's TorchScript
@@ -50,6 +51,7 @@ WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 WEIGHT_FORMS = ("random", "tag", "hf-hub", "state_dict", "training_checkpoint", "torchscript",
                 "safetensors", "npz")
 _FILE_FORMS = WEIGHT_FORMS[3:]
+COSINE_PREFIX = "cosine:"  # a score chunk's cosine columns (beside the probability columns named by concept)
 
 
 @dataclass(frozen=True)
@@ -377,18 +379,28 @@ class ClipScorer:
 
     def score_images(self, images: torch.Tensor, text_features: Sequence[torch.Tensor]) -> np.ndarray:
         """``(images, concepts)`` group probabilities of one preprocessed batch."""
-        probs = group_probabilities(self.image_features(images), text_features, self.logit_scale)
-        return probs.cpu().numpy()
+        return self.score_and_cosines(images, text_features)[0]
+
+    def score_and_cosines(self, images: torch.Tensor, text_features: Sequence[torch.Tensor]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, concepts)`` group probabilities and cosine similarities (float64) of one batch, from one
+        image encoding."""
+        image = self.image_features(images)
+        probs = group_probabilities(image, text_features, self.logit_scale)
+        cosines = image.double() @ torch.cat(list(text_features)).double().T
+        return probs.cpu().numpy(), cosines.cpu().numpy()
 
 
 @dataclass
 class PoolScores:
-    """Scores of the readable images and the list of files that could not be decoded."""
+    """Scores of the readable images (group probabilities; the cosine similarities in ``similarities``, same rows)
+    and the list of files that could not be decoded."""
 
     scores: pd.DataFrame
     unreadable: list[str]
     seconds: float = 0.0
     images_scored_now: int = 0
+    similarities: pd.DataFrame | None = None
 
 
 def _chunk_path(chunk_dir: Path, index: int) -> Path:
@@ -427,8 +439,10 @@ def score_pool(
         raise ValueError(f"image pool {root} is empty: nothing to score")
     chunk_dir = Path(chunk_dir)
     concepts = vocabulary.concepts
+    # "columns" keeps chunks written before the cosines were stored from being reused (they lack them)
     _prepare_chunk_dir(chunk_dir, {"resume_key": resume_key or {}, "n_images": len(paths),
-                                   "chunk_size": chunk_size, "concepts": concepts})
+                                   "chunk_size": chunk_size, "concepts": concepts,
+                                   "columns": "probabilities+cosines"})
     n_chunks = (len(paths) + chunk_size - 1) // chunk_size
     pending = [c for c in range(n_chunks) if not _chunk_path(chunk_dir, c).is_file()]
     if len(pending) < n_chunks:
@@ -451,11 +465,12 @@ def score_pool(
             pin_memory=scorer.device.type == "cuda",
             persistent_workers=False,
         )
-        buffer: dict[int, np.ndarray] = {}
+        buffer: dict[int, np.ndarray] = {}  # per image: its probabilities, then its cosines
         bar = tqdm(total=n_now, unit="img", desc="CLIP scoring", smoothing=0.1)
         for (good, images, bad), batch, c in zip(loader, batches, batch_chunk, strict=True):
             if images is not None:
-                buffer.update(zip(good, scorer.score_images(images, text), strict=True))
+                probs, cosines = scorer.score_and_cosines(images, text)
+                buffer.update(zip(good, np.concatenate([probs, cosines], axis=1), strict=True))
             bar.update(len(good) + len(bad))
             chunk_end = min((c + 1) * chunk_size, len(paths))
             if batch[-1] == chunk_end - 1:  # batches never straddle chunks, and arrive in order
@@ -467,17 +482,20 @@ def score_pool(
     unreadable = table.loc[~table["readable"], "path"].tolist()
     if unreadable:
         log.warning("%d unreadable image(s) skipped, e.g. %s", len(unreadable), unreadable[0])
-    scores = table.loc[table["readable"]].drop(columns="readable").reset_index(drop=True)
-    return PoolScores(scores, unreadable, seconds, n_now)
+    readable = table.loc[table["readable"]].drop(columns="readable").reset_index(drop=True)
+    cosine_columns = [COSINE_PREFIX + c for c in concepts]
+    scores = readable.drop(columns=cosine_columns)
+    similarities = readable[["path", *cosine_columns]].rename(columns=dict(zip(cosine_columns, concepts, strict=True)))
+    return PoolScores(scores, unreadable, seconds, n_now, similarities)
 
 
 def _write_chunk(
     chunk_dir: Path, chunk: int, paths: Sequence[str], indices: range, buffer: dict[int, np.ndarray],
     concepts: list[str],
 ) -> None:
-    nan = np.full(len(concepts), np.nan)
+    nan = np.full(2 * len(concepts), np.nan)
     rows = np.stack([buffer.get(i, nan) for i in indices])
-    df = pd.DataFrame(rows, columns=concepts)
+    df = pd.DataFrame(rows, columns=[*concepts, *(COSINE_PREFIX + c for c in concepts)])
     df.insert(0, "readable", [i in buffer for i in indices])
     df.insert(0, "path", [paths[i] for i in indices])
     write_table(df, _chunk_path(chunk_dir, chunk), {"chunk": chunk})

@@ -26,8 +26,11 @@ def contact_sheet(
     columns: int = 5,
     tile: int = 112,
     title: str = "",
+    value_column: str = "probability",
+    value_label: str = "p",
 ) -> Image.Image:
-    """A grid of the positives of one concept at ``ranks`` (those the selection holds), labelled by rank."""
+    """A grid of the positives of one concept at ``ranks`` (those the selection holds), labelled by rank and
+    ``value_label=<value_column>`` (a unit card shows its top images with ``activation``)."""
     positives = rows[rows["label"] == 1].set_index("rank")
     shown = [r for r in ranks if r in positives.index]
     n_rows = max(1, -(-len(shown) // columns))
@@ -57,7 +60,7 @@ def contact_sheet(
         wrong = marked and not bool(row["truth"])
         if wrong:
             draw.rectangle((x + 1, y + 1, x + tile - 2, y + tile - 2), outline=WRONG_COLOUR, width=WRONG_FRAME)
-        draw.text((x + 2, y + tile), f"#{rank}  p={row['probability']:.2f}" + ("  wrong" if wrong else ""),
+        draw.text((x + 2, y + tile), f"#{rank}  {value_label}={row[value_column]:.2f}" + ("  wrong" if wrong else ""),
                   fill=WRONG_COLOUR if wrong else "black")
     return sheet
 

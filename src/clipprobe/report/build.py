@@ -6,7 +6,8 @@ Layout of ``out``: ``report.html`` (self-contained) and ``report.txt`` (what the
 per sweep (at the root for one sweep, in ``<name>/`` for several) ``tables.md``, ``tables.csv``,
 ``tables.txt``, ``sanity.txt``, ``emergences.csv``, ``results.parquet`` and ``plots/*.png``;
 ``diff_<a>_vs_<b>.csv`` for each later sweep against the first; ``reference.csv`` (ours beside the
-reference). Every automatic statement (sanity flags, "emerges at epoch E", marked changes and
+reference); for a sweep with neurons tables, ``unit_when.csv``, ``module_when.csv``, ``detectors.csv``,
+``plots/detectors_over_epochs.png`` and the unit cards (``report.units``). Every automatic statement (sanity flags, "emerges at epoch E", marked changes and
 differences) rests on an exact interval or a paired test (``report.significance``).
 """
 
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from clipprobe.report import diff, intro, labels, page, plots, reference, sanity, tables
+from clipprobe.report.units import UnitTables, units_part
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,11 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                  epoch: int | None = None, modules: Sequence[str] | None = None,
                  reference_table: pd.DataFrame | None = None, title: str = "clipprobe comparison",
                  provenance: Sequence[intro.Provenance] = (),
-                 label_sources: labels.LabelSources | None = None) -> Report:
+                 label_sources: labels.LabelSources | None = None,
+                 units: Mapping[str, UnitTables] | None = None) -> Report:
     """Introduction and provenance, then per sweep the what-where-when plots, accuracy over epochs,
-    emergences, sanity flags and tables; then diffs (later sweeps vs the first), mined vs true labels
+    emergences, sanity flags, the units (``units``: neurons tables by sweep name; a sweep without them has no
+    units part) and tables; then diffs (later sweeps vs the first), mined vs true labels
     (``label_sources``: ``labels.csv`` per mined sweep) and the reference."""
     prepared = _prepare(sweeps, epoch, modules)
     diffs = [(name, diff.diff_sweeps(prepared[0][1], data, epoch_a=epoch, epoch_b=epoch))
@@ -113,8 +117,13 @@ def write_report(sweeps: Sequence[tuple[str, pd.DataFrame]], out: str | Path, *,
                       f"<p>Lines for {html.escape(shown)}; bands are 95% intervals, the dashed line the majority "
                       "baseline.</p>" + "\n".join(page.embed_png(p, alt) for alt, p in lines)),
                      (f"{heading}: when concepts emerge",
-                      f"<pre>{html.escape(sanity.emergence_text(emerged))}</pre>"),
-                     (f"{heading}: sanity flags", page.flags_html(flags)),
+                      f"<pre>{html.escape(sanity.emergence_text(emerged))}</pre>")]
+        if units and name in units:
+            part = units_part(units[name], folder, heading)
+            text += part.text
+            sections += part.sections
+            files += part.files
+        sections += [(f"{heading}: sanity flags", page.flags_html(flags)),
                      (f"{heading}: tables at epoch {built[0].epoch}", tables.to_html(built))]
     first = prepared[0][0]
     for name, d in diffs:

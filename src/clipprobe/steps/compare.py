@@ -15,7 +15,8 @@ from clipprobe.report.config import CompareConfig
 from clipprobe.report.intro import Provenance
 from clipprobe.report.labels import LabelSources
 from clipprobe.report.reference import read_reference_csv
-from clipprobe.tracking import configs, fits, label_sources
+from clipprobe.report.units import UnitTables
+from clipprobe.tracking import configs, fits, label_sources, neurons_tables
 from clipprobe.tracking import results as sweep_results
 from clipprobe.tracking.runs import log_artifacts, set_tags, step_run
 
@@ -25,13 +26,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CompareInputs:
     """A resolved compare: its config (the sweeps' run ids filled in), each sweep's results by short name, where
-    they come from, the reference table and which sweeps have CLIP-mined labels."""
+    they come from, the reference table, which sweeps have CLIP-mined labels, and the neurons tables of the
+    sweeps that have them (by short name)."""
 
     config: CompareConfig
     sweeps: list[tuple[str, pd.DataFrame]]
     provenance: list[Provenance]
     reference: pd.DataFrame | None
     labels: LabelSources | None
+    units: dict[str, UnitTables]
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,10 @@ def resolve(config: CompareConfig, *, experiment_name: str | None = None) -> Com
                   for (name, table), run_id in zip(sweeps, ids, strict=True)]
     reference = read_reference_csv(config.reference) if config.reference else None
     truth, mined = label_sources.label_sources(ids, [name for name, _ in sweeps])  # CLIP vs true labels
+    found = [(name, neurons_tables.load_unit_tables(run_id)) for (name, _), run_id in zip(sweeps, ids, strict=True)]
+    units = {name: tables for name, tables in found if tables is not None}  # sweeps without them: no units part
     return CompareInputs(config.replace(run_ids=ids), sweeps, provenance, reference,
-                         LabelSources(truth, mined) if mined else None)
+                         LabelSources(truth, mined) if mined else None, units)
 
 
 def run(inputs: CompareInputs, *, experiment_name: str | None = None) -> CompareOutput:
@@ -68,7 +73,7 @@ def run(inputs: CompareInputs, *, experiment_name: str | None = None) -> Compare
         report = write_report(inputs.sweeps, tmp, epoch=config.epoch,
                               modules=None if config.modules is None else list(config.modules),
                               reference_table=inputs.reference, provenance=inputs.provenance,
-                              label_sources=inputs.labels,
+                              label_sources=inputs.labels, units=inputs.units,
                               title=f"clipprobe: what, where and when ({', '.join(p.model for p in inputs.provenance)})")
         name = "compare " + " vs ".join(f"{p.model} {p.name}" for p in inputs.provenance)
         with step_run("compare", experiment_name=experiment_name, params=config.params(), run_name=name) as made:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from clipprobe.activations.cache import DEFAULT_CACHE_DIR, ActivationCache, CheckpointActivations
 from clipprobe.activations.decoding import ImageSet, load_images
 from clipprobe.activations.options import ExtractOptions
-from clipprobe.backbones.architectures import resolve_probe_modules
+from clipprobe.backbones.architectures import LOGITS, resolve_probe_modules
 from clipprobe.backbones.loader import Backbone
 from clipprobe.concepts.splits import ConceptSplits
 from clipprobe.probes.evaluation import DEFAULT_PERMUTATIONS, ConceptTask, evaluate_concepts
@@ -84,6 +84,11 @@ class SweepPlan:
                              f"or more ({DEFAULT_PERMUTATIONS} lets its p-value reach 0.05)")
         if self.repeats < 0:
             raise ValueError(f"repeats={self.repeats} is negative: expected 0 (stored split only) or more")
+        on_maps = [p for p in self.probes if probe_kind(p).features == "map"]
+        if self.modules is not None and LOGITS in self.modules and on_maps:
+            raise ValueError(f"module {LOGITS} (the model's output, one value per class) has no maps for probe kind(s) "
+                             f"{', '.join(on_maps)}: pass --probes with gap kinds only (linear_gap, non_linear_gap), "
+                             f"or probe {LOGITS} in a sweep of its own")
 
     @property
     def needs_maps(self) -> bool:

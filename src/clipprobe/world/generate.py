@@ -3,7 +3,8 @@
 Each image shows one object on a greyish, varied background. The object's shape is the class a
 backbone learns; its colour and fill pattern are drawn independently of the shape, so they are
 concepts the backbone may or may not pick up. Everything is seeded per image, so the same seed
-gives byte-identical files.
+gives byte-identical files. Each pool image also gets a pixel mask per concept it shows (``world.masks``):
+its colour and shape (the object's pixels) and its pattern (the marks inside the object; none for plain).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from clipprobe.core import parquet
 from clipprobe.core.step_config import StepConfig
+from clipprobe.world.masks import write_mask
 
 SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "diamond", "star",
@@ -241,9 +243,17 @@ def render_item(rng: np.random.Generator, spec: WorldSpec, path: str, split: str
     item = WorldItem(
         path=path, split=split, shape=shape, colour=colour, pattern=pattern,
         rgb=tuple(int(c) for c in rgb), cx=cx, cy=cy, radius=radius, rotation=rotation,
-        pattern_period=period, pattern_axis=axis,
+        pattern_period=period, pattern_axis=axis, extra={"masks": concept_masks(colour, shape, pattern, obj, ink)},
     )
     return img.round().astype(np.uint8), item
+
+
+def concept_masks(colour: str, shape: str, pattern: str, obj: np.ndarray, ink: np.ndarray) -> dict[str, np.ndarray]:
+    """Each concept's pixels in one image: colour and shape cover the object, a pattern its marks."""
+    masks = {colour: obj, shape: obj}
+    if pattern != "plain":  # a plain object has no marks: "plain" is no region
+        masks[pattern] = ink
+    return masks
 
 
 def _plan(spec: WorldSpec) -> list[tuple[str, str, str]]:
@@ -297,6 +307,9 @@ def generate_world(
         dest = out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels, mode="RGB").save(dest, format="PNG", optimize=False)
+        if split == "pool":  # masks inside the pool folder (train/ and val/ are class folders: no extra folder there)
+            for concept, mask in item.extra["masks"].items():
+                write_mask(out / "pool", concept, Path(rel).relative_to("pool").as_posix(), mask)
         rows.append(item)
     write_truth(out / TRUTH_FILE, rows, spec)
     counts = {s: sum(r.split == s for r in rows) for s in SPLITS}
