@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own tracking store, never the repo's mlflow.db."""
+"""Shared fixtures: every test gets its own tracking store, never the repo's mlflow.db; the end-to-end tests share
+the pipeline runs of tests/pipelines.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 
 import pytest
 import torch
+from pipelines import demo_run, mlflow_run_pipeline, on_demo_store  # noqa: F401 - fixtures, used by name
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # No test reaches the Hugging Face hub: cached files only. A test of the online path patches this back.

@@ -105,3 +105,29 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
                 no_default.append(name)
     assert no_help == [], f"options without help: {no_help}"
     assert no_default == [], f"options whose --help hides their default: {no_default}"
+
+
+def _config_commands():
+    from clipprobe.report.config import CompareConfig
+    from clipprobe.sweep.config import SweepConfig
+    from clipprobe.tuning.config import TuneConfig
+
+    return [("probe", SweepConfig), ("tune", TuneConfig), ("compare", CompareConfig)]
+
+
+@pytest.mark.parametrize(("command", "config"), _config_commands())
+def test_every_default_a_command_shows_is_its_configs_default(command, config):
+    """A command's options fill its config only when given (options.given), so the defaults its --help shows
+    must be the config's: the config built with every shown default given equals the config left to its own."""
+    from dataclasses import fields
+
+    from clipprobe.cli import main
+
+    cmd = main.get_command(click.Context(main), command)
+    names = {f.name for f in fields(config)}
+    ctx = click.Context(cmd)
+    shown = {p.name: p.type_cast_value(ctx, p.get_default(ctx)) for p in cmd.params
+             if isinstance(p, click.Option) and p.name in names and p.get_default(ctx) is not None}
+    assert shown, f"{command}: no option of {config.__name__} shows a default"
+    for name, value in shown.items():
+        assert config(**{name: value}) == config(), f"{command} --{name.replace('_', '-')} shows {value!r}"

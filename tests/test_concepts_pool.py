@@ -129,3 +129,31 @@ def test_phone_photos_and_16_bit_scans_decode_as_a_viewer_shows_them(tmp_path):
     assert (pool[0][1] == photo).all() and (pool[1][1] == scan).all()
     assert _decode(tmp_path, "scan.png", lambda im: torch.from_numpy(np.asarray(im).copy())).equal(
         torch.from_numpy(scan.copy()).float())
+
+
+def test_transparent_images_lie_on_white_and_float_and_16_bit_tiffs_are_scaled_not_clipped(tmp_path):
+    """An RGBA PNG as a browser shows it on a page (on white, not the colour hidden under transparent pixels),
+    a float TIFF on [0, 1] and one on another range, and a 16-bit TIFF: every level kept apart, none clipped."""
+    from clipprobe.concepts.pool import BACKGROUND, open_rgb
+
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[0] = (0, 0, 0, 0)  # transparent black: shows the background
+    rgba[1] = (255, 0, 0, 128)  # half-transparent red
+    rgba[1, 2] = (0, 0, 255, 255)  # opaque blue
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    shown = np.asarray(open_rgb(tmp_path / "cutout.png")).astype(int)
+    assert BACKGROUND == (255, 255, 255) and (shown[0] == 255).all()
+    assert abs(shown[1, 0] - (255, 127, 127)).max() <= 1 and tuple(shown[1, 2]) == (0, 0, 255)
+    Image.fromarray(rgba[..., 3], "L").convert("P").save(tmp_path / "palette.png", transparency=0)
+    assert (np.asarray(open_rgb(tmp_path / "palette.png"))[0] == 255).all()  # palette transparency too
+
+    unit = np.linspace(0, 1, 256, dtype=np.float32)[None].repeat(2, 0)
+    Image.fromarray(unit, "F").save(tmp_path / "unit.tif")
+    Image.fromarray(unit * 4000 - 1000, "F").save(tmp_path / "counts.tif")  # a detector's range, not [0, 1]
+    levels = np.tile(np.arange(0, 256, dtype=np.uint16) * 257, (2, 1))
+    Image.fromarray(levels).save(tmp_path / "scan.tif")
+    assert [Image.open(tmp_path / f).mode for f in ("unit.tif", "counts.tif", "scan.tif")] == ["F", "F", "I;16"]
+    for name in ("unit.tif", "counts.tif", "scan.tif"):
+        grey = np.asarray(open_rgb(tmp_path / name))
+        assert grey.dtype == np.uint8 and (grey[0, :, 0] == np.arange(256)).all(), name
+        assert (grey[..., 1] == grey[..., 0]).all() and (grey[..., 2] == grey[..., 0]).all(), name

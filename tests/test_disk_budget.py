@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from sweep_fakes import TRANSFORM, make_splits, mobilenet
-from test_sweep_tracking import OPTS, log_splits, register
+from sweep_store import OPTS, log_splits, register
 
 from clipprobe.activations import disk_budget
 from clipprobe.activations.cache import ActivationCache

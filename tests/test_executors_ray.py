@@ -14,42 +14,22 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from ray_cluster import ray_cluster  # noqa: F401 - the fixture, used by name
 from sweep_fakes import blind, mobilenet, plant_red
-from test_sweep_tracking import fit_runs, log_splits, register
+from sweep_store import (
+    PER_EPOCH,
+    every_fit_once,
+    finished_keys,
+    fit_runs,
+    log_splits,
+    register,
+    sweep_run,
+)
+from sweep_store import RAY_OPTS as OPTS
 
 from clipprobe.cli import main
 from clipprobe.executors.ray import WORKER_TAG
 from clipprobe.tracking import fits, runs
 
 slow, on_ray = pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")
-OPTS = ["--modules", "module:0,module:1", "--probes", "linear_gap,non_linear_gap", "--repeats", "1",
-        "--permutations", "0", "--cache-dir", "cache", "--device", "cpu"]
-PER_EPOCH = 2 * 2 * 2  # modules x concepts x probes
-
-
-def finished_keys(client, sweep_id):
-    found = fit_runs(client, sweep_id)
-    assert all(r.info.status == "FINISHED" for r in found)
-    return [fits.fit_key(r.data.params) for r in found]
-
-
-def sweep_run(client):
-    exp = client.get_experiment_by_name("Default").experiment_id
-    found = client.search_runs([exp], "tags.`clipprobe.step` = 'probe'")
-    return found[0].info.run_id if found else None
-
-
-def every_fit_once(client, n_fits):
-    """The sweep's checkpoint runs, after checking that its ``n_fits`` fits each finished exactly once and
-    that probe/results.parquet holds exactly those fits, every one with an accuracy."""
-    sweep_id = sweep_run(client)
-    keys = finished_keys(client, sweep_id)
-    assert len(keys) == n_fits and len(set(keys)) == len(keys)
-    table = pd.read_parquet(runs.download_artifact(sweep_id, fits.RESULTS_ARTIFACT))
-    assert len(table) == n_fits and set(map(fits.fit_key, table.to_dict("records"))) == set(keys)
-    assert table["test_acc"].notna().all()
-    return client.search_runs([client.get_run(sweep_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_id}'")
-
-
 @slow
 @on_ray
 def test_a_worker_killed_mid_checkpoint_is_retried_and_every_fit_lands_once(tracking_store, tmp_path):
@@ -136,8 +116,8 @@ def test_usage_errors_name_the_executor_options(tracking_store):
 @slow
 @on_ray
 def test_two_ray_workers_share_one_study_through_an_rdb_storage(tracking_store, tmp_path):
-    from test_tune_tracking import BAD_LR, _trial_runs
-    from tune_synthetic import concept_data
+    from tune_synthetic import BAD_LR, concept_data
+    from tune_synthetic import trial_runs as _trial_runs
 
     from clipprobe.executors.ray import RayExecutor
     from clipprobe.steps.tune import run_studies
@@ -211,8 +191,8 @@ def _kill_a_running_trial(storage: str, stop: threading.Event, killed: dict) -> 
 @slow
 @on_ray
 def test_a_tune_worker_killed_mid_trial_fails_that_trial_and_its_share_ends_without_extras(tracking_store, tmp_path):
-    from test_tune_tracking import BAD_LR, _trial_runs
-    from tune_synthetic import concept_data
+    from tune_synthetic import BAD_LR, concept_data
+    from tune_synthetic import trial_runs as _trial_runs
 
     from clipprobe.executors.ray import RayExecutor
     from clipprobe.steps.tune import run_studies

@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from servers import ray_head
 from sweep_fakes import blind, mobilenet, plant_red
-from test_executors_ray import OPTS, PER_EPOCH, every_fit_once
-from test_sweep_tracking import log_splits, register
+from sweep_store import PER_EPOCH, every_fit_once, log_splits, register
+from sweep_store import RAY_OPTS as OPTS
 
 import clipprobe
 from clipprobe.executors.ray import WORKER_TAG

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from sweep_fakes import mobilenet, plant_red
-from test_sweep_tracking import log_splits, register
+from sweep_store import log_splits, register
 
 from clipprobe.cli import main
 
@@ -39,7 +39,7 @@ def _fails_in_one_line(result, code: int, *words: str) -> str:
     (["probe", "--model-name", "nosuch"], 2, ["no checkpoints to probe"]),
     (["tune", "--storage", "postgresql://u:p@127.0.0.1:9/x"], 1,
      ["cannot open Optuna storage postgresql://u:***@127.0.0.1:9/x"]),
-    (["compare", "0" * 32], 1, [f"run {'0' * 32}: no such run"]),
+    (["compare", "0" * 32], 2, [f"run {'0' * 32}: no such run"]),  # a run id that is no sweep: usage
     (["demo", "--out", "/proc/no/such/place"], 1, ["No such file or directory", "/proc/no", "-v shows the traceback"]),
 ])
 def test_every_command_fails_in_one_line_with_its_exit_code(tracking_store, args, code, words):

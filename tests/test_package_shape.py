@@ -194,3 +194,40 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
 def test_every_module_lives_in_the_package_of_its_step() -> None:
     """No flat modules at the package top: the folders show the pipeline (docs/architecture.md)."""
     assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]
+
+
+def test_no_test_file_imports_another() -> None:
+    """Shared fixtures and cases live in helper modules (tests/*.py not named test_*), so running one test file
+    never collects or depends on another's tests."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert offenders == [], offenders
+
+
+# What a command module may import: the CLI itself, the steps, and the steps' typed configs (parse -> config ->
+# steps.<step>.run -> library; docs/architecture.md, "Commands").
+CONFIG_MODULES = {"clipprobe", "clipprobe.report.config", "clipprobe.sweep.config", "clipprobe.tuning.config"}
+# Commands still calling the library themselves (issue 25 moves them one at a time); shrink this set, never grow it.
+COMMANDS_NOT_YET_THIN = {"world", "train", "checkpoints", "clip", "concepts", "probe", "tune", "demo"}
+COMMAND_LINES = 40  # a command function, decorators excluded, is about this long at most
+
+
+def test_thin_commands_import_only_steps_configs_and_the_cli() -> None:
+    from clipprobe.cli import COMMANDS
+
+    modules = _modules()
+
+    thin = sorted(set(COMMANDS.values()) - COMMANDS_NOT_YET_THIN)
+    assert "compare" in thin
+    for command in thin:
+        path = modules[f"clipprobe.cli.{command}"]
+        wrong = sorted(name for name in _imports(path, modules) if name.startswith("clipprobe")
+                       and not name.startswith(("clipprobe.cli", "clipprobe.steps")) and name not in CONFIG_MODULES)
+        assert wrong == [], f"clipprobe.cli.{command} imports {wrong}: go through steps.{command} instead"
+        (func,) = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == command]
+        length = func.end_lineno - func.lineno + 1
+        assert length <= COMMAND_LINES, f"clipprobe.cli.{command}.{command} is {length} lines"

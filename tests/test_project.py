@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pipelines import WORLD_PARAMS
 
 from clipprobe.cli.entry import run as run_entry
 
@@ -109,27 +107,19 @@ def test_entry_point_spells_on_off_flags_like_the_command(monkeypatch):
 
 
 @pytest.mark.slow
-def test_mlflow_run_world_creates_a_run_with_the_truth_artifact(tmp_path):
+def test_mlflow_run_world_creates_a_run_with_the_truth_artifact(mlflow_run_pipeline):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_RUN_ID", None)
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "world",
-           "--env-manager", "local", "-P", f"out={tmp_path / 'w'}", "-P", "pool_size=6",
-           "-P", "train_per_class=1", "-P", "val_per_class=0", "-P", "size=24"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = mlflow_run_pipeline.done["world"]
     assert done.returncode == 0, done.stderr[-2000:]
-    client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs(["0"])
+    client = MlflowClient(tracking_uri=mlflow_run_pipeline.uri)
+    (run,) = client.search_runs(["0"], "tags.`clipprobe.step` = 'world'")
     assert run.info.status == "FINISHED"
-    assert run.data.tags["clipprobe.step"] == "world"
     assert run.info.run_name == "world"  # named after its step, not MLflow's random name
-    assert run.data.params["pool_size"] == "6"
+    assert run.data.params["pool_size"] == str(WORLD_PARAMS["pool_size"])
     assert [a.path for a in client.list_artifacts(run.info.run_id, "world")] == [
         "world/config.json", "world/preview.png", "world/truth.parquet"]
-    assert len(list((tmp_path / "w" / "pool").glob("*.png"))) == 6  # beside masks/
+    assert len(list((mlflow_run_pipeline.root / "w" / "pool").glob("*.png"))) == WORLD_PARAMS["pool_size"]  # beside masks/
 
 
 def _pins(lines) -> dict[str, str]:
@@ -180,51 +170,26 @@ def test_package_declares_ranges_and_the_exact_versions_live_in_constraints():
     assert conda_python in python
 
 
-def _mlflow_run(tmp_path, uri: str, step: str, **params: object) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_RUN_ID", None)
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", step, "--env-manager", "local"]
-    for key, value in params.items():
-        cmd += ["-P", f"{key}={value}"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, f"mlflow run -e {step}: {done.stderr[-3000:]}"
-
-
 @pytest.mark.slow
-def test_every_entry_point_runs_through_mlflow_run_with_its_defaults(tmp_path):
-    """world -> concepts -> checkpoints -> probe -> tune -> compare under `mlflow run`, each with the MLproject's
-    defaults except where a step needs small data; later steps find earlier runs in the experiment.
-    (main and train: the demo's own test.)"""
-    import torch
+def test_every_entry_point_runs_through_mlflow_run_with_its_defaults(mlflow_run_pipeline):
+    """world -> concepts -> checkpoints -> probe -> tune -> compare under `mlflow run` (tests/pipelines.py), each
+    with the MLproject's defaults except where a step needs small data; later steps find earlier runs in the
+    experiment, and each entry point makes exactly one step run. (main and train: the demo's own test.)"""
     from mlflow.tracking import MlflowClient
 
-    from clipprobe.backbones.architectures import build_model
-    from clipprobe.backbones.checkpoints import write_checkpoint
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _mlflow_run(tmp_path, uri, "world", out=tmp_path / "w", pool_size=150, train_per_class=1, val_per_class=0, size=24)
-    _mlflow_run(tmp_path, uri, "concepts", source="annotations", top_k=4, negatives=8)
-    for epoch in (0, 1):
-        torch.manual_seed(epoch)
-        model = build_model("mobilenet_v2", num_classes=3, width_mult=0.25)
-        write_checkpoint(tmp_path / "ck" / f"model_{epoch}.pth", model=model, epoch=epoch,
-                         args={"model": "mobilenet_v2", "width_mult": 0.25, "val_resize_size": 24, "val_crop_size": 24})
-    _mlflow_run(tmp_path, uri, "checkpoints", folder=tmp_path / "ck")
-    small = {"modules": "module:0,module:1", "probes": "linear_gap"}
-    _mlflow_run(tmp_path, uri, "probe", repeats=0, permutations=0, keep_cache="false", **small)
-    _mlflow_run(tmp_path, uri, "neurons")  # its defaults: the latest sweep (its cache was deleted: one pass again)
-    _mlflow_run(tmp_path, uri, "tune", n_trials=1, folds=2, **small)
-    _mlflow_run(tmp_path, uri, "compare", out=tmp_path / "report")
-    client = MlflowClient(tracking_uri=uri)
-    made = {r.data.tags.get("clipprobe.step"): r for r in client.search_runs(["0"], "tags.`clipprobe.level` IS NULL")}
-    assert set(made) == {"world", "concepts", "checkpoints", "probe", "neurons", "tune", "compare"}
+    for step in mlflow_run_pipeline.steps:
+        done = mlflow_run_pipeline.done.get(step)
+        assert done is not None and done.returncode == 0, f"mlflow run -e {step}: {done and done.stderr[-3000:]}"
+    client = MlflowClient(tracking_uri=mlflow_run_pipeline.uri)
+    top = client.search_runs(["0"], "tags.`clipprobe.level` IS NULL")
+    assert sorted(str(r.data.tags.get("clipprobe.step")) for r in top) == sorted(mlflow_run_pipeline.steps)
+    made = {r.data.tags["clipprobe.step"]: r for r in top}
     assert all(r.info.status == "FINISHED" for r in made.values())
     sweep = made["probe"].data.params
     assert sweep["model_name"] == "mobilenet_v2" and sweep["epochs"] == "0,1"  # resolved, not the "" typed
     assert sweep["allow_duplicate_weights"] == "False" and sweep["precision"] == "fp32"
     assert not {"", "''"} & set(sweep.values()) and not [k for k in sweep if k.endswith("_resolved")]
-    assert (tmp_path / "report" / "report.html").is_file()
+    assert (mlflow_run_pipeline.root / "report" / "report.html").is_file()
     assert made["neurons"].data.tags["clipprobe.sweep_run"] == made["probe"].info.run_id
     names = {a.path for a in client.list_artifacts(made["probe"].info.run_id, "neurons")}
     assert {"neurons/units.parquet", "neurons/sparse.parquet", "neurons/summary.parquet"} <= names

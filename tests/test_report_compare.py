@@ -121,12 +121,20 @@ def test_compare_two_sweeps_writes_the_diff(sweep, tmp_path):
     diff = pd.read_csv(out / f"diff_{run_a[:8]}_vs_{run_b[:8]}.csv")
     assert len(diff) == 24 and set(diff["epoch_a"]) == {2}
     assert (out / run_a[:8] / "tables.md").is_file() and (out / run_b[:8] / "tables.md").is_file()
+    # the run logs its config, and the config rebuilt from it is the one the command ran with
+    from clipprobe.report.config import CompareConfig
+    from clipprobe.tracking.configs import load_config
+
+    (made,) = MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name("Default").experiment_id], filter_string="tags.`clipprobe.step` = 'compare'")
+    assert load_config(CompareConfig, made.info.run_id) == CompareConfig(run_ids=(run_a, run_b), epoch=2, out=out)
 
 
 def _one_line_error(args: list[str]) -> str:
+    """The one error line of a command refused as a usage error (exit 2, under click's usage lines)."""
     res = CliRunner().invoke(main, args)
-    assert res.exit_code != 0
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1, res.output
     return lines[0]
 

@@ -300,3 +300,58 @@ def test_a_fit_missing_from_the_grid_is_flagged_naming_it():
     assert flag.message.startswith(f"1 of {len(results)} fits of the sweep's grid (concepts x modules x probes x "
                                    f"epochs) are missing ({concept}/module:1/{PROBES[0]} at epoch 3)")
     assert "missing_fits" in {f.kind for f in sanity_flags(results[~gone])}
+
+
+def test_every_file_a_report_writes_equals_what_it_is_written_from(tmp_path):
+    """Two sweeps and a reference: each file under --out read back and compared with the frame or text it is
+    made from (the plots: PNGs of the frame, tested in test_report_plots.py); a new file fails this test until
+    it is compared here."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from clipprobe.report import build, reference, sanity, tables
+
+    sweeps = [("aaaa1111", synthetic_results(0)), ("bbbb2222", synthetic_results(1))]
+    ref = read_reference_csv(Path(__file__).parent / "fixtures" / "seed_tables.csv")
+    report = build.write_report(sweeps, tmp_path, epoch=2, reference_table=ref)
+    written = {p.relative_to(tmp_path).as_posix() for p in report.files}
+    assert written == {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+
+    checked = set()
+    for name, results in sweeps:
+        data = normalize_results(results)
+        built = build_tables(data, 2)
+        folder = tmp_path / name
+        pd.testing.assert_frame_equal(pd.read_parquet(folder / "results.parquet"), data)
+        pd.testing.assert_frame_equal(pd.read_csv(folder / "tables.csv"), pd.read_csv(
+            tables.write_csv(built, tmp_path.parent / f"{name}-tables.csv")))
+        assert pd.read_csv(folder / "tables.csv").shape[0] == len(tables.tables_wide(built))
+        assert (folder / "tables.md").read_text() == tables.to_markdown(built)
+        assert (folder / "tables.txt").read_text() == tables.to_text(built)
+        assert (folder / "sanity.txt").read_text() == build._flags_text(sanity.sanity_flags(data, 2))
+        emerged = pd.read_csv(folder / "emergences.csv")
+        expected = sanity.emergences(data)
+        assert emerged.shape == expected.shape and list(emerged.columns) == list(expected.columns)
+        pd.testing.assert_frame_equal(emerged, pd.read_csv(_as_csv(expected, tmp_path.parent / f"{name}-em.csv")))
+        for png in sorted((folder / "plots").glob("*.png")):
+            assert Image.open(png).size[0] > 100  # drawn; what they show: test_report_plots.py
+            checked.add(png.relative_to(tmp_path).as_posix())
+        checked |= {f"{name}/{f}" for f in ("results.parquet", "tables.csv", "tables.md", "tables.txt", "sanity.txt",
+                                            "emergences.csv")}
+    first, second = (normalize_results(r) for _, r in sweeps)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "diff_aaaa1111_vs_bbbb2222.csv"), pd.read_csv(
+        _as_csv(diff_sweeps(first, second, epoch_a=2, epoch_b=2), tmp_path.parent / "diff.csv")))
+    beside = reference.beside_reference(tables.tables_long(build_tables(first, 2)), ref)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "reference.csv"),
+                                  pd.read_csv(_as_csv(beside, tmp_path.parent / "reference.csv")))
+    assert (tmp_path / "report.txt").read_text() == report.text
+    html = (tmp_path / "report.html").read_text()
+    assert report.html == tmp_path / "report.html" and tables.to_html(build_tables(first, 2)) in html
+    checked |= {"diff_aaaa1111_vs_bbbb2222.csv", "reference.csv", "report.txt", "report.html"}
+    assert written == checked, f"files the report writes that this test does not compare: {written - checked}"
+
+
+def _as_csv(frame: pd.DataFrame, path) -> object:
+    frame.to_csv(path, index=False)
+    return path

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from sweep_fakes import mobilenet, plant_red
-from test_sweep_tracking import OPTS, log_splits, register
+from sweep_store import OPTS, log_splits, register
 
 from clipprobe.cli import main
 from clipprobe.sweep.config import SweepConfig

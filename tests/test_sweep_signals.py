@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from sweep_fakes import blind, mobilenet, plant_red
-from test_sweep_tracking import OPTS, fit_runs, log_splits, register
+from sweep_store import OPTS, fit_runs, log_splits, register
 
 from clipprobe.cli import main
 from clipprobe.tracking import fits, runs

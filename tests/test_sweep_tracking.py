@@ -7,43 +7,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from sweep_fakes import blind, make_splits, mobilenet, plant_red
+from sweep_fakes import blind, mobilenet, plant_red
+from sweep_store import fit_runs, log_splits, probe, register
 
 from clipprobe.cli import main
-from clipprobe.concepts.splits import write_splits
 from clipprobe.core.parquet import read_metadata
-from clipprobe.tracking import fits, registry, runs
+from clipprobe.tracking import fits, runs
 from clipprobe.tracking.fit_writer import FitWriter
 from clipprobe.tracking.similarity import load_cka
-
-META = {"architecture": "mobilenet_v2", "width_mult": 0.25, "num_classes": 4, "val_resize_size": 32,
-        "val_crop_size": 32}
-OPTS = ["--modules", "module:0,module:1", "--probes", "linear_gap,non_linear_gap", "--repeats", "1",
-        "--cache-dir", "cache", "--device", "cpu"]
-
-
-def register(models_by_epoch, name="toy"):
-    with runs.step_run("checkpoints", tags={registry.MODEL_NAME_TAG: name}):
-        for epoch, model in models_by_epoch.items():
-            registry.log_checkpoint(model, name=name, epoch=epoch, source=f"model_{epoch}.pth", metadata=META)
-
-
-def log_splits(tmp_path):
-    splits = make_splits(tmp_path / "pool")
-    path = write_splits(splits.table, tmp_path / "splits.parquet", splits.metadata)
-    with runs.step_run("concepts"):
-        runs.log_artifact(path, "concepts")
-
-
-def probe(*args):
-    result = CliRunner().invoke(main, ["probe", *OPTS, *args])
-    return result
-
-
-def fit_runs(client, sweep_id):
-    return client.search_runs([client.get_run(sweep_id).info.experiment_id],
-                              f"tags.`{fits.SWEEP_TAG}` = '{sweep_id}' and tags.`clipprobe.level` = 'fit'",
-                              max_results=1000)
 
 
 def test_nested_layout_results_parquet_equals_logged_metrics(tracking_store, tmp_path):

@@ -1,18 +1,18 @@
 """The tracking side on real servers: the direct SQL fit writer on PostgreSQL (the same checks as on
-sqlite, tests/test_tracking_bulk.py), and a sweep by two Ray workers against `mlflow server` backed by
+sqlite, tests/bulk_cases.py), and a sweep by two Ray workers against `mlflow server` backed by
 PostgreSQL with served artifacts: every fit exactly once, the results file complete."""
 
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
-from ray_cluster import ray_cluster  # noqa: F401 - the fixture, used by name
-from servers import postgres, postgres_store, server_store  # noqa: F401 - fixtures, used by name
-from test_tracking_bulk import (  # noqa: F401 - collected here again, on PostgreSQL
+from bulk_cases import (  # noqa: F401 - collected here again, on PostgreSQL
     test_a_batch_with_a_bad_fit_lands_not_at_all,
     test_bulk_fit_runs_read_back_like_runs_logged_through_mlflow,
     test_per_image_strings_too_long_for_a_param_stay_out_of_the_run,
 )
+from mlflow.tracking import MlflowClient
+from ray_cluster import ray_cluster  # noqa: F401 - the fixture, used by name
+from servers import postgres, postgres_store, server_store  # noqa: F401 - fixtures, used by name
 
 from clipprobe.tracking import fits, runs
 
@@ -39,8 +39,8 @@ def sweep(postgres_store):  # noqa: F811 - the fixture imported above
 def test_a_sweep_of_two_ray_workers_against_mlflow_server_on_postgresql(ray_cluster, server_store, tmp_path):  # noqa: F811
     from click.testing import CliRunner
     from sweep_fakes import blind, mobilenet, plant_red
-    from test_executors_ray import OPTS, PER_EPOCH, every_fit_once
-    from test_sweep_tracking import log_splits, register
+    from sweep_store import PER_EPOCH, every_fit_once, log_splits, register
+    from sweep_store import RAY_OPTS as OPTS
 
     from clipprobe.cli import main
 

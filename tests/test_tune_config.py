@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from sweep_fakes import blind, mobilenet, plant_red
-from test_sweep_tracking import log_splits, register
+from sweep_store import log_splits, register
 
 from clipprobe.cli import main
 from clipprobe.steps import probe as probe_step

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from test_tune_tracking import _trial_runs
+from tune_synthetic import trial_runs as _trial_runs
 from tune_synthetic import tune_tasks
 
 from clipprobe.executors import LocalExecutor

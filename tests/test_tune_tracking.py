@@ -10,27 +10,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-from tune_synthetic import concept_data
+from tune_synthetic import BAD_LR, concept_data
+from tune_synthetic import trial_runs as _trial_runs
 
 from clipprobe.probes.evaluation import evaluate_concepts
-from clipprobe.probes.kinds import ProbeKind, SearchDim
 from clipprobe.steps.tune import run_studies
 from clipprobe.tracking import runs, trials
 from clipprobe.tuning import studies as tuning
 from clipprobe.tuning.config import sample_concepts, sample_modules
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-# An MLP whose default learning rate is hopeless: 100 steps at lr=1e-6 leave it at its initial weights.
-BAD_LR = ProbeKind("non_linear_gap", "mlp", "gap", {"lr": 1e-6, "steps": 100, "hidden": 16},
-                   (SearchDim("lr", "float", 1e-3, 1.0, log=True),))
-
-
-def _trial_runs(parent: str) -> list:
-    client = MlflowClient()
-    exp = client.get_run(parent).info.experiment_id
-    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`clipprobe.level` = 'trial'")
-
 
 def test_tuning_beats_a_bad_default_lr_and_logs_every_trial(tracking_store, tmp_path):
     data = [concept_data(seed) for seed in range(2)]

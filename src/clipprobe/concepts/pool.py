@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # How open_rgb decodes; part of the cache keys of anything computed from decoded pixels, so a change of it
 # never reuses scores or activations of the old decoding.
-DECODING = "rgb8-exif-upright-16bit-scaled"
+DECODING = "rgb8-exif-upright-16bit-scaled-float-scaled-alpha-on-white"
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # how PIL opens 16-bit PNG and TIFF files
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+# What a transparent pixel shows: white, as a browser shows an image on a page (and ImageNet's RGBA files
+# were made from photos on white).
+BACKGROUND = (255, 255, 255)
 
 
 def open_rgb(path: str | Path) -> Image.Image:
@@ -32,16 +36,39 @@ def open_rgb(path: str | Path) -> Image.Image:
 
     A photo whose EXIF orientation says "rotated" is turned as an image viewer shows it (a phone's
     portrait photo is stored sideways); a 16-bit greyscale image is scaled to 8 bits (PIL's ``convert``
-    clips it at 255, which turns almost every pixel white). Raises what PIL raises for a file it
-    cannot decode (``OSError``, ``ValueError``, ``SyntaxError``, ``Image.DecompressionBombError``).
+    clips it at 255, which turns almost every pixel white); a float image (a 32-bit TIFF) is scaled too,
+    ``[0, 1]`` to ``[0, 255]``, or its own range when it leaves ``[0, 1]``; a transparent image is laid on
+    ``BACKGROUND`` (PIL's ``convert`` drops the alpha, showing whatever colour hides under it). Raises what
+    PIL raises for a file it cannot decode (``OSError``, ``ValueError``, ``SyntaxError``,
+    ``Image.DecompressionBombError``).
     """
     with Image.open(path) as image:
         if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
         if image.mode in _SIXTEEN_BIT_MODES:
-            pixels = np.asarray(image, dtype=np.float64) / 257.0
-            return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).convert("RGB")
+            return _grey8(np.asarray(image, dtype=np.float64) / 257.0)
+        if image.mode == "F":
+            return _grey8(_unit_or_own_range(np.asarray(image, dtype=np.float64)) * 255.0)
+        if image.mode in _ALPHA_MODES or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
         return image.convert("RGB")
+
+
+def _grey8(pixels: np.ndarray) -> Image.Image:
+    """Grey levels on the 0..255 scale (floats) as an 8-bit RGB picture."""
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def _unit_or_own_range(pixels: np.ndarray) -> np.ndarray:
+    """Float pixels on ``[0, 1]``: as they are when they lie there, else their finite range mapped onto it (a
+    constant image: 0); NaN and infinities as 0."""
+    finite = np.isfinite(pixels)
+    pixels = np.where(finite, pixels, 0.0)
+    low, high = (pixels[finite].min(), pixels[finite].max()) if finite.any() else (0.0, 0.0)
+    if 0.0 <= low and high <= 1.0:
+        return pixels
+    return (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
 
 
 def list_images(root: str | Path) -> list[str]:

@@ -30,7 +30,7 @@ from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import load_backbone
 from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
-from clipprobe.executors import SweepJob
+from clipprobe.executors import Executor, SweepJob
 from clipprobe.similarity.checkpoints import DEFAULT_MAX_IMAGES as CKA_MAX_IMAGES
 from clipprobe.similarity.checkpoints import sweep_cka
 from clipprobe.sweep.config import SweepConfig
@@ -175,7 +175,7 @@ def resolve(config: SweepConfig, *, experiment_name: str | None = None, device: 
 class SweepWork:
     """Where and how a sweep's fits run; nothing here changes their numbers."""
 
-    runner: Any  # an executor (clipprobe.executors.make_executor)
+    runner: Executor
     device: str = "auto"  # as given: "auto" is resolved where the work runs
     cache_dir: str | Path = "."
     keep_cache: bool = True

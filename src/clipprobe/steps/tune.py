@@ -19,7 +19,7 @@ from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.core.devices import resolve_device
-from clipprobe.executors import LocalExecutor, make_executor
+from clipprobe.executors import Executor, LocalExecutor, make_executor
 from clipprobe.probes.kinds import ProbeKind, probe_kind
 from clipprobe.steps.probe import Experiment, checkpoints, concept_splits, describe_checkpoints
 from clipprobe.sweep.plan import CheckpointRef, Sweep, SweepPlan
@@ -89,7 +89,7 @@ def resolve(config: TuneConfig, *, experiment_name: str | None = None, cache_dir
 class TuneWork:
     """Where a tune's trials run; nothing here changes what a study computes."""
 
-    runner: Any  # an executor (clipprobe.executors.make_executor)
+    runner: Executor
     storage: Any  # what the executor's studies open: the opened storage here, its address for Ray workers
     storage_param: str  # the run's ``storage`` param: the URL with its password hidden, or "default"
     device: str = "auto"  # as given: Ray workers resolve "auto" to their own GPU
@@ -138,7 +138,7 @@ def run_studies(
     seed: int = tuning.DEFAULT_SEED,
     folds: int = tuning.DEFAULT_FOLDS,
     device: str = "cpu",
-    runner: Any = None,
+    runner: Executor | None = None,
     workers: int | None = None,
 ) -> dict[str, tuning.StudyResult]:
     """One study per (kind, tasks) under the active tune run ``run_id``: trials as nested runs (by ``runner``,
