@@ -133,6 +133,8 @@ class SweepFits:
         runs read back only below checkpoint runs still open (or finished before parts existed). Equals
         ``table()`` (tests/test_sweep_resume.py)."""
         checkpoints = self.checkpoint_runs()
+        if not checkpoints:  # fits straight under the sweep run (sweeps logged before checkpoint runs existed)
+            return self.table()
         with ThreadPoolExecutor(max_workers=workers) as pool:  # over HTTP each part is a download
             parts = list(pool.map(self._part, checkpoints))
         frames = [part if part is not None else self.table(checkpoint_run=run.run_id)
