@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from sweep_fakes import COLOURS, blind, make_splits, mobilenet, plant_red
-from test_sweep_tracking import register
+from sweep_store import register
 
 from clipprobe.cli import main
 from clipprobe.concepts.build import SIMILARITIES_FILE, SIMILARITIES_KIND

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from servers import mlflow_server
 from stores import tracking_at
 from sweep_fakes import mobilenet
-from test_sweep_tracking import OPTS, fit_runs, log_splits, register
+from sweep_store import OPTS, fit_runs, log_splits, register
 
 from clipprobe.cli import main
 from clipprobe.tracking import fits
