@@ -132,3 +132,30 @@ def test_rank_weights_follow_clip_dissects_code() -> None:
     w = rank_weights(100)
     assert w[0] == 0.998 and w[-1] == pytest.approx(0.97028) and len(w) == 100
     assert np.allclose(np.diff(w), -0.028 / 100)
+
+
+def _dense_iou(maps: np.ndarray, masks: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """NetDissect's IoU the plain way: every map upsampled, thresholded and compared with every mask."""
+    import torch
+    import torch.nn.functional as F
+
+    H, W = masks.shape[2:]
+    up = F.interpolate(torch.as_tensor(maps), size=(H, W), mode="bilinear", align_corners=False).numpy()
+    M = up > T[None, :, None, None]  # (images, units, H, W)
+    inter = np.einsum("nkhw,nchw->kc", M.astype(np.float64), masks.astype(np.float64))
+    union = M.sum((0, 2, 3))[:, None] + masks.sum((0, 2, 3))[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (5, 7), (16, 16)])
+def test_iou_upsamples_only_maps_reaching_the_threshold_and_equals_the_dense_form(hw) -> None:
+    rng = np.random.default_rng(sum(hw))
+    n, units = 40, 12
+    maps = np.maximum(rng.normal(size=(n, units, *hw)), 0).astype(np.float32)  # ReLU zeros tie, as real maps do
+    maps[:, 3] = 0.0  # a dead unit
+    maps[:, 4] *= 1e4  # a unit far from the others' scale
+    masks = rng.random((n, 3, 32, 24)) < np.array([0.05, 0.3, 0.0])[None, :, None, None]
+    T = unit_thresholds(maps)
+    # Equal but for pixels interpolated to T itself (T is one of the map's values), which float32 rounding puts
+    # either side of it depending on the batch shape torch interpolates: at most a few pixels of a unit's region.
+    np.testing.assert_allclose(unit_iou(maps, masks, thresholds=T, batch=7), _dense_iou(maps, masks, T), atol=1e-3)
