@@ -53,7 +53,10 @@ def terminate_as_interrupt() -> None:
         return
     _state["count"] = 0
 
-    def _raise(signum: int, _frame: Any) -> None:
+    def _raise(signum: int, frame: Any) -> None:
+        if _swallowed_here(frame):  # Python would print the exception and go on: deliver the signal again soon
+            threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum)).start()
+            return
         _state["count"] += 1
         if _state["count"] == 2:
             click.echo("still ending the interrupted run KILLED (a third signal exits at once)", err=True)
@@ -67,6 +70,17 @@ def terminate_as_interrupt() -> None:
     for sig in _SIGNALS:
         _state["previous"].setdefault(sig, signal.getsignal(sig))
         signal.signal(sig, _raise)
+
+
+REDELIVER_S = 0.05
+
+
+def _swallowed_here(frame: Any) -> bool:
+    """Whether an exception raised in ``frame`` is ignored by Python: a weakref callback or a ``__del__``, run by
+    the garbage collector wherever the main thread happens to be (seen: a Ctrl-C landing in
+    ``WeakKeyDictionary``'s ``remove`` was printed as 'Exception ignored' and the sweep went on)."""
+    code = getattr(frame, "f_code", None)
+    return code is not None and (code.co_name == "__del__" or code.co_filename.endswith("weakref.py"))
 
 
 def restore_signals() -> None:
