@@ -90,15 +90,14 @@ def test_usage_errors_turn_bad_settings_into_one_unquoted_usage_line():
 def test_a_signal_landing_where_python_ignores_exceptions_is_not_raised_there() -> None:
     """A Ctrl-C raised inside a weakref callback or a __del__ is printed and dropped by Python: the handler sees
     such frames and delivers the signal again instead (tests/test_sweep_signals.py shows the whole path)."""
-    import sys
     import types
 
     from clipprobe.cli.failures import _swallowed_here
 
     def here():
-        return sys._getframe()
+        return __import__("sys")._getframe()
 
-    in_weakref = types.FunctionType(here.__code__.replace(co_filename="/usr/lib/python3.11/weakref.py"), {"sys": sys})
-    in_del = types.FunctionType(here.__code__.replace(co_name="__del__"), {"sys": sys})
+    in_weakref = types.FunctionType(here.__code__.replace(co_filename="/usr/lib/python3.11/weakref.py"), {})
+    in_del = types.FunctionType(here.__code__.replace(co_name="__del__"), {})
     assert _swallowed_here(in_weakref()) and _swallowed_here(in_del())
     assert not _swallowed_here(here()) and not _swallowed_here(None)
