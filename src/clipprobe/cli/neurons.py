@@ -7,10 +7,9 @@ from typing import Any
 
 import click
 
-from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.cli import options
-from clipprobe.neurons.auroc import POOLINGS
-from clipprobe.neurons.config import NeuronsConfig
+from clipprobe.neurons.config import POOLINGS, NeuronsConfig
+from clipprobe.steps.neurons import DEFAULT_CACHE_DIR
 
 _D = NeuronsConfig()
 
