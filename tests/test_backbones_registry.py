@@ -163,7 +163,7 @@ def test_same_weights_at_two_epochs_are_flagged(tracking_store, tmp_path, caplog
 def test_train_without_data_names_the_fix(tracking_store):
     result = CliRunner().invoke(main, ["train", "--epochs", "1"])
     assert result.exit_code == 2
-    assert "no --train-dir given and no finished `world` run found" in result.output
+    assert "no --train-dir given and no finished world run found" in result.output
     result = CliRunner().invoke(main, ["train", "--train-dir", "nowhere", "--width-mult", "0.5", "--arch", "resnet18"])
     assert result.exit_code == 2 and "'resnet18' takes no width_mult" in result.output
 

@@ -54,10 +54,8 @@ def clip(world_root, out_dir, epochs, batch_size, lr, weight_decay, warmup_pct, 
     from clipprobe.tracking import clip_models, configs, discovery, runs
 
     if world_root is None:
-        found = discovery.latest_world_root(experiment_name=experiment_name)
-        if found is None:
-            raise click.UsageError("no --world given and no finished world run found: run `clipprobe world` first")
-        world_root = found[0]
+        with usage_errors():
+            world_root = discovery.require_world_root("--world", experiment_name=experiment_name)[0]
     world_root = Path(world_root).resolve()
     config = WorldClipConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              warmup_pct=warmup_pct, seed=seed, model_name=clip_model, prompt=prompt)

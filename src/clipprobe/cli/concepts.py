@@ -81,10 +81,8 @@ def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, cli
     from clipprobe.tracking import configs, datasets, discovery, runs
 
     if pool is None:  # the latest world's pool, with its truth
-        world = discovery.latest_world_root()
-        if world is None:
-            raise click.UsageError("no --pool given and no finished world run found: pass --pool DIR or run "
-                                   "`clipprobe world` first")
+        with usage_errors():
+            world = discovery.require_world_root("--pool")
         pool, truth = world[0] / "pool", truth or world[0] / "truth.parquet"
         log.info("pool from world run %s: %s", world[1], pool)
     ctx = click.get_current_context()

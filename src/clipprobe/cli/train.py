@@ -85,11 +85,8 @@ def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, devi
         config.validate()
         torch_device = resolve_device(device)
     if train_dir is None:
-        world = discovery.latest_world_root()
-        if world is None:
-            raise click.UsageError("no --train-dir given and no finished `world` run found: "
-                                   "run `clipprobe world` first or pass --train-dir")
-        train_dir = world[0] / "train"
+        with usage_errors():
+            train_dir = discovery.require_world_root("--train-dir")[0] / "train"
     train_path = Path(train_dir)
     if not train_path.is_dir():
         raise click.UsageError(f"train folder {train_path} does not exist: pass --train-dir")
