@@ -15,6 +15,7 @@ from mlflow.entities import Run
 
 from clipprobe.tracking import runs
 
+
 class NotFound(LookupError):
     """Nothing to take a default from: no finished run of the step a setting defaults to. Its one-line message
     names the option that was not given, what is missing and the fix."""
