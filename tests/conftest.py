@@ -15,6 +15,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_root(tmp_path_factory):
+    """No test writes into the real ~/.cache: the cache root (core.caches) is a temporary folder, also for the
+    session's shared pipeline runs and the processes they start."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLIPPROBE_CACHE_DIR", str(tmp_path_factory.mktemp("clipprobe-cache-session")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cache_root(tmp_path_factory, monkeypatch):
+    """Each test its own cache root, as each had its own working folder's cache before: no test reads activations
+    another test computed."""
+    monkeypatch.setenv("CLIPPROBE_CACHE_DIR", str(tmp_path_factory.mktemp("clipprobe-cache")))
+
+
 @pytest.fixture
 def tracking_store(tmp_path, monkeypatch):
     """A real sqlite tracking store with a local artifact root, both inside tmp_path."""

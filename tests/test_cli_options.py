@@ -112,7 +112,14 @@ def _config_commands():
     from clipprobe.sweep.config import SweepConfig
     from clipprobe.tuning.config import TuneConfig
 
-    return [("probe", SweepConfig), ("tune", TuneConfig), ("compare", CompareConfig)]
+    return [("probe", SweepConfig), ("tune", TuneConfig), ("compare", CompareConfig),
+            *_concept_config_commands()]
+
+
+def _concept_config_commands():
+    from clipprobe.concepts.config import ConceptsConfig, WorldClipConfig
+
+    return [("concepts", ConceptsConfig), ("clip", WorldClipConfig)]
 
 
 @pytest.mark.parametrize(("command", "config"), _config_commands())

@@ -54,7 +54,7 @@ def test_annotations_on_the_latest_world(world):
     inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     assert sorted(i.dataset.name for i in inputs) == ["concepts-scores", "concepts-splits"]
     # The run's config, rebuilt: resolved to the world's pool, truth and vocabulary.
-    from clipprobe.concepts.build import ConceptsConfig
+    from clipprobe.concepts.config import ConceptsConfig
     from clipprobe.tracking.configs import load_config
 
     assert load_config(ConceptsConfig, run.info.run_id) == ConceptsConfig(

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from clipprobe.concepts.config import WorldClipConfig
 from clipprobe.concepts.scoring import ClipScorer, config_beside_weights, group_probabilities
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, Vocabulary
 from clipprobe.concepts.world_clip import (
     CAPTION_TEMPLATES,
-    WorldClipConfig,
     caption,
     load_world_images,
     save_world_clip,
@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     spec = WorldSpec(seed=3, train_per_class=80, val_per_class=40, pool_size=0, shapes=("circle", "square"),
                      colours=COLOURS, patterns=("plain", "striped"))
     generate_world(root / "world", spec)
-    config = WorldClipConfig(epochs=12, batch_size=32, lr=3e-3, seed=0, model_name="WorldCLIP-test")
+    config = WorldClipConfig(epochs=12, batch_size=32, lr=3e-3, seed=0, clip_model="WorldCLIP-test")
     model = train_world_clip(root / "world", root / "clip", config)
     return root, model
 
@@ -110,9 +110,23 @@ def test_clip_command_logs_registers_and_reports(tracking_store, tmp_path):
     assert concepts.data.params["clip_model"] == "WorldCLIP-ViT-T-8"
     assert concepts.data.params["clip_weights_form"] == "state_dict"
     assert concepts.data.params["clip_weights_sha256"] == run.data.tags["clipprobe.clip_weights_sha256"]
-    from clipprobe.concepts.world_clip import WorldClipConfig
     from clipprobe.tracking.configs import load_config
 
     assert load_config(WorldClipConfig, run.info.run_id) == WorldClipConfig(epochs=1, batch_size=8)
-    too_big = runner.invoke(main, ["clip", "--epochs", "1"])
-    assert too_big.exit_code == 1 and "fewer than a batch of 64" in too_big.output
+    # the option names are the logged params: --clip-model the architecture, --model-name the registered model
+    assert {k: run.data.params[k] for k in ("clip_model", "model_name", "epochs", "batch_size")} == {
+        "clip_model": "WorldCLIP-ViT-T-8", "model_name": "world_clip", "epochs": "1", "batch_size": "8"}
+    too_big = runner.invoke(main, ["clip", "--epochs", "1"])  # refused before a run exists
+    assert too_big.exit_code == 2 and "fewer than a batch of 64" in too_big.output
+    assert find_latest_run("clip").info.run_id == run.info.run_id
+
+
+def test_a_clip_config_stored_before_the_rename_still_reads():
+    """clip/config.json written when --clip-model was stored as model_name reads as clip_model; a stored config
+    never mixes the two meanings."""
+    old = {"format": 1, "epochs": 3, "batch_size": 16, "lr": 0.003, "weight_decay": 0.1, "warmup_pct": 0.1,
+           "seed": 0, "model_name": "WorldCLIP-old", "prompt": DEFAULT_PROMPT}
+    assert WorldClipConfig.from_dict(old) == WorldClipConfig(epochs=3, batch_size=16, clip_model="WorldCLIP-old")
+    assert WorldClipConfig.from_json(WorldClipConfig(clip_model="X").to_json()).clip_model == "X"
+    with pytest.raises(ValueError, match="batch size >= 2"):
+        WorldClipConfig(batch_size=1)  # a config checks itself when built: no validate() to forget

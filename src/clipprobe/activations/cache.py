@@ -35,10 +35,10 @@ from clipprobe.activations.features import Bf16Matrix, PooledFeatures
 from clipprobe.activations.hooks import forward_activations, map_offset, pooled
 from clipprobe.activations.options import FORMAT_VERSION, ExtractOptions
 from clipprobe.activations.precision import calibrate
+from clipprobe.core.caches import ACTIVATIONS, cache_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = ".cache/activations"
 
 
 
@@ -177,8 +177,8 @@ class ActivationCache:
     deletions are ordered by a lock file per folder under ``root/.locks``.
     """
 
-    def __init__(self, root: str | Path = DEFAULT_CACHE_DIR) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = cache_dir(ACTIVATIONS, root)  # None: the activations folder of the cache root
 
     def folder(self, fingerprint: str, images: ImageSet | str, options: ExtractOptions) -> Path:
         """The folder of one checkpoint's activations on an image set (or its ``image_set_key``)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16", "auto")
+FORWARD_PRECISIONS = ("fp32", "bf16", "auto")
 FORMAT_VERSION = 2  # 2: per-module precision in file names, maps stored centred on a float32 offset
 CALIBRATION_QUANTILE = 0.99  # auto: the share of a module's features whose bf16 error must be within calibration_rtol
 
@@ -46,8 +46,8 @@ class ExtractOptions:
     calibration_rtol: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.precision not in FORWARD_PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(FORWARD_PRECISIONS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.calibration_images < 2:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-import tempfile
-from pathlib import Path
+from dataclasses import fields
+from typing import Any
 
 import click
 
 from clipprobe.cli import options
-from clipprobe.concepts.build import SOURCES, ConceptsConfig
-from clipprobe.concepts.classes import FOLDERS
-from clipprobe.concepts.scoring import PRECISIONS
-from clipprobe.concepts.splits import NEGATIVES_MATCHING
+from clipprobe.concepts.config import (
+    CLIP_PRECISIONS,
+    FOLDERS,
+    NEGATIVES_MATCHING,
+    SOURCES,
+    ConceptsConfig,
+)
 
-log = logging.getLogger(__name__)
-_D = ConceptsConfig  # a dataclass's class attributes are its defaults
-_CLIP_OPTIONS = ("clip_model", "clip_pretrained", "clip_weights")
-
+_D = ConceptsConfig()
 
 @click.command()
 @click.option("--pool", type=click.Path(exists=True, file_okay=False), default=None,
@@ -39,7 +38,7 @@ _CLIP_OPTIONS = ("clip_model", "clip_pretrained", "clip_weights")
 @click.option("--clip-weights", type=click.Path(dir_okay=False), default=None,
               help="Local CLIP weights file, replaces --clip-pretrained: a state dict, an open_clip training "
               "checkpoint (epoch_N.pt), OpenAI's TorchScript archive (ViT-B-32.pt) or .safetensors.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=_D.precision, show_default=True,
+@click.option("--precision", type=click.Choice(CLIP_PRECISIONS), default=_D.precision, show_default=True,
               help="bf16 on CPU or fp16 on GPU halve memory and time.")
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True,
               help="Images per CLIP forward batch (--source clip).")
@@ -62,74 +61,24 @@ _CLIP_OPTIONS = ("clip_model", "clip_pretrained", "clip_weights")
 @click.option("--vocabulary", default=None,
               help="Concept groups: seed, world or a TOML file. Default: world on the concept world, else seed.")
 @click.option("--prompt", default=_D.prompt, show_default=True, help="Prompt template with {concept}.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Where score chunks are kept for resuming. Default: $CLIPPROBE_CACHE_DIR or ~/.cache/clipprobe.")
+@options.cache_dir("scores", "Where CLIP's score chunks are kept for resuming.")
 @options.device
 @options.experiment_name
-def concepts(pool, truth, class_labels, source, clip_model, clip_pretrained, clip_weights, precision,
-             batch_size, num_workers, chunk_size, top_k, negatives, negatives_matching, test_fraction, seed,
-             vocabulary, prompt, cache_dir, device, experiment_name) -> None:
+@click.pass_context
+def concepts(ctx: click.Context, cache_dir: str | None, device: str, experiment_name: str | None,
+             **_settings: Any) -> None:
     """Concept datasets: per concept the top-k images as positives, random negatives, a stored test part.
 
     Logs concepts/scores.parquet, concepts/splits.parquet (also as MLflow dataset inputs), a contact
     sheet per concept, split sizes, and the precision of CLIP's positives when ground truth exists.
     """
     from clipprobe.cli.failures import usage_errors
-    from clipprobe.concepts import build
-    from clipprobe.concepts.label_quality import quality_text
-    from clipprobe.core.devices import resolve_device
-    from clipprobe.tracking import configs, datasets, discovery, runs
+    from clipprobe.steps import concepts as step
 
-    if pool is None:  # the latest world's pool, with its truth
-        with usage_errors():
-            world = discovery.require_world_root("--pool")
-        pool, truth = world[0] / "pool", truth or world[0] / "truth.parquet"
-        log.info("pool from world run %s: %s", world[1], pool)
-    ctx = click.get_current_context()
-    untouched = all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT for p in _CLIP_OPTIONS)
-    with usage_errors():
-        config = ConceptsConfig(
-            pool=pool, truth=truth and Path(truth), class_labels=class_labels, source=source, clip_model=clip_model,
-            clip_pretrained=clip_pretrained, clip_weights=clip_weights and Path(clip_weights), precision=precision,
-            batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size, top_k=top_k, negatives=negatives,
-            negatives_matching=negatives_matching, test_fraction=test_fraction, seed=seed, vocabulary=vocabulary,
-            prompt=prompt).resolved()
-        found = discovery.latest_world_clip(config.pool.parent) if source == "clip" and config.on_world \
-            and untouched else None
-        if found is not None:  # the CLIP the clip step trained on this world, not a download
-            config = config.replace(clip_model=found[0], clip_weights=found[1])
-            log.info("CLIP of the latest clip run on this world: %s, %s", *found)
-        inputs = build.read_inputs(config)
-        try:
-            scorer = build.create_scorer(config, resolve_device(device))
-        except RuntimeError as err:  # weights that cannot be fetched or loaded
-            raise click.ClickException(str(err)) from None
-
-    tags = {"clipprobe.pool_root": str(config.pool)}
-    if scorer is not None:
-        tags.update({"clipprobe.clip_weights_form": scorer.weights_form,
-                     "clipprobe.clip_weights_sha256": scorer.weights_sha256 or ""})
-    with runs.step_run("concepts", experiment_name=experiment_name, params=build.run_params(config, inputs, scorer),
-                       tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        configs.log_config(config)
-        try:
-            made = build.make_concepts(config, inputs, scorer, cache_dir=cache_dir)
-        except ValueError as err:
-            raise click.ClickException(str(err)) from None
-        out = Path(tmp) / "concepts"
-        made.write(out, config.pool)
-        runs.log_artifacts(out, "concepts")
-        for name, df in (("scores", made.scores), ("splits", made.splits)):
-            datasets.log_dataset_input(df, name=f"concepts-{name}", context=f"concepts.{name}",
-                                       artifact_path=f"concepts/{name}.parquet")
-        if made.images_per_second is not None:
-            runs.log_metrics({"images_per_second": made.images_per_second})
-        runs.log_metrics(made.metrics())
-    click.echo(made.sizes.to_string())
-    if made.clip_quality is not None:
-        click.echo("CLIP's labels against the truth (precision of the top-k positives, of the negatives; "
-                   "share of test labels that are right):")
-        click.echo(quality_text(made.clip_quality))
-    if made.unreadable:
-        click.echo(f"{len(made.unreadable)} unreadable image(s) skipped (listed in concepts/unreadable.txt)")
-    click.echo(f"concept splits of {len(inputs.paths)} images logged to run {run.info.run_id}")
+    given = options.given(ctx, [f.name for f in fields(ConceptsConfig)])
+    with usage_errors():  # a bad setting, no world, a missing file: one line, before a run exists
+        config = ConceptsConfig(**given)
+        resolved = step.resolve(config, clip_given=any(n in given for n in step.CLIP_OPTIONS),
+                                experiment_name=experiment_name, device=device)
+    done = step.run(resolved, cache_dir=cache_dir, experiment_name=experiment_name)
+    click.echo("\n".join(step.summary(done, resolved)))

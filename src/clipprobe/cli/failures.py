@@ -110,10 +110,12 @@ def interrupted(err: KeyboardInterrupt) -> click.exceptions.Exit:
 
 
 def expected_error(err: BaseException) -> bool:
-    """A user's, data's or environment's error rather than a bug: a file or folder (``OSError``) or the
-    tracking store refusing something (``MlflowException``)."""
+    """A user's, data's or environment's error rather than a bug: a file or folder (``OSError``), an input the
+    library refuses (``core.errors.InputError``) or the tracking store refusing something (``MlflowException``)."""
+    from clipprobe.core.errors import InputError
+
     mlflow_errors = sys.modules.get("mlflow.exceptions")  # never imported just to check
-    return isinstance(err, OSError) or (mlflow_errors is not None and isinstance(err, mlflow_errors.MlflowException))
+    return isinstance(err, OSError | InputError) or (mlflow_errors is not None and isinstance(err, mlflow_errors.MlflowException))
 
 
 def check_tracking_server(uri: str | None = None, timeout: float = REACH_TIMEOUT_S) -> None:

@@ -9,7 +9,6 @@ import click
 
 from clipprobe.cli import options
 from clipprobe.neurons.config import POOLINGS, NeuronsConfig
-from clipprobe.steps.neurons import DEFAULT_CACHE_DIR
 
 _D = NeuronsConfig()
 
@@ -27,12 +26,11 @@ _D = NeuronsConfig()
               help="How a unit's map becomes one value per image for AUROC and soft-WPMI (max needs cached maps).")
 @click.option("--ks", type=options.Names(), default=",".join(map(str, _D.ks)), show_default=True,
               help="Unit counts of the sparse probes (all units are always probed too).")
-@click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
-              help="The sweep's activation cache (a checkpoint missing there gets one forward pass).")
+@options.cache_dir("activations", "The sweep's activation cache (a checkpoint missing there gets one forward pass).")
 @options.device
 @options.experiment_name
 @click.pass_context
-def neurons(ctx: click.Context, cache_dir: str, device: str, experiment_name: str | None, **_settings: Any) -> None:
+def neurons(ctx: click.Context, cache_dir: str | None, device: str, experiment_name: str | None, **_settings: Any) -> None:
     """Score every unit of every probed module and checkpoint of a sweep against its concepts: AUROC with the
     Mann-Whitney p and BH q (INVERT), soft-WPMI labels (CLIP-Dissect), IoU where masks exist (NetDissect), and
     sparse probes on the k top units (Gurnee et al.). The sweep run gets neurons/units.parquet,

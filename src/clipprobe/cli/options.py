@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -22,6 +22,14 @@ device = click.option(
     show_default=True,
     help="Where tensors run; auto picks cuda when available.",
 )
+
+
+def cache_dir(kind: str, what: str) -> Callable[[Callable], Callable]:
+    """``--cache-dir``: the folder of one kind of cache (``core.caches``), its default said in the help."""
+    from clipprobe.core.caches import describe_default
+
+    return click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                        help=f"{what} Default: {describe_default(kind)}.")
 
 
 def given(ctx: click.Context, names: Iterable[str]) -> dict[str, Any]:

@@ -7,10 +7,8 @@ from typing import Any
 
 import click
 
-from clipprobe.activations.cache import DEFAULT_CACHE_DIR
-from clipprobe.activations.options import PRECISIONS, ExtractOptions
 from clipprobe.cli import options
-from clipprobe.executors import EXECUTORS
+from clipprobe.steps.probe import EXECUTORS, SweepWork
 from clipprobe.sweep.config import SweepConfig
 
 CONFIG_ARTIFACT = SweepConfig.artifact_path()
@@ -50,12 +48,11 @@ _D = SweepConfig()
                    "Options that would change its numbers are refused.")
 @click.option("--allow-duplicate-weights", is_flag=True,
               help="Probe checkpoints with equal weights as different epochs anyway (warns).")
-@click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
-              help="Where decoded images and activations are cached.")
+@options.cache_dir("activations", "Where decoded images and activations are cached.")
 @click.option("--keep-cache/--no-keep-cache", default=True, show_default=True,
               help="Keep each checkpoint's activations (full maps: ~5.6 GB per checkpoint at the seed's "
                    "sizes) so a later sweep reads them; --no-keep-cache deletes them once probed.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=_D.precision, show_default=True,
+@click.option("--precision", type=click.Choice(SweepConfig.precisions()), default=_D.precision, show_default=True,
               help="Forward pass precision: fp32 (exact, the default), bf16 (autocast; moves deep features of "
                    "trained networks), or auto (bf16 only for the modules where a calibration batch shows it "
                    "agrees with fp32, on devices with native bf16). Every fit records what ran.")
@@ -70,7 +67,7 @@ _D = SweepConfig()
               help="Fold BatchNorm into the convolutions for the pass (same values up to float32 rounding).")
 @click.option("--neurons/--no-neurons", default=_D.neurons, show_default=True,
               help="Then score every unit of each checkpoint from the same cache (`clipprobe neurons` on this sweep).")
-@click.option("--batch-size", default=ExtractOptions.batch_size, show_default=True, type=int,
+@click.option("--batch-size", default=SweepWork.batch_size, show_default=True, type=int,
               help="Images per forward batch.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
               help="local: checkpoints one after another in this process; ray: one Ray task per checkpoint, "
@@ -83,7 +80,7 @@ _D = SweepConfig()
 @options.device
 @options.experiment_name
 @click.pass_context
-def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bool, batch_size: int, device: str,
+def probe(ctx: click.Context, resume: str | None, cache_dir: str | None, keep_cache: bool, batch_size: int, device: str,
           experiment_name: str | None, executor: str, ray_address: str | None, gpus_per_task: float,
           **_settings: Any) -> None:
     """Probe every (checkpoint, module, concept, probe kind); log every fit as a nested run.
@@ -95,13 +92,12 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
     and test_acc_<concept>/<NN>_<module>/<probe> over epochs (on the sweep and each checkpoint run).
     """
     from clipprobe.cli.failures import usage_errors
-    from clipprobe.executors import make_executor
     from clipprobe.steps import probe as step
 
     given = options.given(ctx, [f.name for f in fields(SweepConfig)])
     with usage_errors():  # every setting is checked here, before a run exists
-        work = step.SweepWork(make_executor(executor, ray_address=ray_address, gpus_per_task=gpus_per_task),
-                              device=device, cache_dir=cache_dir, keep_cache=keep_cache, batch_size=batch_size)
+        work = SweepWork.open(executor, ray_address=ray_address, gpus_per_task=gpus_per_task, device=device,
+                              cache_dir=cache_dir, keep_cache=keep_cache, batch_size=batch_size)
         config = step.resumed_config(resume, given) if resume else SweepConfig(**given)
         if resume:
             click.echo(f"resuming sweep {resume} with its stored {CONFIG_ARTIFACT}")
@@ -114,13 +110,7 @@ def probe(ctx: click.Context, resume: str | None, cache_dir: str, keep_cache: bo
         click.echo("forward pass as run: " + ", ".join(f"{p} for {n} fits" for p, n in done.precisions.items()))
     click.echo(f"probe sweep {done.run_id}: {done.n_new} new fits in {done.seconds:.1f} s; "
                f"results in probe/results.parquet")
-    if inputs.config.neurons:
-        from clipprobe.neurons.config import NeuronsConfig
-        from clipprobe.steps import neurons as neurons_step
+    if inputs.config.neurons:  # then the neurons step on this sweep, from the same cache
+        from clipprobe.steps.neurons import score_sweep
 
-        units_inputs = neurons_step.resolve(NeuronsConfig(sweep_run=done.run_id), device=device)
-        click.echo(units_inputs.describe())
-        scored = neurons_step.run(units_inputs, cache_dir=cache_dir, device=device, batch_size=batch_size,
-                                  say=click.echo)
-        click.echo(f"unit scores: {len(scored.scored)} checkpoints in {scored.seconds:.1f} s; "
-                   f"{scored.rows.get('units', 0):,} unit rows in neurons/units.parquet")
+        score_sweep(done.run_id, cache_dir=work.cache_dir, device=device, batch_size=batch_size, say=click.echo)

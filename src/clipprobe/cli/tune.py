@@ -6,11 +6,9 @@ from dataclasses import fields
 
 import click
 
-from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.cli import options
-from clipprobe.executors import EXECUTORS
-from clipprobe.sweep.plan import LATEST
-from clipprobe.tuning.config import DEFAULT_MODULE_SAMPLE, TuneConfig
+from clipprobe.steps.tune import EXECUTORS
+from clipprobe.tuning.config import DEFAULT_MODULE_SAMPLE, LATEST, TuneConfig
 
 _D = TuneConfig()
 
@@ -38,8 +36,7 @@ _D = TuneConfig()
 @click.option("--splits-run", default=None, metavar="RUN_ID", help="Concepts run whose concepts/splits.parquet to use. Default: the latest.")
 @click.option("--model-name", default=None,
               help="Registered backbone. Default: the model of the latest train/checkpoints run.")
-@click.option("--cache-dir", default=DEFAULT_CACHE_DIR, show_default=True, type=click.Path(file_okay=False),
-              help="Where decoded images and activations are cached (shared with `probe`).")
+@options.cache_dir("activations", "Where decoded images and activations are cached (shared with `probe`).")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
               help="local: trials in this process; ray: several Ray tasks share each study through --storage "
                    "(an RDB URL such as postgresql+psycopg2://... across machines, a journal file on one).")
@@ -51,7 +48,7 @@ _D = TuneConfig()
 @options.device
 @options.experiment_name
 @click.pass_context
-def tune(ctx: click.Context, storage: str | None, cache_dir: str, executor: str, ray_address: str | None,
+def tune(ctx: click.Context, storage: str | None, cache_dir: str | None, executor: str, ray_address: str | None,
          gpus_per_task: float, workers: int | None, device: str, experiment_name: str | None, **_settings) -> None:
     """Tune each probe kind's hyper-parameters with Optuna on k-fold validation inside the training part.
 
@@ -60,27 +57,17 @@ def tune(ctx: click.Context, storage: str | None, cache_dir: str, executor: str,
     history / importance plots under tune/plots. Running the same command again resumes the studies.
     """
     from clipprobe.cli.failures import usage_errors
-    from clipprobe.core.devices import resolve_device
     from clipprobe.steps import tune as step
-    from clipprobe.tracking.trials import BEST_PARAMS_ARTIFACT
-    from clipprobe.tuning import studies as tuning
 
-    with usage_errors():  # every setting is checked here, before a run exists
+    with usage_errors():  # every setting is checked here, before a run exists (a storage that will not open: exit 1)
         config = TuneConfig(**options.given(ctx, [f.name for f in fields(TuneConfig)]))
-        try:
-            work = step.TuneWork.open(storage, executor=executor, ray_address=ray_address,
-                                      gpus_per_task=gpus_per_task, workers=workers, device=device)
-        except tuning.StorageError as err:  # the URL may be right and the database down: not a usage error
-            raise click.ClickException(str(err)) from None
-        dev = str(resolve_device(device))
-        inputs = step.resolve(config, experiment_name=experiment_name, cache_dir=cache_dir, device=dev)
-    click.echo(inputs.describe(dev))
-    try:
-        run_id, results = step.run(inputs, work, experiment_name=experiment_name)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
+        work = step.TuneWork.open(storage, executor=executor, ray_address=ray_address, gpus_per_task=gpus_per_task,
+                                  workers=workers, device=device)
+        inputs = step.resolve(config, experiment_name=experiment_name, cache_dir=cache_dir, device=work.local_device)
+    click.echo(inputs.describe(work.local_device))
+    run_id, results = step.run(inputs, work, experiment_name=experiment_name)
     for kind, res in results.items():
         click.echo(f"{kind}: best val_acc {res.best_value:.3f} ({res.counts['complete']} complete, "
                    f"{res.counts['pruned']} pruned, {res.counts['fail']} failed) in study {res.study_name}")
-    click.echo(f"tune run {run_id}: best params in {BEST_PARAMS_ARTIFACT}; "
+    click.echo(f"tune run {run_id}: best params in {step.BEST_PARAMS_ARTIFACT}; "
                f"use them with `clipprobe probe --params-from {run_id}`")

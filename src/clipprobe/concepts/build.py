@@ -1,7 +1,7 @@
-"""The ``concepts`` step as library code: its typed config, the inputs it reads, the tables it makes.
+"""The ``concepts`` step as library code: the inputs it reads, the tables it makes.
 
-``ConceptsConfig`` holds every choice (resolved: the pool, the labels table, the vocabulary and the CLIP
-are named, not left to "the latest world run"); ``read_inputs`` reads and checks what it points at;
+``concepts.config.ConceptsConfig`` holds every choice (resolved: the pool, the labels table, the vocabulary and
+the CLIP are named, not left to "the latest world run"); ``read_inputs`` reads and checks what it points at;
 ``make_concepts`` scores the pool with CLIP (or takes the labels), selects the splits and measures CLIP's
 labels against the truth; ``ConceptTables.write`` writes the step's files. Nothing here imports MLflow.
 """
@@ -9,10 +9,8 @@ labels against the truth; ``ConceptTables.write`` writes the step's files. Nothi
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +24,16 @@ from clipprobe.concepts.annotations import (
     unreadable_images,
 )
 from clipprobe.concepts.classes import FOLDERS, read_image_classes
+from clipprobe.concepts.config import ConceptsConfig
 from clipprobe.concepts.label_quality import label_quality, quality_metrics, with_truth
 from clipprobe.concepts.pool import DECODING, list_images, pool_fingerprint
-from clipprobe.concepts.scoring import PRECISIONS, ClipScorer, score_pool
+from clipprobe.concepts.scoring import ClipScorer, score_pool
 from clipprobe.concepts.sheets import write_contact_sheets
-from clipprobe.concepts.splits import NEGATIVES_MATCHING, select_splits, split_sizes, write_splits
-from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, Vocabulary, check_prompt, load_vocabulary
+from clipprobe.concepts.splits import select_splits, split_sizes, write_splits
+from clipprobe.concepts.vocabulary import Vocabulary, load_vocabulary
+from clipprobe.core.caches import SCORES
+from clipprobe.core.caches import cache_dir as cache_folder
 from clipprobe.core.parquet import provenance, write_table
-from clipprobe.core.step_config import StepConfig
-from clipprobe.world.generate import is_world_truth
 
 log = logging.getLogger(__name__)
 SCALE_NOTE = "softmax over the group's concepts of logit_scale * cosine(image, prompt)"
@@ -43,77 +42,6 @@ SIMILARITIES_FILE = "similarities.parquet"  # in the step's concepts/ folder (CL
 SIMILARITIES_KIND = "concept_similarities"  # its provenance ``kind``
 # The concept world's classes (what its backbone is trained on): each split row's image_class.
 WORLD_CLASS_COLUMN = "shape"
-SOURCES = ("clip", "annotations")
-
-
-def _default(fn, name: str):
-    """The library's default for a parameter, so no second copy drifts from it."""
-    return inspect.signature(fn).parameters[name].default
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CLIPPROBE_CACHE_DIR", Path.home() / ".cache" / "clipprobe"))
-
-
-@dataclass(frozen=True)
-class ConceptsConfig(StepConfig):
-    """Every choice of one ``concepts`` run; logged as ``concepts/config.json``.
-
-    ``truth``: a labels table (``path`` + label columns, paths relative to its folder). ``class_labels``:
-    a devkit file of image classes, or ``folders``. ``vocabulary``: ``seed``, ``world`` or a TOML file;
-    ``None`` picks ``world`` on the concept world, else ``seed``. ``clip_weights`` replaces ``clip_pretrained``.
-    """
-
-    STEP = "concepts"
-
-    pool: Path
-    truth: Path | None = None
-    class_labels: str | None = None
-    source: str = SOURCES[0]
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "openai"
-    clip_weights: Path | None = None
-    precision: str = "fp32"
-    batch_size: int = _default(score_pool, "batch_size")
-    num_workers: int = _default(score_pool, "num_workers")
-    chunk_size: int = _default(score_pool, "chunk_size")
-    top_k: int = _default(select_splits, "top_k")
-    negatives: int = _default(select_splits, "negatives")
-    negatives_matching: str = _default(select_splits, "negatives_matching")
-    test_fraction: float = _default(select_splits, "test_fraction")
-    seed: int = _default(select_splits, "seed")
-    vocabulary: str | None = None
-    prompt: str = DEFAULT_PROMPT
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pool", Path(self.pool).resolve())
-        if self.class_labels and self.class_labels != FOLDERS:
-            object.__setattr__(self, "class_labels", str(Path(self.class_labels).resolve()))
-
-    @property
-    def on_world(self) -> bool:
-        """Whether the labels table is a concept world's truth (its shapes are the images' classes)."""
-        return self.truth is not None and is_world_truth(self.truth)
-
-    def resolved(self) -> ConceptsConfig:
-        """The config with its vocabulary named (``world`` on the concept world, else ``seed``)."""
-        return self.replace(vocabulary=self.vocabulary or ("world" if self.on_world else "seed"))
-
-    def validate(self) -> None:
-        """Checks that need no file read; ``ValueError`` naming the option and the fix."""
-        check_prompt(self.prompt)
-        if self.source not in SOURCES:
-            raise ValueError(f"unknown source {self.source!r}: choose one of {', '.join(SOURCES)}")
-        if self.source == "annotations" and self.truth is None:
-            raise ValueError("--source annotations needs a labels table: pass --truth FILE")
-        if self.precision not in PRECISIONS or self.negatives_matching not in NEGATIVES_MATCHING:
-            raise ValueError(f"precision {self.precision!r} or negatives matching {self.negatives_matching!r} "
-                             f"unknown: choose from {', '.join(PRECISIONS)} and {', '.join(NEGATIVES_MATCHING)}")
-        if self.batch_size < 1 or self.chunk_size < 1 or self.num_workers < 0:
-            raise ValueError(f"batch size and chunk size must be >= 1 and workers >= 0, got "
-                             f"{self.batch_size}, {self.chunk_size}, {self.num_workers}")
-
-
 @dataclass
 class ConceptInputs:
     """What a config points at, read and checked: the vocabulary, the pool's images, their labels and classes."""
@@ -130,7 +58,6 @@ def read_inputs(config: ConceptsConfig) -> ConceptInputs:
     """The vocabulary, the pool, the labels and the classes of ``config``; ``ValueError`` or
     ``FileNotFoundError`` naming the file and the fix."""
     config = config.resolved()
-    config.validate()
     vocab = load_vocabulary(config.vocabulary)
     paths = list_images(config.pool)
     labels = classes = None
@@ -239,7 +166,7 @@ def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSco
                   cache_dir: str | Path | None = None) -> ConceptTables:
     """Score (or label) the pool, select the splits, and set the truth beside each mined label.
 
-    CLIP scores are kept in chunks under ``cache_dir`` (default: :func:`default_cache_dir`), keyed by the
+    CLIP scores are kept in chunks under ``cache_dir`` (default: the cache root's ``scores`` folder), keyed by the
     scorer, prompt, vocabulary and pool, so an interrupted run resumes. ``ValueError`` when the pool cannot
     give the splits asked for.
     """
@@ -249,7 +176,7 @@ def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSco
         key = {**scorer.provenance(), "prompt": config.prompt, "vocabulary": inputs.vocabulary.to_dict(),
                "pool_fingerprint": inputs.fingerprint, "pool_root": str(config.pool), "decoding": DECODING}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        chunk_dir = Path(cache_dir or default_cache_dir()) / "scores" / digest
+        chunk_dir = cache_folder(SCORES, cache_dir) / digest
         scored = score_pool(scorer, config.pool, inputs.paths, inputs.vocabulary, config.prompt, chunk_dir=chunk_dir,
                             batch_size=config.batch_size, num_workers=config.num_workers,
                             chunk_size=config.chunk_size, resume_key=key)

@@ -40,11 +40,12 @@ from tqdm.auto import tqdm
 
 from clipprobe.concepts.pool import PoolImages, collate_readable
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, Vocabulary, check_prompt
+from clipprobe.core.errors import InputError
 from clipprobe.core.parquet import read_table, write_table
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+CLIP_PRECISIONS = ("fp32", "bf16", "fp16")
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 # How CLIP weights were given: nothing (random), a pretrained tag, an hf-hub name, or a local file
 # as a state dict, an open_clip training checkpoint, OpenAI's TorchScript archive, safetensors, npz.
@@ -120,12 +121,16 @@ def _hub_offline(offline: bool) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
-def _download_failed(what: str, fetch: str, err: BaseException, unreachable: str | None = None) -> RuntimeError:
+class ClipWeightsError(InputError, RuntimeError):
+    """CLIP weights that cannot be fetched or loaded (one line naming the weights and the fix)."""
+
+
+def _download_failed(what: str, fetch: str, err: BaseException, unreachable: str | None = None) -> ClipWeightsError:
     if _offline():
         why = "HF_HUB_OFFLINE is set and they are not in the cache"
     else:
         why = f"{unreachable} and they are not in the cache" if unreachable else _first_line(err)
-    return RuntimeError(
+    return ClipWeightsError(
         f"CLIP weights {what} could not be fetched ({why}): on a machine with network run "
         f"`python -c \"import open_clip; {fetch}\"` and copy its cache (HF_HOME) here, or pass the "
         "weights file with --clip-weights"
@@ -280,8 +285,8 @@ class ClipScorer:
         state dict, an open_clip training checkpoint, OpenAI's TorchScript archive), or ignored for
         an ``hf-hub:org/repo`` name. Errors name what was asked for, what exists and the fix."""
         device = torch.device(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision not in CLIP_PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(CLIP_PRECISIONS)}")
         if precision == "fp16" and device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device: use bf16 on CPU (or fp32)")
         if model_name.startswith("hf-hub:"):
@@ -332,7 +337,7 @@ class ClipScorer:
                 raise _download_failed(model_name if pretrained is None else f"{model_name} pretrained "
                                        f"{pretrained!r}", f"open_clip.create_model('{model_name}'"
                                        + (f", pretrained='{pretrained}')" if pretrained else ")"), err) from err
-            raise RuntimeError(
+            raise ClipWeightsError(
                 f"could not load CLIP {model_name} from {pretrained} ({weights.form}): {_first_line(err)}; "
                 "check that --clip-model names the architecture these weights were saved from"
             ) from err

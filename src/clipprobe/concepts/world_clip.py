@@ -24,14 +24,13 @@ import torch
 from open_clip.loss import ClipLoss
 from PIL import Image
 
+from clipprobe.concepts.config import WORLD_CLIP_NAME, WorldClipConfig
 from clipprobe.concepts.scoring import file_sha256
 from clipprobe.concepts.vocabulary import DEFAULT_PROMPT, check_prompt
-from clipprobe.core.step_config import StepConfig
 from clipprobe.world.generate import read_truth
 
 log = logging.getLogger(__name__)
 
-WORLD_CLIP_NAME = "WorldCLIP-ViT-T-8"
 # A tiny ViT (8 px patches: an 8 x 8 grid at 64 px) and a one-layer causal text transformer, in open_clip's config format. The text tower keeps open_clip's BPE
 # vocabulary (49,408 tokens), so open_clip's own tokenizer serves it; captions are short, hence
 # a 16-token context.
@@ -58,35 +57,6 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 def caption(template: str, attributes: dict[str, str]) -> str:
     """One caption of an image from a template and its attributes (``colour``, ``pattern``, ``shape``)."""
     return template.format(**attributes)
-
-
-@dataclass(frozen=True)
-class WorldClipConfig(StepConfig):
-    """How the world CLIP is trained; the one place its defaults live (the ``clip`` command reads them).
-    The ``clip`` step's config, logged as ``clip/config.json``.
-
-    15 epochs of 2,000 world images: colours at 5 epochs already, patterns only later (measured on the
-    demo's world: zero-shot colour 1.000, pattern 0.665, shape 0.080 on its 200 validation images)."""
-
-    STEP = "clip"
-
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    warmup_pct: float = 0.1
-    seed: int = 0
-    model_name: str = WORLD_CLIP_NAME
-    prompt: str = DEFAULT_PROMPT
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"epochs must be >= 1 and batch size >= 2 (a contrastive loss needs pairs), "
-                             f"got epochs={self.epochs}, batch_size={self.batch_size}")
-        if self.lr <= 0 or not 0 <= self.warmup_pct < 1:
-            raise ValueError(f"lr must be > 0 and warmup_pct in [0, 1), got lr={self.lr}, "
-                             f"warmup_pct={self.warmup_pct}")
-        check_prompt(self.prompt)
 
 
 @dataclass
@@ -153,10 +123,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def create_world_clip(config: WorldClipConfig, folder: str | Path, model_config: dict | None = None):
     """A fresh, seeded open_clip model of the registered world config: (model, preprocess, tokenizer)."""
-    register_model_config(folder, config.model_name, model_config)
+    register_model_config(folder, config.clip_model, model_config)
     torch.manual_seed(config.seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(config.model_name, pretrained=None)
-    return model, preprocess, open_clip.get_tokenizer(config.model_name)
+    model, _, preprocess = open_clip.create_model_and_transforms(config.clip_model, pretrained=None)
+    return model, preprocess, open_clip.get_tokenizer(config.clip_model)
 
 
 def train_world_clip(
@@ -177,15 +147,12 @@ def train_world_clip(
     mean_loss)`` reports each epoch. The config JSON is written to ``folder``.
     """
     config = config or WorldClipConfig()
-    config.validate()
     model_config = model_config or WORLD_CLIP_CONFIG
     model, preprocess, tokenizer = create_world_clip(config, folder, model_config)
     model.to(device)
     data = load_world_images(world_root, "train", preprocess)
     n = len(data.pixels)
-    if n < config.batch_size:
-        raise ValueError(f"the world has {n} training images, fewer than a batch of {config.batch_size}: "
-                         "lower --batch-size or generate more (--train-per-class)")
+    _check_batch(n, config)
     records = data.attributes[list(ATTRIBUTES)].to_dict("records")
     # Every caption tokenised once: (image, template) -> tokens.
     tokens = torch.stack([tokenizer([caption(t, r) for t in CAPTION_TEMPLATES]) for r in records])
@@ -267,7 +234,7 @@ def save_world_clip(trained: TrainedWorldClip, folder: str | Path) -> tuple[Path
     """``<folder>/<name>.pt`` (a plain state dict) and ``<folder>/<name>.json`` (its open_clip config)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    name = trained.config.model_name
+    name = trained.config.clip_model
     weights = folder / f"{name}.pt"
     torch.save({k: v.detach().cpu() for k, v in trained.model.state_dict().items()}, weights)
     config = folder / f"{name}.json"
@@ -280,6 +247,20 @@ def attribute_values(world_root: str | Path) -> dict[str, list[str]]:
     ``WorldError`` when ``world_root`` holds no concept world."""
     _, spec = read_truth(world_root)
     return {"colour": list(spec.colours), "pattern": list(spec.patterns), "shape": list(spec.shapes)}
+
+
+def _check_batch(n_train: int, config: WorldClipConfig) -> None:
+    if n_train < config.batch_size:
+        raise ValueError(f"the world has {n_train} training images, fewer than a batch of {config.batch_size}: "
+                         "lower --batch-size or generate more (--train-per-class)")
+
+
+def check_world(world_root: str | Path, config: WorldClipConfig) -> None:
+    """That ``world_root`` holds a concept world (``WorldError``) with a batch of training images at least
+    (``ValueError``): what ``make_world_clip`` needs, checked from the truth table alone, before any run."""
+    attribute_values(world_root)
+    truth = pd.read_parquet(Path(world_root) / "truth.parquet", columns=["split"])
+    _check_batch(int((truth["split"] == "train").sum()), config)
 
 
 @dataclass

@@ -24,11 +24,13 @@ class StepConfig:
     """Mixin for a frozen dataclass holding one step's settings (see the module docstring).
 
     Subclasses set ``STEP`` (the ``clipprobe.step`` tag of the run that logs it) and raise ``FORMAT``
-    when a stored config of the old format can no longer be read as the new one.
+    when a stored config of the old format can no longer be read as the new one. A setting renamed since
+    configs were stored goes in ``RENAMED`` (old name -> new name), so those configs still read.
     """
 
     STEP: ClassVar[str]
     FORMAT: ClassVar[int] = 1
+    RENAMED: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def artifact_path(cls) -> str:
@@ -50,6 +52,9 @@ class StepConfig:
         if fmt != cls.FORMAT:
             raise ValueError(f"{source}: config format {fmt!r}, this clipprobe reads format {cls.FORMAT}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        for old, new in cls.RENAMED.items():
+            if old in data and new not in data:
+                data[new] = data.pop(old)
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ValueError(f"{source}: unknown settings {', '.join(unknown)}: written by a newer clipprobe?")

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.concepts.splits import ConceptSplits
 from clipprobe.neurons.cards import TOP_IMAGE_COLUMNS, top_activating
@@ -164,7 +163,7 @@ class NeuronsOutcome:
     seconds: float
 
 
-def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, device: str = "cpu",
+def run(inputs: NeuronsInputs, *, cache_dir: str | Path | None = None, device: str = "cpu",
         batch_size: int | None = None, progress: bool = True, say: Callable[[str], None] = print) -> NeuronsOutcome:
     """Score every checkpoint of ``inputs`` not scored yet, logging each as it is done, then join the tables."""
     from clipprobe.core.devices import resolve_device
@@ -225,3 +224,13 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, dev
     rows = units.log_tables(sweep_run, metadata)
     return NeuronsOutcome(sweep_run, tuple(scored), tuple(sorted(e for e in done if e not in scored)), rows,
                           time.perf_counter() - start)
+
+
+def score_sweep(sweep_run: str, *, cache_dir: str | Path | None = None, device: str = "cpu", batch_size: int | None = None,
+                say: Callable[[str], None] = print) -> None:
+    """``probe --neurons``: this step on the sweep just made, with its defaults and the sweep's activation cache."""
+    inputs = resolve(NeuronsConfig(sweep_run=sweep_run), device=device)
+    say(inputs.describe())
+    scored = run(inputs, cache_dir=cache_dir, device=device, batch_size=batch_size, say=say)
+    say(f"unit scores: {len(scored.scored)} checkpoints in {scored.seconds:.1f} s; "
+        f"{scored.rows.get('units', 0):,} unit rows in neurons/units.parquet")

@@ -30,7 +30,8 @@ from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import load_backbone
 from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
-from clipprobe.executors import Executor, SweepJob
+from clipprobe.core.caches import ACTIVATIONS, cache_dir
+from clipprobe.executors import EXECUTORS, Executor, SweepJob, make_executor
 from clipprobe.similarity.checkpoints import DEFAULT_MAX_IMAGES as CKA_MAX_IMAGES
 from clipprobe.similarity.checkpoints import sweep_cka
 from clipprobe.sweep.config import SweepConfig
@@ -177,9 +178,19 @@ class SweepWork:
 
     runner: Executor
     device: str = "auto"  # as given: "auto" is resolved where the work runs
-    cache_dir: str | Path = "."
+    cache_dir: str | Path | None = None  # the activations folder; None: the one under the cache root
     keep_cache: bool = True
     batch_size: int = ExtractOptions.batch_size
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_dir", cache_dir(ACTIVATIONS, self.cache_dir))
+
+    @classmethod
+    def open(cls, executor: str = EXECUTORS[0], *, ray_address: str | None = None, gpus_per_task: float = 0.0,
+             **settings: Any) -> SweepWork:
+        """The work with its executor made (``ValueError`` for options the executor does not take); ``settings``:
+        the other fields (device, cache_dir, keep_cache, batch_size)."""
+        return cls(make_executor(executor, ray_address=ray_address, gpus_per_task=gpus_per_task), **settings)
 
 
 def budget(inputs: SweepInputs, work: SweepWork) -> tuple[str, CacheBudget]:

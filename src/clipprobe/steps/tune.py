@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipprobe.activations.cache import DEFAULT_CACHE_DIR
 from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.core.devices import resolve_device
-from clipprobe.executors import Executor, LocalExecutor, make_executor
+from clipprobe.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from clipprobe.probes.kinds import ProbeKind, probe_kind
 from clipprobe.steps.probe import Experiment, checkpoints, concept_splits, describe_checkpoints
 from clipprobe.sweep.plan import CheckpointRef, Sweep, SweepPlan
 from clipprobe.tracking import configs, runs, trials
 from clipprobe.tracking.discovery import latest_model_name, latest_splits_run_id
+from clipprobe.tracking.trials import BEST_PARAMS_ARTIFACT
 from clipprobe.tuning import studies as tuning
 from clipprobe.tuning.config import SAMPLE, TuneConfig, sample_concepts, sample_modules
 
@@ -51,7 +51,7 @@ class TuneInputs:
         ])
 
 
-def resolve(config: TuneConfig, *, experiment_name: str | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+def resolve(config: TuneConfig, *, experiment_name: str | None = None, cache_dir: str | Path | None = None,
             device: str = "cpu") -> TuneInputs:
     """``config`` with every open choice made in the chosen experiment, and the training parts of its fits
     (features from the activation cache, computed once per checkpoint when missing). ``LookupError`` or
@@ -95,8 +95,14 @@ class TuneWork:
     device: str = "auto"  # as given: Ray workers resolve "auto" to their own GPU
     workers: int | None = None  # Ray study workers per probe kind (None: one per CPU or GPU share)
 
+    @property
+    def local_device(self) -> str:
+        """``device`` resolved in this process (where ``resolve`` computes the features): ``ValueError`` for
+        cuda without a GPU."""
+        return str(resolve_device(self.device))
+
     @classmethod
-    def open(cls, storage: str | None, *, executor: str = "local", ray_address: str | None = None,
+    def open(cls, storage: str | None, *, executor: str = EXECUTORS[0], ray_address: str | None = None,
              gpus_per_task: float = 0.0, workers: int | None = None, device: str = "auto") -> TuneWork:
         """Check the executor options (``ValueError``) and open the Optuna storage (``tuning.StorageError``):
         ``storage`` None is ``optuna.journal`` next to the embedded tracking store."""
@@ -161,7 +167,8 @@ def run_studies(
             if tuning.study_plots(res.study, tmp):
                 runs.log_artifacts(tmp, "tune/plots")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "best_params.json"
+        folder, name = BEST_PARAMS_ARTIFACT.rsplit("/", 1)
+        path = Path(tmp) / name
         path.write_text(trials.best_params_json({k: r.best_params for k, r in results.items()}))
-        runs.log_artifact(path, "tune")
+        runs.log_artifact(path, folder)
     return results

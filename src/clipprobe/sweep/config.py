@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipprobe.activations.options import ExtractOptions
+from clipprobe.activations.options import FORWARD_PRECISIONS, ExtractOptions
 from clipprobe.core.step_config import StepConfig
 from clipprobe.sweep.plan import DEFAULT_PROBES, DEFAULT_REPEATS, SweepPlan, parse_names
 
@@ -42,7 +42,7 @@ class SweepConfig(StepConfig):
     hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hparams_source: Mapping[str, str] = field(default_factory=dict)
     allow_duplicate_weights: bool = False
-    precision: str = ExtractOptions.precision
+    precision: str = ExtractOptions.precision  # one of FORWARD_PRECISIONS
     channels_last: bool = ExtractOptions.channels_last
     fold_batchnorm: bool = ExtractOptions.fold_batchnorm
     calibration_images: int = ExtractOptions.calibration_images
@@ -71,6 +71,11 @@ class SweepConfig(StepConfig):
         return ExtractOptions(batch_size=batch_size, precision=self.precision, channels_last=self.channels_last,
                               fold_batchnorm=self.fold_batchnorm, calibration_images=self.calibration_images,
                               calibration_rtol=self.calibration_rtol)
+
+    @staticmethod
+    def precisions() -> tuple[str, ...]:
+        """The forward pass precisions a sweep accepts (``activations.options.FORWARD_PRECISIONS``)."""
+        return FORWARD_PRECISIONS
 
     def run_params(self) -> dict[str, Any]:
         """The sweep run's params: the config flattened (lists as a,b,c; "all"/"none" for unset), and each

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipprobe.activations.cache import DEFAULT_CACHE_DIR, ActivationCache, CheckpointActivations
+from clipprobe.activations.cache import ActivationCache, CheckpointActivations
 from clipprobe.activations.decoding import ImageSet, load_images
 from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import LOGITS, resolve_probe_modules
@@ -157,7 +157,7 @@ def concept_tasks(splits: ConceptSplits, concepts: Sequence[str] | None = None) 
 class Sweep:
     """Runs a plan over checkpoints; images are decoded once per transform for the whole sweep."""
 
-    def __init__(self, splits: ConceptSplits, plan: SweepPlan, *, cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    def __init__(self, splits: ConceptSplits, plan: SweepPlan, *, cache_dir: str | Path | None = None,
                  extract: ExtractOptions | None = None, device: str | torch.device = "cpu",
                  keep_cache: bool = True, progress: bool = True, native_bf16: bool | None = None) -> None:
         self.splits, self.plan = splits, plan

@@ -65,7 +65,7 @@ def log_world_clip(made: WorldClipResult, *, name: str) -> RegisteredClip:
     file (``tracking.discovery``), and the model, logged and registered as a version of ``name``."""
     metrics = made.metrics()
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    clip_model = made.trained.config.model_name
+    clip_model = made.trained.config.clip_model
     mlflow.set_tags({CLIP_WEIGHTS_TAG: str(made.weights.resolve()), CLIP_MODEL_TAG: clip_model,
                      CLIP_WEIGHTS_SHA256_TAG: made.sha256})
     return log_clip_model(made.trained.model, name=name, clip_model=clip_model, weights=made.weights,

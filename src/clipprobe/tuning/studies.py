@@ -32,6 +32,7 @@ from sklearn.model_selection import StratifiedKFold
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from clipprobe.core.errors import InputError
 from clipprobe.probes.batched import fit_many
 from clipprobe.probes.evaluation import ConceptTask, accuracy
 from clipprobe.probes.kinds import ProbeKind, probe_kind
@@ -70,8 +71,13 @@ HEARTBEAT_S = 20
 GRACE_S = 60
 
 
-class StorageError(RuntimeError):
+class StorageError(InputError, RuntimeError):
     """An Optuna storage that cannot be opened (message names the URL, credentials masked)."""
+
+
+class StudyError(InputError, ValueError):
+    """A study that cannot run on what it was given (too few images for the folds, another subset of fits than
+    the stored study's, no complete trial); the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +108,10 @@ def training_part(X: Any, task: ConceptTask, name: str | None = None) -> TuneTas
 def fold_masks(y: np.ndarray, folds: int, seed: int = CV_SEED) -> list[np.ndarray]:
     """Validation masks of ``folds`` stratified folds of labels y."""
     if folds < 2:
-        raise ValueError(f"folds={folds}: expected 2 or more")
+        raise StudyError(f"folds={folds}: expected 2 or more")
     fewest = int(np.bincount(y, minlength=2).min())
     if fewest < folds:
-        raise ValueError(f"a class has only {fewest} training images, fewer than folds={folds}: lower --folds")
+        raise StudyError(f"a class has only {fewest} training images, fewer than folds={folds}: lower --folds")
     masks = []
     for _, val in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         m = np.zeros(len(y), bool)
@@ -347,7 +353,7 @@ def open_study(
     if stored is None:
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
     elif stored != fingerprint:
-        raise ValueError(f"study {sname!r} was made on another subset of fits (fingerprint {stored[:12]}, "
+        raise StudyError(f"study {sname!r} was made on another subset of fits (fingerprint {stored[:12]}, "
                          f"now {fingerprint[:12]}): pass another --study-name or the same subset")
     existing = len(study.trials)
     if existing == 0:
@@ -471,7 +477,7 @@ def tune(
     """
     pk = check_kind(kind)
     if not tasks:
-        raise ValueError(f"no tasks to tune {pk.name} on: choose some --concepts, --modules and --epochs")
+        raise StudyError(f"no tasks to tune {pk.name} on: choose some --concepts, --modules and --epochs")
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"n_trials={n_trials}: expected 1 or more (or None with a timeout)")
     objective = make_objective(pk, tasks, folds, base=base, device=device)  # checks folds before any storage
@@ -502,7 +508,7 @@ def summarise(kind: str, study: optuna.Study) -> StudyResult:
         if t.state.name.lower() in counts:
             counts[t.state.name.lower()] += 1
     if counts["complete"] == 0:
-        raise ValueError(f"study {study.study_name!r} has no complete trial ({counts}): raise --n-trials or "
+        raise StudyError(f"study {study.study_name!r} has no complete trial ({counts}): raise --n-trials or "
                          "--timeout, or look at the failed trials' runs")
     best = study.best_trial
     return StudyResult(kind, study.study_name, dict(best.params), float(best.value), counts, study)
