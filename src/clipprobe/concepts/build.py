@@ -33,6 +33,7 @@ from clipprobe.concepts.splits import select_splits, split_sizes, write_splits
 from clipprobe.concepts.vocabulary import Vocabulary, load_vocabulary
 from clipprobe.core.caches import SCORES
 from clipprobe.core.caches import cache_dir as cache_folder
+from clipprobe.core.errors import InputError
 from clipprobe.core.parquet import provenance, write_table
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,24 @@ class ConceptTables:
         return metrics
 
 
+class PoolError(InputError, ValueError):
+    """The pool cannot give the splits asked for (too few labelled or readable images for --top-k and
+    --negatives, a class without images in both parts, ...): the user's data, found only once it is scored."""
+
+
 def make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer | None, *,
                   cache_dir: str | Path | None = None) -> ConceptTables:
+    """:func:`_make_concepts`, its ``ValueError`` (the pool cannot give the splits asked for) a ``PoolError``."""
+    try:
+        return _make_concepts(config, inputs, scorer, cache_dir=cache_dir)
+    except PoolError:
+        raise
+    except ValueError as err:
+        raise PoolError(str(err)) from err
+
+
+def _make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipScorer | None, *,
+                   cache_dir: str | Path | None = None) -> ConceptTables:
     """Score (or label) the pool, select the splits, and set the truth beside each mined label.
 
     CLIP scores are kept in chunks under ``cache_dir`` (default: the cache root's ``scores`` folder), keyed by the
