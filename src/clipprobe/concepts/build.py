@@ -29,7 +29,7 @@ from clipprobe.concepts.label_quality import label_quality, quality_metrics, wit
 from clipprobe.concepts.pool import DECODING, list_images, pool_fingerprint
 from clipprobe.concepts.scoring import ClipScorer, score_pool
 from clipprobe.concepts.sheets import write_contact_sheets
-from clipprobe.concepts.splits import select_splits, split_sizes, write_splits
+from clipprobe.concepts.splits import select_splits, split_sizes, with_image_digests, write_splits
 from clipprobe.concepts.vocabulary import Vocabulary, load_vocabulary
 from clipprobe.core.caches import SCORES
 from clipprobe.core.caches import cache_dir as cache_folder
@@ -214,6 +214,7 @@ def _make_concepts(config: ConceptsConfig, inputs: ConceptInputs, scorer: ClipSc
     if inputs.labels is not None:  # the truth beside each mined label, and how often they agree
         splits = with_truth(splits, inputs.labels)
         quality = label_quality(splits)
+    splits = with_image_digests(splits, config.pool)  # content ids: a moved pool keeps its test sets' hashes
     sizes = split_sizes(splits)
     split_meta = {**meta, "top_k": config.top_k, "negatives": config.negatives, "test_fraction": config.test_fraction,
                   "negatives_matching": config.negatives_matching, "image_class_column": inputs.class_kind,

@@ -92,6 +92,15 @@ def list_images(root: str | Path) -> list[str]:
     return sorted(paths)
 
 
+def content_digest(path: str | Path) -> str:
+    """sha256 (16 hex) of an image file's bytes: the image's id wherever the pool lies and whatever it is named."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def pool_fingerprint(root: str | Path, paths: Sequence[str], *, with_mtime: bool = False) -> str:
     """sha256 (16 hex) over each image's relative path and byte size: cheap for 50,000 files, stable
     across copies. ``with_mtime``: the modification time too (a cache key that notices an edited file)."""

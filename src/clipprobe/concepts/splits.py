@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipprobe.concepts.pool import content_digest
 from clipprobe.concepts.vocabulary import Vocabulary
 from clipprobe.core.parquet import read_table, write_table
 
@@ -18,6 +19,10 @@ SPLIT_COLUMNS = ("concept", "group", "path", "rank", "probability", "label", "pa
 IMAGE_CLASS_COLUMN = "image_class"
 # Written when ground truth is known: whether the image truly holds the concept (the label may be CLIP's).
 TRUTH_COLUMN = "truth"
+# Each image's content digest (concepts.pool.content_digest): its id when test sets are matched across sweeps
+# (a sweep's ``test_images`` hash), so moving or renaming the pool keeps it and changed bytes change it.
+# Files written before it existed lack it; their sweeps hash the paths, as they always did.
+IMAGE_DIGEST_COLUMN = "image_sha256"
 # How negatives are drawn: uniformly outside the positives, or matching the positives' classes.
 NEGATIVES_MATCHING = ("none", "class")
 
@@ -222,10 +227,26 @@ class ConceptSplits:
         return split_sizes(self.table)
 
 
+def with_image_digests(table: pd.DataFrame, pool_root: str | Path) -> pd.DataFrame:
+    """``table`` with each row's image content digest (``IMAGE_DIGEST_COLUMN``); every image is read once."""
+    root = Path(pool_root)
+    digests = {p: content_digest(root / p) for p in table["path"].unique()}
+    return table.assign(**{IMAGE_DIGEST_COLUMN: table["path"].map(digests)})
+
+
+def image_ids(rows: pd.DataFrame) -> np.ndarray:
+    """The ids that match rows' images across sweeps: their content digests, or (splits written before
+    ``IMAGE_DIGEST_COLUMN``) their paths relative to the pool."""
+    if IMAGE_DIGEST_COLUMN in rows.columns and rows[IMAGE_DIGEST_COLUMN].notna().all():
+        return rows[IMAGE_DIGEST_COLUMN].astype(str).to_numpy()
+    return rows["path"].astype(str).to_numpy()
+
+
 def write_splits(table: pd.DataFrame, path: str | Path, metadata: dict[str, Any]) -> Path:
     if "pool_root" not in metadata:
         raise ValueError("splits metadata needs pool_root (the folder image paths are relative to)")
-    columns = [*SPLIT_COLUMNS, *(c for c in (IMAGE_CLASS_COLUMN, TRUTH_COLUMN) if c in table.columns)]
+    columns = [*SPLIT_COLUMNS, *(c for c in (IMAGE_CLASS_COLUMN, TRUTH_COLUMN, IMAGE_DIGEST_COLUMN)
+                                 if c in table.columns)]
     return write_table(table[columns], path, metadata)
 
 

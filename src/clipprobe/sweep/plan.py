@@ -23,7 +23,7 @@ from clipprobe.activations.decoding import ImageSet, load_images
 from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import LOGITS, resolve_probe_modules
 from clipprobe.backbones.loader import Backbone
-from clipprobe.concepts.splits import ConceptSplits
+from clipprobe.concepts.splits import ConceptSplits, image_ids
 from clipprobe.probes.evaluation import DEFAULT_PERMUTATIONS, ConceptTask, evaluate_concepts
 from clipprobe.probes.kinds import SEED_PROBE_KINDS, probe_kind
 
@@ -130,7 +130,8 @@ def concept_tasks(splits: ConceptSplits, concepts: Sequence[str] | None = None) 
     """The union of the concepts' images (sorted paths), one task per concept on rows of that union,
     and each concept's group.
 
-    Each task carries its images' paths (to match test sets across sweeps) and, when the splits have
+    Each task carries its images' ids (``concepts.splits.image_ids``: content digests, or paths in older splits)
+    to match test sets across sweeps and, when the splits have
     an ``image_class`` column with a value for every row of the concept, the image classes for the
     control task; otherwise ``classes`` is None and the control task is skipped (NaN selectivity)."""
     known = splits.concepts
@@ -149,7 +150,7 @@ def concept_tasks(splits: ConceptSplits, concepts: Sequence[str] | None = None) 
             classes = rows[IMAGE_CLASS_COLUMN].astype(str).to_numpy()
         tasks.append(ConceptTask(concept, np.array([index[p] for p in rows["path"]]),
                                  rows["label"].to_numpy().astype(np.int64), (rows["part"] == "train").to_numpy(),
-                                 classes=classes, images=rows["path"].astype(str).to_numpy()))
+                                 classes=classes, images=image_ids(rows)))
         groups[concept] = str(rows["group"].iloc[0])
     return paths, tasks, groups
 
