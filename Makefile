@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test,ray,postgres]'
 	touch $@
 
+# The demo keeps its caches in ./.cache (unless CLIPPROBE_CACHE_DIR says otherwise), so clean-runs removes them.
 demo: $(VENV)/.installed
-	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true mlflow run . -e main --env-manager local
+	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true CLIPPROBE_CACHE_DIR="$${CLIPPROBE_CACHE_DIR:-$(CURDIR)/.cache}" \
+	  mlflow run . -e main --env-manager local
 
 test: $(VENV)/.installed chromium
 	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true python -m pytest -q
