@@ -19,7 +19,7 @@ _D = TuneConfig()
 @click.option("--concepts", type=options.Names(), default=None, help="all, or a list. Default: the first concept of every group.")
 @click.option("--modules", type=options.Names(), default=None,
               help=f"all, or a list (module:0,features.7). Default: {DEFAULT_MODULE_SAMPLE} modules from first to last.")
-@click.option("--epochs", type=options.Epochs(words=(LATEST,)), default=LATEST, show_default=True, help="latest, all, a list (0,2,5) or a range (0-3).")
+@click.option("--epochs", type=options.Epochs(words=(LATEST,)), default=_D.epochs, show_default=True, help="latest, all, a list (0,2,5) or a range (0-3).")
 @click.option("--n-trials", default=_D.n_trials, show_default=True, type=int,
               help="Trials per probe kind in this invocation (added to a resumed study's).")
 @click.option("--timeout", default=None, type=float, help="Seconds per probe kind's study at most (default: no limit).")
