@@ -7,7 +7,6 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from clipprobe.concepts import build
 from clipprobe.concepts.config import ConceptsConfig
@@ -89,7 +88,7 @@ def summary(done: ConceptsOutcome, resolved: ConceptsInputs) -> list[str]:
     from clipprobe.concepts.label_quality import quality_text
 
     made = done.made
-    lines: list[Any] = [made.sizes.to_string()]
+    lines: list[str] = [made.sizes.to_string()]
     if made.clip_quality is not None:
         lines += ["CLIP's labels against the truth (precision of the top-k positives, of the negatives; "
                   "share of test labels that are right):", quality_text(made.clip_quality)]
