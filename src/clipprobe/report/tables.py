@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -76,6 +77,8 @@ def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
         )
     if results.empty:
         raise ValueError("results table is empty: the sweep logged no fit")
+    if is_normalized(results):  # the report passes its one normalised table around: nothing would change
+        return results.copy(deep=False)
     out = results.copy()
     for col in OPTIONAL_METRICS:
         if col not in out.columns:
@@ -89,6 +92,28 @@ def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
         out[col] = out[col].fillna("").astype(str) if col in out.columns else ""
     out["module_index"] = out["module"].map(module_order(out)).astype(int)
     return out
+
+
+_STRING = pd.Series(["x"]).astype(str).dtype  # what ``astype(str)`` gives (pandas' string dtype)
+
+
+def is_normalized(results: pd.DataFrame) -> bool:
+    """True when ``normalize_results`` would return ``results`` unchanged: every column it makes is there with the
+    dtype it gives (epoch int, metrics float, names and per-image results strings without a missing value) and each
+    module has one ``module_index``. A normalised table, and any rows of it, passes; a sweep's raw table does not."""
+    columns = ("epoch", "test_acc", "test_acc_ci_low", "test_acc_ci_high", *OPTIONAL_METRICS,
+               "concept", "group", "module", "probe", *PREDICTIONS, "module_index")
+    if not all(c in results.columns for c in columns):
+        return False
+    dtypes = results.dtypes
+    if dtypes["epoch"] != "int64" or dtypes["module_index"] != "int64":
+        return False
+    if any(dtypes[c] != "float64" for c in ("test_acc", "test_acc_ci_low", "test_acc_ci_high", *OPTIONAL_METRICS)):
+        return False
+    strings = ("concept", "group", "module", "probe", *PREDICTIONS)
+    if any(dtypes[c] != _STRING or results[c].isna().any() for c in strings):
+        return False
+    return bool(results.groupby("module", sort=False)["module_index"].nunique().le(1).all())
 
 
 def epochs_of(results: pd.DataFrame) -> list[int]:
@@ -126,10 +151,18 @@ class ConceptTable:
     cells: pd.DataFrame
 
     def cell(self, module: str, probe: str) -> pd.Series:
-        hit = self.cells[(self.cells["module"] == module) & (self.cells["probe"] == probe)]
-        if hit.empty:
+        row = self._rows.get((module, probe))
+        if row is None:
             raise KeyError(f"{self.concept}: no fit for {module} / {probe}")
-        return hit.iloc[0]
+        return self.cells.iloc[row]
+
+    @cached_property
+    def _rows(self) -> dict[tuple[str, str], int]:
+        """(module, probe) -> the position of its first row in ``cells`` (every renderer looks cells up)."""
+        rows: dict[tuple[str, str], int] = {}
+        for i, key in enumerate(zip(self.cells["module"], self.cells["probe"], strict=True)):
+            rows.setdefault(key, i)
+        return rows
 
     def test_size(self) -> str:
         """The line under the table: test images, positives, repeated splits, majority baseline."""
