@@ -95,3 +95,38 @@ def sweep_like(seed: int = 0, epochs: int = 24) -> pd.DataFrame:
     data.loc[11, "test_correct"] = ""  # made before per-image predictions
     data.loc[(data["concept"] == "blue") & (data["epoch"] == 12), "test_images"] = "another-test-set"
     return data
+
+
+def plain_with_changes(data: pd.DataFrame, epoch: int, earlier: int) -> pd.DataFrame:
+    """The table's change columns, one ``.loc`` per cell."""
+    from clipprobe.report.significance import change_mark
+
+    at = data[data["epoch"] == epoch]
+    out = at.assign(change_from=math.nan, change_p=math.nan, change="")
+    keyed = plain_epoch_changes(data, epochs=[earlier, epoch]).set_index(["concept", "module", "probe"])
+    for i, row in out.iterrows():
+        key = (row["concept"], row["module"], row["probe"])
+        if key in keyed.index:
+            c = keyed.loc[key]
+            out.at[i, "change_from"] = earlier
+            out.at[i, "change_p"] = c["p_adjusted"]
+            out.at[i, "change"] = change_mark(bool(c["significant"]), float(c["difference"]))
+    return out
+
+
+def plain_heatmap(data: pd.DataFrame, probe: str, concept: str, metric: str = "test_acc") -> np.ndarray:
+    """One panel's module x epoch grid, one pivot table per panel."""
+    data = data[data["probe"] == probe]
+    names = list(data.drop_duplicates("module").sort_values(["module_index", "module"])["module"])
+    modules = [int(data.loc[data["module"] == m, "module_index"].iloc[0]) for m in names]
+    epochs = sorted(int(e) for e in pd.unique(data["epoch"]))
+    sub = data[data["concept"] == concept]
+    grid = sub.pivot_table(index="module_index", columns="epoch", values=metric, aggfunc="mean")
+    return grid.reindex(index=modules, columns=epochs).to_numpy(dtype=float)
+
+
+def plain_line(data: pd.DataFrame, probe: str, concept: str, module: str) -> pd.DataFrame:
+    """One accuracy line's points, one groupby per line."""
+    sub = data[(data["probe"] == probe) & (data["concept"] == concept)]
+    return sub[sub["module"] == module].groupby("epoch")[
+        ["test_acc", "test_acc_ci_low", "test_acc_ci_high"]].mean().sort_index()

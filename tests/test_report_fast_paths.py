@@ -1,7 +1,8 @@
 """The report's fast paths against their plain forms (tests/report_plain_forms.py) on a sweep shaped like a real
 one: McNemar's exact p for every pair at once equals statsmodels' one call per pair, bit for bit; the epoch
 changes from one merge equal one merge per epoch pair; identical epochs found column-wise equal the pairwise
-search; a normalised table is normalised again at no cost and unchanged."""
+search; a normalised table is normalised again at no cost and unchanged; Holm without statsmodels' gc.collect;
+the tables' change marks from one dict; heatmap grids and accuracy lines from one groupby each."""
 
 from __future__ import annotations
 
@@ -10,16 +11,22 @@ import pandas as pd
 import pytest
 from report_plain_forms import (
     plain_epoch_changes,
+    plain_heatmap,
     plain_identical_groups,
+    plain_line,
     plain_mcnemar,
     plain_paired_tests,
+    plain_with_changes,
     sweep_like,
 )
+from statsmodels.stats.multitest import multipletests
 
 from clipprobe.report import tables
+from clipprobe.report.plots import accuracy_figure, concept_order, what_where_when_figure
 from clipprobe.report.sanity import identical_epochs
 from clipprobe.report.significance import (
     epoch_changes,
+    holm,
     mcnemar_exact,
     mcnemar_exact_p,
     paired_tests,
@@ -89,3 +96,41 @@ def test_a_normalised_table_passes_through_unchanged_and_a_raw_one_does_not():
                    once.assign(module_index=once["module_index"].where(once.index > 3, 99))):
         assert not tables.is_normalized(broken)
         pd.testing.assert_frame_equal(tables.normalize_results(broken), tables.normalize_results(broken.copy()))
+
+
+def test_holm_equals_statsmodels_on_a_sweeps_p_values_with_ties():
+    changes = epoch_changes(tables.normalize_results(sweep_like()))
+    p = changes["p_value"].dropna().to_numpy()
+    assert len(np.unique(p)) < len(p)  # ties, as McNemar's p-values have
+    rng = np.random.default_rng(1)
+    for values in (p, rng.random(5000) ** 4, np.array([0.01]), np.array([1.0, 1.0, 0.5])):
+        np.testing.assert_array_equal(holm(values), multipletests(values, method="holm")[1])
+
+
+def test_the_tables_change_marks_equal_one_lookup_per_cell():
+    data = tables.normalize_results(sweep_like())
+    for epoch, earlier in ((13, 12), (12, 11), (7, 6)):
+        built = tables.build_tables(data, epoch)
+        fast = tables.tables_long(built).set_index(["concept", "module", "probe"]).sort_index()
+        plain = plain_with_changes(data, epoch, earlier).set_index(["concept", "module", "probe"]).sort_index()
+        pd.testing.assert_frame_equal(fast[["change_from", "change_p", "change"]],
+                                      plain[["change_from", "change_p", "change"]])
+    assert (fast["change"] != "").sum() == 0 and (tables.tables_long(tables.build_tables(data, 12))["change"] == "↓").sum() > 5
+
+
+def test_heatmaps_and_lines_from_one_groupby_equal_one_per_panel_and_line():
+    data = tables.normalize_results(sweep_like())
+    data.loc[data.index[::7], "test_acc"] = np.nan  # cells without a value are drawn empty, as before
+    probe = "linear_gap"
+    fig = what_where_when_figure(data, probe)
+    for ax, concept in zip(fig.axes, concept_order(data[data["probe"] == probe]), strict=False):
+        np.testing.assert_array_equal(np.ma.filled(ax.images[0].get_array(), np.nan),
+                                      plain_heatmap(data, probe, concept))
+    modules = ["module:0", "module:3", "module:5"]
+    fig = accuracy_figure(data, probe, modules)
+    for ax, concept in zip(fig.axes, concept_order(data[data["probe"] == probe]), strict=False):
+        drawn = {line.get_label(): line for line in ax.get_lines()}
+        for module in modules:
+            plain = plain_line(data, probe, concept, module)
+            np.testing.assert_array_equal(drawn[module].get_xdata(), plain.index.to_numpy())
+            np.testing.assert_array_equal(drawn[module].get_ydata(), plain["test_acc"].to_numpy())

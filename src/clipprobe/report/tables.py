@@ -157,6 +157,12 @@ class ConceptTable:
         return self.cells.iloc[row]
 
     @cached_property
+    def majority(self) -> dict[str, float]:
+        """Module -> its first known majority baseline (NaN-free; a module without one is absent)."""
+        known = self.cells[self.cells["test_majority_acc"].notna()].drop_duplicates("module")
+        return dict(zip(known["module"], known["test_majority_acc"], strict=True))
+
+    @cached_property
     def _rows(self) -> dict[tuple[str, str], int]:
         """(module, probe) -> the position of its first row in ``cells`` (every renderer looks cells up)."""
         rows: dict[tuple[str, str], int] = {}
@@ -229,15 +235,15 @@ def _with_changes(data: pd.DataFrame, at: pd.DataFrame, epoch: int) -> pd.DataFr
     earlier = [e for e in epochs_of(data) if e < epoch]
     if not earlier:
         return out
-    changes = epoch_changes(data, epochs=[earlier[-1], epoch])
-    keyed = changes.set_index(["concept", "module", "probe"])
-    for i, row in out.iterrows():
-        key = (row["concept"], row["module"], row["probe"])
-        if key in keyed.index:
-            c = keyed.loc[key]
-            out.at[i, "change_from"] = earlier[-1]
-            out.at[i, "change_p"] = c["p_adjusted"]
-            out.at[i, "change"] = change_mark(bool(c["significant"]), float(c["difference"]))
+    changes = epoch_changes(data, epochs=[earlier[-1], epoch])  # one row per cell: the epoch's cells are unique
+    keyed = {(c, m, p): (q, change_mark(bool(s), float(d))) for c, m, p, q, s, d in zip(
+        changes["concept"], changes["module"], changes["probe"], changes["p_adjusted"], changes["significant"],
+        changes["difference"], strict=True)}
+    found = [keyed.get(key) for key in zip(out["concept"], out["module"], out["probe"], strict=True)]
+    has = [f is not None for f in found]
+    out.loc[has, "change_from"] = earlier[-1]
+    out.loc[has, "change_p"] = [f[0] for f in found if f is not None]
+    out.loc[has, "change"] = [f[1] for f in found if f is not None]
     return out
 
 
@@ -303,8 +309,8 @@ def _sel(c: pd.Series | None) -> str:
 
 
 def _maj(t: ConceptTable, module: str) -> str:
-    v = t.cells.loc[t.cells["module"] == module, "test_majority_acc"].dropna()
-    return "-" if v.empty else f"{v.iloc[0]:.3f}"
+    v = t.majority.get(module, math.nan)
+    return "-" if pd.isna(v) else f"{v:.3f}"
 
 
 def _compr(c: pd.Series | None) -> str:
