@@ -4,10 +4,12 @@
 ``--profile``, the functions that dominate (cProfile, cumulative).
 
 ``--store DIR``: instead, `clipprobe compare` end to end on the store ``bench_tracking.py store --workdir DIR``
-left (the sweep's results Parquet read from the store, the report built, the compare run logged).
+left, or (``--make-store``) on a store holding one sweep run with the synthetic table as its results Parquet
+and no fit runs (the sweep's results Parquet read from the store, the report built, the compare run logged).
 
 Writes benchmarks/results/bench_compare.md (``--write``). Usage:
-  python benchmarks/bench_compare.py [--epochs 300] [--repeat 1] [--profile] [--store DIR] [--write] [--note TEXT]
+  python benchmarks/bench_compare.py [--epochs 300] [--repeat 1] [--profile] [--store DIR [--make-store]] [--write]
+                                     [--note TEXT]
 """
 
 from __future__ import annotations
@@ -62,6 +64,26 @@ def time_report(table: pd.DataFrame, profile: bool) -> tuple[float, int, str]:
     return seconds, size, top
 
 
+def results_store(store: Path, epochs: int) -> None:
+    """A sqlite store in ``store`` holding one finished probe sweep run with the synthetic results table as its
+    ``probe/results.parquet`` (what `compare` reads), and no fit runs (writing 153,900 of them takes an hour
+    here: ``bench_tracking.py store``)."""
+    import mlflow
+
+    from clipprobe.tracking import fits, runs
+
+    store.mkdir(parents=True, exist_ok=True)
+    for old in store.glob("scale.db*"):
+        old.unlink()
+    uri = f"sqlite:///{store / 'scale.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    table = synthetic_sweep(epochs)
+    with runs.step_run("probe", run_name="bench compare", params={"model_name": "bench"}) as run:
+        fits.log_results(run.info.run_id, table)
+    print(f"sweep {run.info.run_id}: {len(table):,} fits in its results table, {uri}", flush=True)
+
+
 def time_store(store: Path) -> tuple[float, int]:
     """(seconds, report.html bytes) of `clipprobe compare` on the scale store in ``store``."""
     from mlflow import MlflowClient
@@ -88,6 +110,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile the first run, print the top functions")
     parser.add_argument("--store", type=Path, help="`clipprobe compare` on the scale store in this folder")
+    parser.add_argument("--make-store", action="store_true",
+                        help="first write --store: a sweep run holding the synthetic results table, no fit runs")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/bench_compare[_store].md")
     parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
     args = parser.parse_args()
@@ -96,6 +120,8 @@ def main() -> None:
     head = (f"Command: `{command}` ({threads}); {platform.node()}: {os.cpu_count()} CPUs, Python "
             f"{platform.python_version()}" + (f"; {args.note}" if args.note else "")
             + f"; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n")
+    if args.store and args.make_store:
+        results_store(args.store.resolve(), args.epochs)
     if args.store:
         lines = ["| run | `clipprobe compare` on the store (read + report + logged) | report.html | "
                  "load average (1 min) at start |", "|---|---|---|---|"]

@@ -276,6 +276,54 @@ def write_scale_store(args, work: Path) -> tuple[str, str, float, float]:
     return run.info.run_id, run.info.experiment_id, write_s, results_s
 
 
+def fill_store(args, work: Path) -> str:
+    """Grow a store that ``store`` left part-written in ``work`` to ``args.checkpoints`` checkpoints by copying its
+    finished checkpoints (the checkpoint run and its 513 fit runs: runs, tags, params, metrics, latest metrics) in
+    SQL under fresh run ids, each copy's fits tagged as children of its copied checkpoint run. The copies hold the
+    values of the checkpoint they copy: a store of the seed's size for the UI's runs search, not a sweep's numbers
+    (its results Parquet is not written). Minutes instead of hours on this machine."""
+    import sqlite3
+    import uuid
+
+    db = sqlite3.connect(work / "scale.db")
+    parent = dict(db.execute("SELECT run_uuid, value FROM tags WHERE key = 'mlflow.parentRunId'"))
+    level = dict(db.execute("SELECT run_uuid, value FROM tags WHERE key = 'clipprobe.level'"))
+    status = dict(db.execute("SELECT run_uuid, status FROM runs"))
+    finished = [r for r, v in level.items() if v == "checkpoint" and status[r] == "FINISHED"]
+    children: dict[str, list[str]] = {c: [] for c in finished}
+    for run, up in parent.items():
+        if up in children and level.get(run) == "fit":
+            children[up].append(run)
+    have = sum(v == "checkpoint" for v in level.values())
+    span = db.execute("SELECT max(start_time) - min(start_time) + 1000 FROM runs").fetchone()[0]
+    db.execute("CREATE TEMP TABLE copies (old TEXT, new TEXT, new_parent TEXT, shift BIGINT)")
+    rows = []
+    for k in range(max(0, args.checkpoints - have)):
+        source = finished[k % len(finished)]
+        new_ckpt, shift = uuid.uuid4().hex, span * (1 + k // len(finished))
+        rows.append((source, new_ckpt, None, shift))
+        rows += [(fit, uuid.uuid4().hex, new_ckpt, shift) for fit in children[source]]
+    db.executemany("INSERT INTO copies VALUES (?, ?, ?, ?)", rows)
+    t = time.perf_counter()
+    with db:
+        db.execute("INSERT INTO runs SELECT c.new, r.name, r.source_type, r.source_name, r.entry_point_name, r.user_id, "
+                   "r.status, r.start_time + c.shift, r.end_time + c.shift, r.source_version, r.lifecycle_stage, "
+                   "r.artifact_uri, r.experiment_id, r.deleted_time FROM runs r JOIN copies c ON r.run_uuid = c.old")
+        db.execute("INSERT INTO tags SELECT t.key, CASE WHEN t.key = 'mlflow.parentRunId' AND c.new_parent IS NOT NULL "
+                   "THEN c.new_parent ELSE t.value END, c.new FROM tags t JOIN copies c ON t.run_uuid = c.old")
+        for table, cols in (("params", "key, value"), ("latest_metrics", "key, value, timestamp, step, is_nan"),
+                            ("metrics", "key, value, timestamp, step, is_nan")):
+            picked = ", ".join(f"x.{c.strip()}" for c in cols.split(","))
+            db.execute(f"INSERT INTO {table} ({cols}, run_uuid) SELECT {picked}, c.new FROM {table} x "
+                       "JOIN copies c ON x.run_uuid = c.old")
+    n_runs = db.execute("SELECT count(*) FROM runs").fetchone()[0]
+    n_fits = db.execute("SELECT count(*) FROM tags WHERE key = 'clipprobe.level' AND value = 'fit'").fetchone()[0]
+    line = (f"{have} checkpoints written ({len(finished)} finished), {len(rows):,} runs copied in "
+            f"{time.perf_counter() - t:.0f} s: {n_runs:,} runs, {n_fits:,} fit runs")
+    print(line, flush=True)
+    return line
+
+
 def bench_scale(args, work: Path) -> str:
     """The sweep's writing at ``args.checkpoints`` x 513 fits on sqlite, as the in-process sweep writes it, then
     `clipprobe compare` and the UI's first runs page on that store."""
@@ -372,9 +420,9 @@ def machine(note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "store", "ui", "latency", "assemble"],
-                        help="store: the scale part's store alone; ui: the UI's first runs page on the store a scale "
-                             "or store run left in --workdir")
+    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "store", "fill", "ui", "latency", "assemble"],
+                        help="store: the scale part's store alone; fill: that store grown to --checkpoints by copying its "
+                             "checkpoints in SQL; ui: the UI's first runs page on the store left in --workdir")
     parser.add_argument("--fits-sql", type=int, default=2000)
     parser.add_argument("--stores", default="all", choices=["all", "sqlite"],
                         help="writers: all three stores, or sqlite alone (written to bench_tracking_writers_sqlite.md)")
@@ -386,7 +434,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
-    if not set(args.parts) <= {"ui", "assemble"}:
+    if not set(args.parts) <= {"ui", "assemble", "fill"}:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_tracking.py " + shlex.join(sys.argv[1:])
@@ -401,6 +449,8 @@ def main() -> None:
         sweep_id, _, write_s, results_s = write_scale_store(args, work)
         print(f"sweep {sweep_id}: {args.checkpoints * FITS_PER_CHECKPOINT:,} fits written in {write_s:.0f} s, "
               f"results assembled + logged in {results_s:.0f} s", flush=True)
+    if "fill" in args.parts:
+        fill_store(args, work)
     if "scale" in args.parts:
         table = bench_scale(args, work)
         frac = "" if args.checkpoints == 300 else (

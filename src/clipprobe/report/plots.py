@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import rcParams
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -119,8 +120,8 @@ def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = V
         ax.set_title(f"{concept} ({sub['group'].iloc[0]})", fontsize=10)
         ax.set_yticks(range(len(modules)), names, fontsize=7)
         ax.tick_params(axis="y", labelleft=k % cols == 0)  # every panel has the same modules: named once a row
-        step = max(1, len(epochs) // 8)
-        ax.set_xticks(range(0, len(epochs), step), [str(e) for e in epochs[::step]], fontsize=7)
+        ticks = epoch_ticks(epochs)
+        ax.set_xticks(ticks, [str(epochs[i]) for i in ticks], fontsize=7)
         ax.set_xlabel("epoch (when)", fontsize=8)
     for ax in list(axes.flat)[len(concepts):]:
         ax.set_axis_off()
@@ -137,6 +138,18 @@ def what_where_when_figure(results: pd.DataFrame, probe: str, *, vmin: float = V
             ticks = [t for t in bar.get_ticks() if vmin <= t <= vmax and abs(t - base) > 0.04]
             bar.set_ticks([*ticks, base], labels=[f"{t:g}" for t in ticks] + [f"majority {base:.3f}"])
     return fig
+
+
+def epoch_ticks(epochs: Sequence[int], most: int = 8) -> list[int]:
+    """Positions (column indices) of the epochs to label under a heatmap: all of up to ``most`` + 1 epochs, else the
+    multiples of the smallest round step (1, 2, 5, 10, 20, 25, 50, ..) that gives about ``most`` labels (0, 50, ..,
+    250 at 300 epochs), else (epochs with too few multiples of it) every n-th column."""
+    if len(epochs) <= most + 1:
+        return list(range(len(epochs)))
+    span = max(epochs) - min(epochs)
+    step = next(s * 10**k for k in range(12) for s in (1, 2, 5, 10, 25) if s * 10**k * most >= span)
+    ticks = [i for i, e in enumerate(epochs) if e % step == 0]
+    return ticks if len(ticks) >= 2 else list(range(0, len(epochs), max(1, len(epochs) // most)))
 
 
 def _bar_axes(fig: Figure):
@@ -201,7 +214,8 @@ def accuracy_figure(results: pd.DataFrame, probe: str, modules: Sequence[str], *
     rows, cols = grid_shape(len(concepts))
     fig = Figure(figsize=_figsize(rows, cols), dpi=dpi)
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True, gridspec_kw=_margins(rows, cols, colorbar=False))
-    colours = [f"C{i % 10}" for i in range(len(modules))]
+    cycle = [c["color"] for c in rcParams["axes.prop_cycle"]]  # "C0", "C1", ..: resolving "CN" reads the cycle each time
+    colours = [cycle[i % len(cycle)] for i in range(len(modules))]
     means = data[data["module"].isin(modules)].groupby(["concept", "module", "epoch"])[
         ["test_acc", "test_acc_ci_low", "test_acc_ci_high"]].mean()  # every line's points from one groupby
     lines = {key: frame.droplevel(["concept", "module"]) for key, frame in means.groupby(level=["concept", "module"])}
