@@ -19,6 +19,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from clipprobe.report.significance import (
@@ -116,16 +117,19 @@ def identical_epochs(results: pd.DataFrame) -> list[SanityFlag]:
     wide = data.pivot_table(index=["concept", "module", "probe"], columns="epoch",
                             values=value, aggfunc="first")
     epochs = list(wide.columns)
-    seen: set[int] = set()
+    values, known = _cells(wide)
+    seen = np.zeros(len(epochs), bool)
     flags = []
     for i, a in enumerate(epochs):
-        if a in seen:
+        if seen[i]:
             continue
-        same = [b for b in epochs[i + 1:] if b not in seen and _same(wide[a], wide[b])]
-        if not same:
+        later = np.arange(i + 1, len(epochs))
+        later = later[~seen[later]]
+        matched = later[_same_as(values, known, i, later)]
+        if not len(matched):
             continue
-        seen.update(same)
-        group = [a, *same]
+        seen[matched] = True
+        group = [a, *(epochs[j] for j in matched)]
         fps = data[data["epoch"].isin(group)].get("fingerprint")
         fp_note = ""
         if fps is not None and fps.notna().all():
@@ -142,9 +146,23 @@ def identical_epochs(results: pd.DataFrame) -> list[SanityFlag]:
     return flags
 
 
-def _same(a: pd.Series, b: pd.Series) -> bool:
-    both = a.notna() & b.notna()
-    return bool(both.any()) and bool((a[both] == b[both]).all())
+def _cells(wide: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(values, known) of a cells x epochs frame: floats as they are, strings as codes (equal codes = equal
+    strings); ``known`` is False where the cell has no fit at that epoch."""
+    if all(pd.api.types.is_numeric_dtype(t) for t in wide.dtypes):
+        values = wide.to_numpy(float)
+        return values, ~np.isnan(values)
+    codes, _ = pd.factorize(wide.to_numpy(object).ravel())
+    values = codes.reshape(wide.shape)
+    return values, values >= 0
+
+
+def _same_as(values: np.ndarray, known: np.ndarray, a: int, others: np.ndarray) -> np.ndarray:
+    """For each epoch column in ``others``: it shares at least one fit with column ``a`` and agrees with it on
+    every fit they share (the pairwise test, for all of ``others`` at once)."""
+    both = known[:, [a]] & known[:, others]
+    agree = (values[:, [a]] == values[:, others]) | ~both
+    return both.any(axis=0) & agree.all(axis=0)
 
 
 def at_majority(results: pd.DataFrame, epoch: int | None = None) -> list[SanityFlag]:
@@ -168,8 +186,11 @@ def missing_fits(results: pd.DataFrame) -> list[SanityFlag]:
     """Cells of the grid the results span (every concept x module x probe x epoch that occurs) without a fit."""
     data = normalize_results(results)
     keys = ["concept", "module", "probe", "epoch"]
-    present = set(data[keys].drop_duplicates().itertuples(index=False, name=None))
+    distinct = data[keys].drop_duplicates()
     axes = [list(dict.fromkeys(data[k])) for k in keys]
+    if len(distinct) == math.prod(len(a) for a in axes):  # every cell of the grid is there
+        return []
+    present = set(distinct.itertuples(index=False, name=None))
     expected = list(itertools.product(*axes))
     missing = [cell for cell in expected if cell not in present]
     if not missing:

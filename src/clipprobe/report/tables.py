@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -76,6 +77,8 @@ def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
         )
     if results.empty:
         raise ValueError("results table is empty: the sweep logged no fit")
+    if is_normalized(results):  # the report passes its one normalised table around: nothing would change
+        return results.copy(deep=False)
     out = results.copy()
     for col in OPTIONAL_METRICS:
         if col not in out.columns:
@@ -89,6 +92,28 @@ def normalize_results(results: pd.DataFrame) -> pd.DataFrame:
         out[col] = out[col].fillna("").astype(str) if col in out.columns else ""
     out["module_index"] = out["module"].map(module_order(out)).astype(int)
     return out
+
+
+_STRING = pd.Series(["x"]).astype(str).dtype  # what ``astype(str)`` gives (pandas' string dtype)
+
+
+def is_normalized(results: pd.DataFrame) -> bool:
+    """True when ``normalize_results`` would return ``results`` unchanged: every column it makes is there with the
+    dtype it gives (epoch int, metrics float, names and per-image results strings without a missing value) and each
+    module has one ``module_index``. A normalised table, and any rows of it, passes; a sweep's raw table does not."""
+    columns = ("epoch", "test_acc", "test_acc_ci_low", "test_acc_ci_high", *OPTIONAL_METRICS,
+               "concept", "group", "module", "probe", *PREDICTIONS, "module_index")
+    if not all(c in results.columns for c in columns):
+        return False
+    dtypes = results.dtypes
+    if dtypes["epoch"] != "int64" or dtypes["module_index"] != "int64":
+        return False
+    if any(dtypes[c] != "float64" for c in ("test_acc", "test_acc_ci_low", "test_acc_ci_high", *OPTIONAL_METRICS)):
+        return False
+    strings = ("concept", "group", "module", "probe", *PREDICTIONS)
+    if any(dtypes[c] != _STRING or results[c].isna().any() for c in strings):
+        return False
+    return bool(results.groupby("module", sort=False)["module_index"].nunique().le(1).all())
 
 
 def epochs_of(results: pd.DataFrame) -> list[int]:
@@ -126,10 +151,24 @@ class ConceptTable:
     cells: pd.DataFrame
 
     def cell(self, module: str, probe: str) -> pd.Series:
-        hit = self.cells[(self.cells["module"] == module) & (self.cells["probe"] == probe)]
-        if hit.empty:
+        row = self._rows.get((module, probe))
+        if row is None:
             raise KeyError(f"{self.concept}: no fit for {module} / {probe}")
-        return hit.iloc[0]
+        return self.cells.iloc[row]
+
+    @cached_property
+    def majority(self) -> dict[str, float]:
+        """Module -> its first known majority baseline (NaN-free; a module without one is absent)."""
+        known = self.cells[self.cells["test_majority_acc"].notna()].drop_duplicates("module")
+        return dict(zip(known["module"], known["test_majority_acc"], strict=True))
+
+    @cached_property
+    def _rows(self) -> dict[tuple[str, str], int]:
+        """(module, probe) -> the position of its first row in ``cells`` (every renderer looks cells up)."""
+        rows: dict[tuple[str, str], int] = {}
+        for i, key in enumerate(zip(self.cells["module"], self.cells["probe"], strict=True)):
+            rows.setdefault(key, i)
+        return rows
 
     def test_size(self) -> str:
         """The line under the table: test images, positives, repeated splits, majority baseline."""
@@ -196,15 +235,15 @@ def _with_changes(data: pd.DataFrame, at: pd.DataFrame, epoch: int) -> pd.DataFr
     earlier = [e for e in epochs_of(data) if e < epoch]
     if not earlier:
         return out
-    changes = epoch_changes(data, epochs=[earlier[-1], epoch])
-    keyed = changes.set_index(["concept", "module", "probe"])
-    for i, row in out.iterrows():
-        key = (row["concept"], row["module"], row["probe"])
-        if key in keyed.index:
-            c = keyed.loc[key]
-            out.at[i, "change_from"] = earlier[-1]
-            out.at[i, "change_p"] = c["p_adjusted"]
-            out.at[i, "change"] = change_mark(bool(c["significant"]), float(c["difference"]))
+    changes = epoch_changes(data, epochs=[earlier[-1], epoch])  # one row per cell: the epoch's cells are unique
+    keyed = {(c, m, p): (q, change_mark(bool(s), float(d))) for c, m, p, q, s, d in zip(
+        changes["concept"], changes["module"], changes["probe"], changes["p_adjusted"], changes["significant"],
+        changes["difference"], strict=True)}
+    found = [keyed.get(key) for key in zip(out["concept"], out["module"], out["probe"], strict=True)]
+    has = [f is not None for f in found]
+    out.loc[has, "change_from"] = earlier[-1]
+    out.loc[has, "change_p"] = [f[0] for f in found if f is not None]
+    out.loc[has, "change"] = [f[1] for f in found if f is not None]
     return out
 
 
@@ -270,8 +309,8 @@ def _sel(c: pd.Series | None) -> str:
 
 
 def _maj(t: ConceptTable, module: str) -> str:
-    v = t.cells.loc[t.cells["module"] == module, "test_majority_acc"].dropna()
-    return "-" if v.empty else f"{v.iloc[0]:.3f}"
+    v = t.majority.get(module, math.nan)
+    return "-" if pd.isna(v) else f"{v:.3f}"
 
 
 def _compr(c: pd.Series | None) -> str:
