@@ -11,7 +11,8 @@ from sweep_fakes import make_splits, mobilenet, ref
 from clipprobe.activations.cache import ActivationCache
 from clipprobe.activations.disk_budget import activation_bytes
 from clipprobe.activations.options import ExtractOptions
-from clipprobe.backbones.architectures import LOGITS, resolve_probe_modules
+from clipprobe.backbones.architectures import resolve_probe_modules
+from clipprobe.backbones.names import LOGITS
 from clipprobe.probes.kinds import SEED_PROBE_KINDS
 from clipprobe.sweep.plan import Sweep, SweepPlan
 

@@ -1,7 +1,24 @@
 """Backbone checkpoints: torchvision architectures, checkpoint files and fingerprints, the training
-recipe, and one loader (`load_backbone`) for the rest of the pipeline."""
+recipe, and one loader (`load_backbone`) for the rest of the pipeline.
 
-from clipprobe.backbones.checkpoints import CheckpointError, fingerprint
-from clipprobe.backbones.loader import Backbone, load_backbone
+Its names are imported on first use (PEP 562), so importing one light module of the package (e.g. ``kinds``) does
+not bring in torch.
+"""
 
-__all__ = ["Backbone", "CheckpointError", "fingerprint", "load_backbone"]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Backbone": "clipprobe.backbones.loader",
+    "CheckpointError": "clipprobe.backbones.checkpoints",
+    "fingerprint": "clipprobe.backbones.checkpoints",
+    "load_backbone": "clipprobe.backbones.loader",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -11,15 +11,14 @@ from torch import nn
 from torchvision import models
 from torchvision.transforms import v2
 
+from clipprobe.backbones.names import LOGITS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's references/classification defaults for evaluation.
 DEFAULT_VAL_RESIZE_SIZE = 256
 DEFAULT_VAL_CROP_SIZE = 224
 DEFAULT_ARCHITECTURE = "mobilenet_v2"  # the seed's backbone: training's, the loader's and the importer's default
-# The model's output (batch, classes) as a probe module: its units are the classes, pooled = itself, no maps.
-# Probed only when asked for (``--modules module:3,logits``); a model's own submodule of that name wins.
-LOGITS = "logits"
 # Module containers whose children are the natural probe points, tried in this order.
 _PROBE_CONTAINERS = ("features", "layers", "encoder.layers", "trunk_output", "blocks")
 _WIDTH_MULT_ARCHS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")

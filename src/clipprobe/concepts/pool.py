@@ -8,14 +8,15 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
 
 from clipprobe.world.masks import MASKS_FOLDER
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,10 @@ def pool_fingerprint(root: str | Path, paths: Sequence[str], *, with_mtime: bool
     return digest.hexdigest()[:16]
 
 
-class PoolImages(Dataset):
-    """``(index, tensor)`` per image; ``(index, None)`` for a file that cannot be decoded."""
+class PoolImages:
+    """``(index, tensor)`` per image; ``(index, None)`` for a file that cannot be decoded. A map-style dataset for
+    ``torch.utils.data.DataLoader`` (``__len__`` and ``__getitem__``), so that this module, and every report that
+    decodes a picture through ``open_rgb``, does not import torch."""
 
     def __init__(self, root: str | Path, paths: Sequence[str], transform: Callable[[Image.Image], Any]):
         self.root = Path(root)
@@ -133,6 +136,8 @@ class PoolImages(Dataset):
 
 def collate_readable(batch: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], torch.Tensor | None, list[int]]:
     """Stack the readable images of a batch; return (their indices, images, unreadable indices)."""
+    import torch
+
     good = [(i, x) for i, x in batch if x is not None]
     bad = [i for i, x in batch if x is None]
     images = torch.stack([x for _, x in good]) if good else None

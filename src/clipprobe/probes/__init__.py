@@ -1,16 +1,32 @@
-"""Probes: LinearProbe / MLPProbe, batched fitting of many probes at once, evaluation with baselines."""
+"""Probes: LinearProbe / MLPProbe, batched fitting of many probes at once, evaluation with baselines.
 
-from clipprobe.probes.batched import BatchedFit, fit_many
-from clipprobe.probes.estimators import ESTIMATORS, LinearProbe, MLPProbe, make_probe
-from clipprobe.probes.evaluation import (
-    ConceptTask,
-    ProbeResult,
-    evaluate_concept,
-    evaluate_concepts,
-)
-from clipprobe.probes.kinds import PROBE_KINDS, ProbeKind, probe_kind
+Its names are imported on first use (PEP 562), so importing one light module of the package (e.g. ``kinds``) does
+not bring in torch.
+"""
 
-__all__ = [
-    "ESTIMATORS", "PROBE_KINDS", "BatchedFit", "ConceptTask", "LinearProbe", "MLPProbe", "ProbeKind", "ProbeResult",
-    "evaluate_concept", "evaluate_concepts", "fit_many", "make_probe", "probe_kind",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "BatchedFit": "clipprobe.probes.batched",
+    "ConceptTask": "clipprobe.probes.evaluation",
+    "ESTIMATORS": "clipprobe.probes.estimators",
+    "LinearProbe": "clipprobe.probes.estimators",
+    "MLPProbe": "clipprobe.probes.estimators",
+    "PROBE_KINDS": "clipprobe.probes.kinds",
+    "ProbeKind": "clipprobe.probes.kinds",
+    "ProbeResult": "clipprobe.probes.evaluation",
+    "evaluate_concept": "clipprobe.probes.evaluation",
+    "evaluate_concepts": "clipprobe.probes.evaluation",
+    "fit_many": "clipprobe.probes.batched",
+    "make_probe": "clipprobe.probes.estimators",
+    "probe_kind": "clipprobe.probes.kinds",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from clipprobe.backbones.architectures import LOGITS
+from clipprobe.backbones.names import LOGITS
 from clipprobe.concepts.sheets import contact_sheet
 from clipprobe.neurons import emergence
 from clipprobe.neurons.schema import DETECTOR_IOU, DETECTOR_Q

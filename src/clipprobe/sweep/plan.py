@@ -21,8 +21,9 @@ from tqdm import tqdm
 from clipprobe.activations.cache import ActivationCache, CheckpointActivations
 from clipprobe.activations.decoding import ImageSet, load_images
 from clipprobe.activations.options import ExtractOptions
-from clipprobe.backbones.architectures import LOGITS, resolve_probe_modules
+from clipprobe.backbones.architectures import resolve_probe_modules
 from clipprobe.backbones.loader import Backbone
+from clipprobe.backbones.names import LOGITS
 from clipprobe.concepts.splits import ConceptSplits, image_ids
 from clipprobe.probes.evaluation import DEFAULT_PERMUTATIONS, ConceptTask, evaluate_concepts
 from clipprobe.probes.kinds import SEED_PROBE_KINDS, probe_kind
