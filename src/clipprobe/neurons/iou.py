@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 DENSE_SHARE = 0.2  # a batch where more of its (image, unit) maps reach T_k is upsampled whole
-PAIRS = 2048  # (image, unit) maps upsampled at once on the sparse path (2,048 x 64 x 64 float32 = 32 MiB)
 TOP_QUANTILE = 0.005  # T_k: the activation exceeded by 0.5% of unit k's values over all images and positions
 
 
@@ -82,15 +81,13 @@ def unit_iou(maps: Any, masks: np.ndarray, *, quantile: float = TOP_QUANTILE,
             inter += (Mu @ L.permute(1, 0, 2).reshape(concepts, -1).T).double()
             unit_area += Mu.sum(1).double()
             continue
-        pair_image, pair_unit = torch.nonzero(reach, as_tuple=True)  # the (image, unit) maps reaching T_k, by image
-        for p0 in range(0, len(pair_image), PAIRS):
-            i, k = pair_image[p0:p0 + PAIRS], pair_unit[p0:p0 + PAIRS]
+        for i, row in enumerate(reach):
+            k = torch.nonzero(row).flatten()
+            if not len(k):
+                continue
             up = F.interpolate(a[i, k][:, None], size=(H, W), mode="bilinear", align_corners=False)
-            Mu = (up[:, 0] > T[k][:, None, None]).reshape(len(k), -1).float()  # (pairs, H*W)
-            images, counts = torch.unique_consecutive(i, return_counts=True)  # each pair against its image's masks
-            hits = torch.cat([block @ L[image].T for image, block in zip(images.tolist(), Mu.split(counts.tolist()),
-                                                                          strict=True)])
-            inter.index_add_(0, k, hits.double())
+            Mu = (up[:, 0] > T[k][:, None, None]).reshape(len(k), -1).float()  # (units reaching, H*W)
+            inter.index_add_(0, k, (Mu @ L[i].T).double())
             unit_area.index_add_(0, k, Mu.sum(1).double())
     union = unit_area[:, None] + mask_area[None, :] - inter
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros((), dtype=torch.float64)).numpy()
