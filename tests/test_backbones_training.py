@@ -7,8 +7,10 @@ import torch
 
 from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint
-from clipprobe.backbones.training import TrainConfig, train, zero_init_residual
-from clipprobe.world.generate import WorldSpec, generate_world
+from clipprobe.backbones.config import TrainConfig
+from clipprobe.backbones.training import train, zero_init_residual
+from clipprobe.world.config import WorldSpec
+from clipprobe.world.generate import generate_world
 
 TINY = TrainConfig(width_mult=0.25, epochs=2, batch_size=8, lr=0.05, seed=3)
 
@@ -26,7 +28,7 @@ def test_lr_scales_with_batch_size():
     assert TrainConfig(batch_size=64).scaled_lr() == pytest.approx(0.01125)
     assert TrainConfig(batch_size=64, lr=0.1).scaled_lr() == 0.1
     with pytest.raises(ValueError, match="batch_size must be positive"):
-        TrainConfig(batch_size=0).validate()
+        TrainConfig(batch_size=0)
 
 
 def test_train_saves_every_epoch_from_random_init(world, tmp_path):
@@ -137,10 +139,10 @@ def test_train_command_logs_its_config_and_it_is_rebuilt_from_the_run(world, tra
 
 def test_unknown_optimizer_and_schedule_name_the_choices():
     with pytest.raises(ValueError, match="unknown optimizer 'adam': choose one of sgd, adamw"):
-        TrainConfig(opt="adam").validate()
+        TrainConfig(opt="adam")
     with pytest.raises(ValueError, match="unknown lr scheduler 'cosine': choose one of steplr, cosineannealinglr, onecycle"):
-        TrainConfig(lr_scheduler="cosine").validate()
+        TrainConfig(lr_scheduler="cosine")
     with pytest.raises(ValueError, match=r"lr_min must lie in \[0, lr=0.01\)"):
-        TrainConfig(lr=0.01, lr_min=0.02).validate()
+        TrainConfig(lr=0.01, lr_min=0.02)
     with pytest.raises(ValueError, match="lr_warmup_pct must lie strictly between 0 and 1, got 1.0"):
-        TrainConfig(lr_scheduler="onecycle", lr_warmup_pct=1.0).validate()
+        TrainConfig(lr_scheduler="onecycle", lr_warmup_pct=1.0)

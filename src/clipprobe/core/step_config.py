@@ -24,11 +24,13 @@ class StepConfig:
     """Mixin for a frozen dataclass holding one step's settings (see the module docstring).
 
     Subclasses set ``STEP`` (the ``clipprobe.step`` tag of the run that logs it) and raise ``FORMAT``
-    when a stored config of the old format can no longer be read as the new one.
+    when a stored config of the old format can no longer be read as the new one; ``RENAMED`` keeps an older
+    format readable when all that changed is a setting's name (``{old format: {old name: new name}}``).
     """
 
     STEP: ClassVar[str]
     FORMAT: ClassVar[int] = 1
+    RENAMED: ClassVar[Mapping[int, Mapping[str, str]]] = {}
 
     @classmethod
     def artifact_path(cls) -> str:
@@ -47,7 +49,9 @@ class StepConfig:
         """The config from its stored form; a ``ValueError`` naming ``source`` when it cannot be read."""
         data = dict(data)
         fmt = data.pop("format", None)
-        if fmt != cls.FORMAT:
+        if fmt in cls.RENAMED:
+            data = {cls.RENAMED[fmt].get(k, k): v for k, v in data.items()}
+        elif fmt != cls.FORMAT:
             raise ValueError(f"{source}: config format {fmt!r}, this clipprobe reads format {cls.FORMAT}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
