@@ -135,6 +135,35 @@ def test_train_command_logs_its_config_and_it_is_rebuilt_from_the_run(world, tra
     assert load_config(TrainConfig, run.info.run_id) == TrainConfig(width_mult=0.25, epochs=0, batch_size=8,
                                                                     opt="adamw")
     assert run.data.params["train_dir"] == str(world / "train") and run.data.params["lr"] == str(0.045 * 8 / 256)
+    # --arch is logged as arch (its option's name); the checkpoint's args keep the reference's names
+    assert run.data.params["arch"] == "mobilenet_v2" and "architecture" not in run.data.params
+    args = read_checkpoint(tmp_path / "ck" / "model_0.pth").args
+    assert args["model"] == args["architecture"] == "mobilenet_v2" and "arch" not in args
+
+    # A recipe that cannot continue the folder's checkpoints: one line, exit 1, the run ends FAILED.
+    again = CliRunner().invoke(main, ["train", "--width-mult", "0.25", "--epochs", "0", "--batch-size", "4",
+                                      "--model-name", "t0", "--out-dir", str(tmp_path / "ck")])
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    assert "cannot resume, the recipe differs (batch_size: saved 8 vs now 4" in again.output
+    from mlflow.tracking import MlflowClient
+
+    (failed,) = [r for r in MlflowClient().search_runs([run.info.experiment_id], "tags.`clipprobe.step` = 'train'")
+                 if r.info.run_id != run.info.run_id]
+    assert failed.info.status == "FAILED"
+
+
+def test_a_config_stored_when_arch_was_called_architecture_still_reads():
+    """Format 1 stored the architecture as `architecture`; it reads back as `arch`, any other format is refused."""
+    from clipprobe.backbones.config import CheckpointImport
+
+    old = {**TrainConfig(width_mult=0.5, epochs=3).to_dict(), "format": 1}
+    old["architecture"] = old.pop("arch")
+    assert TrainConfig.from_dict(old) == TrainConfig(width_mult=0.5, epochs=3)
+    imported = {**CheckpointImport(folder="ck", arch="resnet18").to_dict(), "format": 1}
+    imported["architecture"] = imported.pop("arch")
+    assert CheckpointImport.from_dict(imported) == CheckpointImport(folder="ck", arch="resnet18")
+    with pytest.raises(ValueError, match="stored: config format 0, this clipprobe reads format 2"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "format": 0}, source="stored")
 
 
 def test_unknown_optimizer_and_schedule_name_the_choices():

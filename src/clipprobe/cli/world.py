@@ -45,5 +45,5 @@ def world(ctx: click.Context, out_dir: str, overwrite: bool, experiment_name: st
     with usage_errors():  # a bad setting or folder, before a run exists
         spec = WorldSpec(**options.given(ctx, [f.name for f in fields(WorldSpec)]))
         inputs = step.resolve(spec, out_dir, overwrite=overwrite)
-        made = step.run(inputs, experiment_name=experiment_name)
+    made = step.run(inputs, experiment_name=experiment_name)  # a folder that cannot be written: exit 1
     click.echo(made.describe())

@@ -7,8 +7,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipprobe.steps import StepFailed
 from clipprobe.tracking import configs, runs
-from clipprobe.world.config import WorldSpec
+from clipprobe.world.config import WorldError, WorldSpec
 from clipprobe.world.generate import World, check_out_dir, generate_world, preview
 
 
@@ -41,12 +42,16 @@ def resolve(spec: WorldSpec, out: str | Path, *, overwrite: bool = False) -> Wor
 
 
 def run(inputs: WorldInputs, *, experiment_name: str | None = None, progress: bool = True) -> WorldOutput:
-    """Open the world run (params, config), render the world, tag its folder, log its counts, truth and preview."""
+    """Open the world run (params, config), render the world, tag its folder, log its counts, truth and preview.
+    A folder that cannot be written (``OSError``) ends the run FAILED."""
     spec = inputs.spec
     with runs.step_run("world", experiment_name=experiment_name,
                        params=spec.params(str(inputs.out.resolve()))) as run:
         configs.log_config(spec)
-        made = generate_world(inputs.out, spec, overwrite=inputs.overwrite, progress=progress)
+        try:
+            made = generate_world(inputs.out, spec, overwrite=inputs.overwrite, progress=progress)
+        except WorldError as err:  # the folder filled up since resolve looked
+            raise StepFailed(str(err)) from None
         runs.set_tags({runs.WORLD_ROOT_TAG: str(made.root)})
         runs.log_metrics({f"n_{split}": n for split, n in made.n_images.items()})
         runs.log_artifact(made.truth_path, "world")
