@@ -145,3 +145,26 @@ def test_every_default_a_command_shows_is_its_configs_default(command, config):
     for name, value in shown.items():
         assert config(**required, **{name: value}) == config(**required), \
             f"{command} --{name.replace('_', '-')} shows {value!r}"
+
+
+def test_world_train_checkpoints_and_demo_log_their_params_under_their_options_names():
+    """A logged param has its option's name (and MLproject's): `--arch` is logged as arch, not architecture."""
+    from pathlib import Path
+
+    import torch
+
+    from clipprobe.backbones.config import CheckpointImport, TrainConfig
+    from clipprobe.cli import main
+    from clipprobe.steps.demo import DemoConfig
+    from clipprobe.steps.train import TrainInputs
+    from clipprobe.world.config import WorldSpec
+
+    train = TrainInputs(TrainConfig(), Path("t"), None, Path("o"), "m", True, torch.device("cpu"))
+    logged = {"world": WorldSpec().params("w"), "train": train.params(),
+              "checkpoints": CheckpointImport(folder=".").params(), "demo": DemoConfig().params()}
+    for command, params in logged.items():
+        cmd = main.get_command(click.Context(main), command)
+        names = {next((o for o in p.opts if o.startswith("--")), p.name).removeprefix("--").replace("-", "_")
+                 for p in cmd.params}  # as the options are spelled (and MLproject's parameters)
+        assert set(params) <= names, f"{command} logs {sorted(set(params) - names)}, which no option is called"
+    assert train.params()["arch"] == CheckpointImport(folder=".").params()["arch"] == "mobilenet_v2"

@@ -13,7 +13,7 @@ _D = WorldSpec()
 
 
 @click.command()
-@click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Folder to write train/, val/, pool/ and truth.parquet into.")
 @click.option("--seed", default=_D.seed, show_default=True, type=int,
               help="Seeds every image's drawing: the same seed and sizes give the same world.")
@@ -33,7 +33,7 @@ _D = WorldSpec()
 @click.option("--overwrite", is_flag=True, help="Replace a world already in --out.")
 @options.experiment_name
 @click.pass_context
-def world(ctx: click.Context, out_dir: str, overwrite: bool, experiment_name: str | None, **_settings) -> None:
+def world(ctx: click.Context, out: str, overwrite: bool, experiment_name: str | None, **_settings) -> None:
     """Generate the concept world: shapes (the classes) in known colours and fill patterns.
 
     Writes an ImageFolder training and validation set, a flat pool folder and a Parquet table of
@@ -44,6 +44,6 @@ def world(ctx: click.Context, out_dir: str, overwrite: bool, experiment_name: st
 
     with usage_errors():  # a bad setting or folder, before a run exists
         spec = WorldSpec(**options.given(ctx, [f.name for f in fields(WorldSpec)]))
-        inputs = step.resolve(spec, out_dir, overwrite=overwrite)
+        inputs = step.resolve(spec, out, overwrite=overwrite)
     made = step.run(inputs, experiment_name=experiment_name)  # a folder that cannot be written: exit 1
     click.echo(made.describe())
