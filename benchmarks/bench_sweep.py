@@ -56,7 +56,8 @@ def make_world(workdir: Path, cfg: dict):
     no earlier concept took, so the concepts' image sets are disjoint: 9 x 300 = 2,700 distinct images.
     """
     from clipprobe.concepts.splits import ConceptSplits, stratified_parts
-    from clipprobe.world.generate import WorldSpec, generate_world, read_truth
+    from clipprobe.world.config import WorldSpec
+    from clipprobe.world.generate import generate_world, read_truth
 
     root = workdir / f"world-{cfg['size']}-{cfg['pool']}"
     if not (root / "truth.parquet").is_file():

@@ -112,11 +112,10 @@ def test_recipe_folder_imports_one_version_per_epoch(tracking_store, tmp_path):
     assert (tags[registry.WEIGHTS_TAG], tags["clipprobe.val_crop_size"]) == ("model", "224")
     imported = runs.find_latest_run("checkpoints")
     assert imported.data.metrics["n_copies"] == 1
-    from clipprobe.backbones.checkpoints import CheckpointImport
+    from clipprobe.backbones.config import CheckpointImport
     from clipprobe.tracking.configs import load_config
 
-    assert load_config(CheckpointImport, imported.info.run_id) == CheckpointImport(folder=folder,
-                                                                                   architecture="mobilenet_v2")
+    assert load_config(CheckpointImport, imported.info.run_id) == CheckpointImport(folder=folder, arch="mobilenet_v2")
 
     # The run goes on: the new checkpoint.pth copies model_2.pth; nothing is registered twice.
     states = write_recipe_run(folder, epochs=3)

@@ -16,13 +16,14 @@ from mlflow.tracking import MlflowClient
 
 from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint, write_checkpoint
+from clipprobe.backbones.config import TrainConfig
 from clipprobe.backbones.loader import load_backbone
-from clipprobe.backbones.training import TrainConfig
 from clipprobe.cli import main
 from clipprobe.tracking import registry, runs
 from clipprobe.tracking.configs import load_config
 from clipprobe.tracking.registry import MLFLOW_REGISTRY
-from clipprobe.world.generate import WorldSpec, generate_world
+from clipprobe.world.config import WorldSpec
+from clipprobe.world.generate import generate_world
 
 ARGS = {"model": "mobilenet_v2", "width_mult": 0.25, "num_classes": 3, "val_resize_size": 24, "val_crop_size": 24}
 

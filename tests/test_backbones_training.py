@@ -7,8 +7,10 @@ import torch
 
 from clipprobe.backbones.architectures import build_model
 from clipprobe.backbones.checkpoints import fingerprint, read_checkpoint
-from clipprobe.backbones.training import TrainConfig, train, zero_init_residual
-from clipprobe.world.generate import WorldSpec, generate_world
+from clipprobe.backbones.config import TrainConfig
+from clipprobe.backbones.training import train, zero_init_residual
+from clipprobe.world.config import WorldSpec
+from clipprobe.world.generate import generate_world
 
 TINY = TrainConfig(width_mult=0.25, epochs=2, batch_size=8, lr=0.05, seed=3)
 
@@ -26,7 +28,7 @@ def test_lr_scales_with_batch_size():
     assert TrainConfig(batch_size=64).scaled_lr() == pytest.approx(0.01125)
     assert TrainConfig(batch_size=64, lr=0.1).scaled_lr() == 0.1
     with pytest.raises(ValueError, match="batch_size must be positive"):
-        TrainConfig(batch_size=0).validate()
+        TrainConfig(batch_size=0)
 
 
 def test_train_saves_every_epoch_from_random_init(world, tmp_path):
@@ -133,14 +135,43 @@ def test_train_command_logs_its_config_and_it_is_rebuilt_from_the_run(world, tra
     assert load_config(TrainConfig, run.info.run_id) == TrainConfig(width_mult=0.25, epochs=0, batch_size=8,
                                                                     opt="adamw")
     assert run.data.params["train_dir"] == str(world / "train") and run.data.params["lr"] == str(0.045 * 8 / 256)
+    # --arch is logged as arch (its option's name); the checkpoint's args keep the reference's names
+    assert run.data.params["arch"] == "mobilenet_v2" and "architecture" not in run.data.params
+    args = read_checkpoint(tmp_path / "ck" / "model_0.pth").args
+    assert args["model"] == args["architecture"] == "mobilenet_v2" and "arch" not in args
+
+    # A recipe that cannot continue the folder's checkpoints: one line, exit 1, the run ends FAILED.
+    again = CliRunner().invoke(main, ["train", "--width-mult", "0.25", "--epochs", "0", "--batch-size", "4",
+                                      "--model-name", "t0", "--out-dir", str(tmp_path / "ck")])
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    assert "cannot resume, the recipe differs (batch_size: saved 8 vs now 4" in again.output
+    from mlflow.tracking import MlflowClient
+
+    (failed,) = [r for r in MlflowClient().search_runs([run.info.experiment_id], "tags.`clipprobe.step` = 'train'")
+                 if r.info.run_id != run.info.run_id]
+    assert failed.info.status == "FAILED"
+
+
+def test_a_config_stored_when_arch_was_called_architecture_still_reads():
+    """Format 1 stored the architecture as `architecture`; it reads back as `arch`, any other format is refused."""
+    from clipprobe.backbones.config import CheckpointImport
+
+    old = {**TrainConfig(width_mult=0.5, epochs=3).to_dict(), "format": 1}
+    old["architecture"] = old.pop("arch")
+    assert TrainConfig.from_dict(old) == TrainConfig(width_mult=0.5, epochs=3)
+    imported = {**CheckpointImport(folder="ck", arch="resnet18").to_dict(), "format": 1}
+    imported["architecture"] = imported.pop("arch")
+    assert CheckpointImport.from_dict(imported) == CheckpointImport(folder="ck", arch="resnet18")
+    with pytest.raises(ValueError, match="stored: config format 0, this clipprobe reads format 2"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "format": 0}, source="stored")
 
 
 def test_unknown_optimizer_and_schedule_name_the_choices():
     with pytest.raises(ValueError, match="unknown optimizer 'adam': choose one of sgd, adamw"):
-        TrainConfig(opt="adam").validate()
+        TrainConfig(opt="adam")
     with pytest.raises(ValueError, match="unknown lr scheduler 'cosine': choose one of steplr, cosineannealinglr, onecycle"):
-        TrainConfig(lr_scheduler="cosine").validate()
+        TrainConfig(lr_scheduler="cosine")
     with pytest.raises(ValueError, match=r"lr_min must lie in \[0, lr=0.01\)"):
-        TrainConfig(lr=0.01, lr_min=0.02).validate()
+        TrainConfig(lr=0.01, lr_min=0.02)
     with pytest.raises(ValueError, match="lr_warmup_pct must lie strictly between 0 and 1, got 1.0"):
-        TrainConfig(lr_scheduler="onecycle", lr_warmup_pct=1.0).validate()
+        TrainConfig(lr_scheduler="onecycle", lr_warmup_pct=1.0)

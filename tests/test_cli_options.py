@@ -113,13 +113,25 @@ def _config_commands():
     from clipprobe.tuning.config import TuneConfig
 
     return [("probe", SweepConfig), ("tune", TuneConfig), ("compare", CompareConfig),
-            *_concept_config_commands()]
+            *_concept_config_commands(), *_backbone_and_world_commands()]
 
 
 def _concept_config_commands():
     from clipprobe.concepts.config import ConceptsConfig, WorldClipConfig
 
     return [("concepts", ConceptsConfig), ("clip", WorldClipConfig)]
+
+
+def _backbone_and_world_commands():  # and the demo, which chains them
+    from clipprobe.backbones.config import CheckpointImport, TrainConfig
+    from clipprobe.steps.demo import DemoConfig
+    from clipprobe.world.config import WorldSpec
+
+    return [("world", WorldSpec), ("train", TrainConfig), ("checkpoints", CheckpointImport), ("demo", DemoConfig)]
+
+
+# Settings a config cannot do without (a command's arguments): given alike to both configs compared.
+_REQUIRED = {"checkpoints": {"folder": "."}}
 
 
 @pytest.mark.parametrize(("command", "config"), _config_commands())
@@ -136,5 +148,30 @@ def test_every_default_a_command_shows_is_its_configs_default(command, config):
     shown = {p.name: p.type_cast_value(ctx, p.get_default(ctx)) for p in cmd.params
              if isinstance(p, click.Option) and p.name in names and p.get_default(ctx) is not None}
     assert shown, f"{command}: no option of {config.__name__} shows a default"
+    required = _REQUIRED.get(command, {})
     for name, value in shown.items():
-        assert config(**{name: value}) == config(), f"{command} --{name.replace('_', '-')} shows {value!r}"
+        assert config(**required, **{name: value}) == config(**required), \
+            f"{command} --{name.replace('_', '-')} shows {value!r}"
+
+
+def test_world_train_checkpoints_and_demo_log_their_params_under_their_options_names():
+    """A logged param has its option's name (and MLproject's): `--arch` is logged as arch, not architecture."""
+    from pathlib import Path
+
+    import torch
+
+    from clipprobe.backbones.config import CheckpointImport, TrainConfig
+    from clipprobe.cli import main
+    from clipprobe.steps.demo import DemoConfig
+    from clipprobe.steps.train import TrainInputs
+    from clipprobe.world.config import WorldSpec
+
+    train = TrainInputs(TrainConfig(), Path("t"), None, Path("o"), "m", True, torch.device("cpu"))
+    logged = {"world": WorldSpec().params("w"), "train": train.params(),
+              "checkpoints": CheckpointImport(folder=".").params(), "demo": DemoConfig().params()}
+    for command, params in logged.items():
+        cmd = main.get_command(click.Context(main), command)
+        names = {next((o for o in p.opts if o.startswith("--")), p.name).removeprefix("--").replace("-", "_")
+                 for p in cmd.params}  # as the options are spelled (and MLproject's parameters)
+        assert set(params) <= names, f"{command} logs {sorted(set(params) - names)}, which no option is called"
+    assert train.params()["arch"] == CheckpointImport(folder=".").params()["arch"] == "mobilenet_v2"

@@ -21,7 +21,7 @@ from clipprobe.concepts.splits import (
 )
 from clipprobe.concepts.vocabulary import load_vocabulary
 from clipprobe.core.parquet import write_table
-from clipprobe.world.generate import SHAPES
+from clipprobe.world.config import SHAPES
 
 SEED_VOCAB = load_vocabulary("seed")
 

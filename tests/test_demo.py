@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from clipprobe.cli import main
-from clipprobe.cli.demo import DEMO_MODEL, probe_epochs
 from clipprobe.concepts.vocabulary import load_vocabulary
+from clipprobe.steps.demo import DEMO_MODEL, DemoConfig, probe_epochs
 from clipprobe.tracking.runs import STEP_TAG, download_artifact, find_latest_run
 from clipprobe.tracking.similarity import load_cka
 
@@ -19,6 +19,28 @@ WORLD = load_vocabulary("world")
 def test_probed_epochs_are_early_middle_and_late():
     assert probe_epochs(10) == [0, 2, 5, 10]
     assert probe_epochs(2) == [0, 1, 2]
+
+
+def test_the_demo_config_resolves_its_epochs_and_logs_the_params_it_always_has():
+    config = DemoConfig()
+    assert config.probe_epochs == (0, 2, 5, 10)
+    assert DemoConfig(epochs=3, probe_epochs=None).probe_epochs == (0, 1, 2, 3)
+    assert DemoConfig(probe_epochs=(5, 0)).probe_epochs == (5, 0)
+    assert config.params() == {
+        "out": "worlds/demo", "train_per_class": 200, "val_per_class": 20, "pool_size": 2000, "epochs": 10,
+        "probe_epochs": "0,2,5,10", "repeats": 1, "modules": "module:0,module:3,module:6,module:9,module:12,module:15,"
+        "module:18", "permutations": 0, "seed": 0, "clip": True, "clip_epochs": 15}
+    assert DemoConfig(modules=None).params()["modules"] == "all"
+    assert DemoConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="--probe-epochs: epochs to probe must lie in 0..10, got '0,12'"):
+        DemoConfig(probe_epochs=(0, 12))
+
+
+def test_the_demo_refuses_epochs_beyond_its_training_in_one_line_before_any_run(tracking_store):
+    result = CliRunner().invoke(main, ["demo", "--epochs", "3", "--probe-epochs", "0,5"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "epochs to probe must lie in 0..3, got '0,5'" in result.output
+    assert find_latest_run("main") is None
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-import clipprobe.cli.world as world_cli
+import clipprobe.steps.world as world_step
 from clipprobe.cli import main
 
 
@@ -31,7 +31,7 @@ def _interrupted_world(monkeypatch, tmp_path, first_signal: int, second_signal: 
             os.kill(os.getpid(), second_signal)  # as `mlflow run` cancels its entry point after a Ctrl-C
         return real_end_run(*args, **kwargs)
 
-    monkeypatch.setattr(world_cli, "generate_world", rendering)
+    monkeypatch.setattr(world_step, "generate_world", rendering)
     monkeypatch.setattr(mlflow, "end_run", end_run_hit_again)
     result = CliRunner().invoke(main, ["world", "--out", str(tmp_path / "w"), "--pool-size", "10"])
     monkeypatch.setattr(mlflow, "end_run", real_end_run)

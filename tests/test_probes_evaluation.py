@@ -25,7 +25,8 @@ from clipprobe.probes.evaluation import (
     permutation_p_value,
     resplit,
 )
-from clipprobe.world.generate import WorldSpec, _plan, render_item
+from clipprobe.world.config import WorldSpec
+from clipprobe.world.generate import _plan, render_item
 
 
 def _tasks(X: np.ndarray, planted: float, n_concepts: int = 3, seed: int = 0) -> list[ConceptTask]:

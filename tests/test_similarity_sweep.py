@@ -17,7 +17,8 @@ from clipprobe.report import similarity as report_similarity
 from clipprobe.report.build import write_report
 from clipprobe.similarity.checkpoints import CKA_COLUMNS, cka_table, image_sample, sweep_cka
 from clipprobe.sweep.plan import Sweep, SweepPlan
-from clipprobe.world.generate import SHAPES, WorldSpec, _plan, render_item
+from clipprobe.world.config import SHAPES, WorldSpec
+from clipprobe.world.generate import _plan, render_item
 
 
 def _features(epochs: int = 3, modules: int = 3, n: int = 40) -> dict[int, dict[str, np.ndarray]]:

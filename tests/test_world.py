@@ -11,11 +11,9 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 from clipprobe.cli import main
+from clipprobe.world.config import COLOURS, WorldError, WorldSpec
 from clipprobe.world.generate import (
-    COLOURS,
     INK_FACTOR,
-    WorldError,
-    WorldSpec,
     _shape_polygon,
     generate_world,
     is_world_truth,
@@ -161,7 +159,7 @@ def test_colour_and_pattern_are_independent_of_shape(tmp_path):
 )
 def test_bad_spec_is_one_clear_error(kwargs, message):
     with pytest.raises(WorldError, match=message):
-        WorldSpec(**kwargs).validate()
+        WorldSpec(**kwargs)
 
 
 @pytest.mark.parametrize(

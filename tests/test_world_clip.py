@@ -20,7 +20,8 @@ from clipprobe.concepts.world_clip import (
     train_world_clip,
     zero_shot_accuracy,
 )
-from clipprobe.world.generate import WorldSpec, generate_world
+from clipprobe.world.config import WorldSpec
+from clipprobe.world.generate import generate_world
 
 COLOURS = ("red", "blue", "green", "yellow")
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from clipprobe.concepts.pool import list_images
-from clipprobe.world.generate import INK_FACTOR, WorldSpec, generate_world, read_truth
+from clipprobe.world.config import WorldSpec
+from clipprobe.world.generate import INK_FACTOR, generate_world, read_truth
 from clipprobe.world.masks import MaskError, load_masks, mask_concepts, mask_path, write_mask
 
 # sha256 of every image of this world as generated before masks existed (commit 9f9adbb): masks are extra files.

@@ -16,80 +16,23 @@ import torch
 from torch import nn
 
 from clipprobe.backbones.architectures import (
-    DEFAULT_ARCHITECTURE,
     build_model,
-    check_architecture,
     first_conv_channels,
     infer_width_mult,
     num_classes_of,
     same_shapes,
     takes_width_mult,
 )
-from clipprobe.core.step_config import StepConfig
+from clipprobe.backbones.config import WEIGHTS
 
 log = logging.getLogger(__name__)
 
-# Which weights of a checkpoint to take: the trained model, or the EMA the recipe keeps with --model-ema.
-WEIGHTS = ("model", "ema")
-
 # torchvision's references/classification/train.py names its files model_<epoch>.pth.
 _EPOCH_IN_NAME = re.compile(r"(?:^|[_\-])(?:model|epoch|checkpoint)[_\-]?(\d+)\.(?:pth|pt|safetensors)$")
-# What a checkpoint file is called; a folder's files of these suffixes that --pattern leaves out are named.
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class CheckpointImport(StepConfig):
-    """The ``checkpoints`` step's config: which files of a folder become versions of which registered model.
-
-    ``width_mult`` / ``num_classes``: only when the files' args do not say (else read from the weights).
-    ``model_name`` defaults to the architecture's name (``-ema`` appended for the EMA weights).
-    """
-
-    STEP = "checkpoints"
-
-    folder: Path
-    architecture: str = DEFAULT_ARCHITECTURE
-    width_mult: float | None = None
-    num_classes: int | None = None
-    weights: str = WEIGHTS[0]
-    model_name: str | None = None
-    pattern: str = "*.pth"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "folder", Path(self.folder).resolve())
-        if not self.model_name:
-            name = self.architecture if self.weights == WEIGHTS[0] else f"{self.architecture}-{self.weights}"
-            object.__setattr__(self, "model_name", name)
-
-    def validate(self) -> None:
-        check_architecture(self.architecture)
-        if self.weights not in WEIGHTS:
-            raise ValueError(f"unknown weights {self.weights!r}: choose one of {', '.join(WEIGHTS)}")
-
-    def files(self) -> list[Path]:
-        """The files to import, sorted; a ``ValueError`` naming the pattern when none match."""
-        found = sorted(p for p in self.folder.glob(self.pattern) if p.is_file())
-        if not found:
-            raise ValueError(f"no files match {self.pattern!r} in {self.folder}; "
-                             + (self.left_out(found) or "pass --pattern"))
-        return found
-
-    def left_out(self, found: list[Path]) -> str | None:
-        """What the pattern leaves out of the folder that looks like checkpoints of another kind (``.pt``,
-        ``.safetensors`` beside ``*.pth``) and the option that takes them, else None."""
-        matched = {p.suffix.lower() for p in found}  # model_*.pth leaving out checkpoint.pth is no news
-        suffixes = sorted(p.suffix.lower() for p in self.folder.iterdir()
-                          if p.is_file() and p.suffix.lower() in set(CHECKPOINT_SUFFIXES) - matched)
-        if not suffixes:
-            return None
-        common = max(set(suffixes), key=suffixes.count)
-        return (f"{len(suffixes)} other checkpoint file(s) ({', '.join(sorted(set(suffixes)))}) do not match "
-                f"{self.pattern!r}: pass --pattern '*{common}' to import them")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The torchvision reference recipe for MobileNetV2, small enough to run on the concept world.
 
-Every value is a parameter of TrainConfig. Each saved checkpoint (epoch 0 is the random
+Every value is a parameter of TrainConfig (backbones.config). Each saved checkpoint (epoch 0 is the random
 initialisation) is handed to the caller's callback; this module never logs to MLflow.
 """
 
@@ -21,14 +21,12 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from clipprobe.backbones.architectures import (
-    DEFAULT_ARCHITECTURE,
     DEFAULT_VAL_CROP_SIZE,
     DEFAULT_VAL_RESIZE_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageTransform,
     build_model,
-    check_architecture,
 )
 from clipprobe.backbones.checkpoints import (
     checkpoint_name,
@@ -36,101 +34,9 @@ from clipprobe.backbones.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
-from clipprobe.core.step_config import StepConfig
+from clipprobe.backbones.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-# The reference trains MobileNetV2 with lr 0.045 on 8 GPUs x 32 images = a batch of 256.
-REFERENCE_BATCH_SIZE = 256
-# Optimisers and learning-rate schedules by their names in torchvision's references (--opt, --lr-scheduler).
-OPTIMIZERS = ("sgd", "adamw")
-LR_SCHEDULERS = ("steplr", "cosineannealinglr", "onecycle")
-# Schedules stepped after every batch rather than every epoch (their length is part of the recipe).
-_PER_BATCH = ("onecycle",)
-# Args that must match for a folder's checkpoints to be resumed.
-_RESUME_KEYS = ("model", "width_mult", "num_classes", "batch_size", "opt", "lr", "momentum", "weight_decay",
-                "lr_scheduler", "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_pct", "zero_init_residual",
-                "label_smoothing", "seed")
-
-
-@dataclass(frozen=True)
-class TrainConfig(StepConfig):
-    """Hyper-parameters of the reference recipe (``references/classification``, MobileNetV2 row): the
-    ``train`` step's config, logged as ``train/config.json`` and rebuilt with ``tracking.configs.load_config``.
-
-    ``lr=None`` scales linearly with the batch: ``base_lr * batch_size / 256`` (0.045 at 256,
-    0.01125 at 64). Crop and resize sizes default to the data's square image size (no crop), or
-    to the reference 224 / 256 / 224 when images differ in size.
-
-    ``opt`` and ``lr_scheduler`` take the reference's names: ``sgd`` (with ``momentum``) or
-    ``adamw``; ``steplr`` (x ``lr_gamma`` every ``lr_step_size`` epochs) or ``cosineannealinglr``
-    (from ``lr`` down to ``lr_min`` over ``epochs``, stepped per epoch like the reference), or
-    ``onecycle`` (torch's OneCycleLR on the learning rate alone, stepped per batch: up from ``lr / 25``
-    to ``lr`` over the first ``lr_warmup_pct`` of all steps, then a cosine down to about zero).
-    ``zero_init_residual`` starts every residual block as the identity (its last BatchNorm scale at
-    zero, as torchvision's ResNet option of that name does), which shortens the plateau at chance
-    that a narrow network trained from scratch sits on.
-    """
-
-    STEP = "train"
-
-    architecture: str = DEFAULT_ARCHITECTURE
-    width_mult: float = 1.0
-    epochs: int = 10
-    batch_size: int = 64
-    opt: str = "sgd"
-    lr: float | None = None
-    base_lr: float = 0.045
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    lr_scheduler: str = "steplr"
-    lr_step_size: int = 1
-    lr_gamma: float = 0.98
-    lr_min: float = 0.0
-    lr_warmup_pct: float = 0.3
-    zero_init_residual: bool = False
-    label_smoothing: float = 0.0
-    train_crop_size: int | None = None
-    val_resize_size: int | None = None
-    val_crop_size: int | None = None
-    min_crop_scale: float = 0.08
-    hflip_prob: float = 0.5
-    seed: int = 0
-    workers: int = 0
-
-    def scaled_lr(self) -> float:
-        """The learning rate in force: ``lr`` if given, else ``base_lr * batch_size / 256``."""
-        return float(self.lr) if self.lr is not None else self.base_lr * self.batch_size / REFERENCE_BATCH_SIZE
-
-    def validate(self) -> None:
-        check_architecture(self.architecture, self.width_mult)
-        for name in ("epochs", "batch_size", "lr_step_size"):
-            if getattr(self, name) < (0 if name == "epochs" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.min_crop_scale <= 1:
-            raise ValueError(f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
-        if self.scaled_lr() <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.scaled_lr()}")
-        if self.opt not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.opt!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"unknown lr scheduler {self.lr_scheduler!r}: choose one of {', '.join(LR_SCHEDULERS)}")
-        if not 0 <= self.lr_min < self.scaled_lr():
-            raise ValueError(f"lr_min must lie in [0, lr={self.scaled_lr()}), got {self.lr_min}")
-        if not 0 < self.lr_warmup_pct < 1:
-            raise ValueError(f"lr_warmup_pct must lie strictly between 0 and 1, got {self.lr_warmup_pct}")
-
-    def to_params(self) -> dict[str, Any]:
-        """The config as a step run logs its params: every field, ``lr`` resolved (``scaled_lr``)."""
-        return {**asdict(self), "lr": self.scaled_lr()}
-
-    def resume_keys(self) -> tuple[str, ...]:
-        """Args a resumed run must share with the saved one (a cosine schedule's length is one)."""
-        return _RESUME_KEYS + (("epochs",) if self.lr_scheduler in ("cosineannealinglr", "onecycle") else ())
-
-    @property
-    def per_batch_schedule(self) -> bool:
-        return self.lr_scheduler in _PER_BATCH
 
 
 @dataclass(frozen=True)
@@ -282,7 +188,6 @@ def train(
     With checkpoints already in ``out_dir`` and ``resume`` the last one is continued (model,
     optimizer, scheduler); only newly saved checkpoints reach ``on_checkpoint``.
     """
-    config.validate()
     device = torch.device(device)
     out_dir = Path(out_dir)
     train_set = datasets.ImageFolder(str(train_dir))
@@ -295,12 +200,11 @@ def train(
     if val_set is not None and val_set.classes != train_set.classes:
         raise ValueError(f"{val_dir}: classes {val_set.classes} differ from {train_dir}'s {train_set.classes}")
 
-    args = {**asdict(config), "model": config.architecture, "lr": config.scaled_lr(),
-            "num_classes": len(train_set.classes), "classes": list(train_set.classes),
+    args = {**config.checkpoint_args(), "num_classes": len(train_set.classes), "classes": list(train_set.classes),
             "train_dir": str(Path(train_dir).resolve()),
             "val_dir": str(Path(val_dir).resolve()) if val_dir else None}
     torch.manual_seed(config.seed)
-    model = build_model(config.architecture, num_classes=args["num_classes"], width_mult=config.width_mult)
+    model = build_model(config.arch, num_classes=args["num_classes"], width_mult=config.width_mult)
     if config.zero_init_residual:
         zero_init_residual(model)
     model = model.to(device)

@@ -49,14 +49,18 @@ class StepGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         """Every command fails the same way: usage errors exit 2 and user, data or environment errors
-        (files, the tracking store) exit 1, each in one line (``-v`` shows the traceback); an interrupt
-        exits 130 (Ctrl-C) or 143 (SIGTERM) and its run ends KILLED."""
+        (files, the tracking store, a step's run failing on its data: ``steps.StepFailed``) exit 1, each in
+        one line (``-v`` shows the traceback); an interrupt exits 130 (Ctrl-C) or 143 (SIGTERM) and its run
+        ends KILLED."""
         from clipprobe.cli.failures import expected_error, interrupted, restore_signals
+        from clipprobe.steps import StepFailed
 
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as err:
             raise interrupted(err) from None
+        except StepFailed as err:  # its message says it all: no traceback to offer
+            raise click.ClickException(" ".join(str(err).split())) from None
         except Exception as err:
             if not expected_error(err) or ctx.params.get("verbose"):
                 raise

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 
 import click
 
-from clipprobe.backbones.training import LR_SCHEDULERS, OPTIMIZERS, TrainConfig
+from clipprobe.backbones.config import LR_SCHEDULERS, OPTIMIZERS, TrainConfig
 from clipprobe.cli import options
 
 _D = TrainConfig()
@@ -20,7 +19,7 @@ _D = TrainConfig()
               help="ImageFolder to validate on (default: val/ beside the train folder, if any).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Where model_<epoch>.pth go (default: checkpoints/<model-name>).")
-@click.option("--arch", "architecture", default=_D.architecture, show_default=True,
+@click.option("--arch", default=_D.arch, show_default=True,
               help="torchvision classification model name.")
 @click.option("--width-mult", default=_D.width_mult, show_default=True, type=float,
               help="MobileNet width multiplier (0.5 trains fast on the concept world).")
@@ -65,62 +64,22 @@ _D = TrainConfig()
               help="Continue from the last model_<N>.pth in --out-dir.")
 @options.experiment_name
 @options.device
-def train(train_dir, val_dir, out_dir, model_name, resume, experiment_name, device, **recipe) -> None:
+@click.pass_context
+def train(ctx: click.Context, train_dir: str | None, val_dir: str | None, out_dir: str | None,
+          model_name: str | None, resume: bool, experiment_name: str | None, device: str, **_recipe) -> None:
     """Train a backbone with the torchvision reference recipe (MobileNetV2 row).
 
     Saves model_<epoch>.pth for epochs 0 (random init) .. EPOCHS, logs train/val loss and accuracy
     per epoch, and logs every checkpoint as a registered model version with the alias epoch-NNN.
     """
-    from clipprobe.backbones import training
     from clipprobe.cli.failures import usage_errors
-    from clipprobe.core.devices import resolve_device
-    from clipprobe.tracking import configs, discovery, registry, runs
+    from clipprobe.steps import train as step
 
-    # 0 (as MLproject passes it) or nothing: the learning rate from the batch size, the data's image size.
-    optional = ("lr", "train_crop_size", "val_resize_size", "val_crop_size")
-    config = TrainConfig(**{f.name: recipe[f.name] or None if f.name in optional else recipe[f.name]
-                            for f in fields(TrainConfig)})
-    model_name = model_name or config.architecture
-    with usage_errors():
-        config.validate()
-        torch_device = resolve_device(device)
-    if train_dir is None:
-        with usage_errors():
-            train_dir = discovery.require_world_root("--train-dir")[0] / "train"
-    train_path = Path(train_dir)
-    if not train_path.is_dir():
-        raise click.UsageError(f"train folder {train_path} does not exist: pass --train-dir")
-    out_path = Path(out_dir) if out_dir else Path("checkpoints") / model_name
-    val_path = Path(val_dir) if val_dir else training.default_val_dir(train_path)
-
-    params = {**config.to_params(), "train_dir": str(train_path.resolve()),
-              "val_dir": str(val_path.resolve()) if val_path else "none", "out_dir": str(out_path.resolve()),
-              "model_name": model_name,
-              "resume": resume}
-    tags = {runs.MODEL_NAME_TAG: model_name, registry.ARCHITECTURE_TAG: config.architecture}
-    with runs.step_run("train", experiment_name=experiment_name, params=params, tags=tags) as run:
-        configs.log_config(config)
-        if resume and out_path.is_dir() and training.latest_checkpoint(out_path) is not None:
-            # Earlier epochs of an interrupted run: registered already, or now (no duplicates either way).
-            try:
-                registry.import_checkpoints(sorted(out_path.glob("model_*.pth")), name=model_name,
-                                            architecture=config.architecture, progress=False)
-            except registry.RegistryConflict as err:
-                raise click.ClickException(str(err)) from None
-
-        def on_checkpoint(report: training.EpochReport) -> None:
-            registry.log_checkpoint(report.model, name=model_name, epoch=report.epoch,
-                                    source=report.path.resolve(), metadata=report.args, metrics=report.metrics)
-
-        try:
-            reports = training.train(config, train_path, out_path, val_dir=val_path, device=torch_device,
-                                     resume=resume, on_checkpoint=on_checkpoint)
-        except ValueError as err:
-            raise click.ClickException(str(err)) from None
-        duplicates = registry.mark_duplicates(model_name)
-    last = reports[-1].metrics if reports else {}
-    summary = ", ".join(f"{k}={v:.3f}" for k, v in last.items())
-    click.echo(f"trained {config.architecture} to epoch {config.epochs} in {out_path} ({len(reports)} new "
-               f"checkpoints{', ' + summary if summary else ''}); registered as '{model_name}' (run {run.info.run_id})")
-    if duplicates:
-        click.echo(f"WARNING: {len(duplicates)} group(s) of epochs share identical weights", err=True)
+    with usage_errors():  # a bad setting, no data, before a run exists
+        config = TrainConfig(**options.given(ctx, [f.name for f in fields(TrainConfig)]))
+        inputs = step.resolve(config, train_dir=train_dir, val_dir=val_dir, out_dir=out_dir, model_name=model_name,
+                              resume=resume, device=device)
+    made = step.run(inputs, experiment_name=experiment_name)
+    click.echo(made.describe())
+    if made.duplicates:
+        click.echo(f"WARNING: {len(made.duplicates)} group(s) of epochs share identical weights", err=True)

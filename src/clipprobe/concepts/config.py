@@ -97,7 +97,8 @@ class WorldClipConfig(StepConfig):
     demo's world: zero-shot colour 1.000, pattern 0.665, shape 0.080 on its 200 validation images)."""
 
     STEP = "clip"
-    RENAMED: ClassVar[dict[str, str]] = {"model_name": "clip_model"}  # clip/config.json written before the rename
+    FORMAT = 2
+    RENAMED: ClassVar[dict[int, dict[str, str]]] = {1: {"model_name": "clip_model"}}  # clip/config.json before the rename
 
     epochs: int = 15
     batch_size: int = 64

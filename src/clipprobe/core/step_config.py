@@ -24,13 +24,13 @@ class StepConfig:
     """Mixin for a frozen dataclass holding one step's settings (see the module docstring).
 
     Subclasses set ``STEP`` (the ``clipprobe.step`` tag of the run that logs it) and raise ``FORMAT``
-    when a stored config of the old format can no longer be read as the new one. A setting renamed since
-    configs were stored goes in ``RENAMED`` (old name -> new name), so those configs still read.
+    when a stored config of the old format can no longer be read as the new one; ``RENAMED`` keeps an older
+    format readable when all that changed is a setting's name (``{old format: {old name: new name}}``).
     """
 
     STEP: ClassVar[str]
     FORMAT: ClassVar[int] = 1
-    RENAMED: ClassVar[Mapping[str, str]] = {}
+    RENAMED: ClassVar[Mapping[int, Mapping[str, str]]] = {}
 
     @classmethod
     def artifact_path(cls) -> str:
@@ -49,12 +49,11 @@ class StepConfig:
         """The config from its stored form; a ``ValueError`` naming ``source`` when it cannot be read."""
         data = dict(data)
         fmt = data.pop("format", None)
-        if fmt != cls.FORMAT:
+        if fmt in cls.RENAMED:
+            data = {cls.RENAMED[fmt].get(k, k): v for k, v in data.items()}
+        elif fmt != cls.FORMAT:
             raise ValueError(f"{source}: config format {fmt!r}, this clipprobe reads format {cls.FORMAT}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        for old, new in cls.RENAMED.items():
-            if old in data and new not in data:
-                data[new] = data.pop(old)
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ValueError(f"{source}: unknown settings {', '.join(unknown)}: written by a newer clipprobe?")

@@ -23,24 +23,9 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from clipprobe.core import parquet
-from clipprobe.core.step_config import StepConfig
+from clipprobe.world.config import COLOURS, PATTERNS, WorldError, WorldSpec
 from clipprobe.world.masks import write_mask
 
-SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "diamond", "star",
-    "cross", "hexagon", "pentagon", "ellipse", "trapezoid",
-)
-# Concept colours of the seed first, then distractors that no default concept names.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "blue": (35, 70, 215),
-    "green": (35, 165, 55),
-    "yellow": (235, 215, 35),
-    "purple": (135, 55, 165),
-    "orange": (240, 135, 25),
-    "cyan": (30, 195, 205),
-}
-PATTERNS: tuple[str, ...] = ("plain", "dotted", "striped", "zigzagged")
 SPLITS: tuple[str, ...] = ("train", "val", "pool")
 TRUTH_FILE = "truth.parquet"
 TRUTH_KIND = "world_truth"  # the truth table's provenance ``kind`` (clipprobe.core.parquet)
@@ -50,49 +35,6 @@ _OLD_KIND_KEY, _OLD_SPEC_KEY = b"clipprobe.kind", b"clipprobe.world_spec"
 INK_FACTOR = 0.35
 COLOUR_JITTER = 10
 MAX_TILT = math.radians(15)
-
-
-class WorldError(ValueError):
-    """Bad parameters for the concept world; the message is one line naming the fix."""
-
-
-@dataclass(frozen=True)
-class WorldSpec(StepConfig):
-    """Parameters of a concept world: the ``world`` step's config (logged as ``world/config.json``), also
-    stored in the truth table's metadata."""
-
-    STEP = "world"
-
-    seed: int = 0
-    size: int = 64
-    train_per_class: int = 40
-    val_per_class: int = 10
-    pool_size: int = 1000
-    shapes: tuple[str, ...] = SHAPES
-    colours: tuple[str, ...] = tuple(COLOURS)
-    patterns: tuple[str, ...] = PATTERNS
-
-    def validate(self) -> None:
-        if self.size < 16:
-            raise WorldError(f"image size must be at least 16 pixels, got {self.size}")
-        for name in ("train_per_class", "val_per_class", "pool_size"):
-            if getattr(self, name) < 0:
-                raise WorldError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.train_per_class + self.val_per_class + self.pool_size == 0:
-            raise WorldError("the world would be empty: give a positive train, val or pool size")
-        _check_names("shape", self.shapes, SHAPES)
-        _check_names("colour", self.colours, tuple(COLOURS))
-        _check_names("pattern", self.patterns, PATTERNS)
-
-
-def _check_names(kind: str, names: Sequence[str], known: Sequence[str]) -> None:
-    if not names:
-        raise WorldError(f"no {kind}s given: choose from {', '.join(known)}")
-    for name in names:
-        if name not in known:
-            raise WorldError(f"unknown {kind} {name!r}: known {kind}s are {', '.join(known)}")
-    if len(set(names)) != len(names):
-        raise WorldError(f"a {kind} is listed twice in {', '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -270,12 +212,17 @@ def _plan(spec: WorldSpec) -> list[tuple[str, str, str]]:
     return plan
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """``WorldError`` unless a world may be written into ``out``: a new or empty folder, or ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise WorldError(f"output {out} is a file, not a folder: choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise WorldError(f"output folder {out} exists and is not empty: choose another --out or pass --overwrite")
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    check_out_dir(out, overwrite)
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise WorldError(f"output folder {out} exists and is not empty: choose another --out or pass --overwrite")
         for name in ("train", "val", "pool"):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / TRUTH_FILE).unlink(missing_ok=True)
@@ -291,7 +238,6 @@ def generate_world(
 ) -> World:
     """Render the world described by ``spec`` into ``out_dir`` and write its truth table."""
     spec = spec or WorldSpec()
-    spec.validate()
     out = Path(out_dir).resolve()
     _prepare_out_dir(out, overwrite)
     plan = _plan(spec)
