@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from clipprobe.concepts.config import WorldClipConfig
 from clipprobe.core.step_config import StepConfig
 from clipprobe.steps import StepFailed
 from clipprobe.tracking import configs, discovery, runs
@@ -24,10 +25,10 @@ DEMO_TRAINING = {"width_mult": 0.5, "batch_size": 16, "opt": "adamw", "lr": 0.01
                  "lr_scheduler": "onecycle", "lr_warmup_pct": 0.1, "zero_init_residual": True,
                  "min_crop_scale": 1.0}
 
-# The world CLIP's epochs in the demo: the `clip` step's own default. 5 epochs learn colours (zero-shot 0.995)
-# but not patterns (0.225, chance 0.25); 15 learn patterns too. Quiet, 5 epochs trained in 12 s, so 15 fit the
-# demo's time budget (README: the demo's measured time).
-DEMO_CLIP_EPOCHS = 15
+# The world CLIP's epochs in the demo: the `clip` step's own default (WorldClipConfig.epochs, read, not retyped).
+# 5 epochs learn colours (zero-shot 0.995) but not patterns (0.225, chance 0.25); 15 learn patterns too. Quiet,
+# 5 epochs trained in 12 s, so 15 fit the demo's time budget (README: the demo's measured time).
+DEMO_CLIP_EPOCHS = WorldClipConfig.epochs
 
 # Every third of MobileNetV2's 19 modules, first and last included: "where" at a third of the cost.
 DEMO_MODULES = tuple(f"module:{i}" for i in range(0, 19, 3))
