@@ -126,7 +126,7 @@ def test_two_ray_workers_share_one_study_through_an_rdb_storage(tracking_store, 
     tasks = [tuning.training_part(X, task) for X, task in (concept_data(seed) for seed in range(2))]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     with runs.step_run("tune") as run:
-        results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=storage, n_trials=6, seed=0,
+        results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=storage, n_trials=6, seed=0, device="cpu",
                               runner=RayExecutor(), workers=2)
     res = results["non_linear_gap"]
     study = tuning.optuna.load_study(storage=storage, study_name=res.study_name)
@@ -206,7 +206,7 @@ def test_a_tune_worker_killed_mid_trial_fails_that_trial_and_its_share_ends_with
     killer.start()
     try:
         with runs.step_run("tune") as run:  # 5 trials: fewer than the pruner's 5 startup trials complete first
-            results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=storage, n_trials=5, seed=0,
+            results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=storage, n_trials=5, seed=0, device="cpu",
                                   runner=RayExecutor(), workers=2)
     finally:
         stop.set()

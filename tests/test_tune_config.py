@@ -66,7 +66,7 @@ def test_tune_selects_checkpoints_and_features_as_the_sweep_does(tracking_store,
     assert runs.find_latest_run("tune") is None
 
     inputs = tune_step.resolve(TuneConfig(probes="linear_gap", modules="module:0", epochs="all", concepts="all"),
-                               cache_dir=tmp_path / "cache")
+                               cache_dir=tmp_path / "cache", device="cpu")
     assert inputs.config.epochs == (0, 1) and inputs.config.concepts == ("red", "blue")
     tasks = {t.name: t for t in inputs.tasks["linear_gap"]}
     assert sorted(tasks) == ["blue module:0 @0", "blue module:0 @1", "red module:0 @0", "red module:0 @1"]

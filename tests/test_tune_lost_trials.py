@@ -78,7 +78,7 @@ def test_a_share_run_again_fails_its_running_trial_and_runs_only_what_it_lacks(t
     tasks = tune_tasks(2)
     name, _ = tuning.open_study("linear_gap", tasks, storage=store)
     study = tuning.load_study(store, name, seed=0)
-    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3)
+    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3, device="cpu")
 
     def second_fails(trial):
         if trial.number == 1:
@@ -107,7 +107,7 @@ def test_a_share_run_again_ends_the_runs_its_killed_attempt_left_open(tracking_s
     tasks = tune_tasks(2)
     name, _ = tuning.open_study("linear_gap", tasks, storage=store)
     study = tuning.load_study(store, name, seed=0)
-    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3)
+    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3, device="cpu")
     with runs.step_run("tune") as run:
         logger = trials.TrialLogger(run.info.run_id, "linear_gap")
         # the killed attempt: trial 0 told COMPLETE but killed before its run was ended, trial 1 killed mid-objective
@@ -134,7 +134,7 @@ def test_ctrl_c_mid_trial_ends_its_run_failed(tracking_store, tmp_path):
     tasks = tune_tasks(2)
     name, _ = tuning.open_study("linear_gap", tasks, storage=store)
     study = tuning.load_study(store, name, seed=0)
-    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3)
+    objective = tuning.make_objective(tuning.check_kind("linear_gap"), tasks, 3, device="cpu")
 
     def interrupted(trial):
         if trial.number == 1:

@@ -43,9 +43,9 @@ def test_objective_never_sees_the_test_part(kind, point):
     clean, poisoned = tuning.training_part(X, task), tuning.training_part(Xp, taskp)
     assert len(clean.y) == int(task.train.sum()) and np.isfinite(poisoned.X).all()
     pk = tuning.check_kind(kind)
-    value = tuning.make_objective(pk, [clean], 3)(FixedTrial(point))
+    value = tuning.make_objective(pk, [clean], 3, device="cpu")(FixedTrial(point))
     assert 0.6 < value <= 1.0
-    assert tuning.make_objective(pk, [poisoned], 3)(FixedTrial(point)) == value
+    assert tuning.make_objective(pk, [poisoned], 3, device="cpu")(FixedTrial(point)) == value
     assert tuning.subset_fingerprint([clean], 3) == tuning.subset_fingerprint([poisoned], 3)
 
 

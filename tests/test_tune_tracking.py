@@ -26,7 +26,7 @@ def test_tuning_beats_a_bad_default_lr_and_logs_every_trial(tracking_store, tmp_
     tasks = [tuning.training_part(X, task) for X, task in data]
     with runs.step_run("tune") as run:
         results = run_studies(run.info.run_id, [(BAD_LR, tasks)], storage=str(tmp_path / "optuna.journal"),
-                              n_trials=6, seed=0)
+                              n_trials=6, seed=0, device="cpu")
     run_id = run.info.run_id
     res = results["non_linear_gap"]
     assert set(res.best_params) == {"lr"} and res.best_params["lr"] >= 1e-3

@@ -8,6 +8,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from clipprobe.core.devices import DEFAULT_DEVICE, DEVICES
+
 experiment_name = click.option(
     "--experiment-name",
     default=None,
@@ -17,8 +19,8 @@ experiment_name = click.option(
 
 device = click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
+    type=click.Choice(DEVICES),
+    default=DEFAULT_DEVICE,
     show_default=True,
     help="Where tensors run; auto picks cuda when available.",
 )

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda")  # what --device takes
+DEFAULT_DEVICE = "auto"  # the one default of every step's --device; inner layers take the device as a required argument
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     """``auto`` means CUDA when a GPU is visible, else CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -34,6 +41,8 @@ def native_bf16(device: str | torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CPU with AVX512-BF16 or AMX that oneDNN runs bf16
     kernels on (plain AVX512 only emulates them, slower than fp32), or a CUDA GPU of compute capability 8.0
     or later (older GPUs only emulate bf16)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cpu":
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -31,7 +31,7 @@ class SweepJob:
     refs: tuple[CheckpointRef, ...]
     cache_dir: str
     extract: ExtractOptions
-    device: str = "cpu"
+    device: str
     keep_cache: bool = True
     progress: bool = True
 

@@ -46,7 +46,7 @@ def resolve(config: WorldClipConfig, *, world: str | Path | None = None, out: st
     return ClipInputs(config, root, Path(out or root / "clip").resolve(), model_name or REGISTERED_NAME)
 
 
-def run(inputs: ClipInputs, *, device: str = "auto", experiment_name: str | None = None) -> ClipOutcome:
+def run(inputs: ClipInputs, *, device: str, experiment_name: str | None = None) -> ClipOutcome:
     """Open the clip run, log the config and the training loss per epoch, train and evaluate the CLIP, log and
     register it."""
     with runs.step_run("clip", experiment_name=experiment_name, params=inputs.params()) as active:

@@ -41,8 +41,8 @@ class ConceptsOutcome:
     run_id: str
 
 
-def resolve(config: ConceptsConfig, *, clip_given: bool = True, experiment_name: str | None = None,
-            device: str = "auto") -> ConceptsInputs:
+def resolve(config: ConceptsConfig, *, device: str, clip_given: bool = True,
+            experiment_name: str | None = None) -> ConceptsInputs:
     """``config`` with its pool (the latest world's pool and truth when none is given: ``NotFound`` naming
     --pool), vocabulary and CLIP named (on the concept world with ``clip_given`` False: the CLIP the latest clip
     run trained on it), its inputs read and its scorer loaded. ``LookupError``, ``ValueError``,

@@ -111,7 +111,7 @@ def _full_probes(sweep_run: str) -> dict[tuple[int, str, str], tuple[int, int]]:
             for r in lin.itertuples()}
 
 
-def resolve(config: NeuronsConfig, *, experiment_name: str | None = None, device: str = "cpu") -> NeuronsInputs:
+def resolve(config: NeuronsConfig, *, device: str, experiment_name: str | None = None) -> NeuronsInputs:
     """``config`` with the sweep chosen and every setting checked against it, before anything is logged:
     ``LookupError`` (no sweep) or ``ValueError`` (a bad setting)."""
     from clipprobe.steps.probe import checkpoints, concept_splits
@@ -163,7 +163,7 @@ class NeuronsOutcome:
     seconds: float
 
 
-def run(inputs: NeuronsInputs, *, cache_dir: str | Path | None = None, device: str = "cpu",
+def run(inputs: NeuronsInputs, *, device: str, cache_dir: str | Path | None = None,
         batch_size: int | None = None, progress: bool = True, say: Callable[[str], None] = print) -> NeuronsOutcome:
     """Score every checkpoint of ``inputs`` not scored yet, logging each as it is done, then join the tables."""
     from clipprobe.core.devices import resolve_device
@@ -226,7 +226,7 @@ def run(inputs: NeuronsInputs, *, cache_dir: str | Path | None = None, device: s
                           time.perf_counter() - start)
 
 
-def score_sweep(sweep_run: str, *, cache_dir: str | Path | None = None, device: str = "cpu", batch_size: int | None = None,
+def score_sweep(sweep_run: str, *, device: str, cache_dir: str | Path | None = None, batch_size: int | None = None,
                 say: Callable[[str], None] = print) -> None:
     """``probe --neurons``: this step on the sweep just made, with its defaults and the sweep's activation cache."""
     inputs = resolve(NeuronsConfig(sweep_run=sweep_run), device=device)

@@ -31,6 +31,7 @@ from clipprobe.backbones.loader import load_backbone
 from clipprobe.concepts.pool import open_rgb
 from clipprobe.concepts.splits import ConceptSplits, load_splits
 from clipprobe.core.caches import ACTIVATIONS, cache_dir
+from clipprobe.core.devices import DEFAULT_DEVICE
 from clipprobe.executors import EXECUTORS, Executor, SweepJob, make_executor
 from clipprobe.similarity.checkpoints import DEFAULT_MAX_IMAGES as CKA_MAX_IMAGES
 from clipprobe.similarity.checkpoints import sweep_cka
@@ -148,7 +149,7 @@ class SweepInputs:
         ])
 
 
-def resolve(config: SweepConfig, *, experiment_name: str | None = None, device: str = "cpu") -> SweepInputs:
+def resolve(config: SweepConfig, *, device: str, experiment_name: str | None = None) -> SweepInputs:
     """``config`` with every open choice made in the chosen experiment and every setting checked, before any
     run exists: ``LookupError`` (nothing to take a default from) or ``ValueError`` (a bad setting)."""
     experiment = runs.chosen_experiment(experiment_name)
@@ -177,7 +178,7 @@ class SweepWork:
     """Where and how a sweep's fits run; nothing here changes their numbers."""
 
     runner: Executor
-    device: str = "auto"  # as given: "auto" is resolved where the work runs
+    device: str = DEFAULT_DEVICE  # as given: "auto" is resolved where the work runs
     cache_dir: str | Path | None = None  # the activations folder; None: the one under the cache root
     keep_cache: bool = True
     batch_size: int = ExtractOptions.batch_size

@@ -17,7 +17,7 @@ from typing import Any
 
 from clipprobe.activations.options import ExtractOptions
 from clipprobe.backbones.architectures import resolve_probe_modules
-from clipprobe.core.devices import resolve_device
+from clipprobe.core.devices import DEFAULT_DEVICE, resolve_device
 from clipprobe.executors import EXECUTORS, Executor, LocalExecutor, make_executor
 from clipprobe.probes.kinds import ProbeKind, probe_kind
 from clipprobe.steps.probe import Experiment, checkpoints, concept_splits, describe_checkpoints
@@ -51,8 +51,8 @@ class TuneInputs:
         ])
 
 
-def resolve(config: TuneConfig, *, experiment_name: str | None = None, cache_dir: str | Path | None = None,
-            device: str = "cpu") -> TuneInputs:
+def resolve(config: TuneConfig, *, device: str, experiment_name: str | None = None,
+            cache_dir: str | Path | None = None) -> TuneInputs:
     """``config`` with every open choice made in the chosen experiment, and the training parts of its fits
     (features from the activation cache, computed once per checkpoint when missing). ``LookupError`` or
     ``ValueError`` before any run exists."""
@@ -92,7 +92,7 @@ class TuneWork:
     runner: Executor
     storage: Any  # what the executor's studies open: the opened storage here, its address for Ray workers
     storage_param: str  # the run's ``storage`` param: the URL with its password hidden, or "default"
-    device: str = "auto"  # as given: Ray workers resolve "auto" to their own GPU
+    device: str = DEFAULT_DEVICE  # as given: Ray workers resolve "auto" to their own GPU
     workers: int | None = None  # Ray study workers per probe kind (None: one per CPU or GPU share)
 
     @property
@@ -103,7 +103,7 @@ class TuneWork:
 
     @classmethod
     def open(cls, storage: str | None, *, executor: str = EXECUTORS[0], ray_address: str | None = None,
-             gpus_per_task: float = 0.0, workers: int | None = None, device: str = "auto") -> TuneWork:
+             gpus_per_task: float = 0.0, workers: int | None = None, device: str = DEFAULT_DEVICE) -> TuneWork:
         """Check the executor options (``ValueError``) and open the Optuna storage (``tuning.StorageError``):
         ``storage`` None is ``optuna.journal`` next to the embedded tracking store."""
         runner = make_executor(executor, ray_address=ray_address, gpus_per_task=gpus_per_task)
@@ -143,7 +143,7 @@ def run_studies(
     timeout: float | None = None,
     seed: int = tuning.DEFAULT_SEED,
     folds: int = tuning.DEFAULT_FOLDS,
-    device: str = "cpu",
+    device: str,
     runner: Executor | None = None,
     workers: int | None = None,
 ) -> dict[str, tuning.StudyResult]:

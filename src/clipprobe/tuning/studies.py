@@ -303,8 +303,8 @@ def fold_blocks(tasks: Sequence[TuneTask], folds: int) -> list[FoldBlock]:
     return blocks
 
 
-def make_objective(pk: ProbeKind, tasks: Sequence[TuneTask], folds: int, *, base: Mapping[str, Any] | None = None,
-                   device: str = "cpu") -> Callable[[optuna.Trial], float]:
+def make_objective(pk: ProbeKind, tasks: Sequence[TuneTask], folds: int, *, device: str,
+                   base: Mapping[str, Any] | None = None) -> Callable[[optuna.Trial], float]:
     """Mean over tasks of their mean validation accuracy over folds.
 
     All folds of all tasks of one feature width are fitted in one batched call (2-5x faster than a call
@@ -467,7 +467,7 @@ def tune(
     on_start: Callable[[optuna.Trial], None] | None = None,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     share: str | None = None,
-    device: str = "cpu",
+    device: str = "cpu",  # a torch device (the library's, like the estimators'); steps pass the resolved --device
 ) -> StudyResult:
     """Run (or resume) the study of one probe kind on ``tasks``; returns its best searched params.
 
