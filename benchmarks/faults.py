@@ -1,0 +1,157 @@
+"""Does the test suite catch deliberate faults? Each fault is a small patch of the real code path, applied to a
+scratch copy of the repo at a commit (`git worktree add --detach`); the suite runs there with ``-x`` (a caught fault
+stops it early), and the test that failed first is re-run on the clean copy to confirm the fault, not a flaky
+test, caught it. Writes (merges into) benchmarks/results/faults.md: one row per commit, suite and fault.
+
+    python benchmarks/faults.py --label BEFORE --ref ed3dfa9          # the fast suite at main's commit
+    python benchmarks/faults.py --label AFTER                         # ... at HEAD
+    python benchmarks/faults.py --suite full --only alias             # one fault, the full suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT = REPO / "benchmarks" / "results" / "faults.md"
+SUITES = {"fast": ["-m", "not slow"], "full": []}
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    what: str
+    path: str  # file under the repo root
+    old: str  # text that must occur exactly once
+    new: str
+
+
+FAULTS = [
+    Fault("split", "wrong split: a concept's test rows join its training rows",
+          "src/clipprobe/probes/evaluation.py",
+          "        train[b, rows[tr]] = True\n", "        train[b, rows] = True\n"),
+    Fault("standardisation", "leaking standardisation: the scaler's mean and std come from train + test rows",
+          "src/clipprobe/probes/design.py",
+          "    mean = x[:t].mean(0)\n    c = x - mean\n    if t > 1:\n        ct = c[:t]\n",
+          "    mean = x.mean(0)\n    c = x - mean\n    if t > 1:\n        ct = c\n"),
+    Fault("alias", "off-by-one alias: epoch-NNN points at the version of epoch NNN-1",
+          "src/clipprobe/tracking/registry.py",
+          "    client.set_registered_model_alias(name, epoch_alias(epoch), mv.version)\n",
+          "    client.set_registered_model_alias(name, epoch_alias(epoch + 1), mv.version)\n"),
+    Fault("results_row", "results dropping a row: the sweep's results table loses its last fit",
+          "src/clipprobe/tracking/sweep_fits.py",
+          "        return results_frame(pd.concat(frames, ignore_index=True) if frames else [])\n",
+          "        return results_frame(pd.concat(frames, ignore_index=True).iloc[:-1] if frames else [])\n"),
+    Fault("resume", "resume refitting everything: finished checkpoints and fits are ignored",
+          "src/clipprobe/steps/probe.py",
+          "    return todo, done\n", "    return tuple(refs), set()\n"),
+]
+
+
+def scratch_copy(ref: str, into: Path) -> Path:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(into), ref], check=True)
+    return into
+
+
+def remove_copy(path: Path) -> None:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def apply(fault: Fault, root: Path) -> None:
+    file = root / fault.path
+    text = file.read_text()
+    if text.count(fault.old) != 1:
+        raise SystemExit(f"fault {fault.name}: {fault.path} holds its target {text.count(fault.old)} times, not once; "
+                         f"update FAULTS in {Path(__file__).name} to the code as it is now")
+    file.write_text(text.replace(fault.old, fault.new))
+
+
+def pytest(root: Path, args: list[str], timeout: float) -> tuple[int, str, float]:
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+        code, out = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as e:
+        code, out = -1, f"timed out after {timeout:.0f} s\n{e.stdout or ''}"
+    return code, out, time.perf_counter() - started
+
+
+def first_failure(output: str) -> str | None:
+    found = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    return found.group(1) if found else None
+
+
+def run_fault(fault: Fault, ref: str, suite: str, extra: list[str], timeout: float) -> dict[str, str]:
+    root = scratch_copy(ref, Path(tempfile.mkdtemp(prefix=f"fault-{fault.name}-")) / "repo")
+    try:
+        apply(fault, root)
+        code, out, seconds = pytest(root, ["-x", *SUITES[suite], *extra], timeout)
+        test = first_failure(out)
+        caught = code not in (0, 5) and test is not None
+        if caught:  # the same test on the clean copy must pass: the fault, not a flaky test, failed it
+            subprocess.run(["git", "-C", str(root), "checkout", "--quiet", "--", fault.path], check=True)
+            clean_code, clean_out, _ = pytest(root, [test.split(" ")[0]], timeout)
+            if clean_code != 0:
+                test = f"{test} (fails without the fault too: not counted)"
+                caught = False
+        elif code not in (0, 5):
+            test = f"suite failed without naming a test (exit {code}): {out[-300:]!r}"
+        return {"fault": fault.name, "caught": "yes" if caught else "no", "by": test or "-",
+                "seconds": f"{seconds:.0f}"}
+    finally:
+        remove_copy(root)
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+HEADER = "| run | commit | suite | fault | caught | by test | seconds |"
+
+
+def merge_rows(new: list[str]) -> None:
+    """Rows of earlier runs stay, except those of the same run, commit, suite and fault."""
+    key = lambda row: tuple(c.strip() for c in row.strip("|").split("|")[:4])  # noqa: E731
+    old = [line for line in RESULT.read_text().splitlines() if line.startswith("| ") and line != HEADER] \
+        if RESULT.exists() else []
+    keys = {key(r) for r in new}
+    rows = [r for r in old if key(r) not in keys] + new
+    faults = "\n".join(f"- `{f.name}`: {f.what} (`{f.path}`)" for f in FAULTS)
+    RESULT.write_text(
+        "# Deliberate faults: does the suite catch them?\n\n"
+        f"`python benchmarks/faults.py` applies each fault to a scratch copy of the repo at the commit, runs the suite\n"
+        "there with `-x` and names the first failing test (re-run on the clean copy to confirm). Seconds are the\n"
+        "suite's wall time until it stopped (2 shared cores: contended).\n\n"
+        f"{faults}\n\n{HEADER}\n|---|---|---|---|---|---|---:|\n" + "\n".join(rows) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ref", default="HEAD", help="commit to copy (default HEAD; uncommitted changes are not in it)")
+    parser.add_argument("--label", default="", help="name of this column, e.g. BEFORE or AFTER")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="fast")
+    parser.add_argument("--only", action="append", choices=[f.name for f in FAULTS], help="one fault (repeatable)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per suite run")
+    parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.ref], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    for fault in [f for f in FAULTS if not args.only or f.name in args.only]:
+        row = run_fault(fault, commit, args.suite, args.pytest_args, args.timeout)
+        line = (f"| {args.label or '-'} | {commit} | {args.suite} | {row['fault']} | {row['caught']} | {row['by']} | "
+                f"{row['seconds']} |")
+        print(line, flush=True)
+        merge_rows([line])
+
+
+if __name__ == "__main__":
+    main()
