@@ -4,6 +4,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 ACTIVATE := . $(VENV)/bin/activate
+# pytest-xdist: a worker per core (one torch thread each, tests/conftest.py), the longest tests started first;
+# each group of tests sharing a session fixture stays on one worker. WORKERS= runs in one process.
+WORKERS ?= -n auto --dist loadgroup
 
 .PHONY: demo test test-fast lint chromium ui clean-runs
 
@@ -18,10 +21,10 @@ demo: $(VENV)/.installed
 	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true mlflow run . -e main --env-manager local
 
 test: $(VENV)/.installed chromium
-	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true python -m pytest -q
+	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true python -m pytest -q $(WORKERS)
 
 test-fast: $(VENV)/.installed
-	$(ACTIVATE) && python -m pytest -q -m "not slow"
+	$(ACTIVATE) && python -m pytest -q -m "not slow" $(WORKERS)
 
 lint: $(VENV)/.installed
 	$(ACTIVATE) && ruff check src tests entrypoints benchmarks

@@ -1,6 +1,7 @@
 """Does the test suite catch deliberate faults? Each fault is a small patch of the real code path, applied to a
 scratch copy of the repo at a commit (`git worktree add --detach`); the suite runs there with ``-x`` (a caught fault
-stops it early), and the test that failed first is re-run on the clean copy to confirm the fault, not a flaky
+stops it early; the suite is the copy's own `make test-fast` or `make test` pytest command, its
+pytest-xdist workers included), and the test that failed first is re-run on the clean copy to confirm the fault, not a flaky
 test, caught it. Writes (merges into) benchmarks/results/faults.md: one row per commit, suite and fault.
 
     python benchmarks/faults.py --label BEFORE --ref ed3dfa9          # the fast suite at main's commit
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "faults.md"
-SUITES = {"fast": ["-m", "not slow"], "full": []}
+SUITES = {"fast": "test-fast", "full": "test"}  # the Makefile target whose pytest command is the suite
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,16 @@ def apply(fault: Fault, root: Path) -> None:
     file.write_text(text.replace(fault.old, fault.new))
 
 
+def suite_args(root: Path, suite: str) -> list[str]:
+    """The pytest arguments of the copy's own `make test-fast` / `make test` (its workers included)."""
+    text = (root / "Makefile").read_text()
+    variables = dict(re.findall(r"^(\w+) \?= (.*)$", text, re.M))
+    recipe = re.search(rf"^{re.escape(SUITES[suite])}:.*\n\t(.*)$", text, re.M).group(1)
+    command = recipe.split("python -m pytest", 1)[1]
+    command = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), ""), command)
+    return shlex.split(command)
+
+
 def pytest(root: Path, args: list[str], timeout: float) -> tuple[int, str, float]:
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
@@ -97,7 +109,7 @@ def run_fault(fault: Fault, ref: str, suite: str, extra: list[str], timeout: flo
     root = scratch_copy(ref, Path(tempfile.mkdtemp(prefix=f"fault-{fault.name}-")) / "repo")
     try:
         apply(fault, root)
-        code, out, seconds = pytest(root, ["-x", *SUITES[suite], *extra], timeout)
+        code, out, seconds = pytest(root, ["-x", *suite_args(root, suite), *extra], timeout)
         test = first_failure(out)
         caught = code not in (0, 5) and test is not None
         if caught:  # the same test on the clean copy must pass: the fault, not a flaky test, failed it
