@@ -88,16 +88,17 @@ def suite_args(root: Path, suite: str) -> list[str]:
     return shlex.split(command)
 
 
-def pytest(root: Path, args: list[str], timeout: float) -> tuple[int, str, float]:
+def pytest(root: Path, args: list[str], timeout: float, log: Path) -> tuple[int, str, float]:
+    """Run pytest in ``root`` (its own src first on the path), its output streamed to ``log`` as it runs."""
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=root,
-                              env=env, capture_output=True, text=True, timeout=timeout)
-        code, out = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as e:
-        code, out = -1, f"timed out after {timeout:.0f} s\n{e.stdout or ''}"
-    return code, out, time.perf_counter() - started
+    with log.open("w") as out:
+        try:
+            code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=root,
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+    return code, log.read_text(errors="replace"), time.perf_counter() - started
 
 
 def first_failure(output: str) -> str | None:
@@ -105,16 +106,17 @@ def first_failure(output: str) -> str | None:
     return found.group(1) if found else None
 
 
-def run_fault(fault: Fault, ref: str, suite: str, extra: list[str], timeout: float) -> dict[str, str]:
+def run_fault(fault: Fault, ref: str, suite: str, extra: list[str], timeout: float, logs: Path) -> dict[str, str]:
     root = scratch_copy(ref, Path(tempfile.mkdtemp(prefix=f"fault-{fault.name}-")) / "repo")
     try:
         apply(fault, root)
-        code, out, seconds = pytest(root, ["-x", *suite_args(root, suite), *extra], timeout)
+        log = logs / f"{ref}-{suite}-{fault.name}.log"
+        code, out, seconds = pytest(root, ["-x", *suite_args(root, suite), *extra], timeout, log)
         test = first_failure(out)
         caught = code not in (0, 5) and test is not None
         if caught:  # the same test on the clean copy must pass: the fault, not a flaky test, failed it
             subprocess.run(["git", "-C", str(root), "checkout", "--quiet", "--", fault.path], check=True)
-            clean_code, clean_out, _ = pytest(root, [test.split(" ")[0]], timeout)
+            clean_code, _, _ = pytest(root, [test], timeout, log.with_suffix(".clean.log"))
             if clean_code != 0:
                 test = f"{test} (fails without the fault too: not counted)"
                 caught = False
@@ -153,12 +155,15 @@ def main() -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="fast")
     parser.add_argument("--only", action="append", choices=[f.name for f in FAULTS], help="one fault (repeatable)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per suite run")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "clipprobe-faults",
+                        help="folder for each run's pytest output (default: $TMPDIR/clipprobe-faults)")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.ref], check=True,
                             capture_output=True, text=True).stdout.strip()
+    args.logs.mkdir(parents=True, exist_ok=True)
     for fault in [f for f in FAULTS if not args.only or f.name in args.only]:
-        row = run_fault(fault, commit, args.suite, args.pytest_args, args.timeout)
+        row = run_fault(fault, commit, args.suite, args.pytest_args, args.timeout, args.logs)
         line = (f"| {args.label or '-'} | {commit} | {args.suite} | {row['fault']} | {row['caught']} | {row['by']} | "
                 f"{row['seconds']} |")
         print(line, flush=True)
