@@ -27,6 +27,7 @@ SLOW_GROUPS = {"tests/test_demo.py": "demo", "tests/test_project.py": "mlflow_ru
 SERVER_FILES = ("tests/test_executors_ray.py", "tests/test_executors_ray_remote.py", "tests/test_tracking_servers.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     def where(item) -> str:
         return item.nodeid.split("::", 1)[0]
