@@ -4,9 +4,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 ACTIVATE := . $(VENV)/bin/activate
-# pytest-xdist: a worker per core (one torch thread each, tests/conftest.py), the longest tests started first;
-# each group of tests sharing a session fixture stays on one worker. WORKERS= runs in one process.
-WORKERS ?= -n auto --dist loadgroup
+# pytest-xdist: a worker per core (one torch thread each, tests/conftest.py), each test file on one worker (its
+# session fixtures run once), the files of the longest tests handed out first. WORKERS= runs in one process.
+WORKERS ?= -n auto --dist loadfile
 
 .PHONY: demo test test-fast lint chromium ui clean-runs
 

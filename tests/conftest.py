@@ -20,27 +20,17 @@ if XDIST:
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
 
-# The longest tests first, each group on one worker (`--dist loadgroup`) so a group's session fixture runs once;
-# the rest run beside them. The Ray and server tests share one worker: one Ray cluster and one PostgreSQL at a time.
+# The longest tests first: with `--dist loadfile` (each file on one worker, so a file's session fixtures run
+# once) their files are handed out first and the rest runs beside them. (xdist_group / `--dist loadgroup` does
+# not group with pytest 9 and pytest-xdist 3.8: each worker ran the demo.)
 FIRST = ("tests/test_demo.py", "tests/test_readme.py", "tests/test_project.py")
-SLOW_GROUPS = {"tests/test_demo.py": "demo", "tests/test_project.py": "mlflow_run", "tests/test_readme.py": "readme"}
-SERVER_FILES = ("tests/test_executors_ray.py", "tests/test_executors_ray_remote.py", "tests/test_tracking_servers.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    def where(item) -> str:
-        return item.nodeid.split("::", 1)[0]
-
-    for item in items:
-        if where(item) in SLOW_GROUPS and item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group(SLOW_GROUPS[where(item)]))
-        elif where(item) in SERVER_FILES:
-            item.add_marker(pytest.mark.xdist_group("servers"))
-
     def rank(item) -> int:
-        slow = item.get_closest_marker("slow") is not None
-        return FIRST.index(where(item)) if slow and where(item) in FIRST else len(FIRST)
+        where = item.nodeid.split("::", 1)[0]
+        return FIRST.index(where) if item.get_closest_marker("slow") and where in FIRST else len(FIRST)
 
     items.sort(key=rank)  # stable: the order within each rank stays
 

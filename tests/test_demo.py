@@ -23,7 +23,7 @@ def test_probed_epochs_are_early_middle_and_late():
 
 
 # Both end-to-end tests read the one demo run of tests/pipelines.py (`demo_run`, once a session, in its own store);
-# under xdist, conftest.py keeps them on one worker, so it runs once.
+# under xdist (`--dist loadfile`) this file runs on one worker, so the demo runs once.
 @pytest.mark.slow
 def test_demo_recovers_the_worlds_known_truths(on_demo_store):
     """With the demo's own defaults (fewer modules): the backbone learns its shapes, shape concepts
