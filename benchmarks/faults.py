@@ -1,9 +1,10 @@
 """Does the test suite catch deliberate faults? Each fault is a small patch of the real code path, applied to a
 scratch copy of the repo at a commit (`git worktree add --detach`). The suite (the copy's own `make test-fast` or
 `make test` pytest command, its pytest-xdist workers included) runs there with ``-x``, so a caught fault stops it
-early. The first failing test counts when it fails again alone with the fault and passes alone without it;
-otherwise it is deselected and the suite runs again. Writes (merges into) benchmarks/results/faults.md: one row
-per commit, suite and fault; seconds include the confirming runs.
+early; the test files a fault names run first, then the rest of the suite. The first failing test counts when it
+fails again alone with the fault and passes alone without it; otherwise it is deselected and the suite runs again.
+Writes (merges into) benchmarks/results/faults.md: one row per commit, suite and fault; seconds include the
+confirming runs.
 
     python benchmarks/faults.py --label BEFORE --ref ed3dfa9          # the fast suite at main's commit
     python benchmarks/faults.py --label AFTER                         # ... at HEAD
@@ -36,27 +37,32 @@ class Fault:
     path: str  # file under the repo root
     old: str  # text that must occur exactly once
     new: str
+    first: tuple[str, ...] = ()  # test files run first (a guess at the catcher: the whole suite still runs)
 
 
 FAULTS = [
     Fault("split", "wrong split: a concept's test rows join its training rows",
           "src/clipprobe/probes/evaluation.py",
-          "        train[b, rows[tr]] = True\n", "        train[b, rows] = True\n"),
+          "        train[b, rows[tr]] = True\n", "        train[b, rows] = True\n",
+          ("tests/test_neurons_sparse.py", "tests/test_probes_evaluation.py")),
     Fault("standardisation", "leaking standardisation: the scaler's mean and std come from train + test rows",
           "src/clipprobe/probes/design.py",
           "    mean = x[:t].mean(0)\n    c = x - mean\n    if t > 1:\n        ct = c[:t]\n",
-          "    mean = x.mean(0)\n    c = x - mean\n    if t > 1:\n        ct = c\n"),
+          "    mean = x.mean(0)\n    c = x - mean\n    if t > 1:\n        ct = c\n",
+          ("tests/test_probes_reference.py", "tests/test_probes_gram.py")),
     Fault("alias", "off-by-one alias: epoch-NNN points at the version of epoch NNN-1",
           "src/clipprobe/tracking/registry.py",
           "    client.set_registered_model_alias(name, epoch_alias(epoch), mv.version)\n",
-          "    client.set_registered_model_alias(name, epoch_alias(epoch + 1), mv.version)\n"),
+          "    client.set_registered_model_alias(name, epoch_alias(epoch + 1), mv.version)\n",
+          ("tests/test_backbones_registry.py", "tests/test_tracking_runs.py")),
     Fault("results_row", "results dropping a row: the sweep's results table loses its last fit",
           "src/clipprobe/tracking/sweep_fits.py",
           "        return results_frame(pd.concat(frames, ignore_index=True) if frames else [])\n",
-          "        return results_frame(pd.concat(frames, ignore_index=True).iloc[:-1] if frames else [])\n"),
+          "        return results_frame(pd.concat(frames, ignore_index=True).iloc[:-1] if frames else [])\n",
+          ("tests/test_sweep_resume.py", "tests/test_sweep_tracking.py")),
     Fault("resume", "resume refitting everything: finished checkpoints and fits are ignored",
           "src/clipprobe/steps/probe.py",
-          "    return todo, done\n", "    return tuple(refs), set()\n"),
+          "    return todo, done\n", "    return tuple(refs), set()\n", ("tests/test_sweep_resume.py",)),
 ]
 
 
@@ -121,7 +127,9 @@ def run_fault(fault: Fault, ref: str, suite: str, extra: list[str], timeout: flo
         for attempt in range(tries):
             log = logs / f"{ref}-{suite}-{fault.name}-{attempt}.log"
             deselect = [a for test in flaky for a in ("--deselect", test)]
-            code, out, _ = pytest(root, ["-x", *suite_args(root, suite), *deselect, *extra], timeout, log)
+            first = [f for f in fault.first if (root / f).is_file()]  # pytest drops the repeated paths
+            code, out, _ = pytest(root, ["-x", *suite_args(root, suite), *deselect, *extra, *first, "tests"], timeout,
+                                  log)
             test = first_failure(out)
             if code in (0, 5) or test is None:
                 by = "-" if code in (0, 5) else f"suite failed without naming a test (exit {code}), see {log}"
