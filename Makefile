@@ -4,6 +4,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 ACTIVATE := . $(VENV)/bin/activate
+# pytest-xdist: a worker per core (one torch thread each, tests/conftest.py), each test file on one worker (its
+# session fixtures run once), the files of the longest tests handed out first. WORKERS= runs in one process.
+WORKERS ?= -n auto --dist loadfile
 
 .PHONY: demo test test-fast lint chromium ui clean-runs
 
@@ -20,10 +23,10 @@ demo: $(VENV)/.installed
 	  mlflow run . -e main --env-manager local
 
 test: $(VENV)/.installed chromium
-	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true python -m pytest -q
+	$(ACTIVATE) && MLFLOW_DISABLE_TELEMETRY=true python -m pytest -q $(WORKERS)
 
 test-fast: $(VENV)/.installed
-	$(ACTIVATE) && python -m pytest -q -m "not slow"
+	$(ACTIVATE) && python -m pytest -q -m "not slow" $(WORKERS)
 
 lint: $(VENV)/.installed
 	$(ACTIVATE) && ruff check src tests entrypoints benchmarks

@@ -12,7 +12,27 @@ from pipelines import demo_run, mlflow_run_pipeline, on_demo_store  # noqa: F401
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # No test reaches the Hugging Face hub: cached files only. A test of the online path patches this back.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (`make test` runs `-n auto`) each worker has one core: one torch thread each, and the same for
+# the subprocesses tests start (README examples, `mlflow run`), so the workers do not fight over the cores.
+XDIST = "PYTEST_XDIST_WORKER" in os.environ
+if XDIST:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(1 if XDIST else max(1, min(2, os.cpu_count() or 1)))
+
+# The longest tests first: with `--dist loadfile` (each file on one worker, so a file's session fixtures run
+# once) their files are handed out first and the rest runs beside them. (xdist_group / `--dist loadgroup` does
+# not group with pytest 9 and pytest-xdist 3.8: each worker ran the demo.)
+FIRST = ("tests/test_demo.py", "tests/test_readme.py", "tests/test_project.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        where = item.nodeid.split("::", 1)[0]
+        return FIRST.index(where) if item.get_closest_marker("slow") and where in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the order within each rank stays
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from pipelines import DEMO_MODULES
 
 from clipprobe.cli import main
 from clipprobe.concepts.vocabulary import load_vocabulary
@@ -43,19 +44,14 @@ def test_the_demo_refuses_epochs_beyond_its_training_in_one_line_before_any_run(
     assert find_latest_run("main") is None
 
 
+# Both end-to-end tests read the one demo run of tests/pipelines.py (`demo_run`, once a session, in its own store);
+# under xdist (`--dist loadfile`) this file runs on one worker, so the demo runs once.
 @pytest.mark.slow
-def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
+def test_demo_recovers_the_worlds_known_truths(on_demo_store):
     """With the demo's own defaults (fewer modules): the backbone learns its shapes, shape concepts
     appear at a late module with training beyond their intervals, colour is decodable at module:0 throughout."""
-    modules = "module:0,module:9,module:18"
-    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "world"), "--modules", modules,
-                                       "--experiment-name", "demo"])
-    assert result.exit_code == 0, result.output[-3000:]
-
-    client = MlflowClient()
-    parent = find_latest_run("main")
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    modules, world, output = DEMO_MODULES, on_demo_store.root / "world", on_demo_store.output
+    client, parent, children = _demo_runs()
     assert sorted(r.data.tags[STEP_TAG] for r in children) == ["clip", "compare", "concepts", "concepts", "probe",
                                                                 "probe", "train", "world"]
 
@@ -136,7 +132,7 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
     row = labels.iloc[0]
     assert row["expected_from_noise"] == pytest.approx(
         row["acc_true"] * row["label_agreement"] + (1 - row["acc_true"]) * (1 - row["label_agreement"]))
-    assert "CLIP-mined labels" in result.output and "expected = A * a + (1 - A) * (1 - a)" in result.output
+    assert "CLIP-mined labels" in output and "expected = A * a + (1 - A) * (1 - a)" in output
 
     # Units: the first sweep's units scored at every probed epoch (its modules and the logits), with IoU from
     # the world's masks; and the classifier's own units name their own shape class once trained.
@@ -145,9 +141,9 @@ def test_demo_recovers_the_worlds_known_truths(tracking_store, tmp_path):
     table = units.read_table(sweep.info.run_id, "units", columns=["epoch", "module", "iou"])
     assert sorted(table["epoch"].unique()) == epochs and set(table["module"]) == {*modules.split(","), "logits"}
     assert table.loc[table["module"] != "logits", "iou"].notna().all()
-    trained_own = _own_class_labels(tmp_path / "world", last)
+    trained_own = _own_class_labels(world, last)
     assert min(trained_own) >= 9, f"logit units labelled with their own class (soft-WPMI, AUROC): {trained_own}/10"
-    random_own = _own_class_labels(tmp_path / "world", 0)
+    random_own = _own_class_labels(world, 0)
     assert max(random_own) <= 4, f"the random init's logits already name their classes: {random_own}/10"
 
 
@@ -187,20 +183,22 @@ def _step_child(children, step: str, **params):
     return found[0]
 
 
-@pytest.mark.slow
-def test_demo_clip_half_runs_end_to_end(tracking_store, tmp_path):
-    """A small demo (a world of 20 training images per shape, 1 epoch, 2 modules, a 1-epoch CLIP): the
-    CLIP-mined sweep runs, and the report sets it beside the true-label sweep with the noise formula.
-    What the demo recovers at full size is the test above's."""
-    result = CliRunner().invoke(main, [
-        "demo", "--out", str(tmp_path / "world"), "--train-per-class", "20", "--val-per-class", "4",
-        "--pool-size", "1500", "--epochs", "1", "--modules", "module:0,module:18", "--clip-epochs", "1",
-        "--experiment-name", "demo"])
-    assert result.exit_code == 0, result.output[-3000:]
+def _demo_runs():
+    """The client, the demo's parent run and its child runs, in the store MLflow points at."""
     client = MlflowClient()
     parent = find_latest_run("main")
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return client, parent, children
+
+
+@pytest.mark.slow
+def test_demo_clip_half_runs_end_to_end(on_demo_store):
+    """The CLIP half of the shared demo run: the CLIP-mined sweep runs, and the report sets it beside the
+    true-label sweep with the noise formula. (It ran a small demo of its own, 1 epoch and 2 modules, until the
+    two tests shared one run: the sizes below are the demo's, its last epoch and DEMO_MODULES' 3 modules.)"""
+    client, parent, children = _demo_runs()
+    last = int(parent.data.params["epochs"])
     assert sorted(r.data.tags[STEP_TAG] for r in children) == ["clip", "compare", "concepts", "concepts", "probe",
                                                                 "probe", "train", "world"]
     clip_run = _step_child(children, "clip")
@@ -215,7 +213,10 @@ def test_demo_clip_half_runs_end_to_end(tracking_store, tmp_path):
     sweep = _step_child(children, "probe", splits_run=truth_concepts.info.run_id)
     clip_sweep = _step_child(children, "probe", splits_run=mined.info.run_id)
     clip_results = pd.read_parquet(download_artifact(clip_sweep.info.run_id, "probe/results.parquet"))
-    assert sorted(clip_results["epoch"].unique()) == [1] and len(clip_results) == len(WORLD.concepts) * 2 * 3
+    # was `== [1]` and `* 2 * 3` at the small demo's 1 epoch and 2 modules
+    n_modules = len(DEMO_MODULES.split(","))
+    assert sorted(clip_results["epoch"].unique()) == [last]
+    assert len(clip_results) == len(WORLD.concepts) * n_modules * 3
 
     report = find_latest_run("compare")
     assert report.data.params["sweep_run_ids"] == f"{sweep.info.run_id},{clip_sweep.info.run_id}"
@@ -225,4 +226,47 @@ def test_demo_clip_half_runs_end_to_end(tracking_store, tmp_path):
     assert labels["label_agreement"].tolist() == pytest.approx(labels["concept"].map(agreement).tolist())
     expected = labels["acc_true"] * labels["label_agreement"] + (1 - labels["acc_true"]) * (1 - labels["label_agreement"])
     assert labels["expected_from_noise"].tolist() == pytest.approx(expected.tolist())
-    assert "CLIP-mined labels" in result.output and "expected = A * a + (1 - A) * (1 - a)" in result.output
+    output = on_demo_store.output
+    assert "CLIP-mined labels" in output and "expected = A * a + (1 - A) * (1 - a)" in output
+
+
+def test_demo_passes_its_small_options_to_its_steps(tracking_store, tmp_path, monkeypatch):
+    """The small options the end-to-end demo test used to run with reach the steps (the steps themselves are
+    recorded, not run: the demo at its own size runs once, in tests/pipelines.py)."""
+    from types import SimpleNamespace
+
+    from clipprobe.steps import demo as demo_step
+    from clipprobe.tracking import discovery
+
+    steps = []
+    real_run = demo_step.run
+
+    def recording_run(config, *, invoke, **settings):  # the demo's own run, its steps recorded instead of run
+        return real_run(config, invoke=lambda name, *args: steps.append([name, *map(str, args)]), **settings)
+
+    monkeypatch.setattr(demo_step, "run", recording_run)
+    fake = SimpleNamespace(info=SimpleNamespace(run_id="r0"), data=SimpleNamespace(
+        tags={discovery.CLIP_MODEL_TAG: "world_clip", discovery.CLIP_WEIGHTS_TAG: "w.pt"}))
+    monkeypatch.setattr(demo_step, "_latest", lambda step: fake)
+    result = CliRunner().invoke(main, [
+        "demo", "--out", str(tmp_path / "world"), "--train-per-class", "20", "--val-per-class", "4",
+        "--pool-size", "1500", "--epochs", "1", "--modules", "module:0,module:18", "--clip-epochs", "1",
+        "--experiment-name", "demo"])
+    assert result.exit_code == 0, result.output[-3000:]
+    by_step = {}
+    for name, *args in steps:  # --option value, or a bare --flag (value None)
+        values = {a: (b if b is not None and not b.startswith("--") else None)
+                  for a, b in zip(args, [*args[1:], None], strict=True) if a.startswith("--")}
+        by_step.setdefault(name, []).append(values)
+    assert [name for name, *_ in steps] == ["world", "train", "concepts", "probe", "neurons", "clip", "concepts",
+                                            "probe", "compare"]
+    world = by_step["world"][0]
+    assert (world["--train-per-class"], world["--val-per-class"], world["--pool-size"]) == ("20", "4", "1500")
+    assert by_step["train"][0]["--epochs"] == "1" and by_step["clip"][0]["--epochs"] == "1"
+    first, on_clip = by_step["probe"]
+    assert first["--epochs"] == ",".join(map(str, probe_epochs(1))) and on_clip["--epochs"] == "1"
+    assert first["--modules"] == on_clip["--modules"] == "module:0,module:18"
+    assert on_clip["--splits-run"] == "r0"
+    params = find_latest_run("main").data.params
+    assert (params["train_per_class"], params["pool_size"], params["epochs"], params["clip_epochs"]) == (
+        "20", "1500", "1", "1")
