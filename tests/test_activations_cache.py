@@ -234,6 +234,33 @@ def _fill_cache(root: str, paths: list[str], barrier, out) -> None:
     out.put({p: acts.gap(p).sum(dtype=np.float64) for p in paths})
 
 
+def test_meta_json_is_merged_and_replaced_under_the_folders_lock(tmp_path, monkeypatch):
+    """Two processes adding modules to one folder each read, merge and replace meta.json: done outside the folder's
+    lock, the later replace could drop what the other had just recorded (seen once under load: a module's entry
+    gone). The merge now runs holding the lock: a second, non-blocking flock on it must fail there."""
+    import fcntl
+
+    from clipprobe.activations import cache as cache_module
+
+    seen = []
+    real_merge = cache_module._merge_meta
+
+    def merge_checking_the_lock(meta_path, mine):
+        with open(tmp_path / ".locks" / meta_path.parent.name, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except BlockingIOError:
+                seen.append("held")
+        return real_merge(meta_path, mine)
+
+    monkeypatch.setattr(cache_module, "_merge_meta", merge_checking_the_lock)
+    ActivationCache(tmp_path).get(tiny_net(), {"a": "features.0"}, FakeImages(tiny_images(n=4)), fingerprint="c" * 64,
+                                  options=ExtractOptions(batch_size=4, precision="fp32"), progress=False)
+    assert seen == ["held"]
+
+
 def test_processes_sharing_a_cache_never_crash(tmp_path):
     import multiprocessing
 

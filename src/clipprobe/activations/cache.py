@@ -256,10 +256,11 @@ class ActivationCache:
                                                         else f"{precision}{GAP_ONLY}")
             changed = True
         if changed:
-            meta = _merge_meta(meta_path, meta)
-            tmp = temporary_beside(meta_path)
-            tmp.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp, meta_path)
+            with self._locked(folder):  # read, merge and replace as one step: two writers never lose each other's
+                meta = _merge_meta(meta_path, meta)
+                tmp = temporary_beside(meta_path)
+                tmp.write_text(json.dumps(meta, indent=1))
+                os.replace(tmp, meta_path)
         else:
             log.info("activations %s: read from cache", folder.name)
         return CheckpointActivations(folder, meta, plan, chosen, lease=lease)
