@@ -35,6 +35,28 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: the order within each rank stays
 
 
+# Files that start Ray clusters (and the servers beside them): under xdist, one such file at a time across the
+# workers. Two Ray clusters at once on this machine clashed once (a Ray client's server process died at start,
+# psutil.ZombieProcess), which a serial run never showed.
+RAY_FILES = ("test_executors_ray", "test_executors_ray_remote", "test_tracking_servers")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_ray_file_at_a_time(request, tmp_path_factory):
+    if request.module.__name__.rsplit(".", 1)[-1] not in RAY_FILES or not XDIST:
+        yield
+        return
+    import fcntl
+
+    lock = tmp_path_factory.getbasetemp().parent / "ray-files.lock"  # the run's folder, shared by its workers
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache_root(tmp_path_factory):
     """No test writes into the real ~/.cache: the cache root (core.caches) is a temporary folder, also for the

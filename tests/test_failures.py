@@ -101,3 +101,36 @@ def test_a_signal_landing_where_python_ignores_exceptions_is_not_raised_there() 
     in_del = types.FunctionType(here.__code__.replace(co_name="__del__"), {})
     assert _swallowed_here(in_weakref()) and _swallowed_here(in_del())
     assert not _swallowed_here(here()) and not _swallowed_here(None)
+
+
+def test_an_interrupt_python_drops_in_any_weakref_callback_is_delivered_again() -> None:
+    """Python drops (prints and goes on past) an exception raised in a finalizer or weakref callback wherever its
+    code lives: seen in a sweep whose SIGTERM landed in SQLAlchemy's class-registry callback and exited 0. The
+    handler's unraisable hook delivers such an interrupt again, so it reaches the code after the callback."""
+    import os
+    import signal
+    import time
+    import weakref
+
+    from clipprobe.cli.failures import restore_signals, terminate_as_interrupt
+
+    class Thing:
+        pass
+
+    def callback(_ref: object) -> None:  # a library's weakref callback: not in weakref.py, not a __del__
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):  # the handler runs in here, where Python drops what it raises
+            pass
+
+    terminate_as_interrupt()
+    try:
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        with pytest.raises(KeyboardInterrupt):
+            del thing  # the callback runs now
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert ref() is None
+    finally:
+        restore_signals()

@@ -70,6 +70,9 @@ def terminate_as_interrupt() -> None:
     for sig in _SIGNALS:
         _state["previous"].setdefault(sig, signal.getsignal(sig))
         signal.signal(sig, _raise)
+    if sys.unraisablehook is not _redeliver_if_ours:
+        _state["unraisable"] = sys.unraisablehook
+        sys.unraisablehook = _redeliver_if_ours
 
 
 REDELIVER_S = 0.05
@@ -83,10 +86,25 @@ def _swallowed_here(frame: Any) -> bool:
     return code is not None and (code.co_name == "__del__" or code.co_filename.endswith("weakref.py"))
 
 
+def _redeliver_if_ours(unraisable: Any) -> None:
+    """``sys.unraisablehook``: Python drops an exception raised in any finalizer or weakref callback, wherever
+    its code lives (seen: SQLAlchemy's class registry's weakref callback), after printing it. An interrupt of ours
+    dropped so is not counted and is delivered again ``REDELIVER_S`` later; anything else goes to the hook before."""
+    err = unraisable.exc_value
+    if isinstance(err, KeyboardInterrupt) and _state["count"] > 0:
+        _state["count"] -= 1
+        signum = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+        threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum)).start()
+        return
+    _state.get("unraisable", sys.__unraisablehook__)(unraisable)
+
+
 def restore_signals() -> None:
     """The signal handlers from before ``terminate_as_interrupt`` (a command run inside a longer process)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    if sys.unraisablehook is _redeliver_if_ours:
+        sys.unraisablehook = _state.pop("unraisable", sys.__unraisablehook__)
     previous = _state["previous"]
     for sig in list(previous):
         handler = previous.pop(sig)
