@@ -1,12 +1,11 @@
 """Backbone checkpoints: torchvision architectures, checkpoint files and fingerprints, the training
 recipe, and one loader (`load_backbone`) for the rest of the pipeline.
 
-Its names are imported on first use (PEP 562), so importing one light module of the package (e.g. ``kinds``) does
+Its names are imported on first use (PEP 562), so importing one light module of the package (e.g. ``names``) does
 not bring in torch.
 """
 
-import importlib
-from typing import Any
+from clipprobe.core.exports import lazy_exports
 
 _HOMES = {
     "Backbone": "clipprobe.backbones.loader",
@@ -16,9 +15,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -4,8 +4,7 @@ Its names are imported on first use (PEP 562), so importing one light module of 
 not bring in torch.
 """
 
-import importlib
-from typing import Any
+from clipprobe.core.exports import lazy_exports
 
 _HOMES = {
     "BatchedFit": "clipprobe.probes.batched",
@@ -24,9 +23,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_exports(__name__, _HOMES)
