@@ -414,6 +414,65 @@ def bench_ui(args, work: Path) -> str:
     return "\n".join(lines)
 
 
+def _sweep_once(uri: str, args, work: Path, server_port: int | None) -> tuple[float, float, int, float | None]:
+    """One `clipprobe probe` on ``uri`` as a user runs it: (process wall s, the sweep run's own s, fits, the mlflow
+    server's CPU s over it or None)."""
+    from mlflow import MlflowClient
+
+    server = f"--port {server_port}" if server_port else None
+    cpu0 = _session_cpu_s(server) if server else 0.0
+    command = [sys.executable, "-c", "from clipprobe.cli import main; main()", "probe", "--model-name", args.model_name,
+               "--epochs", args.epochs, "--probes", args.probes, "--cache-dir", str(Path(args.cache_dir).resolve()),
+               *shlex.split(args.sweep_options)]
+    t = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=work,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    wall = time.perf_counter() - t
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    client = MlflowClient(uri)
+    sweep = client.search_runs(["0"], "tags.`clipprobe.step` = 'probe'", order_by=["attributes.start_time DESC"],
+                               max_results=1)[0]
+    fits = int(sweep.data.metrics.get("n_new_fits", -1))
+    return (wall, (sweep.info.end_time - sweep.info.start_time) / 1000, fits,
+            _session_cpu_s(server) - cpu0 if server else None)
+
+
+def bench_sweep_http(args, work: Path) -> str:
+    """The same sweep straight into sqlite and through `mlflow server` (sqlite behind it, served artifacts),
+    alternating, ``--repeat`` times each, on copies of one store (``--from-store``: the demo's) with the
+    activations already cached: the sweep's time through the server against the direct one."""
+    import statistics
+
+    from servers import mlflow_server
+
+    source = Path(args.from_store).resolve()
+    if not source.exists():
+        raise SystemExit(f"{source}: no store; run `make demo` first, or give --from-store")
+    for name in ("direct.db", "served.db"):
+        shutil.copy(source, work / name)
+    direct, served = f"sqlite:///{work / 'direct.db'}", f"sqlite:///{work / 'served.db'}"
+    _sweep_once(direct, args, work, None)  # warm-up: fills the activation cache where it lacks a checkpoint
+    (work / "served").mkdir(exist_ok=True)
+    rows, times = [], {"direct": [], "http": []}
+    with mlflow_server(served, work / "served") as url:
+        port = int(url.rsplit(":", 1)[1])
+        for k in range(args.repeat):
+            for path, uri, p in (("direct", direct, None), ("http", url, port))[:: 1 if k % 2 == 0 else -1]:
+                wall, own, fits, cpu = _sweep_once(uri, args, work, p)
+                times[path].append(own)
+                rows.append(f"| {k + 1} | {'sqlite directly (bulk SQL)' if path == 'direct' else 'mlflow server (2 workers) -> sqlite (REST)'} "
+                            f"| {fits} | {own:.1f} s | {wall:.1f} s | {'' if cpu is None else f'{cpu / own * 100:.0f}%'} "
+                            f"| {os.getloadavg()[0]:.1f} |")
+                print(rows[-1], flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return "\n".join(
+        ["| repeat | path | fits | the sweep run (start to end) | `clipprobe probe` process | mlflow server CPU "
+         "(% of one core, over the sweep) | load average (1 min) after |", "|---|---|---|---|---|---|---|", *rows, "",
+         f"Median of {args.repeat}: direct {med['direct']:.1f} s, through the server {med['http']:.1f} s: "
+         f"**{med['http'] / med['direct']:.2f}x**."])
+
+
 def machine(note: str) -> str:
     load = os.getloadavg()
     return (f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
@@ -422,7 +481,7 @@ def machine(note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "store", "fill", "ui", "latency", "assemble"],
+    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "store", "fill", "ui", "latency", "assemble", "sweep"],
                         help="store: the scale part's store alone; fill: that store grown to --checkpoints by copying its "
                              "checkpoints in SQL; ui: the UI's first runs page on the store left in --workdir")
     parser.add_argument("--fits-sql", type=int, default=2000)
@@ -430,8 +489,15 @@ def main() -> None:
                         help="writers: all three stores, or sqlite alone (written to bench_tracking_writers_sqlite.md)")
     parser.add_argument("--fits-server", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=300)
-    parser.add_argument("--repeat", type=int, default=3, help="assemble: how many times")
+    parser.add_argument("--repeat", type=int, default=3, help="assemble, sweep: how many times")
     parser.add_argument("--delay-ms", type=int, default=20, help="latency: the delay added per request")
+    parser.add_argument("--from-store", default="mlflow.db", help="sweep: the store whose model and concepts to probe "
+                        "(copied; `make demo` leaves one)")
+    parser.add_argument("--model-name", default="demo_mobilenet_v2", help="sweep: the registered model")
+    parser.add_argument("--epochs", default="0,5,10", help="sweep: the epochs")
+    parser.add_argument("--probes", default="linear_gap", help="sweep: the probe kinds")
+    parser.add_argument("--sweep-options", default="--no-cka", help="sweep: more `clipprobe probe` options")
+    parser.add_argument("--cache-dir", default=".cache/activations", help="sweep: the activation cache (`make demo`'s)")
     parser.add_argument("--workdir", default=".cache/bench_tracking")
     parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
     args = parser.parse_args()
@@ -469,6 +535,10 @@ def main() -> None:
         table = bench_assemble(args, work)
         (RESULTS / "bench_tracking_assemble.md").write_text(
             "# A sweep's results table assembled from its checkpoints' results parts (sqlite)\n\n" + head + table + "\n")
+    if "sweep" in args.parts:
+        table = bench_sweep_http(args, work)
+        (RESULTS / "bench_tracking_sweep.md").write_text(
+            "# One sweep straight into sqlite and through `mlflow server`, no added delay\n\n" + head + table + "\n")
     if "ui" in args.parts:
         table = bench_ui(args, work)
         (RESULTS / "bench_tracking_ui.md").write_text(

@@ -2,6 +2,10 @@
 it with served artifacts, and a Ray head node started apart (`ray start --head`) as a remote cluster is.
 All stop at the end; missing binaries skip with the reason.
 
+`mlflow server` runs the README's own command line ("Many machines", step 2), with its addresses, password and
+folder replaced by loopback ones (``readme_server_command``): the tests and the benchmarks start the server a
+team is told to start.
+
 PostgreSQL refuses to run as root: as root, its commands run as the ``postgres`` user (``runuser``).
 """
 
@@ -9,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 PG_DIRS = ("/usr/lib/postgresql/15/bin",)
 PG_USER = "postgres"  # Debian's system user, for running as root
 DB_USER = "clipprobe"
@@ -94,14 +101,54 @@ def postgres_server() -> Iterator[Postgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def readme_server_line(readme: Path = REPO / "README.md") -> str:
+    """The README's `mlflow server ...` command line, continuation lines folded."""
+    found = re.search(r"^mlflow server (?:[^\n]*\\\n)*[^\n]*$", readme.read_text(), re.M)
+    assert found, f"{readme}: no `mlflow server` command line"
+    return re.sub(r"\\\n\s*", " ", found.group(0)).strip()
+
+
+# How each option of the README's server line is set here: a value of our own, or None to keep the README's.
+SERVER_OPTIONS = {"--backend-store-uri": "backend", "--artifacts-destination": "artifacts", "--host": "127.0.0.1",
+                  "--port": "port", "--workers": "workers", "--allowed-hosts": "127.0.0.1:port",
+                  "--serve-artifacts": None}
+
+
+def readme_server_command(backend: str, artifacts: Path, port: int, workers: int | None = None,
+                          line: str | None = None) -> list[str]:
+    """The README's server line run by this Python on loopback: ``backend``, ``artifacts`` and ``port`` in place of
+    the reader's database, folder and address; ``workers`` in place of the README's count where given. An option
+    the README adds that this does not know fails here, so the tests never run a server other than the README's."""
+    words = shlex.split(line or readme_server_line())
+    assert words[:2] == ["mlflow", "server"], words
+    values = {"backend": backend, "artifacts": str(artifacts), "port": str(port)}
+    out, k = [sys.executable, "-m", "mlflow", "server"], 2
+    while k < len(words):
+        option = words[k]
+        assert option in SERVER_OPTIONS, f"README's mlflow server line: {option} is not known to tests/servers.py"
+        ours = SERVER_OPTIONS[option]
+        if ours is None:  # a flag
+            out.append(option)
+            k += 1
+            continue
+        given = words[k + 1]
+        if ours == "workers":
+            value = str(workers) if workers is not None else given
+        else:
+            value = values.get(ours, ours.replace("port", str(port)))
+        out += [option, value]
+        k += 2
+    return out
+
+
 @contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path, timeout: float = 180) -> Iterator[str]:
-    """``mlflow server`` on ``backend`` with served artifacts in ``artifacts``; yields its http URL."""
+def mlflow_server(backend: str, artifacts: Path, timeout: float = 180, workers: int = 2) -> Iterator[str]:
+    """The README's ``mlflow server`` on ``backend`` with served artifacts in ``artifacts``, on loopback with
+    ``workers`` workers (2 cores here); yields its http URL."""
     port = free_port()
     log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-         str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        readme_server_command(backend, artifacts, port, workers),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     url = f"http://127.0.0.1:{port}"

@@ -37,7 +37,8 @@ NOT_RUN = {
         "needs a PostgreSQL server at host 'db'; tests/test_tune_study.py shares one study between workers",
     # Many machines: servers and a cluster this machine does not have; the same on loopback is tested
     "sudo -u postgres create": "sets up a PostgreSQL server; tests/servers.py starts one on loopback",
-    "mlflow server --backend-store-uri postgresql": "tests/servers.py starts it on a loopback PostgreSQL",
+    "mlflow server --backend-store-uri postgresql":
+        "tests/servers.py runs this very line (readme_server_command) on a loopback PostgreSQL, 2 workers",
     "ray start --": "starts a Ray cluster over machines; tests/ray_cluster.py starts a local one",
     "export MLFLOW_TRACKING_URI=http://mlflow.internal": "names a server at host 'mlflow.internal'",
     "clipprobe checkpoints /shared/": "a folder of the reader's training run; other examples import checkpoints",
@@ -146,6 +147,20 @@ def test_every_readme_example_is_run_or_excused():
     assert bare == [], f"README examples neither run by tests/test_readme.py nor listed in NOT_RUN: {bare}"
     stale = [start for start in NOT_RUN if not any(line.startswith(start) for _, line in examples)]
     assert stale == [], f"NOT_RUN lists examples the README no longer has: {stale}"
+
+
+def test_the_servers_the_tests_start_are_the_readmes():
+    from servers import readme_server_command, readme_server_line
+
+    line = readme_server_line()
+    command = readme_server_command("postgresql+psycopg2://u@127.0.0.1:5/db", Path("/tmp/served"), 5123, workers=2)
+    assert command[1:4] == ["-m", "mlflow", "server"]
+    assert "--serve-artifacts" in command and "--allowed-hosts" in line
+    assert [w for w in command if w.startswith("--")] == [w for w in shlex.split(line) if w.startswith("--")]
+    for reader_value in ("db.internal", "PW", "/shared/", "0.0.0.0", "mlflow.internal", "5000"):
+        assert not any(reader_value in word for word in command[4:]), (reader_value, command)
+    with pytest.raises(AssertionError, match="--gunicorn-opts is not known"):
+        readme_server_command("sqlite:///x.db", Path("/tmp/a"), 1, line=line + " --gunicorn-opts '-t 60'")
 
 
 def test_small_options_never_override_what_the_readme_sets():
