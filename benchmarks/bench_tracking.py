@@ -414,9 +414,27 @@ def bench_ui(args, work: Path) -> str:
     return "\n".join(lines)
 
 
-def _sweep_once(uri: str, args, work: Path, server_port: int | None) -> tuple[float, float, int, float | None]:
-    """One `clipprobe probe` on ``uri`` as a user runs it: (process wall s, the sweep run's own s, fits, the mlflow
-    server's CPU s over it or None)."""
+def _pin(match: str, cpus: set[int]) -> None:
+    """Bind every process whose session leader's command line holds ``match`` (see ``_session_cpu_s``) to ``cpus``."""
+    stats = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(proc.name)] = (int(fields[3]), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    leaders = {pid for pid, (_sid, cmd) in stats.items() if match in cmd}
+    for pid, (sid, _cmd) in stats.items():
+        if pid in leaders or sid in leaders:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, cpus)
+
+
+def _sweep_once(uri: str, args, work: Path, server_port: int | None) -> dict:
+    """One `clipprobe probe` on ``uri`` as a user runs it: process wall s, the sweep run's own s, its fits, the
+    process's CPU s, and the mlflow server's CPU s over it (None without one). ``--pin``: the sweep on CPU 0 with
+    one torch thread (the server has CPU 1 to itself, as on a machine of its own)."""
+    import resource
+
     from mlflow import MlflowClient
 
     server = f"--port {server_port}" if server_port else None
@@ -424,24 +442,31 @@ def _sweep_once(uri: str, args, work: Path, server_port: int | None) -> tuple[fl
     command = [sys.executable, "-c", "from clipprobe.cli import main; main()", "probe", "--model-name", args.model_name,
                "--epochs", args.epochs, "--probes", args.probes, "--cache-dir", str(Path(args.cache_dir).resolve()),
                *shlex.split(args.sweep_options)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    if args.pin:
+        command, env["OMP_NUM_THREADS"] = ["taskset", "-c", "0", *command], "1"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=work,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=work, env=env)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     client = MlflowClient(uri)
-    sweep = client.search_runs(["0"], "tags.`clipprobe.step` = 'probe'", order_by=["attributes.start_time DESC"],
+    exps = [e.experiment_id for e in client.search_experiments()]
+    sweep = client.search_runs(exps, "tags.`clipprobe.step` = 'probe'", order_by=["attributes.start_time DESC"],
                                max_results=1)[0]
-    fits = int(sweep.data.metrics.get("n_new_fits", -1))
-    return (wall, (sweep.info.end_time - sweep.info.start_time) / 1000, fits,
-            _session_cpu_s(server) - cpu0 if server else None)
+    return {"wall": wall, "own": (sweep.info.end_time - sweep.info.start_time) / 1000,
+            "fits": int(sweep.data.metrics.get("n_new_fits", -1)),
+            "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            "server_cpu": _session_cpu_s(server) - cpu0 if server else None}
 
 
 def bench_sweep_http(args, work: Path) -> str:
     """The same sweep straight into sqlite and through `mlflow server` (sqlite behind it, served artifacts),
     alternating, ``--repeat`` times each, on copies of one store (``--from-store``: the demo's) with the
-    activations already cached: the sweep's time through the server against the direct one."""
+    activations already cached: the sweep's time through the server against the direct one. ``--pin``: the
+    sweep on one core, the server on the other."""
     import statistics
 
     from servers import mlflow_server
@@ -455,20 +480,27 @@ def bench_sweep_http(args, work: Path) -> str:
     _sweep_once(direct, args, work, None)  # warm-up: fills the activation cache where it lacks a checkpoint
     (work / "served").mkdir(exist_ok=True)
     rows, times = [], {"direct": [], "http": []}
+    names = {"direct": "sqlite directly (bulk SQL)", "http": "mlflow server (2 workers) -> sqlite (REST)"}
     with mlflow_server(served, work / "served") as url:
         port = int(url.rsplit(":", 1)[1])
+        if args.pin:
+            _pin(f"--port {port}", {1})
         for k in range(args.repeat):
             for path, uri, p in (("direct", direct, None), ("http", url, port))[:: 1 if k % 2 == 0 else -1]:
-                wall, own, fits, cpu = _sweep_once(uri, args, work, p)
-                times[path].append(own)
-                rows.append(f"| {k + 1} | {'sqlite directly (bulk SQL)' if path == 'direct' else 'mlflow server (2 workers) -> sqlite (REST)'} "
-                            f"| {fits} | {own:.1f} s | {wall:.1f} s | {'' if cpu is None else f'{cpu / own * 100:.0f}%'} "
-                            f"| {os.getloadavg()[0]:.1f} |")
+                m = _sweep_once(uri, args, work, p)
+                times[path].append(m["own"])
+                server = "" if m["server_cpu"] is None else f"{m['server_cpu']:.1f} s ({m['server_cpu'] / m['own'] * 100:.0f}%)"
+                rows.append(f"| {k + 1} | {names[path]} | {m['fits']} | {m['own']:.1f} s | {m['wall']:.1f} s | "
+                            f"{m['cpu']:.1f} s | {server} | {os.getloadavg()[0]:.1f} |")
                 print(rows[-1], flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    where = ("the sweep on CPU 0 with one torch thread (`taskset -c 0`, OMP_NUM_THREADS=1), the server's processes on "
+             "CPU 1" if args.pin else "the sweep, the server and sqlite share the 2 cores")
     return "\n".join(
-        ["| repeat | path | fits | the sweep run (start to end) | `clipprobe probe` process | mlflow server CPU "
-         "(% of one core, over the sweep) | load average (1 min) after |", "|---|---|---|---|---|---|---|", *rows, "",
+        [f"Placement: {where}.", "",
+         "| repeat | path | fits | the sweep run (start to end) | `clipprobe probe` process | its CPU (user + sys) "
+         "| mlflow server CPU over the sweep (% of one core) | load average (1 min) after |",
+         "|---|---|---|---|---|---|---|---|", *rows, "",
          f"Median of {args.repeat}: direct {med['direct']:.1f} s, through the server {med['http']:.1f} s: "
          f"**{med['http'] / med['direct']:.2f}x**."])
 
@@ -497,6 +529,7 @@ def main() -> None:
     parser.add_argument("--epochs", default="0,5,10", help="sweep: the epochs")
     parser.add_argument("--probes", default="linear_gap", help="sweep: the probe kinds")
     parser.add_argument("--sweep-options", default="--no-cka", help="sweep: more `clipprobe probe` options")
+    parser.add_argument("--pin", action="store_true", help="sweep: the sweep on CPU 0, the server on CPU 1")
     parser.add_argument("--cache-dir", default=".cache/activations", help="sweep: the activation cache (`make demo`'s)")
     parser.add_argument("--workdir", default=".cache/bench_tracking")
     parser.add_argument("--note", default="", help="what else ran on the machine, written next to the load average")
@@ -537,7 +570,8 @@ def main() -> None:
             "# A sweep's results table assembled from its checkpoints' results parts (sqlite)\n\n" + head + table + "\n")
     if "sweep" in args.parts:
         table = bench_sweep_http(args, work)
-        (RESULTS / "bench_tracking_sweep.md").write_text(
+        name = "bench_tracking_sweep_pinned.md" if args.pin else "bench_tracking_sweep.md"
+        (RESULTS / name).write_text(
             "# One sweep straight into sqlite and through `mlflow server`, no added delay\n\n" + head + table + "\n")
     if "ui" in args.parts:
         table = bench_ui(args, work)
