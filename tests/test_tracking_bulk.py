@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from bulk_cases import (  # noqa: F401 - shared cases, collected here on sqlite
@@ -32,6 +33,40 @@ def test_the_background_writer_batches_and_stores_without_sql_use_the_public_cal
     public = []
     monkeypatch.setattr(FitWriter, "_public_calls", lambda self, record: public.append(record) or "id")
     assert real(sweep.writer, [(ckpt, {**ROW, "concept": "f"}, {})]) == ["id"] and len(public) == 1
+
+
+def test_submit_blocks_while_the_store_is_slower_than_the_probes(sweep, monkeypatch):
+    """Backpressure: at most ``WAITING`` fits wait in memory (plus the batch being written); the rest of the
+    sweep waits in ``submit`` until the store catches up, and then every fit lands once."""
+    monkeypatch.setattr("clipprobe.tracking.fit_writer.WAITING", 3)
+    writer, ckpt = sweep.writer, sweep.checkpoints.run_id(1)
+    store_slow, real = threading.Event(), FitWriter.log_fits
+    taken: list[int] = []
+
+    def slow(self, items):
+        taken.append(len(items))
+        store_slow.wait(60)
+        return real(self, items)
+
+    monkeypatch.setattr(FitWriter, "log_fits", slow)
+    submitted: list[int] = []
+
+    def probes():
+        for i in range(10):
+            writer.submit(ckpt, {**ROW, "epoch": 1, "concept": f"c{i}"})
+            submitted.append(i)
+
+    producer = threading.Thread(target=probes)
+    producer.start()
+    deadline = time.monotonic() + 30
+    while not taken and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # time enough to submit all ten, were nothing holding the producer back
+    assert producer.is_alive() and len(submitted) == taken[0] + 3  # the batch being written + 3 waiting
+    store_slow.set()
+    producer.join(30)
+    writer.flush()
+    assert len(submitted) == 10 and len(sweep.reader.runs()) == 10
 
 
 def test_over_rest_fits_are_in_flight_at_once_and_a_failed_fit_leaves_no_run_behind(sweep, monkeypatch):

@@ -13,7 +13,7 @@ A row is a results row (``fit_records.IDENTITY_COLUMNS`` + ``METRIC_COLUMNS`` + 
 On a SQL store of a tested schema revision (``bulk.fast_store``) a batch is one transaction
 (``bulk.insert_finished_runs``); elsewhere (a tracking server) each fit takes MLflow's three public calls,
 and up to ``MLFLOW_HTTP_POOL_MAXSIZE`` fits (MLflow's connection pool size, 10 unless set) are in flight at
-once, so the network's latency is paid once per batch, not per fit. ``submit`` blocks while 10,000 fits wait
+once, so the network's latency is paid once per batch, not per fit. ``submit`` blocks while ``WAITING`` fits wait
 (backpressure: memory stays flat when the server is slower than the probes).
 """
 
@@ -39,6 +39,7 @@ from clipprobe.tracking.fit_records import RUN_NAME_TAG, fit_record, now_ms, rec
 from clipprobe.tracking.runs import enable_sqlite_wal, end_run_quietly, relax_sqlite_sync
 
 BATCH = 256  # fit runs per transaction at most
+WAITING = 10_000  # fits submitted and not yet taken by the writer thread at most: ``submit`` blocks beyond
 FIT_TRIES = 4  # over REST: tries of one fit's calls (waits of about 2, 4, 8 s between them)
 log = logging.getLogger(__name__)
 FitItem = tuple[str, Mapping[str, Any], Mapping[str, Any]]  # (checkpoint run id, row, fit_record keywords)
@@ -127,7 +128,7 @@ class FitWriter:
         """``log_fits`` of this fit in the background thread (started on first use)."""
         self._raise_error()
         if self._thread is None:
-            self._queue = queue.Queue(maxsize=10_000)
+            self._queue = queue.Queue(maxsize=WAITING)
             self._thread = threading.Thread(target=self._drain, name="clipprobe-fit-writer", daemon=True)
             self._thread.start()
         self._queue.put((checkpoint_run_id, dict(row), kwargs))
