@@ -69,6 +69,25 @@ def test_submit_blocks_while_the_store_is_slower_than_the_probes(sweep, monkeypa
     assert len(submitted) == 10 and len(sweep.reader.runs()) == 10
 
 
+def test_a_long_wait_for_the_store_shows_a_bar_and_a_short_one_does_not(tracking_store, capsys, monkeypatch):
+    from clipprobe.tracking import runs
+
+    monkeypatch.setattr("clipprobe.tracking.fit_writer.BATCH", 4)
+    monkeypatch.setattr("clipprobe.tracking.fit_writer.WAIT_POLL_S", 0.01)
+    real = FitWriter.log_fits
+    monkeypatch.setattr(FitWriter, "log_fits", lambda self, items: time.sleep(0.05) or real(self, items))
+    with runs.step_run("probe", run_name="sweep") as parent:
+        for progress, fits_ in ((True, 3), (False, 30), (True, 30)):
+            writer = FitWriter(parent.info.run_id, progress=progress)
+            ckpt = fits.CheckpointRuns(parent.info.run_id).run_id(fits_ + progress)
+            for i in range(fits_):
+                writer.submit(ckpt, {**ROW, "epoch": 1, "concept": f"c{i}"})
+            writer.close()
+            err = capsys.readouterr().err
+            assert ("writing fits to the tracking store" in err) == (progress and fits_ == 30), (progress, fits_, err)
+            assert len(writer.take_written(ckpt)) == fits_
+
+
 def test_over_rest_fits_are_in_flight_at_once_and_a_failed_fit_leaves_no_run_behind(sweep, monkeypatch):
     writer = sweep.writer
     writer.fast, writer.requests_in_flight = None, 4  # MLflow's public calls, as through a tracking server

@@ -96,7 +96,7 @@ class LocalExecutor:
         resumed = sorted({int(key[3]) for key in done} & {r.epoch for r in job.refs})
         before = rows_by_epoch([row for e in resumed for row in reader.table(e).to_dict("records")])
         sweep = job.sweep()
-        writer, checkpoints = FitWriter(job.sweep_run_id), CheckpointRuns(job.sweep_run_id)
+        writer, checkpoints = FitWriter(job.sweep_run_id, progress=job.progress), CheckpointRuns(job.sweep_run_id)
         done = set(done)
         out: Counter[str] = Counter()
         try:

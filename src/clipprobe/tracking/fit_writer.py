@@ -2,7 +2,8 @@
 
 Public interface (what a sweep driver or a remote worker calls)::
 
-    writer = FitWriter(sweep_run_id)           # MlflowClient() unless one is given
+    writer = FitWriter(sweep_run_id)           # MlflowClient() unless one is given; progress=True: a bar while
+                                               # flush/close wait for more than BATCH fits
     writer.submit(checkpoint_run_id, row, hparams={...})   # returns at once
     writer.flush()                             # wait for everything submitted; re-raise a write error
     writer.close()                             # flush and stop the thread
@@ -40,6 +41,7 @@ from clipprobe.tracking.runs import enable_sqlite_wal, end_run_quietly, relax_sq
 
 BATCH = 256  # fit runs per transaction at most
 WAITING = 10_000  # fits submitted and not yet taken by the writer thread at most: ``submit`` blocks beyond
+WAIT_POLL_S = 0.25  # how often the bar of a long wait for the store is updated
 FIT_TRIES = 4  # over REST: tries of one fit's calls (waits of about 2, 4, 8 s between them)
 log = logging.getLogger(__name__)
 FitItem = tuple[str, Mapping[str, Any], Mapping[str, Any]]  # (checkpoint run id, row, fit_record keywords)
@@ -48,8 +50,9 @@ FitItem = tuple[str, Mapping[str, Any], Mapping[str, Any]]  # (checkpoint run id
 class FitWriter:
     """Writes the fit runs of one sweep run; ``submit`` overlaps logging with the probes' computation."""
 
-    def __init__(self, sweep_run_id: str, client: MlflowClient | None = None) -> None:
+    def __init__(self, sweep_run_id: str, client: MlflowClient | None = None, *, progress: bool = False) -> None:
         self.client = client or MlflowClient()
+        self.progress = progress  # a bar when flush or close waits for more than a batch of fits
         self.sweep_run_id = sweep_run_id
         self.experiment_id = self.client.get_run(sweep_run_id).info.experiment_id
         if enable_sqlite_wal(self.client.tracking_uri):
@@ -136,12 +139,30 @@ class FitWriter:
     def flush(self) -> None:
         """Wait until every submitted fit is logged; re-raise the writer's error."""
         if self._queue is not None:
-            self._queue.join()
+            self._wait_written()
         self._raise_error()
+
+    def _wait_written(self) -> None:
+        """Wait until the queue is empty and written; over a slow store (a busy server, a long backlog) with a bar
+        counting the fits down, so the sweep's end does not look hung."""
+        assert self._queue is not None
+        left = self._queue.unfinished_tasks
+        if not self.progress or left <= BATCH:
+            self._queue.join()
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=left, desc="writing fits to the tracking store", unit="fit", leave=False) as bar:
+            while left := self._queue.unfinished_tasks:
+                bar.total = max(bar.total, left)
+                bar.update(bar.total - left - bar.n)
+                time.sleep(WAIT_POLL_S)
+            bar.update(bar.total - bar.n)
 
     def close(self) -> None:
         """Flush and stop the background thread (and the request threads)."""
         if self._thread is not None and self._queue is not None:
+            self._wait_written()
             self._queue.put(None)
             self._thread.join()
             self._thread = self._queue = None
