@@ -8,11 +8,14 @@ Fits are synthetic rows with every column of a real fit (docs/architecture.md); 
 fit writer the sweep uses (batches of up to 256 fits per transaction on SQL stores, MLflow's public calls
 over REST). PostgreSQL is started by tests/servers.py (PostgreSQL 15 binaries and psycopg2 needed).
 
+``sweep``: one `clipprobe probe` on the demo's store straight into sqlite and through `mlflow server`, alternating
+(``--pin``: the server on a core of its own). ``client``: one writer's CPU per fit over REST against the server's.
+
 ``latency``: PostgreSQL directly against `mlflow server` with 1, 2 and 4 writers, with 0 and ``--delay-ms``
 added per request by a loopback proxy (benchmarks/delay_proxy.py), with the server's CPU share.
 
 Writes benchmarks/results/bench_tracking_writers.md, bench_tracking_scale_<N>.md, bench_tracking_latency.md.
-Usage: python benchmarks/bench_tracking.py [writers] [scale] [latency] [--fits-sql 2000] [--fits-server 200]
+Usage: python benchmarks/bench_tracking.py [writers] [scale] [latency] [sweep] [client] ... [--fits-sql 2000] [--fits-server 200]
        [--checkpoints 300] [--workdir .cache/bench_tracking]
 """
 
@@ -209,10 +212,10 @@ def bench_latency(args, work: Path) -> str:
         artifacts.mkdir(exist_ok=True)
         with mlflow_server(pg.new_database(), artifacts) as url:
             port = int(url.rsplit(":", 1)[1])
-            for delay_ms in (0, args.delay_ms):
+            for delay_ms in [0, args.delay_ms] * args.latency_repeat:
                 with delay_proxy("127.0.0.1", pg.port, delay_ms / 1000) as pg_proxy, \
                         delay_proxy("127.0.0.1", port, delay_ms / 1000) as http_proxy:
-                    for writers in (1, 2, 4):
+                    for writers in (int(w) for w in args.writer_counts.split(",")):
                         direct = pg.new_database()
                         if delay_ms:
                             direct = direct.replace(f":{pg.port}/", f":{pg_proxy}/")
@@ -220,6 +223,43 @@ def bench_latency(args, work: Path) -> str:
                         served = f"http://127.0.0.1:{http_proxy}" if delay_ms else url
                         row(f"mlflow server (2 workers) -> PostgreSQL 15 (REST, {FIT_THREADS} fits in flight)", served,
                             delay_ms, writers, args.fits_server, port)
+    return "\n".join(lines)
+
+
+def bench_client(args, work: Path) -> str:
+    """Where a fit's CPU goes over REST: one writer process (this one) logs ``--fits-server`` fits through the fit
+    writer (10 in flight) to `mlflow server` on sqlite and on PostgreSQL; this process's CPU per fit against the
+    server's."""
+    import mlflow
+    from servers import mlflow_server, postgres_server
+
+    from clipprobe.tracking import fits, runs
+    from clipprobe.tracking.fit_writer import FitWriter
+
+    lines = ["| server's store | fits | wall s | fit runs/s | writer process CPU per fit | mlflow server CPU per fit |",
+             "|---|---|---|---|---|---|"]
+    with postgres_server() as pg:
+        for name, backend in (("sqlite", f"sqlite:///{work / 'client.db'}"), ("PostgreSQL 15", pg.new_database())):
+            (work / f"served-{name[:6]}").mkdir(exist_ok=True)
+            with mlflow_server(backend, work / f"served-{name[:6]}") as url:
+                server = f"--port {url.rsplit(':', 1)[1]}"
+                time.sleep(args.settle_s)  # the server's own start-up (its job runners) out of the measurement
+                mlflow.set_tracking_uri(url)
+                with runs.step_run("probe", run_name="bench client") as run:
+                    writer = FitWriter(run.info.run_id)
+                    ckpt = fits.CheckpointRuns(run.info.run_id).run_id(0, params={"epoch": 0})
+                    writer.log_fits([(ckpt, fit_row(0, 0), {})])  # connections opened, server warm
+                    items = [(ckpt, fit_row(i, 0), {"hparams": {"weight_decay": 0.005}})
+                             for i in range(1, args.fits_server + 1)]
+                    cpu, server_cpu, t = time.process_time(), _session_cpu_s(server), time.perf_counter()
+                    writer.log_fits(items)
+                    wall = time.perf_counter() - t
+                    cpu, server_cpu = time.process_time() - cpu, _session_cpu_s(server) - server_cpu
+                    writer.close()
+                n = len(items)
+                lines.append(f"| {name} | {n} | {wall:.1f} | {n / wall:.1f} | {cpu / n * 1000:.1f} ms | "
+                             f"{server_cpu / n * 1000:.1f} ms |")
+                print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
@@ -513,7 +553,7 @@ def machine(note: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "store", "fill", "ui", "latency", "assemble", "sweep"],
+    parser.add_argument("parts", nargs="*", default=["writers", "scale"], choices=["writers", "scale", "store", "fill", "ui", "latency", "assemble", "sweep", "client"],
                         help="store: the scale part's store alone; fill: that store grown to --checkpoints by copying its "
                              "checkpoints in SQL; ui: the UI's first runs page on the store left in --workdir")
     parser.add_argument("--fits-sql", type=int, default=2000)
@@ -523,12 +563,15 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3, help="assemble, sweep: how many times")
     parser.add_argument("--delay-ms", type=int, default=20, help="latency: the delay added per request")
+    parser.add_argument("--latency-repeat", type=int, default=1, help="latency: rounds of (0 ms, the delay)")
+    parser.add_argument("--writer-counts", default="1,2,4", help="latency: the writer processes of each row")
     parser.add_argument("--from-store", default="mlflow.db", help="sweep: the store whose model and concepts to probe "
                         "(copied; `make demo` leaves one)")
     parser.add_argument("--model-name", default="demo_mobilenet_v2", help="sweep: the registered model")
     parser.add_argument("--epochs", default="0,5,10", help="sweep: the epochs")
     parser.add_argument("--probes", default="linear_gap", help="sweep: the probe kinds")
     parser.add_argument("--sweep-options", default="--no-cka", help="sweep: more `clipprobe probe` options")
+    parser.add_argument("--settle-s", type=float, default=0.0, help="client: seconds to wait after the server answers")
     parser.add_argument("--pin", action="store_true", help="sweep: the sweep on CPU 0, the server on CPU 1")
     parser.add_argument("--cache-dir", default=".cache/activations", help="sweep: the activation cache (`make demo`'s)")
     parser.add_argument("--workdir", default=".cache/bench_tracking")
@@ -568,6 +611,10 @@ def main() -> None:
         table = bench_assemble(args, work)
         (RESULTS / "bench_tracking_assemble.md").write_text(
             "# A sweep's results table assembled from its checkpoints' results parts (sqlite)\n\n" + head + table + "\n")
+    if "client" in args.parts:
+        table = bench_client(args, work)
+        (RESULTS / "bench_tracking_client.md").write_text(
+            "# Where a fit's CPU goes over REST: the writer process against `mlflow server`\n\n" + head + table + "\n")
     if "sweep" in args.parts:
         table = bench_sweep_http(args, work)
         name = "bench_tracking_sweep_pinned.md" if args.pin else "bench_tracking_sweep.md"
