@@ -164,11 +164,11 @@ def bench_writers(args, work: Path) -> str:
     return "\n".join(lines)
 
 
-def _session_cpu_s(match: str) -> float:
-    """CPU seconds (user + system) so far of the processes whose session leader's command line holds ``match``
+def _session_processes(match: str) -> dict[int, int]:
+    """pid -> CPU ticks (user + system) so far of the processes whose session leader's command line holds ``match``
     (``mlflow server`` runs in a session of its own: tests/servers.py), or of the children of such a process
     (PostgreSQL's backends below its postmaster)."""
-    tick, stats = os.sysconf("SC_CLK_TCK"), {}
+    stats = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError):
@@ -176,8 +176,13 @@ def _session_cpu_s(match: str) -> float:
                 stats[int(proc.name)] = (int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]),
                                          (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
     leaders = {pid for pid, (_ppid, _sid, _cpu, cmd) in stats.items() if match in cmd}
-    mine = {pid for pid, (ppid, sid, _cpu, _cmd) in stats.items() if pid in leaders or sid in leaders or ppid in leaders}
-    return sum(stats[pid][2] for pid in mine) / tick
+    return {pid: cpu for pid, (ppid, sid, cpu, _cmd) in stats.items()
+            if pid in leaders or sid in leaders or ppid in leaders}
+
+
+def _session_cpu_s(match: str) -> float:
+    """CPU seconds so far of ``_session_processes(match)``."""
+    return sum(_session_processes(match).values()) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_latency(args, work: Path) -> str:
@@ -455,18 +460,10 @@ def bench_ui(args, work: Path) -> str:
 
 
 def _pin(match: str, cpus: set[int]) -> None:
-    """Bind every process whose session leader's command line holds ``match`` (see ``_session_cpu_s``) to ``cpus``."""
-    stats = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-                stats[int(proc.name)] = (int(fields[3]), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-    leaders = {pid for pid, (_sid, cmd) in stats.items() if match in cmd}
-    for pid, (sid, _cmd) in stats.items():
-        if pid in leaders or sid in leaders:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(pid, cpus)
+    """Bind ``_session_processes(match)`` to ``cpus``."""
+    for pid in _session_processes(match):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, cpus)
 
 
 def _sweep_once(uri: str, args, work: Path, server_port: int | None) -> dict:

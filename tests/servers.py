@@ -137,11 +137,10 @@ def readme_server_command(backend: str, artifacts: Path, port: int, workers: int
             out.append(option)
             k += 1
             continue
-        given = words[k + 1]
         if ours == "workers":
-            value = str(workers) if workers is not None else given
+            value = str(workers) if workers is not None else words[k + 1]
         else:
-            value = values.get(ours, ours.replace("port", str(port)))
+            value = values.get(ours, ours)
         out += [option, value]
         k += 2
     return out
